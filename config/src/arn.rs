@@ -1,0 +1,148 @@
+//! Kinesis stream ARNs: `arn:<partition>:kinesis:<region>:<account>:stream/<name>`.
+//! Region and account of the stream come from here and nowhere else.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A parsed Kinesis data stream ARN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamArn {
+    pub partition: String,
+    pub region: String,
+    pub account: String,
+    pub stream_name: String,
+}
+
+/// Why a string is not a stream ARN; the text says what was expected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ArnError(String);
+
+impl FromStr for StreamArn {
+    type Err = ArnError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| ArnError(format!("{s:?} is not a Kinesis stream ARN: {why}"));
+        let parts: Vec<&str> = s.splitn(6, ':').collect();
+        if parts.len() != 6 || parts[0] != "arn" {
+            return Err(bad(
+                "expected arn:aws:kinesis:<region>:<account>:stream/<name>",
+            ));
+        }
+        let (partition, service, region, account, resource) =
+            (parts[1], parts[2], parts[3], parts[4], parts[5]);
+        if !matches!(
+            partition,
+            "aws" | "aws-cn" | "aws-us-gov" | "aws-iso" | "aws-iso-b"
+        ) && !partition.starts_with("aws-")
+        {
+            return Err(bad(
+                "the partition (second field) must be aws, aws-cn, aws-us-gov, ...",
+            ));
+        }
+        if service != "kinesis" {
+            return Err(bad("the service (third field) must be kinesis"));
+        }
+        if region.is_empty()
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(bad("the region (fourth field) must look like us-east-1"));
+        }
+        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad(
+                "the account (fifth field) must be the owner's 12-digit account id",
+            ));
+        }
+        let Some(name) = resource.strip_prefix("stream/") else {
+            return Err(bad("the resource must be stream/<name>"));
+        };
+        if name.contains('/') {
+            return Err(bad(
+                "this is a consumer ARN (stream/<name>/consumer/...); use the stream's ARN here",
+            ));
+        }
+        if name.is_empty()
+            || name.len() > 128
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        {
+            return Err(bad(
+                "the stream name must be 1 to 128 characters of a-z, A-Z, 0-9, '_', '.', '-'",
+            ));
+        }
+        Ok(StreamArn {
+            partition: partition.to_owned(),
+            region: region.to_owned(),
+            account: account.to_owned(),
+            stream_name: name.to_owned(),
+        })
+    }
+}
+
+impl serde::Serialize for StreamArn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl fmt::Display for StreamArn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "arn:{}:kinesis:{}:{}:stream/{}",
+            self.partition, self.region, self.account, self.stream_name
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_region_account_and_name() {
+        let arn: StreamArn = "arn:aws:kinesis:eu-west-1:111111111111:stream/orders.v2"
+            .parse()
+            .unwrap();
+        assert_eq!(arn.region, "eu-west-1");
+        assert_eq!(arn.account, "111111111111");
+        assert_eq!(arn.stream_name, "orders.v2");
+        assert_eq!(
+            arn.to_string(),
+            "arn:aws:kinesis:eu-west-1:111111111111:stream/orders.v2"
+        );
+    }
+
+    #[test]
+    fn says_what_is_wrong() {
+        let cases = [
+            ("orders", "expected arn:aws:kinesis"),
+            ("arn:aws:sqs:us-east-1:111111111111:stream/x", "service"),
+            ("arn:aws:kinesis:us-east-1:1111:stream/x", "12-digit"),
+            ("arn:aws:kinesis::111111111111:stream/x", "region"),
+            (
+                "arn:aws:kinesis:us-east-1:111111111111:table/x",
+                "stream/<name>",
+            ),
+            (
+                "arn:aws:kinesis:us-east-1:111111111111:stream/x/consumer/c:1",
+                "consumer ARN",
+            ),
+            (
+                "arn:aws:kinesis:us-east-1:111111111111:stream/",
+                "stream name",
+            ),
+            (
+                "arn:aws:kinesis:us-east-1:111111111111:stream/a b",
+                "stream name",
+            ),
+        ];
+        for (input, expect) in cases {
+            let err = input.parse::<StreamArn>().unwrap_err().to_string();
+            assert!(err.contains(expect), "{input}: {err}");
+        }
+    }
+}

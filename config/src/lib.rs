@@ -1,0 +1,525 @@
+//! kcld's configuration.
+//!
+//! Sources, later ones winning: built-in defaults, a TOML file (`--config FILE`
+//! or `KCLD_CONFIG`), then environment variables prefixed `KCLD_` (nested keys
+//! joined by `__`, so `aws.kinesis_endpoint` is `KCLD_AWS__KINESIS_ENDPOINT`).
+//! `config/kcld.example.toml` documents every key with its default.
+//!
+//! [`load`] turns these into [`Settings`]: every value checked, every derived
+//! value (lease table, worker id, region, endpoints) resolved, so the rest of
+//! kcld never handles raw configuration. Every error names the key and the fix.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+mod arn;
+
+pub use arn::{ArnError, StreamArn};
+
+/// A configuration problem: the key, what is wrong, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config key `{key}`: {problem}; {fix}")]
+    Key {
+        key: String,
+        problem: String,
+        fix: String,
+    },
+    #[error("config file {path}: {problem}")]
+    File { path: PathBuf, problem: String },
+    #[error("configuration: {0}; every key and its default are in config/kcld.example.toml")]
+    Other(String),
+}
+
+impl ConfigError {
+    fn key(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        ConfigError::Key {
+            key: key.to_owned(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// The file as written: every key optional, defaults applied by serde.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawSettings {
+    application_name: Option<String>,
+    stream_arn: Option<String>,
+    lease_table: Option<String>,
+    worker_id: Option<String>,
+    initial_position: Option<String>,
+    initial_timestamp: Option<String>,
+    aws: RawAws,
+    polling: RawPolling,
+    sink: RawSink,
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawAws {
+    endpoint: Option<String>,
+    kinesis_endpoint: Option<String>,
+    dynamodb_endpoint: Option<String>,
+    sts_endpoint: Option<String>,
+    dynamodb_region: Option<String>,
+    ca_file: Option<String>,
+    assume_role_arn: Option<String>,
+    assume_role_session_name: Option<String>,
+    assume_role_external_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawPolling {
+    max_records: Option<i64>,
+    idle_time_between_reads_ms: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawSink {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    invoke_identity_arn: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+/// Where a shard with no checkpoint starts reading.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InitialPosition {
+    TrimHorizon,
+    Latest,
+    /// Records that arrived at or after this time (RFC 3339, kept as given
+    /// and as epoch milliseconds).
+    AtTimestamp {
+        rfc3339: String,
+        epoch_millis: i64,
+    },
+}
+
+/// Validated settings; see `config/kcld.example.toml` for each key.
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    pub application_name: String,
+    pub stream_arn: StreamArn,
+    pub lease_table: String,
+    pub worker_id: String,
+    pub initial_position: InitialPosition,
+    pub aws: AwsSettings,
+    pub polling: PollingSettings,
+    pub sink: SinkSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AwsSettings {
+    /// Resolved: `aws.kinesis_endpoint`, else `AWS_ENDPOINT_URL_KINESIS`,
+    /// else `aws.endpoint`, else `AWS_ENDPOINT_URL`, else the AWS default.
+    pub kinesis_endpoint: Option<String>,
+    pub dynamodb_endpoint: Option<String>,
+    pub sts_endpoint: Option<String>,
+    /// Region of the lease table; the stream's region unless set.
+    pub dynamodb_region: String,
+    pub ca_file: Option<PathBuf>,
+    pub assume_role: Option<AssumeRole>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AssumeRole {
+    pub role_arn: String,
+    pub session_name: String,
+    pub external_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PollingSettings {
+    /// `Limit` of each GetRecords call, 1 to 10,000.
+    pub max_records: i32,
+    /// Wait after an empty GetRecords before the next call on that shard.
+    pub idle_time_between_reads_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    Stdout,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SinkSettings {
+    #[serde(rename = "type")]
+    pub kind: SinkKind,
+    /// `invokeIdentityArn` of each record; empty when not configured.
+    pub invoke_identity_arn: String,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. `info` or `kcld=debug,info`.
+    pub level: String,
+}
+
+/// Environment variables read directly by name, not as `KCLD_` keys.
+const NOT_KEYS: &[&str] = &["KCLD_CONFIG", "KCLD_LOG"];
+
+/// Loads the configuration from an optional file and the given environment
+/// (pass `std::env::vars()`; tests pass their own).
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Settings, ConfigError> {
+    let env: HashMap<String, String> = env.into_iter().collect();
+    let kcld_vars: config::Map<String, String> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("KCLD_") && !NOT_KEYS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+
+    let mut builder = config::Config::builder();
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(ConfigError::File {
+                path: path.to_owned(),
+                problem: "no such file; pass an existing TOML file with --config or KCLD_CONFIG (see config/kcld.example.toml)".into(),
+            });
+        }
+        builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+    }
+    builder = builder.add_source(
+        config::Environment::with_prefix("KCLD")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(kcld_vars)),
+    );
+    let raw: RawSettings = builder
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| translate(e, file))?;
+    validate(raw, &env)
+}
+
+/// Turns the config crate's errors into ones that name the key and the fix.
+fn translate(e: config::ConfigError, file: Option<&Path>) -> ConfigError {
+    let text = e.to_string();
+    if let Some(rest) = text.split("unknown field `").nth(1) {
+        let field = rest.split('`').next().unwrap_or_default();
+        let env = format!("KCLD_{}", field.to_ascii_uppercase());
+        return ConfigError::key(
+            field,
+            "is not a kcld setting",
+            format!(
+                "check its spelling and section against config/kcld.example.toml (or unset {env})"
+            ),
+        );
+    }
+    match (file, &e) {
+        (Some(path), config::ConfigError::FileParse { .. }) => ConfigError::File {
+            path: path.to_owned(),
+            problem: format!("not valid TOML: {text}"),
+        },
+        _ => ConfigError::Other(text),
+    }
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+fn validate(raw: RawSettings, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+    let application_name = non_empty(raw.application_name).ok_or_else(|| {
+        ConfigError::key(
+            "application_name",
+            "is missing",
+            "set it in the config file or KCLD_APPLICATION_NAME; it names the lease table, as in the KCL",
+        )
+    })?;
+    check_table_name("application_name", &application_name)?;
+
+    let arn_text = non_empty(raw.stream_arn).ok_or_else(|| {
+        ConfigError::key(
+            "stream_arn",
+            "is missing",
+            "set it in the config file or KCLD_STREAM_ARN, e.g. arn:aws:kinesis:us-east-1:111111111111:stream/orders",
+        )
+    })?;
+    let stream_arn: StreamArn = arn_text.parse().map_err(|e: ArnError| {
+        ConfigError::key(
+            "stream_arn",
+            e.to_string(),
+            "copy the ARN from the stream owner's console or `aws kinesis describe-stream-summary`",
+        )
+    })?;
+
+    let lease_table = non_empty(raw.lease_table).unwrap_or_else(|| application_name.clone());
+    check_table_name("lease_table", &lease_table)?;
+
+    let worker_id = non_empty(raw.worker_id).unwrap_or_else(default_worker_id);
+
+    let initial_position = match non_empty(raw.initial_position)
+        .unwrap_or_else(|| "LATEST".into())
+        .to_ascii_uppercase()
+        .as_str()
+    {
+        "TRIM_HORIZON" => InitialPosition::TrimHorizon,
+        "LATEST" => InitialPosition::Latest,
+        "AT_TIMESTAMP" => {
+            let ts = non_empty(raw.initial_timestamp).ok_or_else(|| {
+                ConfigError::key(
+                    "initial_timestamp",
+                    "is required when initial_position is AT_TIMESTAMP",
+                    "set an RFC 3339 time such as 2026-11-22T06:00:00Z",
+                )
+            })?;
+            let parsed = aws_smithy_types::DateTime::from_str(
+                &ts,
+                aws_smithy_types::date_time::Format::DateTime,
+            )
+            .map_err(|e| {
+                ConfigError::key(
+                    "initial_timestamp",
+                    format!("{ts:?} is not an RFC 3339 time ({e})"),
+                    "write it like 2026-11-22T06:00:00Z or 2026-11-22T07:00:00+01:00",
+                )
+            })?;
+            let epoch_millis = parsed.to_millis().map_err(|e| {
+                ConfigError::key(
+                    "initial_timestamp",
+                    format!("{ts:?} is out of range ({e})"),
+                    "use a time after 1970",
+                )
+            })?;
+            InitialPosition::AtTimestamp {
+                rfc3339: ts,
+                epoch_millis,
+            }
+        }
+        other => {
+            return Err(ConfigError::key(
+                "initial_position",
+                format!("{other:?} is not a position"),
+                "use TRIM_HORIZON, LATEST or AT_TIMESTAMP (with initial_timestamp)",
+            ))
+        }
+    };
+
+    let aws = validate_aws(raw.aws, &stream_arn, env)?;
+
+    let max_records = raw.polling.max_records.unwrap_or(10_000);
+    if !(1..=10_000).contains(&max_records) {
+        return Err(ConfigError::key(
+            "polling.max_records",
+            format!("{max_records} is out of range"),
+            "GetRecords takes 1 to 10000 records per call",
+        ));
+    }
+    let idle = raw.polling.idle_time_between_reads_ms.unwrap_or(1_000);
+    if !(0..=300_000).contains(&idle) {
+        return Err(ConfigError::key(
+            "polling.idle_time_between_reads_ms",
+            format!("{idle} is out of range"),
+            "use 0 to 300000 milliseconds",
+        ));
+    }
+
+    let kind = match non_empty(raw.sink.kind)
+        .unwrap_or_else(|| "stdout".into())
+        .as_str()
+    {
+        "stdout" => SinkKind::Stdout,
+        other => {
+            return Err(ConfigError::key(
+                "sink.type",
+                format!("{other:?} is not a sink"),
+                "use stdout",
+            ))
+        }
+    };
+    let invoke_identity_arn = non_empty(raw.sink.invoke_identity_arn)
+        .or_else(|| aws.assume_role.as_ref().map(|r| r.role_arn.clone()))
+        .unwrap_or_default();
+
+    let format = match non_empty(raw.log.format)
+        .unwrap_or_else(|| "text".into())
+        .as_str()
+    {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(ConfigError::key(
+                "log.format",
+                format!("{other:?} is not a log format"),
+                "use text or json",
+            ))
+        }
+    };
+    let level = non_empty(raw.log.level).unwrap_or_else(|| "info".into());
+
+    Ok(Settings {
+        application_name,
+        stream_arn,
+        lease_table,
+        worker_id,
+        initial_position,
+        aws,
+        polling: PollingSettings {
+            max_records: max_records as i32,
+            idle_time_between_reads_ms: idle as u64,
+        },
+        sink: SinkSettings {
+            kind,
+            invoke_identity_arn,
+        },
+        log: LogSettings { format, level },
+    })
+}
+
+fn validate_aws(
+    raw: RawAws,
+    stream: &StreamArn,
+    env: &HashMap<String, String>,
+) -> Result<AwsSettings, ConfigError> {
+    let env_value = |name: &str| non_empty(env.get(name).cloned());
+    let all = non_empty(raw.endpoint);
+    let resolve = |key: &str, own: Option<String>, service_env: &str| {
+        let chosen = own
+            .map(|v| (key.to_owned(), v))
+            .or_else(|| env_value(service_env).map(|v| (service_env.to_owned(), v)))
+            .or_else(|| all.clone().map(|v| ("aws.endpoint".to_owned(), v)))
+            .or_else(|| env_value("AWS_ENDPOINT_URL").map(|v| ("AWS_ENDPOINT_URL".to_owned(), v)));
+        match chosen {
+            None => Ok(None),
+            Some((from, url)) if url.starts_with("http://") || url.starts_with("https://") => {
+                let _ = from;
+                Ok(Some(url))
+            }
+            Some((from, url)) => Err(ConfigError::key(
+                &from,
+                format!("{url:?} is not an endpoint URL"),
+                "write it with its scheme, e.g. http://127.0.0.1:4566 or https://kinesis.us-east-1.amazonaws.com",
+            )),
+        }
+    };
+    let kinesis_endpoint = resolve(
+        "aws.kinesis_endpoint",
+        non_empty(raw.kinesis_endpoint),
+        "AWS_ENDPOINT_URL_KINESIS",
+    )?;
+    let dynamodb_endpoint = resolve(
+        "aws.dynamodb_endpoint",
+        non_empty(raw.dynamodb_endpoint),
+        "AWS_ENDPOINT_URL_DYNAMODB",
+    )?;
+    let sts_endpoint = resolve(
+        "aws.sts_endpoint",
+        non_empty(raw.sts_endpoint),
+        "AWS_ENDPOINT_URL_STS",
+    )?;
+
+    let ca_file = non_empty(raw.ca_file).map(PathBuf::from);
+    if let Some(path) = &ca_file {
+        if !path.is_file() {
+            return Err(ConfigError::key(
+                "aws.ca_file",
+                format!("{} does not exist", path.display()),
+                "point it at a PEM file of the CA that signed the endpoint's certificate, or remove it",
+            ));
+        }
+    }
+
+    let assume_role = match non_empty(raw.assume_role_arn) {
+        None => None,
+        Some(role_arn) => {
+            let parts: Vec<&str> = role_arn.splitn(6, ':').collect();
+            if parts.len() != 6
+                || parts[0] != "arn"
+                || parts[2] != "iam"
+                || !parts[5].starts_with("role/")
+            {
+                return Err(ConfigError::key(
+                    "aws.assume_role_arn",
+                    format!("{role_arn:?} is not an IAM role ARN"),
+                    "use arn:aws:iam::<account>:role/<name>, or remove it to use the default credentials for Kinesis",
+                ));
+            }
+            Some(AssumeRole {
+                role_arn,
+                session_name: non_empty(raw.assume_role_session_name)
+                    .unwrap_or_else(|| "kcld".into()),
+                external_id: non_empty(raw.assume_role_external_id),
+            })
+        }
+    };
+
+    Ok(AwsSettings {
+        kinesis_endpoint,
+        dynamodb_endpoint,
+        sts_endpoint,
+        dynamodb_region: non_empty(raw.dynamodb_region).unwrap_or_else(|| stream.region.clone()),
+        ca_file,
+        assume_role,
+    })
+}
+
+/// DynamoDB table names: 3 to 255 characters of a-z, A-Z, 0-9, '_', '-', '.'.
+fn check_table_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = (3..=255).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::key(
+            key,
+            format!("{name:?} cannot name a DynamoDB lease table"),
+            "use 3 to 255 characters of a-z, A-Z, 0-9, '_', '-', '.'",
+        ))
+    }
+}
+
+/// `<hostname>-<uuid>`: unique per process, and says which host it runs on.
+fn default_worker_id() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let host = if host.is_empty() {
+        "kcld".to_owned()
+    } else {
+        host
+    };
+    format!("{host}-{}", uuid::Uuid::new_v4())
+}
+
+impl Settings {
+    /// The effective configuration as TOML, for `kcld check-config`.
+    pub fn to_toml(&self) -> String {
+        let body =
+            toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        format!(
+            "# stream {} in account {}, region {} (from stream_arn)\n{body}",
+            self.stream_arn.stream_name, self.stream_arn.account, self.stream_arn.region
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

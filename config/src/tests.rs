@@ -1,0 +1,238 @@
+use super::*;
+use std::io::Write;
+
+const ARN: &str = "arn:aws:kinesis:us-east-1:111111111111:stream/orders";
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+fn err_key(e: ConfigError) -> String {
+    match e {
+        ConfigError::Key { key, .. } => key,
+        other => panic!("expected a key error, got {other}"),
+    }
+}
+
+#[test]
+fn minimal_environment_only_config_gets_the_defaults() {
+    let s = load(
+        None,
+        env(&[
+            ("KCLD_APPLICATION_NAME", "orders-reader"),
+            ("KCLD_STREAM_ARN", ARN),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.lease_table, "orders-reader");
+    assert_eq!(s.stream_arn.account, "111111111111");
+    assert_eq!(s.aws.dynamodb_region, "us-east-1");
+    assert_eq!(s.initial_position, InitialPosition::Latest);
+    assert_eq!(s.polling.max_records, 10_000);
+    assert_eq!(s.sink.kind, SinkKind::Stdout);
+    assert!(
+        s.worker_id.len() > 36,
+        "worker id {:?} should be host + uuid",
+        s.worker_id
+    );
+    assert!(s.aws.kinesis_endpoint.is_none());
+}
+
+#[test]
+fn worker_ids_are_unique_by_default() {
+    let e = env(&[("KCLD_APPLICATION_NAME", "app"), ("KCLD_STREAM_ARN", ARN)]);
+    let a = load(None, e.clone()).unwrap().worker_id;
+    let b = load(None, e).unwrap().worker_id;
+    assert_ne!(a, b);
+}
+
+#[test]
+fn environment_overrides_the_file_including_nested_keys() {
+    let f = file(&format!(
+        "application_name = \"from-file\"\nstream_arn = \"{ARN}\"\n[polling]\nmax_records = 500\n[aws]\nkinesis_endpoint = \"http://file:1\"\n"
+    ));
+    let s = load(
+        Some(f.path()),
+        env(&[
+            ("KCLD_APPLICATION_NAME", "from-env"),
+            ("KCLD_POLLING__MAX_RECORDS", "250"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.application_name, "from-env");
+    assert_eq!(s.polling.max_records, 250);
+    assert_eq!(s.aws.kinesis_endpoint.as_deref(), Some("http://file:1"));
+}
+
+#[test]
+fn endpoints_follow_the_aws_sdk_variables_when_no_key_is_set() {
+    let base = [("KCLD_APPLICATION_NAME", "app"), ("KCLD_STREAM_ARN", ARN)];
+    let mut e = env(&base);
+    e.extend(env(&[
+        ("AWS_ENDPOINT_URL", "http://all:1"),
+        ("AWS_ENDPOINT_URL_KINESIS", "http://kinesis:2"),
+    ]));
+    let s = load(None, e.clone()).unwrap();
+    assert_eq!(s.aws.kinesis_endpoint.as_deref(), Some("http://kinesis:2"));
+    assert_eq!(s.aws.dynamodb_endpoint.as_deref(), Some("http://all:1"));
+
+    e.push(("KCLD_AWS__KINESIS_ENDPOINT".into(), "http://key:3".into()));
+    let s = load(None, e).unwrap();
+    assert_eq!(s.aws.kinesis_endpoint.as_deref(), Some("http://key:3"));
+}
+
+#[test]
+fn at_timestamp_needs_an_rfc3339_time() {
+    let base = [
+        ("KCLD_APPLICATION_NAME", "app"),
+        ("KCLD_STREAM_ARN", ARN),
+        ("KCLD_INITIAL_POSITION", "AT_TIMESTAMP"),
+    ];
+    assert_eq!(
+        err_key(load(None, env(&base)).unwrap_err()),
+        "initial_timestamp"
+    );
+    let mut e = env(&base);
+    e.push(("KCLD_INITIAL_TIMESTAMP".into(), "yesterday".into()));
+    assert_eq!(err_key(load(None, e).unwrap_err()), "initial_timestamp");
+    let mut e = env(&base);
+    e.push((
+        "KCLD_INITIAL_TIMESTAMP".into(),
+        "2026-11-22T06:00:00Z".into(),
+    ));
+    match load(None, e).unwrap().initial_position {
+        InitialPosition::AtTimestamp { epoch_millis, .. } => {
+            assert_eq!(epoch_millis, 1_795_327_200_000)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn each_bad_value_names_its_key() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("KCLD_STREAM_ARN", ARN)], "application_name"),
+        (&[("KCLD_APPLICATION_NAME", "app")], "stream_arn"),
+        (
+            &[
+                ("KCLD_APPLICATION_NAME", "app"),
+                ("KCLD_STREAM_ARN", "orders"),
+            ],
+            "stream_arn",
+        ),
+        (
+            &[("KCLD_APPLICATION_NAME", "a b"), ("KCLD_STREAM_ARN", ARN)],
+            "application_name",
+        ),
+        (
+            &[
+                ("KCLD_APPLICATION_NAME", "app"),
+                ("KCLD_STREAM_ARN", ARN),
+                ("KCLD_INITIAL_POSITION", "OLDEST"),
+            ],
+            "initial_position",
+        ),
+        (
+            &[
+                ("KCLD_APPLICATION_NAME", "app"),
+                ("KCLD_STREAM_ARN", ARN),
+                ("KCLD_POLLING__MAX_RECORDS", "20000"),
+            ],
+            "polling.max_records",
+        ),
+        (
+            &[
+                ("KCLD_APPLICATION_NAME", "app"),
+                ("KCLD_STREAM_ARN", ARN),
+                ("KCLD_SINK__TYPE", "kafka"),
+            ],
+            "sink.type",
+        ),
+        (
+            &[
+                ("KCLD_APPLICATION_NAME", "app"),
+                ("KCLD_STREAM_ARN", ARN),
+                ("KCLD_STREAM_ARM", ARN),
+            ],
+            "stream_arm",
+        ),
+        (
+            &[
+                ("KCLD_APPLICATION_NAME", "app"),
+                ("KCLD_STREAM_ARN", ARN),
+                ("AWS_ENDPOINT_URL_KINESIS", "localhost:4566"),
+            ],
+            "AWS_ENDPOINT_URL_KINESIS",
+        ),
+        (
+            &[
+                ("KCLD_APPLICATION_NAME", "app"),
+                ("KCLD_STREAM_ARN", ARN),
+                ("KCLD_AWS__ASSUME_ROLE_ARN", "arn:aws:iam::1:user/x"),
+            ],
+            "aws.assume_role_arn",
+        ),
+        (
+            &[
+                ("KCLD_APPLICATION_NAME", "app"),
+                ("KCLD_STREAM_ARN", ARN),
+                ("KCLD_AWS__CA_FILE", "/nonexistent/ca.pem"),
+            ],
+            "aws.ca_file",
+        ),
+    ];
+    for (vars, key) in cases {
+        let e = load(None, env(vars)).unwrap_err();
+        let text = e.to_string();
+        assert_eq!(err_key(e), *key, "{text}");
+    }
+}
+
+#[test]
+fn a_typo_in_the_file_is_named() {
+    let f = file(&format!(
+        "application_name = \"a12\"\nstream_arn = \"{ARN}\"\n[polling]\nmax_record = 5\n"
+    ));
+    let e = load(Some(f.path()), env(&[])).unwrap_err();
+    assert!(e.to_string().contains("max_record"), "{e}");
+}
+
+#[test]
+fn a_missing_or_broken_file_is_a_file_error() {
+    let e = load(Some(Path::new("/nonexistent/kcld.toml")), env(&[])).unwrap_err();
+    assert!(matches!(e, ConfigError::File { .. }), "{e}");
+    let f = file("application_name = \n");
+    let e = load(Some(f.path()), env(&[])).unwrap_err();
+    assert!(matches!(e, ConfigError::File { .. }), "{e}");
+}
+
+#[test]
+fn the_example_file_sets_every_key_to_its_default() {
+    // The example sets every key explicitly; loading it must give exactly
+    // what a configuration naming only the two required keys gives.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("kcld.example.toml");
+    let from_example = load(Some(&example), env(&[])).unwrap();
+    let defaults = load(
+        None,
+        env(&[
+            ("KCLD_APPLICATION_NAME", &from_example.application_name),
+            ("KCLD_STREAM_ARN", &from_example.stream_arn.to_string()),
+        ]),
+    )
+    .unwrap();
+    let strip_worker = |s: &Settings| {
+        let mut t: toml::Table = toml::from_str(&s.to_toml()).unwrap();
+        t.remove("worker_id");
+        t
+    };
+    assert_eq!(strip_worker(&from_example), strip_worker(&defaults));
+}

@@ -1,0 +1,148 @@
+//! AWS clients for the stream's account and region.
+//!
+//! Credentials come from the SDK's default chain (environment, profile, web
+//! identity, container and instance roles); Kinesis may use an assumed role
+//! of its own. The region is the stream ARN's, so a consumer in one account
+//! reads a stream in another without any region setting.
+
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+use kcld_config::Settings;
+
+use crate::error::{Error, Result};
+
+/// The clients kcld talks to, configured for the stream's region.
+#[derive(Clone, Debug)]
+pub struct Clients {
+    pub kinesis: aws_sdk_kinesis::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+}
+
+/// Builds the clients and resolves credentials once, so that missing
+/// credentials are reported at start rather than on the first call.
+pub async fn connect(settings: &Settings) -> Result<Clients> {
+    let http = http_client(settings)?;
+    let base = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .region(Region::new(settings.stream_arn.region.clone()))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                // GetRecords of 10 MiB on a slow link; anything longer is stuck.
+                .operation_attempt_timeout(Duration::from_secs(60))
+                .build(),
+        )
+        .retry_config(RetryConfig::standard().with_max_attempts(3))
+        .load()
+        .await;
+
+    let default_credentials = base.credentials_provider().ok_or_else(no_credentials)?;
+    check_credentials(&default_credentials, "the default credential chain").await?;
+
+    let kinesis_credentials = match &settings.aws.assume_role {
+        None => default_credentials,
+        Some(role) => {
+            let mut sts_config = base.to_builder();
+            if let Some(url) = &settings.aws.sts_endpoint {
+                sts_config.set_endpoint_url(Some(url.clone()));
+            }
+            let mut builder = aws_config::sts::AssumeRoleProvider::builder(&role.role_arn)
+                .session_name(&role.session_name)
+                .configure(&sts_config.build());
+            if let Some(id) = &role.external_id {
+                builder = builder.external_id(id);
+            }
+            let provider = SharedCredentialsProvider::new(builder.build().await);
+            check_credentials(&provider, &format!("assuming {}", role.role_arn)).await?;
+            provider
+        }
+    };
+
+    let mut kinesis =
+        aws_sdk_kinesis::config::Builder::from(&base).credentials_provider(kinesis_credentials);
+    if let Some(url) = &settings.aws.kinesis_endpoint {
+        kinesis = kinesis.endpoint_url(url);
+    }
+    let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(&base)
+        .region(Region::new(settings.aws.dynamodb_region.clone()));
+    if let Some(url) = &settings.aws.dynamodb_endpoint {
+        dynamodb = dynamodb.endpoint_url(url);
+    }
+    Ok(Clients {
+        kinesis: aws_sdk_kinesis::Client::from_conf(kinesis.build()),
+        dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb.build()),
+    })
+}
+
+/// One HTTPS-capable client (it also speaks plain HTTP to local endpoints),
+/// trusting the system roots plus `aws.ca_file` when set.
+fn http_client(
+    settings: &Settings,
+) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient> {
+    let mut trust = TrustStore::default();
+    if let Some(path) = &settings.aws.ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            Error::Other(format!(
+                "aws.ca_file {}: cannot read it ({e})",
+                path.display()
+            ))
+        })?;
+        // The HTTP client panics on a bad certificate later, so check now.
+        use rustls_pki_types::{pem::PemObject, CertificateDer};
+        let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                Error::Other(format!(
+                    "aws.ca_file {}: not a PEM certificate ({e}); point it at the CA's .pem file",
+                    path.display()
+                ))
+            })?;
+        if certs.is_empty() {
+            return Err(Error::Other(format!(
+                "aws.ca_file {}: holds no certificate; point it at the CA's .pem file",
+                path.display()
+            )));
+        }
+        trust = trust.with_pem_certificate(pem);
+    }
+    let context = TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .map_err(|e| Error::Other(format!("TLS setup: {e}")))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .tls_context(context)
+        .build_https())
+}
+
+fn no_credentials() -> Error {
+    Error::Aws(
+        "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile \
+         (AWS_PROFILE), a web identity token, or run with a container or instance role"
+            .into(),
+    )
+}
+
+async fn check_credentials(provider: &SharedCredentialsProvider, source: &str) -> Result<()> {
+    provider.provide_credentials().await.map(|_| ()).map_err(|e| {
+        // The chain's report spans lines (one per provider tried); keep the
+        // message to one line.
+        let detail = aws_smithy_types::error::display::DisplayErrorContext(&e).to_string();
+        let detail = detail
+            .split(" (")
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        Error::Aws(format!(
+            "no AWS credentials from {source} ({detail}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+             a profile (AWS_PROFILE), a web identity token, or run with a container or instance role"
+        ))
+    })
+}

@@ -1,0 +1,19 @@
+//! kcld as a library: the daemon's core, so that the binary stays a thin
+//! shell and tests (or an application embedding kcld) drive the same code.
+//!
+//! See ARCHITECTURE.md at the repository root for the codemap.
+
+pub mod aws;
+pub mod cli;
+pub mod consumer;
+pub mod error;
+pub mod logging;
+pub mod policy;
+pub mod record;
+pub mod retrieval;
+pub mod shutdown;
+pub mod sink;
+pub mod stream;
+pub mod worker;
+
+pub use error::{Error, Result};

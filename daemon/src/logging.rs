@@ -1,0 +1,28 @@
+//! Logs through tracing, always to stderr (stdout carries records): text for
+//! a terminal, JSON for log shippers. `KCLD_LOG` overrides the level filter.
+
+use kcld_config::LogFormat;
+use tracing_subscriber::EnvFilter;
+
+pub fn init(format: &LogFormat, level: &str) {
+    let filter = std::env::var("KCLD_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .or_else(|| EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    // Quieten the SDK's own chatter unless asked for.
+    let filter = filter
+        .add_directive("aws_config=warn".parse().expect("static directive"))
+        .add_directive("aws_smithy_runtime=warn".parse().expect("static directive"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    // A second init (in tests) keeps the first subscriber.
+    let _ = result;
+}

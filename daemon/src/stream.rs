@@ -1,0 +1,305 @@
+//! The shared stream, addressed by ARN on every call: describe it, list its
+//! shards, get iterators and records. Also classifies Kinesis errors into
+//! what the caller should do about them.
+
+use std::time::Duration;
+
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::types::{Shard, ShardIteratorType};
+use aws_smithy_types::error::display::DisplayErrorContext;
+use kcld_config::StreamArn;
+use kcld_lease::ShardSpec;
+
+use crate::error::Error;
+use crate::policy;
+
+/// What a failed Kinesis call means for the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum KinesisError {
+    #[error("{message}")]
+    AccessDenied {
+        action: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    /// ProvisionedThroughputExceeded or LimitExceeded: wait and retry.
+    #[error("throttled: {0}")]
+    Throttled(String),
+    /// The shard iterator is older than five minutes: get a new one.
+    #[error("shard iterator expired")]
+    ExpiredIterator,
+    /// No connection to the endpoint, or it timed out.
+    #[error("cannot reach Kinesis: {0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl KinesisError {
+    /// True for errors worth retrying in place.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            KinesisError::Throttled(_) | KinesisError::Unreachable(_) | KinesisError::Other(_)
+        )
+    }
+
+    fn classify<E, R>(err: SdkError<E, R>, stream: &StreamArn, action: &'static str) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let detail = DisplayErrorContext(&err).to_string();
+        match &err {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                return KinesisError::Unreachable(detail)
+            }
+            _ => {}
+        }
+        let code = err.code().unwrap_or_default().to_owned();
+        let message = err.message().unwrap_or_default().to_owned();
+        match code.as_str() {
+            "AccessDeniedException" | "AccessDenied" | "UnauthorizedOperation" => {
+                KinesisError::AccessDenied {
+                    action,
+                    message: policy::access_denied_message(stream, action, &message),
+                }
+            }
+            "KMSAccessDeniedException" => KinesisError::AccessDenied {
+                action,
+                message: format!(
+                    "{action} on {stream}: the stream is encrypted and this role may not use its \
+                     KMS key ({message}); the owner must share a customer-managed key and allow \
+                     kms:Decrypt to this consumer's role"
+                ),
+            },
+            "ResourceNotFoundException" => KinesisError::NotFound(format!(
+                "{action} on {stream}: not found ({message}); check stream_arn: the owner's \
+                 account and region are part of the ARN"
+            )),
+            "ProvisionedThroughputExceededException"
+            | "LimitExceededException"
+            | "ThrottlingException" => KinesisError::Throttled(format!("{action}: {code}")),
+            "ExpiredIteratorException" => KinesisError::ExpiredIterator,
+            "" => KinesisError::Other(format!("{action}: {detail}")),
+            _ => KinesisError::Other(format!("{action}: {code}: {message}")),
+        }
+    }
+}
+
+impl From<KinesisError> for Error {
+    fn from(e: KinesisError) -> Self {
+        match e {
+            KinesisError::Unreachable(detail) => Error::Aws(format!(
+                "cannot reach Kinesis ({detail}); check aws.kinesis_endpoint / AWS_ENDPOINT_URL_KINESIS and the network"
+            )),
+            other => Error::Aws(other.to_string()),
+        }
+    }
+}
+
+/// Where to start reading a shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    TrimHorizon,
+    Latest,
+    AtTimestamp { epoch_millis: i64 },
+    AtSequence(String),
+    AfterSequence(String),
+}
+
+/// A summary of the stream for logs and readiness.
+#[derive(Clone, Debug)]
+pub struct StreamSummary {
+    pub status: String,
+    pub open_shards: i32,
+    pub encryption: String,
+    pub retention_hours: i32,
+}
+
+/// The stream and the client that reads it.
+#[derive(Clone, Debug)]
+pub struct Stream {
+    client: aws_sdk_kinesis::Client,
+    arn: StreamArn,
+    arn_text: String,
+}
+
+impl Stream {
+    pub fn new(client: aws_sdk_kinesis::Client, arn: StreamArn) -> Self {
+        let arn_text = arn.to_string();
+        Stream {
+            client,
+            arn,
+            arn_text,
+        }
+    }
+
+    pub fn arn(&self) -> &StreamArn {
+        &self.arn
+    }
+
+    pub fn client(&self) -> &aws_sdk_kinesis::Client {
+        &self.client
+    }
+
+    /// DescribeStreamSummary, retried while throttled (its limit, 20 calls
+    /// per second per account, is shared with every other reader).
+    pub async fn describe(&self) -> Result<StreamSummary, KinesisError> {
+        let mut throttled = 0u32;
+        let out = loop {
+            let result = self
+                .client
+                .describe_stream_summary()
+                .stream_arn(&self.arn_text)
+                .send()
+                .await
+                .map_err(|e| KinesisError::classify(e, &self.arn, "kinesis:DescribeStreamSummary"));
+            match result {
+                Ok(out) => break out,
+                Err(KinesisError::Throttled(_)) if throttled < 10 => {
+                    throttled += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(throttled))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let d = out.stream_description_summary;
+        Ok(StreamSummary {
+            status: d
+                .as_ref()
+                .map(|d| d.stream_status.as_str().to_owned())
+                .unwrap_or_default(),
+            open_shards: d.as_ref().map(|d| d.open_shard_count).unwrap_or(0),
+            encryption: d
+                .as_ref()
+                .and_then(|d| d.encryption_type.as_ref())
+                .map(|e| e.as_str().to_owned())
+                .unwrap_or_else(|| "NONE".into()),
+            retention_hours: d.as_ref().map(|d| d.retention_period_hours).unwrap_or(0),
+        })
+    }
+
+    /// Every shard the stream still has (open and closed), following
+    /// pagination. `page_size` is ListShards' MaxResults (1 to 10,000).
+    pub async fn list_shards(&self, page_size: i32) -> Result<Vec<ShardSpec>, KinesisError> {
+        let mut shards = Vec::new();
+        let mut next: Option<String> = None;
+        let mut throttled = 0u32;
+        loop {
+            // Pages are chained with ExclusiveStartShardId rather than
+            // NextToken: that keeps the stream ARN (what a cross-account
+            // caller is authorised against) on every call, which the API
+            // forbids beside a NextToken.
+            let request = self
+                .client
+                .list_shards()
+                .stream_arn(&self.arn_text)
+                .set_exclusive_start_shard_id(next.clone());
+            let out = match request.max_results(page_size).send().await {
+                Ok(out) => out,
+                Err(e) => match KinesisError::classify(e, &self.arn, "kinesis:ListShards") {
+                    // ListShards allows 1000 calls/s per account, shared with
+                    // every other reader of the stream: wait, then retry.
+                    KinesisError::Throttled(_) if throttled < 10 => {
+                        throttled += 1;
+                        tokio::time::sleep(Duration::from_millis(200 * u64::from(throttled))).await;
+                        continue;
+                    }
+                    other => return Err(other),
+                },
+            };
+            let page = out.shards.unwrap_or_default();
+            shards.extend(page.iter().map(shard_spec));
+            match (out.next_token, page.last()) {
+                (Some(token), Some(last)) if !token.is_empty() => {
+                    next = Some(last.shard_id().to_owned())
+                }
+                _ => break,
+            }
+        }
+        Ok(shards)
+    }
+
+    pub async fn shard_iterator(
+        &self,
+        shard_id: &str,
+        at: &StartAt,
+    ) -> Result<String, KinesisError> {
+        let mut req = self
+            .client
+            .get_shard_iterator()
+            .stream_arn(&self.arn_text)
+            .shard_id(shard_id);
+        req = match at {
+            StartAt::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            StartAt::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
+            StartAt::AtTimestamp { epoch_millis } => req
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(aws_smithy_types::DateTime::from_millis(*epoch_millis)),
+            StartAt::AtSequence(seq) => req
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                .starting_sequence_number(seq),
+            StartAt::AfterSequence(seq) => req
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(seq),
+        };
+        let out = req
+            .send()
+            .await
+            .map_err(|e| KinesisError::classify(e, &self.arn, "kinesis:GetShardIterator"))?;
+        out.shard_iterator.ok_or_else(|| {
+            KinesisError::NotFound(format!("{shard_id}: GetShardIterator returned no iterator (the shard is closed and trimmed)"))
+        })
+    }
+
+    pub async fn get_records(
+        &self,
+        iterator: &str,
+        limit: i32,
+    ) -> Result<aws_sdk_kinesis::operation::get_records::GetRecordsOutput, KinesisError> {
+        self.client
+            .get_records()
+            .stream_arn(&self.arn_text)
+            .shard_iterator(iterator)
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| KinesisError::classify(e, &self.arn, "kinesis:GetRecords"))
+    }
+}
+
+fn shard_spec(shard: &Shard) -> ShardSpec {
+    let parents = [shard.parent_shard_id(), shard.adjacent_parent_shard_id()]
+        .into_iter()
+        .flatten()
+        .map(str::to_owned)
+        .collect();
+    let range = shard.hash_key_range();
+    ShardSpec {
+        shard_id: shard.shard_id().to_owned(),
+        parents,
+        starting_hash_key: range
+            .map(|r| r.starting_hash_key().to_owned())
+            .unwrap_or_default(),
+        ending_hash_key: range
+            .map(|r| r.ending_hash_key().to_owned())
+            .unwrap_or_default(),
+    }
+}
+
+/// A child shard as announced by GetRecords at the end of its parent.
+pub fn child_spec(child: &aws_sdk_kinesis::types::ChildShard) -> ShardSpec {
+    let range = child.hash_key_range();
+    ShardSpec {
+        shard_id: child.shard_id().to_owned(),
+        parents: child.parent_shards().to_vec(),
+        starting_hash_key: range
+            .map(|r| r.starting_hash_key().to_owned())
+            .unwrap_or_default(),
+        ending_hash_key: range
+            .map(|r| r.ending_hash_key().to_owned())
+            .unwrap_or_default(),
+    }
+}

@@ -1,0 +1,200 @@
+//! Bad input: each mistake gives one clear line naming what is wrong and the
+//! fix, and the documented exit code. Runs the real binary.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use kcld_testkit::{unique_name, Kcld, Stack};
+
+const KCLD: &str = env!("CARGO_BIN_EXE_kcld");
+const ARN: &str = "arn:aws:kinesis:us-east-1:111111111111:stream/orders";
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Runs kcld to completion; returns (exit code, stdout lines, stderr).
+async fn run(args: &[&str], vars: HashMap<String, String>) -> (i32, Vec<String>, String) {
+    let mut kcld = Kcld::spawn(KCLD, args, &vars).unwrap();
+    let out = kcld.drain_for(Duration::from_secs(30)).await;
+    let stderr_handle = kcld.stderr.clone();
+    let status = kcld.wait(Duration::from_secs(30)).await.unwrap();
+    // Let the stderr reader catch the last line.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let err = stderr_handle.lock().unwrap().clone();
+    (status.code().unwrap_or(-1), out, err)
+}
+
+fn one_error_line(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("stack backtrace"), "{stderr}");
+    lines[0]
+}
+
+#[tokio::test]
+async fn version_and_help() {
+    let (code, out, _) = run(&["--version"], env(&[])).await;
+    assert_eq!(code, 0);
+    assert_eq!(out, [format!("kcld {}", env!("CARGO_PKG_VERSION"))]);
+    let (code, out, _) = run(&["--help"], env(&[])).await;
+    assert_eq!(code, 0);
+    let help = out.join("\n");
+    for word in [
+        "run",
+        "check-config",
+        "--config",
+        "KCLD_CONFIG",
+        "Exit codes",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+}
+
+#[tokio::test]
+async fn check_config_prints_the_effective_configuration() {
+    let (code, out, err) = run(
+        &["check-config"],
+        env(&[
+            ("KCLD_APPLICATION_NAME", "orders-reader"),
+            ("KCLD_STREAM_ARN", ARN),
+            ("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:1"),
+        ]),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let text = out.join("\n");
+    let parsed: toml::Table = toml::from_str(&text).unwrap();
+    assert_eq!(parsed["lease_table"].as_str(), Some("orders-reader"));
+    assert_eq!(
+        parsed["aws"]["kinesis_endpoint"].as_str(),
+        Some("http://127.0.0.1:1")
+    );
+    assert_eq!(parsed["aws"]["dynamodb_region"].as_str(), Some("us-east-1"));
+    assert!(text.contains("account 111111111111"), "{text}");
+}
+
+#[tokio::test]
+async fn configuration_errors_exit_2_naming_the_key() {
+    let cases: Vec<(Vec<&str>, HashMap<String, String>, &str)> = vec![
+        (
+            vec!["run"],
+            env(&[("KCLD_STREAM_ARN", ARN)]),
+            "application_name",
+        ),
+        (
+            vec!["check-config"],
+            env(&[("KCLD_APPLICATION_NAME", "app")]),
+            "stream_arn",
+        ),
+        (
+            vec!["run"],
+            env(&[
+                ("KCLD_APPLICATION_NAME", "app"),
+                ("KCLD_STREAM_ARN", "arn:aws:kinesis:us-east-1:1111:stream/x"),
+            ]),
+            "stream_arn",
+        ),
+        (
+            vec!["check-config"],
+            env(&[
+                ("KCLD_APPLICATION_NAME", "app"),
+                ("KCLD_STREAM_ARN", ARN),
+                ("KCLD_POLLING__MAX_RECORDS", "lots"),
+            ]),
+            "max_records",
+        ),
+        (
+            vec!["check-config", "--config", "/nonexistent/kcld.toml"],
+            env(&[]),
+            "/nonexistent/kcld.toml",
+        ),
+        (
+            vec!["run"],
+            env(&[
+                ("KCLD_APPLICATION_NAME", "app"),
+                ("KCLD_STREAM_ARN", ARN),
+                ("KCLD_INITAL_POSITION", "LATEST"),
+            ]),
+            "inital_position",
+        ),
+    ];
+    for (args, vars, key) in cases {
+        let (code, out, err) = run(&args, vars).await;
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?} printed to stdout: {out:?}");
+        let line = one_error_line(&err);
+        assert!(line.contains(key), "{args:?}: {line:?} does not name {key}");
+    }
+    // Usage errors are configuration errors too.
+    let (code, _, err) = run(&["frobnicate"], env(&[])).await;
+    assert_eq!(code, 2, "{err}");
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_exits_1_and_says_where() {
+    // Port 9 on loopback: nothing listens there.
+    let (code, out, err) = run(
+        &["run"],
+        env(&[
+            ("KCLD_APPLICATION_NAME", "app"),
+            ("KCLD_STREAM_ARN", ARN),
+            ("AWS_ACCESS_KEY_ID", "222222222222"),
+            ("AWS_SECRET_ACCESS_KEY", "x"),
+            ("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:9"),
+        ]),
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty());
+    let line = one_error_line(&err);
+    assert!(
+        line.contains("cannot reach Kinesis") && line.contains("AWS_ENDPOINT_URL_KINESIS"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn missing_credentials_exit_1_and_say_how_to_provide_them() {
+    let (code, _, err) = run(
+        &["run"],
+        env(&[
+            ("KCLD_APPLICATION_NAME", "app"),
+            ("KCLD_STREAM_ARN", ARN),
+            ("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:9"),
+            // No keys, no profile, and no instance metadata on loopback.
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_CONFIG_FILE", "/nonexistent"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+        ]),
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    let line = one_error_line(&err);
+    assert!(
+        line.contains("credentials") && line.contains("AWS_ACCESS_KEY_ID"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_does_not_exist_exits_1_naming_it() {
+    let stack = Stack::from_env().unwrap();
+    let arn = format!(
+        "arn:aws:kinesis:us-east-1:{}:stream/{}",
+        stack.producer_account,
+        unique_name("missing")
+    );
+    let mut vars = stack.consumer_env();
+    vars.insert("KCLD_APPLICATION_NAME".into(), "app".into());
+    vars.insert("KCLD_STREAM_ARN".into(), arn.clone());
+    let (code, out, err) = run(&["run"], vars).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty());
+    let line = one_error_line(&err);
+    assert!(line.contains("not found") && line.contains(&arn), "{line}");
+}

@@ -1,0 +1,68 @@
+//! Shard leases: which shards this worker reads, from where, and when it must
+//! stop.
+//!
+//! A [`LeaseSource`] hands the worker a [`Grant`] for every shard it may read.
+//! The grant carries the position to start from, the [`Checkpointer`] through
+//! which confirmed positions are written, and a cancellation token that fires
+//! when the lease is lost or the worker shuts down. The shard consumer knows
+//! nothing of how leases are kept: an in-memory source serves a single
+//! instance ([`memory::MemoryLeases`]); a DynamoDB source with the KCL's
+//! schema plugs in behind the same trait.
+
+use std::sync::Arc;
+
+use kcld_checkpoint::{Checkpoint, CheckpointError, Checkpointer};
+use tokio_util::sync::CancellationToken;
+
+pub mod memory;
+
+/// What the lease layer needs to know of a shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardSpec {
+    pub shard_id: String,
+    /// The shard's parents: one after a split, two after a merge, none for an
+    /// original shard. A child is read only once every parent has ended.
+    pub parents: Vec<String>,
+    /// The hash key range, as the decimal strings the lease table stores.
+    pub starting_hash_key: String,
+    pub ending_hash_key: String,
+}
+
+/// A shard this worker may read until `lost` fires.
+#[derive(Clone)]
+pub struct Grant {
+    pub shard: ShardSpec,
+    /// Where to resume: a sentinel for a shard never checkpointed, else the
+    /// last confirmed position (records at or before it are skipped).
+    pub start: Checkpoint,
+    /// Writes confirmed positions, conditioned on still holding the lease.
+    pub lease: Arc<dyn LeaseHandle>,
+    /// Fires when the lease is lost or the worker shuts down; the consumer
+    /// stops reading and delivering at once.
+    pub lost: CancellationToken,
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("shard", &self.shard.shard_id)
+            .field("start", &self.start)
+            .finish()
+    }
+}
+
+/// The lease side of one grant: checkpoints, and the end of the shard.
+#[async_trait::async_trait]
+pub trait LeaseHandle: Checkpointer {
+    /// The shard was read to its end and every record confirmed: checkpoint
+    /// `SHARD_END` and make the children leasable.
+    async fn shard_ended(&self, children: &[ShardSpec]) -> Result<(), CheckpointError>;
+}
+
+/// Hands out the shards this worker may read.
+#[async_trait::async_trait]
+pub trait LeaseSource: Send {
+    /// Waits for the next shard this worker should start reading. `None` once
+    /// the source is closed (shutdown).
+    async fn next_grant(&mut self) -> Option<Grant>;
+}

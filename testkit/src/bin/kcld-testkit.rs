@@ -1,0 +1,77 @@
+//! Local stack chores for the demo: create a shared stream in the producer
+//! account and put sample records into it. Reads the environment printed by
+//! `deploy/local/stack env`.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use kcld_testkit::Stack;
+
+#[derive(Parser)]
+#[command(about = "Local two-account stack chores for kcld's demo")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a stream in the producer account and share it with the consumer role; prints its ARN.
+    CreateStream {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 4)]
+        shards: i32,
+    },
+    /// Put sample records (as the producer account) into the stream.
+    Put {
+        #[arg(long)]
+        arn: String,
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+    },
+    /// Print the resource policy the producer attached to the stream.
+    ShowPolicy {
+        #[arg(long)]
+        arn: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let stack = Stack::from_env()?;
+    match Cli::parse().command {
+        Cmd::CreateStream { name, shards } => {
+            let arn = stack.create_shared_stream(&name, shards).await?;
+            println!("{arn}");
+        }
+        Cmd::Put { arn, count } => {
+            let records: Vec<(String, Vec<u8>)> = (0..count)
+                .map(|i| {
+                    let customer = format!("customer-{}", i % 8);
+                    let body = format!(
+                        r#"{{"order_id":{i},"customer":"{customer}","amount_cents":{}}}"#,
+                        100 + i * 7
+                    );
+                    (customer, body.into_bytes())
+                })
+                .collect();
+            let placed = stack.put_records(&arn, &records).await?;
+            eprintln!(
+                "put {} records into {arn} as account {}",
+                placed.len(),
+                stack.producer_account
+            );
+        }
+        Cmd::ShowPolicy { arn } => {
+            let out = stack
+                .producer_kinesis()
+                .await
+                .get_resource_policy()
+                .resource_arn(&arn)
+                .send()
+                .await?;
+            println!("{}", out.policy());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,413 @@
+//! The local AWS stack (`deploy/local/stack`) as tests and the demo see it.
+//!
+//! Two simulated accounts: the producer (111111111111) owns the stream and
+//! attaches a resource policy naming the consumer's role; the consumer
+//! (222222222222) runs kcld. The Kinesis emulator takes the access key id as
+//! the caller's account, so each account gets its own static keys.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::Credentials;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+pub const REGION: &str = "us-east-1";
+
+/// Endpoints and keys printed by `deploy/local/stack env`.
+#[derive(Clone, Debug)]
+pub struct Stack {
+    pub kinesis_endpoint: String,
+    pub kinesis_tls_endpoint: String,
+    pub dynamodb_endpoint: String,
+    pub ca_file: PathBuf,
+    pub producer_account: String,
+    pub producer_key: (String, String),
+    pub consumer_account: String,
+    pub consumer_key: (String, String),
+    pub consumer_role_arn: String,
+}
+
+fn var(name: &str) -> Result<String> {
+    std::env::var(name).map_err(|_| {
+        anyhow!("{name} is not set: start the local stack and load its environment: deploy/local/stack up && eval \"$(deploy/local/stack env)\" (scripts/test does both)")
+    })
+}
+
+impl Stack {
+    /// Reads the stack's environment; fails with the command to run when it
+    /// is missing.
+    pub fn from_env() -> Result<Self> {
+        Ok(Stack {
+            kinesis_endpoint: var("AWS_ENDPOINT_URL_KINESIS")?,
+            kinesis_tls_endpoint: var("LOCALAWS_KINESIS_TLS_ENDPOINT")?,
+            dynamodb_endpoint: var("AWS_ENDPOINT_URL_DYNAMODB")?,
+            ca_file: var("LOCALAWS_CA_FILE")?.into(),
+            producer_account: var("LOCALAWS_PRODUCER_ACCOUNT")?,
+            producer_key: (
+                var("LOCALAWS_PRODUCER_ACCESS_KEY_ID")?,
+                var("LOCALAWS_PRODUCER_SECRET_ACCESS_KEY")?,
+            ),
+            consumer_account: var("LOCALAWS_CONSUMER_ACCOUNT")?,
+            consumer_key: (
+                var("LOCALAWS_CONSUMER_ACCESS_KEY_ID")?,
+                var("LOCALAWS_CONSUMER_SECRET_ACCESS_KEY")?,
+            ),
+            consumer_role_arn: var("LOCALAWS_CONSUMER_ROLE_ARN")?,
+        })
+    }
+
+    async fn sdk_config(&self, key: &(String, String)) -> aws_config::SdkConfig {
+        let http = aws_smithy_http_client::Builder::new().build_http();
+        aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .region(Region::new(REGION))
+            .credentials_provider(Credentials::new(&key.0, &key.1, None, None, "kcld-testkit"))
+            .load()
+            .await
+    }
+
+    /// Kinesis as the producer account (the stream owner) sees it.
+    pub async fn producer_kinesis(&self) -> aws_sdk_kinesis::Client {
+        let conf = self.sdk_config(&self.producer_key).await;
+        aws_sdk_kinesis::Client::from_conf(
+            aws_sdk_kinesis::config::Builder::from(&conf)
+                .endpoint_url(&self.kinesis_endpoint)
+                .build(),
+        )
+    }
+
+    /// Kinesis as the consumer account sees it.
+    pub async fn consumer_kinesis(&self) -> aws_sdk_kinesis::Client {
+        let conf = self.sdk_config(&self.consumer_key).await;
+        aws_sdk_kinesis::Client::from_conf(
+            aws_sdk_kinesis::config::Builder::from(&conf)
+                .endpoint_url(&self.kinesis_endpoint)
+                .build(),
+        )
+    }
+
+    /// DynamoDB in the consumer account (where the lease table lives).
+    pub async fn consumer_dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        let conf = self.sdk_config(&self.consumer_key).await;
+        aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&conf)
+                .endpoint_url(&self.dynamodb_endpoint)
+                .build(),
+        )
+    }
+
+    /// The environment a kcld process of the consumer account runs with.
+    pub fn consumer_env(&self) -> HashMap<String, String> {
+        HashMap::from([
+            ("AWS_ACCESS_KEY_ID".into(), self.consumer_key.0.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), self.consumer_key.1.clone()),
+            ("AWS_REGION".into(), REGION.into()),
+            (
+                "AWS_ENDPOINT_URL_KINESIS".into(),
+                self.kinesis_endpoint.clone(),
+            ),
+            (
+                "AWS_ENDPOINT_URL_DYNAMODB".into(),
+                self.dynamodb_endpoint.clone(),
+            ),
+        ])
+    }
+
+    /// Creates a stream in the producer account, waits until it is ACTIVE,
+    /// and attaches the resource policy that shares it with the consumer
+    /// role. Returns the stream ARN.
+    pub async fn create_shared_stream(&self, name: &str, shards: i32) -> Result<String> {
+        let kinesis = self.producer_kinesis().await;
+        kinesis
+            .create_stream()
+            .stream_name(name)
+            .shard_count(shards)
+            .send()
+            .await
+            .with_context(|| format!("CreateStream {name}"))?;
+        let arn = format!(
+            "arn:aws:kinesis:{REGION}:{}:stream/{name}",
+            self.producer_account
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let summary = kinesis
+                .describe_stream_summary()
+                .stream_arn(&arn)
+                .send()
+                .await;
+            if let Ok(out) = summary {
+                if out
+                    .stream_description_summary()
+                    .map(|d| d.stream_status() == &StreamStatus::Active)
+                    .unwrap_or(false)
+                {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("stream {name} did not become ACTIVE within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        kinesis
+            .put_resource_policy()
+            .resource_arn(&arn)
+            .policy(self.stream_policy(&arn).to_string())
+            .send()
+            .await
+            .context("PutResourcePolicy")?;
+        Ok(arn)
+    }
+
+    /// The resource policy of the seeds: the consumer's role may read the
+    /// stream, kinesis:DescribeStream included.
+    pub fn stream_policy(&self, arn: &str) -> serde_json::Value {
+        serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Sid": "ShareWithConsumerAccount",
+                "Effect": "Allow",
+                "Principal": { "AWS": self.consumer_role_arn },
+                "Action": [
+                    "kinesis:DescribeStream",
+                    "kinesis:DescribeStreamSummary",
+                    "kinesis:GetRecords",
+                    "kinesis:GetShardIterator",
+                    "kinesis:ListShards"
+                ],
+                "Resource": arn
+            }]
+        })
+    }
+
+    /// Puts records as the producer, retrying entries Kinesis refused.
+    /// Returns (shard id, sequence number) per record, in input order.
+    pub async fn put_records(
+        &self,
+        arn: &str,
+        records: &[(String, Vec<u8>)],
+    ) -> Result<Vec<(String, String)>> {
+        let kinesis = self.producer_kinesis().await;
+        let mut placed = vec![None; records.len()];
+        for (chunk_no, chunk) in records.chunks(500).enumerate() {
+            let mut pending: Vec<usize> = (0..chunk.len()).collect();
+            let mut attempts = 0;
+            while !pending.is_empty() {
+                attempts += 1;
+                if attempts > 20 {
+                    bail!("PutRecords kept failing for {} records", pending.len());
+                }
+                let entries = pending
+                    .iter()
+                    .map(|&i| {
+                        PutRecordsRequestEntry::builder()
+                            .partition_key(&chunk[i].0)
+                            .data(Blob::new(chunk[i].1.clone()))
+                            .build()
+                            .map_err(|e| anyhow!("{e}"))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let out = match kinesis
+                    .put_records()
+                    .stream_arn(arn)
+                    .set_records(Some(entries))
+                    .send()
+                    .await
+                {
+                    Ok(out) => out,
+                    Err(e) => {
+                        tracing_free_sleep(attempts).await;
+                        if attempts > 5 {
+                            return Err(e).context("PutRecords");
+                        }
+                        continue;
+                    }
+                };
+                let mut failed = Vec::new();
+                for (slot, result) in pending.iter().zip(out.records()) {
+                    match (result.shard_id(), result.sequence_number()) {
+                        (Some(shard), Some(seq)) => {
+                            placed[chunk_no * 500 + slot] = Some((shard.to_owned(), seq.to_owned()))
+                        }
+                        _ => failed.push(*slot),
+                    }
+                }
+                pending = failed;
+                if !pending.is_empty() {
+                    tracing_free_sleep(attempts).await;
+                }
+            }
+        }
+        placed
+            .into_iter()
+            .map(|p| p.ok_or_else(|| anyhow!("a record was not placed")))
+            .collect()
+    }
+}
+
+async fn tracing_free_sleep(attempt: u32) {
+    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+}
+
+/// A name no other test uses.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// `count` records with partition keys spread over `keys` values and data
+/// that names its own index, so that a test can check every byte.
+pub fn sample_records(count: usize, keys: usize) -> Vec<(String, Vec<u8>)> {
+    (0..count)
+        .map(|i| {
+            let pk = format!("key-{}", i % keys.max(1));
+            let mut data = format!("record {i} of {count} ").into_bytes();
+            // Binary tail, so that base64 round trips are tested too.
+            data.extend((0..(i % 7 + 1)).map(|b| (i as u8).wrapping_mul(31).wrapping_add(b as u8)));
+            (pk, data)
+        })
+        .collect()
+}
+
+/// A running kcld process with its stdout lines collected.
+pub struct Kcld {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Kcld {
+    /// Starts `binary` with `args` and exactly `env` on top of a clean
+    /// environment (PATH and HOME kept), so no stray variable changes it.
+    pub fn spawn(binary: &str, args: &[&str], env: &HashMap<String, String>) -> Result<Self> {
+        let mut cmd = Command::new(binary);
+        cmd.args(args)
+            .env_clear()
+            .envs(std::env::vars().filter(|(k, _)| k == "PATH" || k == "HOME"))
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().with_context(|| format!("spawn {binary}"))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }
+        });
+        Ok(Kcld {
+            child,
+            lines: rx,
+            stderr: log,
+        })
+    }
+
+    /// Collects stdout lines until `n` arrived or `within` passed.
+    pub async fn take_lines(&mut self, n: usize, within: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut out = Vec::with_capacity(n.min(4096));
+        while out.len() < n {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(line)) => out.push(line),
+                _ => break,
+            }
+        }
+        out
+    }
+
+    /// Lines that arrive within `quiet`, for checking that nothing more comes.
+    pub async fn drain_for(&mut self, quiet: Duration) -> Vec<String> {
+        self.take_lines(usize::MAX, quiet).await
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            // SAFETY-free: plain kill(2) through the shell tool.
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                bail!("kcld did not exit within {within:?} of SIGTERM")
+            }
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait(mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                bail!("kcld did not exit within {within:?}")
+            }
+        }
+    }
+}
+
+/// A record line of kcld's stdout, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    pub shard_id: String,
+    pub sequence_number: String,
+    pub partition_key: String,
+    pub data: Vec<u8>,
+}
+
+impl Delivered {
+    pub fn parse(line: &str) -> Result<Self> {
+        use base64::Engine;
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
+        let k = &v["kinesis"];
+        let event_id = v["eventID"].as_str().context("eventID")?;
+        let seq = k["sequenceNumber"].as_str().context("sequenceNumber")?;
+        let shard_id = event_id
+            .strip_suffix(&format!(":{seq}"))
+            .with_context(|| format!("eventID {event_id} is not shardId:sequenceNumber"))?;
+        Ok(Delivered {
+            shard_id: shard_id.to_owned(),
+            sequence_number: seq.to_owned(),
+            partition_key: k["partitionKey"]
+                .as_str()
+                .context("partitionKey")?
+                .to_owned(),
+            data: base64::engine::general_purpose::STANDARD
+                .decode(k["data"].as_str().context("data")?)
+                .context("data is not base64")?,
+        })
+    }
+}
