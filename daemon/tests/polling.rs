@@ -182,3 +182,43 @@ async fn list_shards_follows_pagination_across_accounts() {
         .iter()
         .all(|s| s.parents.is_empty() && !s.ending_hash_key.is_empty()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_over_tls_trusting_the_configured_ca() {
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("tls"), 2)
+        .await
+        .unwrap();
+    let records = sample_records(50, 4);
+    stack.put_records(&arn, &records).await.unwrap();
+
+    let mut env = kcld_env(&stack, &arn, "TRIM_HORIZON");
+    env.insert(
+        "AWS_ENDPOINT_URL_KINESIS".into(),
+        stack.kinesis_tls_endpoint.clone(),
+    );
+    env.insert(
+        "KCLD_AWS__CA_FILE".into(),
+        stack.ca_file.display().to_string(),
+    );
+    let mut kcld = Kcld::spawn(KCLD, &["run"], &env).unwrap();
+    let lines = kcld.take_lines(50, Duration::from_secs(60)).await;
+    let got: HashSet<Vec<u8>> = lines
+        .iter()
+        .map(|l| Delivered::parse(l).unwrap().data)
+        .collect();
+    let want: HashSet<Vec<u8>> = records.iter().map(|(_, d)| d.clone()).collect();
+    assert_eq!(got, want, "stderr:\n{}", kcld.stderr_text());
+    kcld.terminate(Duration::from_secs(25)).await.unwrap();
+
+    // Without the CA the endpoint's certificate is not trusted: a clear error.
+    env.remove("KCLD_AWS__CA_FILE");
+    let kcld = Kcld::spawn(KCLD, &["run"], &env).unwrap();
+    let stderr = kcld.stderr.clone();
+    let status = kcld.wait(Duration::from_secs(60)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(status.code(), Some(1));
+    let text = stderr.lock().unwrap().clone();
+    assert!(text.contains("cannot reach Kinesis"), "{text}");
+}
