@@ -143,6 +143,10 @@ pub enum CheckpointError {
     /// checkpoint may be retried.
     #[error("checkpoint store unavailable: {0}")]
     Unavailable(String),
+    /// The store refuses for a reason retrying will not fix (access
+    /// denied, a table of another shape): needs a person.
+    #[error("{0}")]
+    Fatal(String),
     /// A checkpoint that would move backwards or past what was delivered.
     #[error("invalid checkpoint for {shard_id}: {reason}")]
     Invalid { shard_id: String, reason: String },

@@ -53,7 +53,10 @@ struct RawSettings {
     worker_id: Option<String>,
     initial_position: Option<String>,
     initial_timestamp: Option<String>,
+    shutdown_timeout_ms: Option<i64>,
     aws: RawAws,
+    lease: RawLease,
+    checkpoint: RawCheckpoint,
     polling: RawPolling,
     sink: RawSink,
     log: RawLog,
@@ -71,6 +74,24 @@ struct RawAws {
     assume_role_arn: Option<String>,
     assume_role_session_name: Option<String>,
     assume_role_external_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawLease {
+    store: Option<String>,
+    failover_time_ms: Option<i64>,
+    take_interval_ms: Option<i64>,
+    shard_sync_interval_ms: Option<i64>,
+    max_leases_per_worker: Option<i64>,
+    max_leases_to_steal: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawCheckpoint {
+    interval_ms: Option<i64>,
+    max_records: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -117,7 +138,12 @@ pub struct Settings {
     pub lease_table: String,
     pub worker_id: String,
     pub initial_position: InitialPosition,
+    /// After SIGTERM/SIGINT: time to finish in-flight batches, write final
+    /// checkpoints and release leases.
+    pub shutdown_timeout_ms: u64,
     pub aws: AwsSettings,
+    pub lease: LeaseSettings,
+    pub checkpoint: CheckpointSettings,
     pub polling: PollingSettings,
     pub sink: SinkSettings,
     pub log: LogSettings,
@@ -141,6 +167,35 @@ pub struct AssumeRole {
     pub role_arn: String,
     pub session_name: String,
     pub external_id: Option<String>,
+}
+
+/// Where leases and checkpoints are kept.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseStore {
+    /// The KCL-compatible DynamoDB lease table: shared, durable.
+    Dynamodb,
+    /// In memory: one instance reads every shard; positions are lost at exit.
+    Memory,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LeaseSettings {
+    pub store: LeaseStore,
+    pub failover_time_ms: u64,
+    pub take_interval_ms: u64,
+    pub shard_sync_interval_ms: u64,
+    /// 0 = no limit.
+    pub max_leases_per_worker: u64,
+    pub max_leases_to_steal: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckpointSettings {
+    /// Checkpoint confirmed records at least this often...
+    pub interval_ms: u64,
+    /// ...and whenever this many records were confirmed since the last one.
+    pub max_records: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -325,6 +380,96 @@ fn validate(raw: RawSettings, env: &HashMap<String, String>) -> Result<Settings,
 
     let aws = validate_aws(raw.aws, &stream_arn, env)?;
 
+    let ms =
+        |key: &str, v: Option<i64>, default: i64, min: i64, max: i64| -> Result<u64, ConfigError> {
+            let v = v.unwrap_or(default);
+            if (min..=max).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(ConfigError::key(
+                    key,
+                    format!("{v} is out of range"),
+                    format!("use {min} to {max}"),
+                ))
+            }
+        };
+    let shutdown_timeout_ms = ms(
+        "shutdown_timeout_ms",
+        raw.shutdown_timeout_ms,
+        20_000,
+        1_000,
+        3_600_000,
+    )?;
+    let store = match non_empty(raw.lease.store)
+        .unwrap_or_else(|| "dynamodb".into())
+        .as_str()
+    {
+        "dynamodb" => LeaseStore::Dynamodb,
+        "memory" => LeaseStore::Memory,
+        other => {
+            return Err(ConfigError::key(
+                "lease.store",
+                format!("{other:?} is not a lease store"),
+                "use dynamodb (shared, KCL-compatible) or memory (one instance, no table)",
+            ))
+        }
+    };
+    let failover_time_ms = ms(
+        "lease.failover_time_ms",
+        raw.lease.failover_time_ms,
+        10_000,
+        1_000,
+        3_600_000,
+    )?;
+    let lease = LeaseSettings {
+        store,
+        failover_time_ms,
+        take_interval_ms: ms(
+            "lease.take_interval_ms",
+            raw.lease.take_interval_ms,
+            1_000,
+            100,
+            3_600_000,
+        )?,
+        shard_sync_interval_ms: ms(
+            "lease.shard_sync_interval_ms",
+            raw.lease.shard_sync_interval_ms,
+            60_000,
+            1_000,
+            86_400_000,
+        )?,
+        max_leases_per_worker: ms(
+            "lease.max_leases_per_worker",
+            raw.lease.max_leases_per_worker,
+            0,
+            0,
+            1_000_000,
+        )?,
+        max_leases_to_steal: ms(
+            "lease.max_leases_to_steal",
+            raw.lease.max_leases_to_steal,
+            1,
+            0,
+            1_000_000,
+        )?,
+    };
+    let checkpoint = CheckpointSettings {
+        interval_ms: ms(
+            "checkpoint.interval_ms",
+            raw.checkpoint.interval_ms,
+            5_000,
+            0,
+            3_600_000,
+        )?,
+        max_records: ms(
+            "checkpoint.max_records",
+            raw.checkpoint.max_records,
+            10_000,
+            1,
+            1_000_000_000,
+        )?,
+    };
+
     let max_records = raw.polling.max_records.unwrap_or(10_000);
     if !(1..=10_000).contains(&max_records) {
         return Err(ConfigError::key(
@@ -381,7 +526,10 @@ fn validate(raw: RawSettings, env: &HashMap<String, String>) -> Result<Settings,
         lease_table,
         worker_id,
         initial_position,
+        shutdown_timeout_ms,
         aws,
+        lease,
+        checkpoint,
         polling: PollingSettings {
             max_records: max_records as i32,
             idle_time_between_reads_ms: idle as u64,

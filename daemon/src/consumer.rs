@@ -1,18 +1,23 @@
 //! One leased shard from start to end: read a batch, hand it to the sink,
-//! wait for the confirmation, checkpoint, repeat; at the shard's end,
-//! checkpoint SHARD_END and announce the children.
+//! wait for the confirmation, checkpoint when due, repeat; at the shard's
+//! end, checkpoint SHARD_END and announce the children.
 //!
-//! Invariant: a checkpoint is written only for the last record of a batch
-//! the sink confirmed. Nothing is read while a batch is in flight, so a slow
-//! application slows the reader instead of growing memory.
+//! Invariants:
+//! - a checkpoint names only records the sink confirmed;
+//! - nothing is read while a batch is in flight, so a slow application
+//!   slows the reader instead of growing memory;
+//! - on stop (shutdown or lost lease) the confirmed position is written one
+//!   last time; the lease layer refuses that write if the lease was lost.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use kcld_checkpoint::{Checkpoint, CheckpointError};
-use kcld_lease::Grant;
+use kcld_checkpoint::{Checkpoint, CheckpointError, ExtendedSequenceNumber};
+use kcld_config::CheckpointSettings;
+use kcld_lease::{Grant, ShardSpec};
 
 use crate::error::Error;
+use crate::record::Batch;
 use crate::retrieval::polling::PollingReader;
 use crate::retrieval::Fetched;
 use crate::sink::{Sink, SinkError};
@@ -26,55 +31,119 @@ pub enum Outcome {
     Stopped,
 }
 
+/// When confirmed records are checkpointed.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointPolicy {
+    pub interval: Duration,
+    pub max_records: u64,
+}
+
+impl From<&CheckpointSettings> for CheckpointPolicy {
+    fn from(s: &CheckpointSettings) -> Self {
+        CheckpointPolicy {
+            interval: Duration::from_millis(s.interval_ms),
+            max_records: s.max_records,
+        }
+    }
+}
+
+/// What was confirmed and what was written.
+struct Progress {
+    confirmed: Option<ExtendedSequenceNumber>,
+    unwritten: u64,
+    last_write: Instant,
+}
+
+impl Progress {
+    fn due(&self, policy: &CheckpointPolicy) -> bool {
+        self.unwritten > 0
+            && (self.unwritten >= policy.max_records
+                || self.last_write.elapsed() >= policy.interval)
+    }
+}
+
 /// Runs one shard until its end, the loss of its lease, or a fatal error.
 pub async fn run(
     grant: Grant,
     mut reader: PollingReader,
     sink: Arc<dyn Sink>,
+    policy: CheckpointPolicy,
 ) -> Result<Outcome, Error> {
     let shard_id = grant.shard.shard_id.clone();
     if grant.start == Checkpoint::ShardEnd {
         // Finished before (by us or a KCL worker): only the children remain.
-        end_shard(&grant, &[]).await?;
-        return Ok(Outcome::ShardEnded);
+        return end_shard(&grant, &[]).await;
     }
     tracing::info!(shard = %shard_id, start = %grant.start, "reading shard");
+    let mut progress = Progress {
+        confirmed: None,
+        unwritten: 0,
+        last_write: Instant::now(),
+    };
     loop {
-        let fetched = match reader.next(&grant.lost).await? {
+        let fetched = match reader.next(&grant.stop).await? {
             Some(f) => f,
-            None => return Ok(Outcome::Stopped),
+            None => return stop(&grant, &mut progress).await,
         };
         match fetched {
             Fetched::Records(batch) => {
-                if !deliver(&*sink, &batch, &grant).await? {
-                    // Stopped before the application took the batch: it is
-                    // neither confirmed nor checkpointed, and is read again
-                    // by whoever holds the lease next.
-                    return Ok(Outcome::Stopped);
-                }
-                let Some(last) = batch.last_position() else {
-                    continue;
-                };
-                match grant.lease.checkpoint(&Checkpoint::At(last)).await {
-                    Ok(()) => {}
-                    Err(CheckpointError::LeaseLost { .. }) => {
-                        tracing::warn!(shard = %shard_id, "lease lost; stopping this shard");
-                        return Ok(Outcome::Stopped);
+                if !batch.records.is_empty() {
+                    if !deliver(&*sink, &batch, &grant).await? {
+                        return stop(&grant, &mut progress).await;
                     }
-                    Err(e) => return Err(Error::Other(format!("checkpoint of {shard_id}: {e}"))),
+                    progress.confirmed = batch.last_position();
+                    progress.unwritten += batch.records.len() as u64;
+                }
+                if progress.due(&policy) && !write(&grant, &mut progress).await? {
+                    return Ok(Outcome::Stopped);
                 }
             }
             Fetched::ShardEnd { children } => {
-                end_shard(&grant, &children).await?;
-                tracing::info!(
-                    shard = %shard_id,
-                    children = ?children.iter().map(|c| c.shard_id.as_str()).collect::<Vec<_>>(),
-                    "shard ended"
-                );
-                return Ok(Outcome::ShardEnded);
+                let outcome = end_shard(&grant, &children).await?;
+                if outcome == Outcome::ShardEnded {
+                    tracing::info!(
+                        shard = %shard_id,
+                        children = ?children.iter().map(|c| c.shard_id.as_str()).collect::<Vec<_>>(),
+                        "shard ended"
+                    );
+                }
+                return Ok(outcome);
             }
         }
     }
+}
+
+/// Writes the confirmed position. Returns false when the lease was lost
+/// (the shard must stop); a store that is unavailable is retried at the
+/// next due time, while reading goes on.
+async fn write(grant: &Grant, progress: &mut Progress) -> Result<bool, Error> {
+    let Some(position) = progress.confirmed.clone() else {
+        return Ok(true);
+    };
+    match grant.lease.checkpoint(&Checkpoint::At(position)).await {
+        Ok(()) => {
+            progress.unwritten = 0;
+            progress.last_write = Instant::now();
+            Ok(true)
+        }
+        Err(CheckpointError::LeaseLost { .. }) => Ok(false),
+        Err(CheckpointError::Fatal(e)) => Err(Error::Aws(e)),
+        Err(e) => {
+            tracing::warn!(shard = %grant.shard.shard_id, "checkpoint not written, retrying later: {e}");
+            progress.last_write = Instant::now();
+            Ok(true)
+        }
+    }
+}
+
+/// The final checkpoint on stop: refused by the lease layer if the lease was
+/// lost, so it can only ever cover records this worker confirmed while it
+/// held the lease.
+async fn stop(grant: &Grant, progress: &mut Progress) -> Result<Outcome, Error> {
+    if progress.unwritten > 0 {
+        write(grant, progress).await?;
+    }
+    Ok(Outcome::Stopped)
 }
 
 /// Offers the batch until the sink confirms it. While the application is
@@ -82,11 +151,7 @@ pub async fn run(
 /// is checkpointed; shutdown does not interrupt a delivery already started.
 /// Returns false when the lease was lost (or shutdown began) before the
 /// application confirmed the batch.
-async fn deliver(
-    sink: &dyn Sink,
-    batch: &crate::record::Batch,
-    grant: &Grant,
-) -> Result<bool, Error> {
+async fn deliver(sink: &dyn Sink, batch: &Batch, grant: &Grant) -> Result<bool, Error> {
     let mut attempt = 0u32;
     loop {
         match sink.deliver(batch).await {
@@ -100,19 +165,33 @@ async fn deliver(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = grant.lost.cancelled() => return Ok(false),
+                    _ = grant.stop.cancelled() => return Ok(false),
                 }
             }
         }
     }
 }
 
-async fn end_shard(grant: &Grant, children: &[kcld_lease::ShardSpec]) -> Result<(), Error> {
-    match grant.lease.shard_ended(children).await {
-        Ok(()) | Err(CheckpointError::LeaseLost { .. }) => Ok(()),
-        Err(e) => Err(Error::Other(format!(
-            "SHARD_END checkpoint of {}: {e}",
-            grant.shard.shard_id
-        ))),
+/// SHARD_END, retried while the lease table is unavailable; a lost lease
+/// leaves the end to the next owner (it re-reads the shard's tail).
+async fn end_shard(grant: &Grant, children: &[ShardSpec]) -> Result<Outcome, Error> {
+    let mut attempt = 0u32;
+    loop {
+        match grant.lease.shard_ended(children).await {
+            Ok(()) => return Ok(Outcome::ShardEnded),
+            Err(CheckpointError::LeaseLost { .. }) => return Ok(Outcome::Stopped),
+            Err(CheckpointError::Fatal(e)) => return Err(Error::Aws(e)),
+            Err(e) => {
+                attempt = attempt.saturating_add(1);
+                if attempt == 1 || attempt.is_power_of_two() {
+                    tracing::warn!(shard = %grant.shard.shard_id, "SHARD_END checkpoint not written, retrying: {e}");
+                }
+                let wait = Duration::from_millis((200u64 << attempt.min(6)).min(10_000));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = grant.stop.cancelled() => return Ok(Outcome::Stopped),
+                }
+            }
+        }
     }
 }

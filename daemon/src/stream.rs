@@ -270,6 +270,15 @@ impl Stream {
     }
 }
 
+#[async_trait::async_trait]
+impl kcld_lease::ShardLister for Stream {
+    async fn list_shards(&self) -> Result<Vec<ShardSpec>, String> {
+        Stream::list_shards(self, 1000)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 fn shard_spec(shard: &Shard) -> ShardSpec {
     let parents = [shard.parent_shard_id(), shard.adjacent_parent_shard_id()]
         .into_iter()
@@ -286,6 +295,10 @@ fn shard_spec(shard: &Shard) -> ShardSpec {
         ending_hash_key: range
             .map(|r| r.ending_hash_key().to_owned())
             .unwrap_or_default(),
+        closed: shard
+            .sequence_number_range()
+            .and_then(|r| r.ending_sequence_number())
+            .is_some(),
     }
 }
 
@@ -301,5 +314,6 @@ pub fn child_spec(child: &aws_sdk_kinesis::types::ChildShard) -> ShardSpec {
         ending_hash_key: range
             .map(|r| r.ending_hash_key().to_owned())
             .unwrap_or_default(),
+        closed: false,
     }
 }

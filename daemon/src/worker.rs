@@ -1,24 +1,26 @@
-//! The worker: checks the stream, takes the shards the lease source grants,
-//! runs one shard consumer task per shard, and shuts down in order.
+//! The worker: checks the stream, starts the lease source, runs one shard
+//! consumer task per granted shard, and shuts down in order: stop reading,
+//! let in-flight batches be confirmed, write final checkpoints, release the
+//! leases, all within `shutdown_timeout_ms`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use kcld_checkpoint::Checkpoint;
-use kcld_config::{InitialPosition, Settings};
+use kcld_config::{InitialPosition, LeaseStore, Settings};
+use kcld_lease::dynamo::{DynamoLeases, LeaseSettings};
+use kcld_lease::key::StreamScope;
 use kcld_lease::memory::MemoryLeases;
-use kcld_lease::LeaseSource;
+use kcld_lease::table::LeaseTable;
+use kcld_lease::{Grant, LeaseSource};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer::{self, Outcome};
+use crate::consumer::{self, CheckpointPolicy, Outcome};
 use crate::error::{Error, Result};
 use crate::retrieval::polling::PollingReader;
 use crate::stream::Stream;
 use crate::{aws, sink};
-
-/// How long shard consumers get to finish the batch in hand after shutdown
-/// began.
-const SHUTDOWN_BUDGET: Duration = Duration::from_secs(20);
 
 /// Runs the consumer until `shutdown` fires or a fatal error.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> {
@@ -34,8 +36,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> 
         worker_id = %settings.worker_id,
         "stream described"
     );
-    let shards = stream.list_shards(1000).await?;
-    tracing::info!(shards = shards.len(), "shards listed");
 
     let (initial, at_timestamp) = match &settings.initial_position {
         InitialPosition::TrimHorizon => (Checkpoint::TrimHorizon, None),
@@ -44,11 +44,51 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> 
             (Checkpoint::AtTimestamp, Some(*epoch_millis))
         }
     };
-    let leases = MemoryLeases::new(shards, initial, shutdown.child_token());
+    let leases: Box<dyn LeaseSource> = match settings.lease.store {
+        LeaseStore::Memory => {
+            let shards = stream.list_shards(1000).await?;
+            Box::new(MemoryLeases::new(shards, initial, shutdown.child_token()))
+        }
+        LeaseStore::Dynamodb => {
+            let failover = Duration::from_millis(settings.lease.failover_time_ms);
+            let lease_settings = LeaseSettings {
+                worker_id: settings.worker_id.clone(),
+                failover,
+                renew_interval: LeaseSettings::kcl_renew_interval(failover),
+                take_interval: Duration::from_millis(settings.lease.take_interval_ms),
+                shard_sync_interval: Duration::from_millis(settings.lease.shard_sync_interval_ms),
+                max_leases: match settings.lease.max_leases_per_worker {
+                    0 => usize::MAX,
+                    n => n as usize,
+                },
+                max_steal: settings.lease.max_leases_to_steal as usize,
+                initial,
+            };
+            let scope = StreamScope {
+                account: settings.stream_arn.account.clone(),
+                stream_name: settings.stream_arn.stream_name.clone(),
+            };
+            let table = LeaseTable::new(clients.dynamodb.clone(), &settings.lease_table);
+            let leases = DynamoLeases::start(
+                table,
+                Arc::new(stream.clone()),
+                scope,
+                lease_settings,
+                shutdown.child_token(),
+            )
+            .await
+            .map_err(|e| Error::Aws(format!("lease table {}: {e}", settings.lease_table)))?;
+            tracing::info!(table = %settings.lease_table, "lease table ready");
+            Box::new(leases)
+        }
+    };
+
     let sink = sink::from_settings(&settings);
+    let policy = CheckpointPolicy::from(&settings.checkpoint);
+    let budget = Duration::from_millis(settings.shutdown_timeout_ms);
     drive(
         leases,
-        |grant| {
+        |grant: Grant| {
             let reader = PollingReader::new(
                 stream.clone(),
                 &grant.shard.shard_id,
@@ -56,19 +96,25 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> 
                 at_timestamp,
                 &settings.polling,
             );
-            consumer::run(grant, reader, sink.clone())
+            consumer::run(grant, reader, sink.clone(), policy)
         },
         &shutdown,
+        budget,
     )
     .await
 }
 
-/// Spawns a consumer for every grant until shutdown, then waits for them
-/// within the budget. The first fatal error stops every shard.
-async fn drive<L, F, Fut>(mut leases: L, mut spawn: F, shutdown: &CancellationToken) -> Result<()>
+/// Spawns a consumer for every grant until shutdown, then stops them within
+/// the budget and releases the leases. The first fatal error stops every
+/// shard the same orderly way.
+async fn drive<F, Fut>(
+    mut leases: Box<dyn LeaseSource>,
+    mut spawn: F,
+    shutdown: &CancellationToken,
+    budget: Duration,
+) -> Result<()>
 where
-    L: LeaseSource,
-    F: FnMut(kcld_lease::Grant) -> Fut,
+    F: FnMut(Grant) -> Fut,
     Fut: std::future::Future<Output = Result<Outcome>> + Send + 'static,
 {
     let mut tasks: JoinSet<Result<Outcome>> = JoinSet::new();
@@ -88,9 +134,11 @@ where
             _ = shutdown.cancelled() => break,
         }
     }
-    // Stop every shard: consumers finish the batch in hand, then return.
+    let deadline = tokio::time::Instant::now() + budget;
+    // Keep a slice of the budget for releasing the leases.
+    let release_reserve = (budget / 4).min(Duration::from_secs(3));
     shutdown.cancel();
-    let drained = tokio::time::timeout(SHUTDOWN_BUDGET, async {
+    let drained = tokio::time::timeout_at(deadline - release_reserve, async {
         while let Some(done) = tasks.join_next().await {
             if let Some(e) = task_error(done) {
                 failure.get_or_insert(e);
@@ -99,8 +147,16 @@ where
     })
     .await;
     if drained.is_err() {
-        tracing::warn!("shard consumers did not stop within {SHUTDOWN_BUDGET:?}; abandoning them (their records are read again after a restart)");
+        tracing::warn!("shard consumers did not stop in time; abandoning them (their unconfirmed records are read again by the next owner)");
         tasks.abort_all();
+    }
+    if tokio::time::timeout_at(deadline, leases.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "leases not all released within the shutdown budget; others take them after expiry"
+        );
     }
     match failure {
         Some(e) => Err(e),

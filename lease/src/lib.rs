@@ -14,6 +14,7 @@ use std::sync::Arc;
 use kcld_checkpoint::{Checkpoint, CheckpointError, Checkpointer};
 use tokio_util::sync::CancellationToken;
 
+pub mod dynamo;
 pub mod memory;
 
 /// What the lease layer needs to know of a shard.
@@ -26,6 +27,8 @@ pub struct ShardSpec {
     /// The hash key range, as the decimal strings the lease table stores.
     pub starting_hash_key: String,
     pub ending_hash_key: String,
+    /// The shard has an ending sequence number: it takes no new records.
+    pub closed: bool,
 }
 
 /// A shard this worker may read until `lost` fires.
@@ -37,9 +40,10 @@ pub struct Grant {
     pub start: Checkpoint,
     /// Writes confirmed positions, conditioned on still holding the lease.
     pub lease: Arc<dyn LeaseHandle>,
-    /// Fires when the lease is lost or the worker shuts down; the consumer
-    /// stops reading and delivering at once.
-    pub lost: CancellationToken,
+    /// Fires when the lease is lost or the worker shuts down: the consumer
+    /// stops reading, and writes a final checkpoint (which the lease layer
+    /// refuses if the lease was lost).
+    pub stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Grant {
@@ -65,4 +69,20 @@ pub trait LeaseSource: Send {
     /// Waits for the next shard this worker should start reading. `None` once
     /// the source is closed (shutdown).
     async fn next_grant(&mut self) -> Option<Grant>;
+
+    /// Called once every shard consumer stopped: give up every lease still
+    /// held (after their final checkpoints) so that other workers take them
+    /// at once instead of waiting for expiry.
+    async fn shutdown(&mut self) {}
 }
+
+/// Lists the shards of the stream, for lease sources that create leases.
+#[async_trait::async_trait]
+pub trait ShardLister: Send + Sync {
+    async fn list_shards(&self) -> Result<Vec<ShardSpec>, String>;
+}
+
+pub mod balance;
+pub mod key;
+pub mod record;
+pub mod table;

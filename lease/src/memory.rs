@@ -113,7 +113,7 @@ impl LeaseSource for MemoryLeases {
             }),
             shard,
             start,
-            lost: self.shutdown.child_token(),
+            stop: self.shutdown.child_token(),
         })
     }
 }
@@ -171,6 +171,7 @@ mod tests {
             parents: parents.iter().map(|p| p.to_string()).collect(),
             starting_hash_key: "0".into(),
             ending_hash_key: "1".into(),
+            closed: false,
         }
     }
 
@@ -256,7 +257,7 @@ mod tests {
             MemoryLeases::new(vec![shard("s", &[])], Checkpoint::Latest, token.clone());
         let g = leases.next_grant().await.unwrap();
         token.cancel();
-        assert!(g.lost.is_cancelled());
+        assert!(g.stop.is_cancelled());
         assert!(leases.next_grant().await.is_none());
     }
 }

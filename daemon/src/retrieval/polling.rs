@@ -32,6 +32,11 @@ pub struct PollingReader {
     last_sequence: Option<String>,
     max_records: i32,
     idle: Duration,
+    /// The last call returned nothing: wait `idle` before the next one.
+    idle_before_next: bool,
+    /// The last response closed the shard but carried records: report the
+    /// end (with these children) on the next call.
+    pending_end: Option<Vec<kcld_lease::ShardSpec>>,
     failures: u32,
 }
 
@@ -66,17 +71,29 @@ impl PollingReader {
             last_sequence: None,
             max_records: settings.max_records,
             idle: Duration::from_millis(settings.idle_time_between_reads_ms),
+            idle_before_next: false,
+            pending_end: None,
             failures: 0,
         }
     }
 
-    /// The next non-empty batch, or the shard's end. `Ok(None)` when
-    /// `cancel` fired first. Transient errors are retried here; the ones
-    /// returned need a person (access denied, stream gone).
+    /// The next batch (empty when the shard had nothing new, so the caller
+    /// can checkpoint on time), or the shard's end. `Ok(None)` when `cancel`
+    /// fired first. Transient errors are retried here; the ones returned
+    /// need a person (access denied, stream gone).
     pub async fn next(
         &mut self,
         cancel: &CancellationToken,
     ) -> Result<Option<Fetched>, KinesisError> {
+        if let Some(children) = self.pending_end.take() {
+            return Ok(Some(Fetched::ShardEnd { children }));
+        }
+        if std::mem::take(&mut self.idle_before_next) {
+            tokio::select! {
+                _ = tokio::time::sleep(self.idle) => {}
+                _ = cancel.cancelled() => return Ok(None),
+            }
+        }
         loop {
             if cancel.is_cancelled() {
                 return Ok(None);
@@ -157,13 +174,6 @@ impl PollingReader {
                 }
             }
 
-            if !records.is_empty() {
-                return Ok(Some(Fetched::Records(Batch {
-                    shard_id: self.shard_id.clone(),
-                    records,
-                    millis_behind_latest,
-                })));
-            }
             if self.iterator.is_none() {
                 let children = output
                     .child_shards
@@ -171,13 +181,19 @@ impl PollingReader {
                     .iter()
                     .map(child_spec)
                     .collect();
-                return Ok(Some(Fetched::ShardEnd { children }));
+                if records.is_empty() {
+                    return Ok(Some(Fetched::ShardEnd { children }));
+                }
+                // The shard's last records: deliver them, then report the end.
+                self.pending_end = Some(children);
             }
             // Nothing new: wait before asking again.
-            tokio::select! {
-                _ = tokio::time::sleep(self.idle) => {}
-                _ = cancel.cancelled() => return Ok(None),
-            }
+            self.idle_before_next = records.is_empty();
+            return Ok(Some(Fetched::Records(Batch {
+                shard_id: self.shard_id.clone(),
+                records,
+                millis_behind_latest,
+            })));
         }
     }
 

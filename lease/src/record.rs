@@ -1,0 +1,309 @@
+//! One lease item, in the KCL's schema (`DynamoDBLeaseSerializer` and its
+//! multi-stream variant): attribute names and types are the KCL's exactly,
+//! so that a KCL worker reads what kcld writes and the other way round.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use kcld_checkpoint::Checkpoint;
+
+use crate::key::LeaseKey;
+
+/// A DynamoDB item.
+pub type Item = HashMap<String, AttributeValue>;
+
+/// The attribute names of the KCL's lease table.
+pub mod attr {
+    pub const LEASE_KEY: &str = "leaseKey";
+    pub const LEASE_OWNER: &str = "leaseOwner";
+    pub const LEASE_COUNTER: &str = "leaseCounter";
+    pub const OWNER_SWITCHES: &str = "ownerSwitchesSinceCheckpoint";
+    pub const CHECKPOINT: &str = "checkpoint";
+    pub const CHECKPOINT_SUB: &str = "checkpointSubSequenceNumber";
+    pub const PENDING_CHECKPOINT: &str = "pendingCheckpoint";
+    pub const PENDING_CHECKPOINT_SUB: &str = "pendingCheckpointSubSequenceNumber";
+    pub const PENDING_CHECKPOINT_STATE: &str = "pendingCheckpointState";
+    pub const PARENT_SHARD_ID: &str = "parentShardId";
+    pub const CHILD_SHARD_IDS: &str = "childShardIds";
+    pub const STARTING_HASH_KEY: &str = "startingHashKey";
+    pub const ENDING_HASH_KEY: &str = "endingHashKey";
+    pub const CHECKPOINT_OWNER: &str = "checkpointOwner";
+    pub const ENTITY_TYPE: &str = "entityType";
+    pub const STREAM_NAME: &str = "streamName";
+    pub const SHARD_ID: &str = "shardId";
+    /// `entityType` of a lease; items of any other type are not leases.
+    pub const ENTITY_LEASE: &str = "LEASE";
+}
+
+/// A lease as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub key: LeaseKey,
+    /// Absent: nobody holds the lease.
+    pub owner: Option<String>,
+    /// Bumped by every write of the owner; a counter that stops moving for
+    /// the failover time means the owner is gone.
+    pub counter: i64,
+    pub checkpoint: Checkpoint,
+    /// A checkpoint the KCL prepared but did not commit; kept, never acted on.
+    pub pending_checkpoint: Option<Checkpoint>,
+    pub owner_switches: i64,
+    pub parents: Vec<String>,
+    pub children: Vec<String>,
+    pub starting_hash_key: Option<String>,
+    pub ending_hash_key: Option<String>,
+    /// KCL 3 graceful handoff: the old owner still checkpoints.
+    pub checkpoint_owner: Option<String>,
+}
+
+impl LeaseRecord {
+    /// A new, unowned lease as the KCL creates one.
+    pub fn new(
+        key: LeaseKey,
+        checkpoint: Checkpoint,
+        parents: Vec<String>,
+        hash_range: Option<(String, String)>,
+    ) -> Self {
+        let (starting_hash_key, ending_hash_key) = match hash_range {
+            Some((s, e)) => (Some(s), Some(e)),
+            None => (None, None),
+        };
+        LeaseRecord {
+            key,
+            owner: None,
+            counter: 0,
+            checkpoint,
+            pending_checkpoint: None,
+            owner_switches: 0,
+            parents,
+            children: Vec::new(),
+            starting_hash_key,
+            ending_hash_key,
+            checkpoint_owner: None,
+        }
+    }
+
+    pub fn shard_id(&self) -> &str {
+        self.key.shard_id()
+    }
+
+    /// Reads an item. `Ok(None)` for items that are not leases (KCL 3 keeps
+    /// worker metrics, leader and migration state in the same table).
+    pub fn from_item(item: &Item) -> Result<Option<Self>, String> {
+        if let Some(kind) = get_s(item, attr::ENTITY_TYPE) {
+            if kind != attr::ENTITY_LEASE {
+                return Ok(None);
+            }
+        }
+        let key = get_s(item, attr::LEASE_KEY).ok_or("item without leaseKey")?;
+        let sub = get_n(item, attr::CHECKPOINT_SUB)?.map(|n| n.max(0) as u64);
+        let checkpoint = match get_s(item, attr::CHECKPOINT) {
+            Some(s) => {
+                Checkpoint::parse(s, sub).map_err(|e| format!("lease {key}: checkpoint {e}"))?
+            }
+            // A lease the KCL created before its first checkpoint.
+            None => Checkpoint::TrimHorizon,
+        };
+        let pending_checkpoint = match get_s(item, attr::PENDING_CHECKPOINT) {
+            Some(s) if !s.is_empty() => {
+                let sub = get_n(item, attr::PENDING_CHECKPOINT_SUB)?.map(|n| n.max(0) as u64);
+                Some(
+                    Checkpoint::parse(s, sub)
+                        .map_err(|e| format!("lease {key}: pendingCheckpoint {e}"))?,
+                )
+            }
+            _ => None,
+        };
+        Ok(Some(LeaseRecord {
+            key: LeaseKey::parse(key),
+            owner: get_s(item, attr::LEASE_OWNER).map(str::to_owned),
+            counter: get_n(item, attr::LEASE_COUNTER)?.unwrap_or(0),
+            checkpoint,
+            pending_checkpoint,
+            owner_switches: get_n(item, attr::OWNER_SWITCHES)?.unwrap_or(0),
+            parents: get_ss(item, attr::PARENT_SHARD_ID),
+            children: get_ss(item, attr::CHILD_SHARD_IDS),
+            starting_hash_key: get_s(item, attr::STARTING_HASH_KEY).map(str::to_owned),
+            ending_hash_key: get_s(item, attr::ENDING_HASH_KEY).map(str::to_owned),
+            checkpoint_owner: get_s(item, attr::CHECKPOINT_OWNER).map(str::to_owned),
+        }))
+    }
+
+    /// The item as the KCL's `toDynamoRecord` writes it.
+    pub fn to_item(&self) -> Item {
+        let mut item = Item::new();
+        item.insert(attr::LEASE_KEY.into(), s(self.key.render()));
+        item.insert(attr::LEASE_COUNTER.into(), n(self.counter));
+        if let Some(owner) = &self.owner {
+            item.insert(attr::LEASE_OWNER.into(), s(owner.clone()));
+        }
+        item.insert(attr::OWNER_SWITCHES.into(), n(self.owner_switches));
+        item.insert(
+            attr::CHECKPOINT.into(),
+            s(self.checkpoint.as_str().to_owned()),
+        );
+        item.insert(
+            attr::CHECKPOINT_SUB.into(),
+            n(self.checkpoint.sub_sequence() as i64),
+        );
+        if !self.parents.is_empty() {
+            item.insert(
+                attr::PARENT_SHARD_ID.into(),
+                AttributeValue::Ss(self.parents.clone()),
+            );
+        }
+        if !self.children.is_empty() {
+            item.insert(
+                attr::CHILD_SHARD_IDS.into(),
+                AttributeValue::Ss(self.children.clone()),
+            );
+        }
+        if let Some(p) = &self.pending_checkpoint {
+            item.insert(attr::PENDING_CHECKPOINT.into(), s(p.as_str().to_owned()));
+            item.insert(
+                attr::PENDING_CHECKPOINT_SUB.into(),
+                n(p.sub_sequence() as i64),
+            );
+        }
+        if let (Some(start), Some(end)) = (&self.starting_hash_key, &self.ending_hash_key) {
+            item.insert(attr::STARTING_HASH_KEY.into(), s(start.clone()));
+            item.insert(attr::ENDING_HASH_KEY.into(), s(end.clone()));
+        }
+        if let Some(owner) = &self.checkpoint_owner {
+            item.insert(attr::CHECKPOINT_OWNER.into(), s(owner.clone()));
+        }
+        item.insert(attr::ENTITY_TYPE.into(), s(attr::ENTITY_LEASE.to_owned()));
+        if let Some(stream) = self.key.stream_identifier() {
+            item.insert(attr::STREAM_NAME.into(), s(stream));
+            item.insert(attr::SHARD_ID.into(), s(self.shard_id().to_owned()));
+        }
+        item
+    }
+}
+
+pub(crate) fn s(v: String) -> AttributeValue {
+    AttributeValue::S(v)
+}
+
+pub(crate) fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+}
+
+fn get_n(item: &Item, name: &str) -> Result<Option<i64>, String> {
+    match item.get(name) {
+        None => Ok(None),
+        Some(AttributeValue::N(v)) => v
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| format!("{name} = {v:?} is not an integer")),
+        Some(other) => Err(format!("{name} has type {other:?}, expected N")),
+    }
+}
+
+fn get_ss(item: &Item, name: &str) -> Vec<String> {
+    match item.get(name) {
+        Some(AttributeValue::Ss(v)) => v.clone(),
+        // Tolerate a single string where a set is expected.
+        Some(AttributeValue::S(v)) => vec![v.clone()],
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(pairs: &[(&str, AttributeValue)]) -> Item {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_a_kcl_2_item() {
+        let it = item(&[
+            ("leaseKey", s("shardId-000000000003".into())),
+            ("leaseOwner", s("worker-a".into())),
+            ("leaseCounter", n(42)),
+            (
+                "checkpoint",
+                s("49590338271490256608559692538361571095921575989136588898".into()),
+            ),
+            ("checkpointSubSequenceNumber", n(4)),
+            ("ownerSwitchesSinceCheckpoint", n(1)),
+            (
+                "parentShardId",
+                AttributeValue::Ss(vec!["shardId-000000000001".into()]),
+            ),
+        ]);
+        let lease = LeaseRecord::from_item(&it).unwrap().unwrap();
+        assert_eq!(lease.shard_id(), "shardId-000000000003");
+        assert_eq!(lease.owner.as_deref(), Some("worker-a"));
+        assert_eq!(lease.counter, 42);
+        assert_eq!(lease.checkpoint.sub_sequence(), 4);
+        assert_eq!(lease.parents, ["shardId-000000000001"]);
+        assert!(lease.children.is_empty());
+    }
+
+    #[test]
+    fn skips_items_that_are_not_leases() {
+        for kind in ["WORKER_METRIC_STATS", "LEADER", "CLIENT_VERSION_MIGRATION"] {
+            let it = item(&[("leaseKey", s("x".into())), ("entityType", s(kind.into()))]);
+            assert_eq!(LeaseRecord::from_item(&it), Ok(None));
+        }
+        let it = item(&[
+            ("leaseKey", s("shardId-0".into())),
+            ("entityType", s("LEASE".into())),
+        ]);
+        assert!(LeaseRecord::from_item(&it).unwrap().is_some());
+    }
+
+    #[test]
+    fn writes_the_kcl_names_and_types() {
+        let mut lease = LeaseRecord::new(
+            LeaseKey::parse("111111111111:orders:1700000000:shardId-000000000004"),
+            Checkpoint::TrimHorizon,
+            vec!["shardId-000000000001".into(), "shardId-000000000002".into()],
+            Some(("0".into(), "340282366920938463463374607431768211455".into())),
+        );
+        lease.owner = Some("w".into());
+        let it = lease.to_item();
+        assert_eq!(
+            it["leaseKey"].as_s().unwrap(),
+            "111111111111:orders:1700000000:shardId-000000000004"
+        );
+        assert_eq!(it["leaseCounter"].as_n().unwrap(), "0");
+        assert_eq!(it["checkpoint"].as_s().unwrap(), "TRIM_HORIZON");
+        assert_eq!(it["checkpointSubSequenceNumber"].as_n().unwrap(), "0");
+        assert_eq!(it["ownerSwitchesSinceCheckpoint"].as_n().unwrap(), "0");
+        assert_eq!(it["parentShardId"].as_ss().unwrap().len(), 2);
+        assert_eq!(
+            it["endingHashKey"].as_s().unwrap(),
+            "340282366920938463463374607431768211455"
+        );
+        assert_eq!(
+            it["streamName"].as_s().unwrap(),
+            "111111111111:orders:1700000000"
+        );
+        assert_eq!(it["shardId"].as_s().unwrap(), "shardId-000000000004");
+        assert_eq!(it["entityType"].as_s().unwrap(), "LEASE");
+        assert!(
+            !it.contains_key("childShardIds"),
+            "empty sets are not written"
+        );
+        assert_eq!(LeaseRecord::from_item(&it).unwrap().unwrap(), lease);
+    }
+
+    #[test]
+    fn a_bad_counter_is_an_error_not_a_panic() {
+        let it = item(&[("leaseKey", s("k".into())), ("leaseCounter", s("x".into()))]);
+        assert!(LeaseRecord::from_item(&it).is_err());
+    }
+}

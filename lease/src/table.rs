@@ -1,0 +1,401 @@
+//! The lease table in DynamoDB: creating it, scanning it, and the
+//! conditional writes of the lease protocol. Every write is conditioned the
+//! way the KCL conditions it (`DynamoDBLeaseRefresher`), so kcld and KCL
+//! workers can share a table without ever overwriting each other.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, TableStatus,
+};
+use aws_smithy_types::error::display::DisplayErrorContext;
+use kcld_checkpoint::Checkpoint;
+
+use crate::record::{attr, n, s, Item, LeaseRecord};
+
+/// Why a lease table call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// The condition did not hold: someone else wrote the lease (or it is
+    /// gone). For a renewal or checkpoint this means the lease was lost.
+    #[error("conditional check failed")]
+    ConditionFailed,
+    #[error("{0}")]
+    WrongSchema(String),
+    #[error("{0}")]
+    AccessDenied(String),
+    #[error("lease table {0} does not exist")]
+    NotFound(String),
+    /// Throttled, unreachable, or a server error: try again later.
+    #[error("lease table unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl TableError {
+    fn classify<E, R>(err: SdkError<E, R>, table: &str, action: &str) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        if matches!(
+            err,
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_)
+        ) {
+            return TableError::Unavailable(format!(
+                "cannot reach DynamoDB ({}); check aws.dynamodb_endpoint / AWS_ENDPOINT_URL_DYNAMODB and the network",
+                DisplayErrorContext(&err)
+            ));
+        }
+        let code = err.code().unwrap_or_default().to_owned();
+        let message = err.message().unwrap_or_default().to_owned();
+        match code.as_str() {
+            "ConditionalCheckFailedException" => TableError::ConditionFailed,
+            "ResourceNotFoundException" => TableError::NotFound(table.to_owned()),
+            "AccessDeniedException" | "UnrecognizedClientException" => TableError::AccessDenied(format!(
+                "access denied: {action} on lease table {table} ({message}); the consumer's IAM role needs \
+                 dynamodb:CreateTable, DescribeTable, Scan, GetItem, PutItem, UpdateItem and DeleteItem on \
+                 arn:aws:dynamodb:<region>:<consumer-account>:table/{table}"
+            )),
+            "ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded"
+            | "InternalServerError" | "ServiceUnavailable" => {
+                TableError::Unavailable(format!("{action}: {code}: {message}"))
+            }
+            "" => TableError::Unavailable(format!("{action}: {}", DisplayErrorContext(&err))),
+            _ => TableError::Other(format!("{action} on lease table {table}: {code}: {message}")),
+        }
+    }
+}
+
+/// One lease table.
+#[derive(Clone, Debug)]
+pub struct LeaseTable {
+    client: aws_sdk_dynamodb::Client,
+    name: String,
+}
+
+impl LeaseTable {
+    pub fn new(client: aws_sdk_dynamodb::Client, name: impl Into<String>) -> Self {
+        LeaseTable {
+            client,
+            name: name.into(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Creates the table (on-demand, `leaseKey` as its only key) when it is
+    /// missing, waits until it is ACTIVE, and refuses a table of the same
+    /// name with another key schema.
+    pub async fn ensure(&self, wait: Duration) -> Result<(), TableError> {
+        let deadline = Instant::now() + wait;
+        let mut created = false;
+        loop {
+            match self
+                .client
+                .describe_table()
+                .table_name(&self.name)
+                .send()
+                .await
+            {
+                Ok(out) => {
+                    let Some(table) = out.table else {
+                        return Err(TableError::Other(format!(
+                            "DescribeTable {} returned no table",
+                            self.name
+                        )));
+                    };
+                    self.check_schema(&table)?;
+                    if table.table_status == Some(TableStatus::Active) {
+                        if created {
+                            tracing::info!(table = %self.name, "lease table created");
+                        }
+                        return Ok(());
+                    }
+                }
+                Err(e) => match TableError::classify(e, &self.name, "dynamodb:DescribeTable") {
+                    TableError::NotFound(_) if !created => {
+                        self.create().await?;
+                        created = true;
+                        continue;
+                    }
+                    TableError::NotFound(_) | TableError::Unavailable(_) => {}
+                    other => return Err(other),
+                },
+            }
+            if Instant::now() > deadline {
+                return Err(TableError::Unavailable(format!(
+                    "lease table {} did not become ACTIVE within {wait:?}",
+                    self.name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn create(&self) -> Result<(), TableError> {
+        let result = self
+            .client
+            .create_table()
+            .table_name(&self.name)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(attr::LEASE_KEY)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .map_err(|e| TableError::Other(e.to_string()))?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(attr::LEASE_KEY)
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .map_err(|e| TableError::Other(e.to_string()))?,
+            )
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Another worker created it first.
+            Err(e) if e.code() == Some("ResourceInUseException") => Ok(()),
+            Err(e) => Err(TableError::classify(e, &self.name, "dynamodb:CreateTable")),
+        }
+    }
+
+    fn check_schema(
+        &self,
+        table: &aws_sdk_dynamodb::types::TableDescription,
+    ) -> Result<(), TableError> {
+        let keys: Vec<(&str, &KeyType)> = table
+            .key_schema()
+            .iter()
+            .map(|k| (k.attribute_name(), k.key_type()))
+            .collect();
+        let key_type = table
+            .attribute_definitions()
+            .iter()
+            .find(|d| d.attribute_name() == attr::LEASE_KEY)
+            .map(|d| d.attribute_type().clone());
+        if keys == [(attr::LEASE_KEY, &KeyType::Hash)] && key_type == Some(ScalarAttributeType::S) {
+            Ok(())
+        } else {
+            Err(TableError::WrongSchema(format!(
+                "table {} exists but is not a lease table (its key is {keys:?}, a lease table has leaseKey (S) \
+                 as its only key); set lease_table to another name, or application_name if another application \
+                 owns this table",
+                self.name
+            )))
+        }
+    }
+
+    /// Every lease in the table (strongly consistent, all pages). Items that
+    /// are not leases are skipped; items that cannot be read are logged and
+    /// skipped rather than stopping the worker.
+    pub async fn scan(&self) -> Result<Vec<LeaseRecord>, TableError> {
+        let mut leases = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.name)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| TableError::classify(e, &self.name, "dynamodb:Scan"))?;
+            for item in out.items() {
+                match LeaseRecord::from_item(item) {
+                    Ok(Some(lease)) => leases.push(lease),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(table = %self.name, "skipping an unreadable lease item: {e}")
+                    }
+                }
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(leases),
+            }
+        }
+    }
+
+    /// Writes a new lease unless one with its key exists. Returns whether it
+    /// was written.
+    pub async fn create_if_absent(&self, lease: &LeaseRecord) -> Result<bool, TableError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.name)
+            .set_item(Some(lease.to_item()))
+            .condition_expression("attribute_not_exists(#k)")
+            .expression_attribute_names("#k", attr::LEASE_KEY)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) => match TableError::classify(e, &self.name, "dynamodb:PutItem") {
+                TableError::ConditionFailed => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    fn key(lease_key: &str) -> Item {
+        Item::from([(attr::LEASE_KEY.to_owned(), s(lease_key.to_owned()))])
+    }
+
+    /// Renewal: counter + 1, if the counter and owner are as expected and no
+    /// handoff is pending.
+    pub async fn renew(
+        &self,
+        lease_key: &str,
+        counter: i64,
+        owner: &str,
+    ) -> Result<(), TableError> {
+        self.client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(Self::key(lease_key)))
+            .update_expression("SET #c = :next")
+            .condition_expression("#c = :expected AND #o = :owner AND attribute_not_exists(#co)")
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_names("#co", attr::CHECKPOINT_OWNER)
+            .expression_attribute_values(":next", n(counter + 1))
+            .expression_attribute_values(":expected", n(counter))
+            .expression_attribute_values(":owner", s(owner.to_owned()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| TableError::classify(e, &self.name, "dynamodb:UpdateItem"))
+    }
+
+    /// Taking: this worker becomes the owner, counter + 1, if the counter is
+    /// still the one observed. Counts an owner switch when it had an owner.
+    pub async fn take(&self, lease: &LeaseRecord, me: &str) -> Result<(), TableError> {
+        let switched = lease.owner.as_deref().is_some_and(|o| o != me);
+        let update = if switched {
+            "SET #o = :me, #c = :next ADD #sw :one REMOVE #co"
+        } else {
+            "SET #o = :me, #c = :next REMOVE #co"
+        };
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(Self::key(&lease.key.render())))
+            .update_expression(update)
+            .condition_expression("#c = :expected")
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_names("#co", attr::CHECKPOINT_OWNER)
+            .expression_attribute_values(":me", s(me.to_owned()))
+            .expression_attribute_values(":next", n(lease.counter + 1))
+            .expression_attribute_values(":expected", n(lease.counter));
+        if switched {
+            req = req
+                .expression_attribute_names("#sw", attr::OWNER_SWITCHES)
+                .expression_attribute_values(":one", n(1));
+        }
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| TableError::classify(e, &self.name, "dynamodb:UpdateItem"))
+    }
+
+    /// A checkpoint as the KCL's `updateLease` writes it: counter + 1, the
+    /// checkpoint and its sub-sequence number, owner switches reset, any
+    /// pending checkpoint cleared; `children` set at shard end.
+    pub async fn checkpoint(
+        &self,
+        lease_key: &str,
+        counter: i64,
+        owner: &str,
+        checkpoint: &Checkpoint,
+        children: &[String],
+    ) -> Result<(), TableError> {
+        let mut update = String::from("SET #c = :next, #cp = :cp, #cps = :cps, #sw = :zero");
+        if !children.is_empty() {
+            update.push_str(", #ch = :ch");
+        }
+        update.push_str(" REMOVE #pc, #pcs, #pst");
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(Self::key(lease_key)))
+            .update_expression(update)
+            .condition_expression("#c = :expected AND #o = :owner")
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_names("#cp", attr::CHECKPOINT)
+            .expression_attribute_names("#cps", attr::CHECKPOINT_SUB)
+            .expression_attribute_names("#sw", attr::OWNER_SWITCHES)
+            .expression_attribute_names("#pc", attr::PENDING_CHECKPOINT)
+            .expression_attribute_names("#pcs", attr::PENDING_CHECKPOINT_SUB)
+            .expression_attribute_names("#pst", attr::PENDING_CHECKPOINT_STATE)
+            .expression_attribute_values(":next", n(counter + 1))
+            .expression_attribute_values(":expected", n(counter))
+            .expression_attribute_values(":owner", s(owner.to_owned()))
+            .expression_attribute_values(":cp", s(checkpoint.as_str().to_owned()))
+            .expression_attribute_values(":cps", n(checkpoint.sub_sequence() as i64))
+            .expression_attribute_values(":zero", n(0));
+        if !children.is_empty() {
+            req = req
+                .expression_attribute_names("#ch", attr::CHILD_SHARD_IDS)
+                .expression_attribute_values(":ch", AttributeValue::Ss(children.to_vec()));
+        }
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| TableError::classify(e, &self.name, "dynamodb:UpdateItem"))
+    }
+
+    /// Release: no owner, counter + 1, so that another worker takes the
+    /// lease at its next scan instead of waiting for expiry.
+    pub async fn release(
+        &self,
+        lease_key: &str,
+        counter: i64,
+        owner: &str,
+    ) -> Result<(), TableError> {
+        self.client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(Self::key(lease_key)))
+            .update_expression("SET #c = :next REMOVE #o, #co")
+            .condition_expression("#c = :expected AND #o = :owner")
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_names("#co", attr::CHECKPOINT_OWNER)
+            .expression_attribute_values(":next", n(counter + 1))
+            .expression_attribute_values(":expected", n(counter))
+            .expression_attribute_values(":owner", s(owner.to_owned()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| TableError::classify(e, &self.name, "dynamodb:UpdateItem"))
+    }
+
+    /// Deletes a finished lease if nobody wrote it since it was read.
+    pub async fn delete(&self, lease_key: &str, counter: i64) -> Result<(), TableError> {
+        self.client
+            .delete_item()
+            .table_name(&self.name)
+            .set_key(Some(Self::key(lease_key)))
+            .condition_expression("#c = :expected")
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_values(":expected", n(counter))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| TableError::classify(e, &self.name, "dynamodb:DeleteItem"))
+    }
+}
