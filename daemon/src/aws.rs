@@ -68,8 +68,17 @@ pub async fn connect(settings: &Settings) -> Result<Clients> {
     if let Some(url) = &settings.aws.kinesis_endpoint {
         kinesis = kinesis.endpoint_url(url);
     }
+    // Lease calls are small: a stuck one must fail fast so that renewals
+    // keep their rhythm (the watchdog stops shards regardless).
     let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(&base)
-        .region(Region::new(settings.aws.dynamodb_region.clone()));
+        .region(Region::new(settings.aws.dynamodb_region.clone()))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .operation_attempt_timeout(Duration::from_secs(5))
+                .operation_timeout(Duration::from_secs(15))
+                .build(),
+        );
     if let Some(url) = &settings.aws.dynamodb_endpoint {
         dynamodb = dynamodb.endpoint_url(url);
     }

@@ -95,7 +95,7 @@ pub async fn run(
                     progress.unwritten += batch.records.len() as u64;
                 }
                 if progress.due(&policy) && !write(&grant, &mut progress).await? {
-                    return Ok(Outcome::Stopped);
+                    return stop(&grant, &mut progress).await;
                 }
             }
             Fetched::ShardEnd { children } => {
@@ -138,10 +138,18 @@ async fn write(grant: &Grant, progress: &mut Progress) -> Result<bool, Error> {
 
 /// The final checkpoint on stop: refused by the lease layer if the lease was
 /// lost, so it can only ever cover records this worker confirmed while it
-/// held the lease.
+/// held the lease. It also completes a handoff to another worker.
 async fn stop(grant: &Grant, progress: &mut Progress) -> Result<Outcome, Error> {
-    if progress.unwritten > 0 {
-        write(grant, progress).await?;
+    let last = match (&progress.confirmed, progress.unwritten) {
+        (Some(position), n) if n > 0 => Some(Checkpoint::At(position.clone())),
+        _ => None,
+    };
+    match grant.lease.stopped(last.as_ref()).await {
+        Ok(()) | Err(CheckpointError::LeaseLost { .. }) => {}
+        Err(CheckpointError::Fatal(e)) => return Err(Error::Aws(e)),
+        Err(e) => {
+            tracing::warn!(shard = %grant.shard.shard_id, "final checkpoint not written: {e}")
+        }
     }
     Ok(Outcome::Stopped)
 }

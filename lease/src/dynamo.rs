@@ -94,12 +94,31 @@ struct Inner {
 struct Held {
     key: String,
     shard_id: String,
-    /// The counter this worker wrote last; locked across each write.
-    counter: Mutex<i64>,
+    /// The counter this worker wrote last, and whether another worker asked
+    /// for the lease (a handoff); locked across each write.
+    state: Mutex<HeldState>,
     /// When the last successful write of this lease was sent.
     renewed_at: StdMutex<Instant>,
     lost: AtomicBool,
     stop: CancellationToken,
+}
+
+struct HeldState {
+    counter: i64,
+    handoff: bool,
+}
+
+/// A steal this worker started: the old owner still finishes its batch.
+struct PendingSteal {
+    /// Past this, the old owner is presumed gone and the steal is completed
+    /// without it (its watchdog has stopped it by then).
+    deadline: Instant,
+}
+
+fn interval(period: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval(period);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
 }
 
 fn lock<T>(m: &StdMutex<T>) -> MutexGuard<'_, T> {
@@ -200,33 +219,47 @@ impl Inner {
         lock(&self.template).sibling(shard_id)
     }
 
+    /// Three independent loops, so that a slow scan never delays a renewal
+    /// and nothing delays the watchdog that stops unrenewed shards.
     async fn coordinate(self: Arc<Self>, closing: CancellationToken) {
         let s = &self.settings;
-        let mut renew = tokio::time::interval(s.renew_interval);
-        let mut take = tokio::time::interval(s.take_interval);
-        let mut sync = tokio::time::interval_at(
-            tokio::time::Instant::now() + s.shard_sync_interval,
-            s.shard_sync_interval,
-        );
-        let mut watchdog = tokio::time::interval(Duration::from_millis(250));
-        for i in [&mut renew, &mut take, &mut sync, &mut watchdog] {
-            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        }
-        let mut observations = Observations::default();
-        let mut scan_failing = false;
-        loop {
-            tokio::select! {
-                _ = closing.cancelled() => break,
-                _ = renew.tick() => self.renew_all().await,
-                _ = watchdog.tick() => self.expire_unrenewed(),
-                _ = take.tick(), if !self.shutdown.is_cancelled() => {
-                    self.take_round(&mut observations, &mut scan_failing).await;
+        let renewer = async {
+            let mut tick = interval(s.renew_interval);
+            loop {
+                tokio::select! {
+                    _ = closing.cancelled() => return,
+                    _ = tick.tick() => self.renew_all().await,
                 }
-                _ = self.take_now.notified(), if !self.shutdown.is_cancelled() => {
-                    self.take_round(&mut observations, &mut scan_failing).await;
+            }
+        };
+        let watchdog = async {
+            let mut tick = interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = closing.cancelled() => return,
+                    _ = tick.tick() => self.expire_unrenewed(),
                 }
-                _ = sync.tick(), if !self.shutdown.is_cancelled() => {
-                    match self.table.scan().await {
+            }
+        };
+        let taker = async {
+            let mut take = interval(s.take_interval);
+            let mut sync = tokio::time::interval_at(
+                tokio::time::Instant::now() + s.shard_sync_interval,
+                s.shard_sync_interval,
+            );
+            sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut observations = Observations::default();
+            let mut pending = HashMap::new();
+            let mut scan_failing = false;
+            loop {
+                tokio::select! {
+                    _ = closing.cancelled() => return,
+                    _ = self.shutdown.cancelled() => return,
+                    _ = take.tick() => self.take_round(&mut observations, &mut pending, &mut scan_failing).await,
+                    _ = self.take_now.notified() => {
+                        self.take_round(&mut observations, &mut pending, &mut scan_failing).await;
+                    }
+                    _ = sync.tick() => match self.table.scan().await {
                         Ok(leases) => {
                             if let Err(e) = self.sync_shards(&leases).await {
                                 tracing::warn!("shard sync: {e}");
@@ -234,10 +267,11 @@ impl Inner {
                             self.clean_up(&leases).await;
                         }
                         Err(e) => tracing::warn!("shard sync: {e}"),
-                    }
+                    },
                 }
             }
-        }
+        };
+        tokio::join!(renewer, watchdog, taker);
         self.release_all().await;
     }
 
@@ -248,15 +282,23 @@ impl Inner {
                 if h.lost.load(Ordering::Acquire) {
                     return;
                 }
-                let mut counter = h.counter.lock().await;
+                let mut state = h.state.lock().await;
+                if state.handoff {
+                    return;
+                }
                 let sent = Instant::now();
-                match self.table.renew(&h.key, *counter, self.me()).await {
+                match self.table.renew(&h.key, state.counter, self.me()).await {
                     Ok(()) => {
-                        *counter += 1;
+                        state.counter += 1;
                         *lock(&h.renewed_at) = sent;
                     }
                     Err(TableError::ConditionFailed) | Err(TableError::NotFound(_)) => {
-                        self.lose(&h, "another worker took it");
+                        // Lost, or asked to hand over: the item tells which.
+                        match self.table.get(&h.key).await {
+                            Ok(Some(record)) => self.reconcile(&h, &mut state, &record),
+                            Ok(None) => self.lose(&h, "its lease item was deleted"),
+                            Err(e) => tracing::warn!(shard = %h.shard_id, "renewal refused and lease unreadable: {e}"),
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(shard = %h.shard_id, "renewal failed: {e}");
@@ -280,6 +322,38 @@ impl Inner {
         }
     }
 
+    /// A held lease whose item says someone else wrote it: either another
+    /// worker asked for it (it names us as `checkpointOwner`: stop reading,
+    /// then hand over after the last checkpoint), or it is lost.
+    fn reconcile(&self, h: &Held, state: &mut HeldState, record: &LeaseRecord) {
+        if record.owner.as_deref() == Some(self.me()) && record.checkpoint_owner.is_none() {
+            // Still ours (a counter we missed): adopt it.
+            state.counter = record.counter;
+            return;
+        }
+        if record.checkpoint_owner.as_deref() == Some(self.me()) {
+            if !state.handoff {
+                tracing::info!(
+                    shard = %h.shard_id,
+                    to = record.owner.as_deref().unwrap_or("?"),
+                    "handing the lease over after the batch in hand"
+                );
+            }
+            state.counter = record.counter;
+            state.handoff = true;
+            h.stop.cancel();
+            return;
+        }
+        self.lose(h, "another worker took it");
+    }
+
+    /// Drops a lease that is no longer this worker's, without alarm.
+    fn forget(&self, h: &Held) {
+        h.lost.store(true, Ordering::Release);
+        h.stop.cancel();
+        lock(&self.held).remove(&h.key);
+    }
+
     fn lose(&self, h: &Held, why: &str) {
         if !h.lost.swap(true, Ordering::AcqRel) {
             tracing::warn!(shard = %h.shard_id, "lease lost: {why}; stopping the shard");
@@ -291,6 +365,7 @@ impl Inner {
     async fn take_round(
         self: &Arc<Self>,
         observations: &mut Observations,
+        pending: &mut HashMap<String, PendingSteal>,
         scan_failing: &mut bool,
     ) {
         let leases = match self.table.scan().await {
@@ -311,15 +386,20 @@ impl Inner {
         let ours = self.ours(&leases);
         observations.observe(ours.iter().copied(), now);
 
-        // Leases held here that the table says belong to someone else.
+        // Leases held here that the table says belong to someone else (or
+        // that another worker asked for).
         let held: HashMap<String, Arc<Held>> = lock(&self.held).clone();
         for lease in &ours {
             if let Some(h) = held.get(&lease.key.render()) {
-                if lease.owner.as_deref() != Some(self.me()) {
-                    self.lose(h, "the table names another owner");
+                if lease.owner.as_deref() != Some(self.me()) || lease.checkpoint_owner.is_some() {
+                    let mut state = h.state.lock().await;
+                    if lease.counter >= state.counter {
+                        self.reconcile(h, &mut state, lease);
+                    }
                 }
             }
         }
+        self.settle_steals(&ours, pending, now).await;
 
         let by_shard: HashMap<&str, &LeaseRecord> =
             ours.iter().map(|l| (l.shard_id(), *l)).collect();
@@ -335,7 +415,12 @@ impl Inner {
                 })
             })
             .collect();
-        let held_keys: HashSet<String> = lock(&self.held).keys().cloned().collect();
+        // Steals in progress count as held, so they are not stolen twice.
+        let held_keys: HashSet<String> = lock(&self.held)
+            .keys()
+            .cloned()
+            .chain(pending.keys().cloned())
+            .collect();
         let failover = self.settings.failover;
         let plan = balance::plan(
             self.me(),
@@ -360,31 +445,102 @@ impl Inner {
         );
         let by_key: HashMap<String, &LeaseRecord> =
             readable.iter().map(|l| (l.key.render(), *l)).collect();
-        for key in plan.take.iter().chain(plan.steal.iter()) {
+        for key in &plan.take {
             let Some(lease) = by_key.get(key) else {
                 continue;
             };
             let sent = Instant::now();
             match self.table.take(lease, self.me()).await {
-                Ok(()) => self.grant(lease, sent),
+                Ok(()) => self.grant(lease, lease.counter + 1, sent),
                 Err(TableError::ConditionFailed) => {
                     tracing::debug!(lease = %key, "another worker wrote the lease first");
                 }
                 Err(e) => {
                     tracing::warn!(lease = %key, "cannot take lease: {e}");
-                    break;
+                    return;
+                }
+            }
+        }
+        for key in &plan.steal {
+            let Some(lease) = by_key.get(key) else {
+                continue;
+            };
+            match self.table.steal(lease, self.me()).await {
+                Ok(()) => {
+                    tracing::info!(
+                        shard = %lease.shard_id(),
+                        from = lease.owner.as_deref().unwrap_or("?"),
+                        "lease requested from a busier worker"
+                    );
+                    pending.insert(
+                        key.clone(),
+                        PendingSteal {
+                            deadline: now + self.settings.failover,
+                        },
+                    );
+                }
+                Err(TableError::ConditionFailed) => {}
+                Err(e) => {
+                    tracing::warn!(lease = %key, "cannot steal lease: {e}");
+                    return;
                 }
             }
         }
     }
 
-    fn grant(self: &Arc<Self>, lease: &LeaseRecord, sent: Instant) {
+    /// Completes the steals whose old owner stepped aside (it removed
+    /// `checkpointOwner` with its last checkpoint), forces those whose old
+    /// owner did not within the failover time, and forgets those another
+    /// worker took meanwhile.
+    async fn settle_steals(
+        self: &Arc<Self>,
+        ours: &[&LeaseRecord],
+        pending: &mut HashMap<String, PendingSteal>,
+        now: Instant,
+    ) {
+        let by_key: HashMap<String, &LeaseRecord> =
+            ours.iter().map(|l| (l.key.render(), *l)).collect();
+        let keys: Vec<String> = pending.keys().cloned().collect();
+        for key in keys {
+            let Some(lease) = by_key.get(&key) else {
+                pending.remove(&key);
+                continue;
+            };
+            if lease.owner.as_deref() != Some(self.me()) {
+                pending.remove(&key);
+                continue;
+            }
+            if lease.checkpoint_owner.is_none() {
+                pending.remove(&key);
+                self.grant(lease, lease.counter, now);
+                continue;
+            }
+            if now >= pending[&key].deadline {
+                pending.remove(&key);
+                let sent = Instant::now();
+                match self.table.take(lease, self.me()).await {
+                    Ok(()) => {
+                        tracing::warn!(shard = %lease.shard_id(), "previous owner did not hand over in time; taking the lease");
+                        self.grant(lease, lease.counter + 1, sent);
+                    }
+                    Err(e) => tracing::debug!(lease = %key, "forced steal refused: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Starts reading a lease this worker now owns; `counter` is the value
+    /// its last write left.
+    fn grant(self: &Arc<Self>, lease: &LeaseRecord, counter: i64, sent: Instant) {
         let key = lease.key.render();
         let stop = self.shutdown.child_token();
         let held = Arc::new(Held {
             key: key.clone(),
             shard_id: lease.shard_id().to_owned(),
-            counter: Mutex::new(lease.counter + 1),
+            state: Mutex::new(HeldState {
+                counter,
+                handoff: false,
+            }),
             renewed_at: StdMutex::new(sent),
             lost: AtomicBool::new(false),
             stop: stop.clone(),
@@ -525,8 +681,11 @@ impl Inner {
             if h.lost.swap(true, Ordering::AcqRel) {
                 continue;
             }
-            let counter = h.counter.lock().await;
-            match self.table.release(&h.key, *counter, self.me()).await {
+            let state = h.state.lock().await;
+            if state.handoff {
+                continue;
+            }
+            match self.table.release(&h.key, state.counter, self.me()).await {
                 Ok(()) => tracing::info!(shard = %h.shard_id, "lease released"),
                 Err(e) => {
                     tracing::warn!(shard = %h.shard_id, "cannot release lease (others take it after expiry): {e}")
@@ -549,41 +708,93 @@ impl DynamoLease {
         }
     }
 
-    /// One conditional checkpoint write under the lease's lock.
+    /// One conditional checkpoint write under the lease's lock. While a
+    /// handoff is pending, the write is the old owner's last one: it also
+    /// removes `checkpointOwner`, and the lease is then the new owner's.
     async fn write(
         &self,
-        position: &Checkpoint,
+        position: Option<&Checkpoint>,
         children: &[String],
     ) -> Result<(), CheckpointError> {
         if self.held.lost.load(Ordering::Acquire) {
             return Err(self.lost());
         }
-        let mut counter = self.held.counter.lock().await;
+        let mut state = self.held.state.lock().await;
+        if self.held.lost.load(Ordering::Acquire) {
+            return Err(self.lost());
+        }
+        let me = self.inner.me();
+        if position.is_none() && !state.handoff {
+            // Nothing to write (the consumer stopped with everything
+            // checkpointed); only a handoff nobody noticed yet needs its
+            // closing write.
+            if let Ok(Some(record)) = self.inner.table.get(&self.held.key).await {
+                if record.checkpoint_owner.as_deref() == Some(me) {
+                    self.inner.reconcile(&self.held, &mut state, &record);
+                }
+            }
+            if !state.handoff {
+                return Ok(());
+            }
+        }
         let sent = Instant::now();
-        match self
-            .inner
-            .table
-            .checkpoint(
-                &self.held.key,
-                *counter,
-                self.inner.me(),
-                position,
-                children,
-            )
-            .await
-        {
+        let mut result = self.attempt(&state, position, children).await;
+        if matches!(result, Err(TableError::ConditionFailed)) && !state.handoff {
+            // Refused: lost, or another worker asked for the lease since the
+            // last renewal. In a handoff this write is the last one.
+            if let Ok(Some(record)) = self.inner.table.get(&self.held.key).await {
+                self.inner.reconcile(&self.held, &mut state, &record);
+                if state.handoff || record.owner.as_deref() == Some(me) {
+                    result = self.attempt(&state, position, children).await;
+                }
+            }
+        }
+        match result {
             Ok(()) => {
-                *counter += 1;
+                state.counter += 1;
                 *lock(&self.held.renewed_at) = sent;
+                if state.handoff {
+                    tracing::info!(shard = %self.held.shard_id, "lease handed over");
+                    self.inner.forget(&self.held);
+                }
                 Ok(())
             }
             Err(TableError::ConditionFailed) | Err(TableError::NotFound(_)) => {
-                drop(counter);
+                drop(state);
                 self.inner
                     .lose(&self.held, "the checkpoint found another owner");
                 Err(self.lost())
             }
             Err(e) => Err(to_checkpoint_error(e)),
+        }
+    }
+
+    async fn attempt(
+        &self,
+        state: &HeldState,
+        position: Option<&Checkpoint>,
+        children: &[String],
+    ) -> Result<(), TableError> {
+        let me = self.inner.me();
+        if state.handoff {
+            if !children.is_empty() {
+                // Ending the shard during a handoff: the next owner re-reads
+                // the shard's tail and ends it.
+                return Err(TableError::ConditionFailed);
+            }
+            self.inner
+                .table
+                .finish_handoff(&self.held.key, state.counter, me, position)
+                .await
+        } else {
+            let Some(position) = position else {
+                // Unreachable by `write`'s early return; writes nothing.
+                return Err(TableError::Other("no checkpoint to write".into()));
+            };
+            self.inner
+                .table
+                .checkpoint(&self.held.key, state.counter, me, position, children)
+                .await
         }
     }
 }
@@ -598,7 +809,7 @@ fn to_checkpoint_error(e: TableError) -> CheckpointError {
 #[async_trait::async_trait]
 impl Checkpointer for DynamoLease {
     async fn checkpoint(&self, position: &Checkpoint) -> Result<(), CheckpointError> {
-        self.write(position, &[]).await
+        self.write(Some(position), &[]).await
     }
 }
 
@@ -626,15 +837,15 @@ impl LeaseHandle for DynamoLease {
                 .map_err(to_checkpoint_error)?;
         }
         let ids: Vec<String> = children.iter().map(|c| c.shard_id.clone()).collect();
-        self.write(&Checkpoint::ShardEnd, &ids).await?;
+        self.write(Some(&Checkpoint::ShardEnd), &ids).await?;
         // The shard is done: release it so it does not look owned, and wake
         // the taker so the children start without waiting for the next scan.
         if !self.held.lost.swap(true, Ordering::AcqRel) {
-            let counter = self.held.counter.lock().await;
+            let state = self.held.state.lock().await;
             if let Err(e) = self
                 .inner
                 .table
-                .release(&self.held.key, *counter, self.inner.me())
+                .release(&self.held.key, state.counter, self.inner.me())
                 .await
             {
                 tracing::debug!(shard = %self.held.shard_id, "finished lease not released: {e}");
@@ -643,5 +854,13 @@ impl LeaseHandle for DynamoLease {
         lock(&self.inner.held).remove(&self.held.key);
         self.inner.take_now.notify_one();
         Ok(())
+    }
+
+    async fn stopped(&self, last: Option<&Checkpoint>) -> Result<(), CheckpointError> {
+        match self.write(last, &[]).await {
+            // Lost: nothing may be written, and nothing needs to be.
+            Err(CheckpointError::LeaseLost { .. }) => Ok(()),
+            other => other,
+        }
     }
 }

@@ -61,6 +61,16 @@ pub trait LeaseHandle: Checkpointer {
     /// The shard was read to its end and every record confirmed: checkpoint
     /// `SHARD_END` and make the children leasable.
     async fn shard_ended(&self, children: &[ShardSpec]) -> Result<(), CheckpointError>;
+
+    /// The consumer stopped reading (shutdown, lost lease, or a handoff to
+    /// another worker). `last` is the confirmed position not yet written, if
+    /// any. Writes it unless the lease was lost, and completes a handoff.
+    async fn stopped(&self, last: Option<&Checkpoint>) -> Result<(), CheckpointError> {
+        match last {
+            Some(position) => self.checkpoint(position).await,
+            None => Ok(()),
+        }
+    }
 }
 
 /// Hands out the shards this worker may read.

@@ -358,6 +358,94 @@ impl LeaseTable {
             .map_err(|e| TableError::classify(e, &self.name, "dynamodb:UpdateItem"))
     }
 
+    /// One lease, read strongly consistent; `None` when it is gone.
+    pub async fn get(&self, lease_key: &str) -> Result<Option<LeaseRecord>, TableError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.name)
+            .set_key(Some(Self::key(lease_key)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| TableError::classify(e, &self.name, "dynamodb:GetItem"))?;
+        match out.item {
+            None => Ok(None),
+            Some(item) => LeaseRecord::from_item(&item).map_err(TableError::Other),
+        }
+    }
+
+    /// A graceful steal (the KCL 3 handoff): this worker becomes the owner
+    /// while the current owner, named in `checkpointOwner`, finishes its
+    /// batch, writes a last checkpoint and steps aside.
+    pub async fn steal(&self, lease: &LeaseRecord, me: &str) -> Result<(), TableError> {
+        let victim = lease.owner.clone().unwrap_or_default();
+        self.client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(Self::key(&lease.key.render())))
+            .update_expression("SET #o = :me, #co = :victim, #c = :next ADD #sw :one")
+            .condition_expression("#c = :expected AND #o = :victim AND attribute_not_exists(#co)")
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_names("#co", attr::CHECKPOINT_OWNER)
+            .expression_attribute_names("#sw", attr::OWNER_SWITCHES)
+            .expression_attribute_values(":me", s(me.to_owned()))
+            .expression_attribute_values(":victim", s(victim))
+            .expression_attribute_values(":next", n(lease.counter + 1))
+            .expression_attribute_values(":expected", n(lease.counter))
+            .expression_attribute_values(":one", n(1))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| TableError::classify(e, &self.name, "dynamodb:UpdateItem"))
+    }
+
+    /// The old owner's side of a handoff: the last checkpoint (if any) and
+    /// `checkpointOwner` removed in one write, so the new owner starts
+    /// exactly after what was confirmed.
+    pub async fn finish_handoff(
+        &self,
+        lease_key: &str,
+        counter: i64,
+        me: &str,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), TableError> {
+        let update = if checkpoint.is_some() {
+            "SET #c = :next, #cp = :cp, #cps = :cps, #sw = :zero REMOVE #co, #pc, #pcs, #pst"
+        } else {
+            "SET #c = :next REMOVE #co"
+        };
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(Self::key(lease_key)))
+            .update_expression(update)
+            .condition_expression("#c = :expected AND #co = :me")
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_names("#co", attr::CHECKPOINT_OWNER)
+            .expression_attribute_values(":next", n(counter + 1))
+            .expression_attribute_values(":expected", n(counter))
+            .expression_attribute_values(":me", s(me.to_owned()));
+        if let Some(cp) = checkpoint {
+            req = req
+                .expression_attribute_names("#cp", attr::CHECKPOINT)
+                .expression_attribute_names("#cps", attr::CHECKPOINT_SUB)
+                .expression_attribute_names("#sw", attr::OWNER_SWITCHES)
+                .expression_attribute_names("#pc", attr::PENDING_CHECKPOINT)
+                .expression_attribute_names("#pcs", attr::PENDING_CHECKPOINT_SUB)
+                .expression_attribute_names("#pst", attr::PENDING_CHECKPOINT_STATE)
+                .expression_attribute_values(":cp", s(cp.as_str().to_owned()))
+                .expression_attribute_values(":cps", n(cp.sub_sequence() as i64))
+                .expression_attribute_values(":zero", n(0));
+        }
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| TableError::classify(e, &self.name, "dynamodb:UpdateItem"))
+    }
+
     /// Release: no owner, counter + 1, so that another worker takes the
     /// lease at its next scan instead of waiting for expiry.
     pub async fn release(

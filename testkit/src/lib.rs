@@ -258,6 +258,53 @@ async fn tracing_free_sleep(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
 }
 
+/// A raw item of a DynamoDB table, as the service returns it.
+pub type Item = HashMap<String, aws_sdk_dynamodb::types::AttributeValue>;
+
+impl Stack {
+    /// Every item of a table in the consumer account, read directly (not
+    /// through kcld's code).
+    pub async fn scan_table(&self, table: &str) -> Result<Vec<Item>> {
+        let ddb = self.consumer_dynamodb().await;
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let out = ddb
+                .scan()
+                .table_name(table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .with_context(|| format!("Scan {table}"))?;
+            items.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    /// `leaseKey` -> `leaseOwner` for every lease item (None = unowned).
+    pub async fn lease_owners(&self, table: &str) -> Result<HashMap<String, Option<String>>> {
+        Ok(self
+            .scan_table(table)
+            .await?
+            .into_iter()
+            .filter(|item| {
+                item.get("entityType")
+                    .and_then(|v| v.as_s().ok())
+                    .is_none_or(|t| t == "LEASE")
+            })
+            .filter_map(|item| {
+                let key = item.get("leaseKey")?.as_s().ok()?.clone();
+                let owner = item.get("leaseOwner").and_then(|v| v.as_s().ok()).cloned();
+                Some((key, owner))
+            })
+            .collect())
+    }
+}
+
 /// A name no other test uses.
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
@@ -347,6 +394,17 @@ impl Kcld {
 
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// SIGKILL: the process gets no chance to checkpoint or release.
+    pub async fn kill9(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
     }
 
     /// Sends SIGTERM and waits for the exit status.

@@ -1,0 +1,657 @@
+//! Leases and checkpoints in the KCL's DynamoDB table, against the local
+//! stack: balancing, failover after kill -9, graceful release on SIGTERM,
+//! taking over a table the KCL wrote, and resharding while records flow.
+//! The lease table is checked with raw DynamoDB reads, not kcld's code.
+//!
+//! These tests run one at a time: each starts several kcld processes, and
+//! lease timing is what they check.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+use kcld_checkpoint::SequenceNumber;
+use kcld_testkit::{sample_records, unique_name, Delivered, Item, Kcld, Stack};
+
+const KCLD: &str = env!("CARGO_BIN_EXE_kcld");
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+fn env(
+    stack: &Stack,
+    arn: &str,
+    app: &str,
+    worker: &str,
+    extra: &[(&str, &str)],
+) -> HashMap<String, String> {
+    let mut env = stack.consumer_env();
+    env.insert("KCLD_APPLICATION_NAME".into(), app.into());
+    env.insert("KCLD_STREAM_ARN".into(), arn.into());
+    env.insert("KCLD_WORKER_ID".into(), worker.into());
+    env.insert("KCLD_INITIAL_POSITION".into(), "TRIM_HORIZON".into());
+    env.insert(
+        "KCLD_POLLING__IDLE_TIME_BETWEEN_READS_MS".into(),
+        "200".into(),
+    );
+    env.insert("KCLD_POLLING__MAX_RECORDS".into(), "1000".into());
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    env
+}
+
+/// Owner -> number of leases it holds (unowned leases under "").
+async fn loads(stack: &Stack, table: &str) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for owner in stack
+        .lease_owners(table)
+        .await
+        .unwrap_or_default()
+        .into_values()
+    {
+        *counts.entry(owner.unwrap_or_default()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Polls the table until `ok` holds; returns how long that took.
+async fn wait_for(
+    stack: &Stack,
+    table: &str,
+    within: Duration,
+    ok: impl Fn(&HashMap<String, usize>) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let l = loads(stack, table).await;
+        if ok(&l) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "table {table} did not reach the expected state in {within:?}: {l:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads lines from every instance until `want` distinct records arrived.
+/// Returns every delivery (with duplicates) as (instance index, record).
+async fn collect(
+    instances: &mut [&mut Kcld],
+    want: &HashSet<Vec<u8>>,
+    within: Duration,
+) -> Vec<(usize, Delivered)> {
+    let deadline = Instant::now() + within;
+    let mut all = Vec::new();
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    while !want.is_subset(&seen) && Instant::now() < deadline {
+        for (i, k) in instances.iter_mut().enumerate() {
+            for line in k.take_lines(usize::MAX, Duration::from_millis(50)).await {
+                let d = Delivered::parse(&line).unwrap();
+                seen.insert(d.data.clone());
+                all.push((i, d));
+            }
+        }
+    }
+    let missing = want.difference(&seen).count();
+    assert_eq!(missing, 0, "{missing} records never delivered");
+    all
+}
+
+fn data_set(records: &[(String, Vec<u8>)]) -> HashSet<Vec<u8>> {
+    records.iter().map(|(_, d)| d.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_settle_at_3_3_2_and_deliver_everything() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("bal"), 8)
+        .await
+        .unwrap();
+    let app = unique_name("bal-app");
+    let records = sample_records(400, 50);
+    stack.put_records(&arn, &records).await.unwrap();
+
+    let started = Instant::now();
+    let mut a = Kcld::spawn(KCLD, &["run"], &env(&stack, &arn, &app, "worker-a", &[])).unwrap();
+    let mut b = Kcld::spawn(KCLD, &["run"], &env(&stack, &arn, &app, "worker-b", &[])).unwrap();
+    let mut c = Kcld::spawn(KCLD, &["run"], &env(&stack, &arn, &app, "worker-c", &[])).unwrap();
+    let settled = |l: &HashMap<String, usize>| {
+        let mut counts: Vec<usize> = ["worker-a", "worker-b", "worker-c"]
+            .iter()
+            .map(|w| l.get(*w).copied().unwrap_or(0))
+            .collect();
+        counts.sort();
+        counts == [2, 3, 3]
+    };
+    wait_for(&stack, &app, Duration::from_secs(30), settled).await;
+    eprintln!("settled at 3/3/2 {:?} after start", started.elapsed());
+
+    let all = collect(
+        &mut [&mut a, &mut b, &mut c],
+        &data_set(&records),
+        Duration::from_secs(60),
+    )
+    .await;
+    eprintln!("{} deliveries for {} records", all.len(), records.len());
+    // Settled means settled: no lease moves afterwards.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        settled(&loads(&stack, &app).await),
+        "leases moved after settling"
+    );
+    for k in [a, b, c] {
+        assert!(k
+            .terminate(Duration::from_secs(25))
+            .await
+            .unwrap()
+            .success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_shards_are_taken_over_after_the_failover_time() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("kill"), 4)
+        .await
+        .unwrap();
+    let app = unique_name("kill-app");
+    let failover = Duration::from_millis(5000);
+    let extra = [("KCLD_LEASE__FAILOVER_TIME_MS", "5000")];
+    let mut a = Kcld::spawn(KCLD, &["run"], &env(&stack, &arn, &app, "worker-a", &extra)).unwrap();
+    let mut b = Kcld::spawn(KCLD, &["run"], &env(&stack, &arn, &app, "worker-b", &extra)).unwrap();
+    wait_for(&stack, &app, Duration::from_secs(30), |l| {
+        l.get("worker-a") == Some(&2) && l.get("worker-b") == Some(&2)
+    })
+    .await;
+
+    let before = sample_records(200, 40);
+    stack.put_records(&arn, &before).await.unwrap();
+    collect(
+        &mut [&mut a, &mut b],
+        &data_set(&before),
+        Duration::from_secs(60),
+    )
+    .await;
+
+    a.kill9().await;
+    let taken = wait_for(&stack, &app, Duration::from_secs(30), |l| {
+        l.get("worker-b") == Some(&4)
+    })
+    .await;
+    // The KCL's renewal period for this failover time.
+    let renewal = failover / 3 - Duration::from_millis(25);
+    eprintln!("taken over {taken:?} after kill -9 (failover {failover:?}, renewal {renewal:?})");
+    assert!(
+        taken >= failover - Duration::from_millis(500),
+        "taken before the lease could have expired: {taken:?}"
+    );
+    // Bound: failover + one renewal interval (the dead worker's last renewal
+    // may come up to one interval before the kill is noticed), plus this
+    // test's own polling of the table.
+    assert!(
+        taken <= failover + renewal + Duration::from_millis(1500),
+        "takeover took {taken:?}"
+    );
+
+    let after: Vec<(String, Vec<u8>)> = (0..100)
+        .map(|i| (format!("k{i}"), format!("after kill {i}").into_bytes()))
+        .collect();
+    stack.put_records(&arn, &after).await.unwrap();
+    collect(&mut [&mut b], &data_set(&after), Duration::from_secs(60)).await;
+    b.terminate(Duration::from_secs(25)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_with_a_final_checkpoint_and_no_duplicate() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("term"), 4)
+        .await
+        .unwrap();
+    let app = unique_name("term-app");
+    // Checkpoints only at the end (or every 100,000 records): the final
+    // checkpoint on SIGTERM is what prevents duplicates here.
+    let extra = [
+        ("KCLD_CHECKPOINT__INTERVAL_MS", "3600000"),
+        ("KCLD_CHECKPOINT__MAX_RECORDS", "100000"),
+    ];
+    let mut a = Kcld::spawn(KCLD, &["run"], &env(&stack, &arn, &app, "worker-a", &extra)).unwrap();
+    let mut b = Kcld::spawn(KCLD, &["run"], &env(&stack, &arn, &app, "worker-b", &extra)).unwrap();
+    wait_for(&stack, &app, Duration::from_secs(30), |l| {
+        l.get("worker-a") == Some(&2) && l.get("worker-b") == Some(&2)
+    })
+    .await;
+
+    let first = sample_records(300, 60);
+    stack.put_records(&arn, &first).await.unwrap();
+    let mut delivered = collect(
+        &mut [&mut a, &mut b],
+        &data_set(&first),
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let a_log = a.stderr.clone();
+    let a_status = a.terminate(Duration::from_secs(25)).await.unwrap();
+    assert!(a_status.success(), "{a_status:?}");
+    let taken = wait_for(&stack, &app, Duration::from_secs(10), |l| {
+        l.get("worker-b") == Some(&4)
+    })
+    .await;
+    eprintln!("released leases taken {taken:?} after worker-a exited");
+    assert!(
+        taken < Duration::from_secs(2),
+        "takeover after SIGTERM took {taken:?}"
+    );
+
+    let second: Vec<(String, Vec<u8>)> = (0..150)
+        .map(|i| (format!("s{i}"), format!("second wave {i}").into_bytes()))
+        .collect();
+    stack.put_records(&arn, &second).await.unwrap();
+    delivered.extend(collect(&mut [&mut b], &data_set(&second), Duration::from_secs(60)).await);
+    // Let any duplicate show up before counting.
+    delivered.extend(
+        b.drain_for(Duration::from_secs(2))
+            .await
+            .iter()
+            .map(|l| (1, Delivered::parse(l).unwrap())),
+    );
+
+    let mut count: HashMap<Vec<u8>, usize> = HashMap::new();
+    for (_, d) in &delivered {
+        *count.entry(d.data.clone()).or_default() += 1;
+    }
+    let dups: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        dups.is_empty(),
+        "{} records delivered twice\nworker-a:\n{}\nworker-b:\n{}",
+        dups.len(),
+        a_log.lock().unwrap(),
+        b.stderr_text()
+    );
+    assert_eq!(count.len(), first.len() + second.len());
+    b.terminate(Duration::from_secs(25)).await.unwrap();
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takes_over_a_table_the_kcl_wrote_and_keeps_its_schema() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let name = unique_name("kcl");
+    let arn = stack.create_shared_stream(&name, 2).await.unwrap();
+    let records = sample_records(60, 13);
+    let placed = stack.put_records(&arn, &records).await.unwrap();
+    // Per shard, the records in sequence order.
+    let mut per_shard: HashMap<String, Vec<(SequenceNumber, Vec<u8>)>> = HashMap::new();
+    for ((shard, seq), (_, data)) in placed.iter().zip(&records) {
+        per_shard
+            .entry(shard.clone())
+            .or_default()
+            .push((seq.parse().unwrap(), data.clone()));
+    }
+    let mut shards: Vec<String> = per_shard.keys().cloned().collect();
+    shards.sort();
+    assert_eq!(shards.len(), 2, "records landed on both shards");
+    for v in per_shard.values_mut() {
+        v.sort();
+    }
+
+    // The table, created and written item by item as the KCL does.
+    let app = unique_name("kcl-app");
+    let ddb = stack.consumer_dynamodb().await;
+    ddb.create_table()
+        .table_name(&app)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("leaseKey")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("leaseKey")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Shard 0: checkpoint at its 4th record. Shard 1: at its 3rd record with
+    // a sub-sequence number (as after part of a KPL aggregate).
+    let cp0 = per_shard[&shards[0]][3].0.to_string();
+    let cp1 = per_shard[&shards[1]][2].0.to_string();
+    let kcl_items: Vec<Item> = vec![
+        HashMap::from([
+            ("leaseKey".into(), s(&shards[0])),
+            ("leaseOwner".into(), s("kcl-java-worker-gone")),
+            ("leaseCounter".into(), n(41)),
+            ("checkpoint".into(), s(&cp0)),
+            ("checkpointSubSequenceNumber".into(), n(0)),
+            ("ownerSwitchesSinceCheckpoint".into(), n(2)),
+        ]),
+        HashMap::from([
+            ("leaseKey".into(), s(&shards[1])),
+            ("leaseCounter".into(), n(7)),
+            ("checkpoint".into(), s(&cp1)),
+            ("checkpointSubSequenceNumber".into(), n(5)),
+            ("ownerSwitchesSinceCheckpoint".into(), n(0)),
+            ("pendingCheckpoint".into(), s("TRIM_HORIZON")),
+            ("pendingCheckpointSubSequenceNumber".into(), n(0)),
+        ]),
+        // KCL 3 keeps other entities in the same table: not leases.
+        HashMap::from([
+            ("leaseKey".into(), s("worker-metrics-x")),
+            ("entityType".into(), s("WORKER_METRIC_STATS")),
+        ]),
+        // A multi-stream lease of another stream: never taken.
+        HashMap::from([
+            (
+                "leaseKey".into(),
+                s("111111111111:another-stream:1700000000:shardId-000000000000"),
+            ),
+            ("leaseCounter".into(), n(3)),
+            ("checkpoint".into(), s("TRIM_HORIZON")),
+            ("checkpointSubSequenceNumber".into(), n(0)),
+            ("ownerSwitchesSinceCheckpoint".into(), n(0)),
+            (
+                "streamName".into(),
+                s("111111111111:another-stream:1700000000"),
+            ),
+            ("shardId".into(), s("shardId-000000000000")),
+        ]),
+    ];
+    for item in kcl_items {
+        ddb.put_item()
+            .table_name(&app)
+            .set_item(Some(item))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    let extra = [("KCLD_LEASE__FAILOVER_TIME_MS", "3000")];
+    let mut k = Kcld::spawn(KCLD, &["run"], &env(&stack, &arn, &app, "kcld-1", &extra)).unwrap();
+    let want: HashSet<Vec<u8>> = per_shard[&shards[0]][4..]
+        .iter()
+        .chain(&per_shard[&shards[1]][3..])
+        .map(|(_, d)| d.clone())
+        .collect();
+    let got = collect(&mut [&mut k], &want, Duration::from_secs(60)).await;
+    let extra_lines = k.drain_for(Duration::from_secs(2)).await;
+    let got: Vec<Vec<u8>> = got.into_iter().map(|(_, d)| d.data).collect();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "records at or before the KCL's checkpoints were delivered again"
+    );
+    assert!(extra_lines.is_empty(), "{extra_lines:?}");
+    assert!(k
+        .terminate(Duration::from_secs(25))
+        .await
+        .unwrap()
+        .success());
+
+    // What kcld left behind, read raw.
+    let items: HashMap<String, Item> = stack
+        .scan_table(&app)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (i["leaseKey"].as_s().unwrap().clone(), i))
+        .collect();
+    for (shard, last) in [
+        (&shards[0], &per_shard[&shards[0]]),
+        (&shards[1], &per_shard[&shards[1]]),
+    ] {
+        let item = &items[shard];
+        let last_seq = last.last().unwrap().0.to_string();
+        assert_eq!(
+            item["checkpoint"].as_s().unwrap(),
+            &last_seq,
+            "{shard}: final checkpoint"
+        );
+        assert_eq!(item["checkpointSubSequenceNumber"].as_n().unwrap(), "0");
+        assert_eq!(item["ownerSwitchesSinceCheckpoint"].as_n().unwrap(), "0");
+        assert!(item["leaseCounter"].as_n().unwrap().parse::<i64>().unwrap() > 7);
+        assert!(
+            !item.contains_key("leaseOwner"),
+            "{shard} released at shutdown: {item:?}"
+        );
+        assert!(
+            !item.contains_key("pendingCheckpoint"),
+            "pending checkpoint cleared"
+        );
+    }
+    let other = &items["111111111111:another-stream:1700000000:shardId-000000000000"];
+    assert_eq!(
+        other["leaseCounter"].as_n().unwrap(),
+        "3",
+        "another stream's lease was touched"
+    );
+    assert_eq!(
+        items["worker-metrics-x"].len(),
+        2,
+        "a non-lease item was written: {:?}",
+        items["worker-metrics-x"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_leases_use_the_kcl_names_and_types() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("schema"), 2)
+        .await
+        .unwrap();
+    let app = unique_name("schema-app");
+    let k = Kcld::spawn(KCLD, &["run"], &env(&stack, &arn, &app, "kcld-1", &[])).unwrap();
+    wait_for(&stack, &app, Duration::from_secs(30), |l| {
+        l.get("kcld-1") == Some(&2)
+    })
+    .await;
+    let items = stack.scan_table(&app).await.unwrap();
+    assert_eq!(items.len(), 2);
+    for item in &items {
+        assert!(item["leaseKey"].as_s().unwrap().starts_with("shardId-"));
+        assert_eq!(item["leaseOwner"].as_s().unwrap(), "kcld-1");
+        assert!(item["leaseCounter"].as_n().is_ok());
+        assert_eq!(item["checkpoint"].as_s().unwrap(), "TRIM_HORIZON");
+        assert_eq!(item["checkpointSubSequenceNumber"].as_n().unwrap(), "0");
+        assert_eq!(item["ownerSwitchesSinceCheckpoint"].as_n().unwrap(), "0");
+        assert!(item["startingHashKey"]
+            .as_s()
+            .unwrap()
+            .bytes()
+            .all(|b| b.is_ascii_digit()));
+        assert!(item["endingHashKey"]
+            .as_s()
+            .unwrap()
+            .bytes()
+            .all(|b| b.is_ascii_digit()));
+        assert_eq!(item["entityType"].as_s().unwrap(), "LEASE");
+    }
+    // The table itself: leaseKey (S) as the only key, on demand.
+    let table = stack
+        .consumer_dynamodb()
+        .await
+        .describe_table()
+        .table_name(&app)
+        .send()
+        .await
+        .unwrap()
+        .table
+        .unwrap();
+    assert_eq!(table.key_schema().len(), 1);
+    assert_eq!(table.key_schema()[0].attribute_name(), "leaseKey");
+    assert_eq!(
+        table.billing_mode_summary().and_then(|b| b.billing_mode()),
+        Some(&BillingMode::PayPerRequest)
+    );
+    k.terminate(Duration::from_secs(25)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_with_another_key_schema_is_refused() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("wrong"), 1)
+        .await
+        .unwrap();
+    let app = unique_name("wrong-app");
+    stack
+        .consumer_dynamodb()
+        .await
+        .create_table()
+        .table_name(&app)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+    let k = Kcld::spawn(KCLD, &["run"], &env(&stack, &arn, &app, "kcld-1", &[])).unwrap();
+    let stderr = k.stderr.clone();
+    let status = k.wait(Duration::from_secs(30)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let text = stderr.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("not a lease table") && text.contains("lease_table"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_and_merge_while_records_flow_lose_nothing_and_keep_key_order() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let name = unique_name("reshard");
+    let arn = stack.create_shared_stream(&name, 3).await.unwrap();
+    let app = unique_name("reshard-app");
+    let mut k = Kcld::spawn(KCLD, &["run"], &env(&stack, &arn, &app, "kcld-1", &[])).unwrap();
+
+    // Records "key:n" with n counting up per key, put in waves while the
+    // stream is resharded between them.
+    let keys = 24;
+    let mut next = vec![0usize; keys];
+    let mut wave = |size: usize| -> Vec<(String, Vec<u8>)> {
+        (0..size)
+            .map(|i| {
+                let key = i % keys;
+                next[key] += 1;
+                (
+                    format!("pk-{key}"),
+                    format!("pk-{key}:{}", next[key]).into_bytes(),
+                )
+            })
+            .collect()
+    };
+    let producer = stack.producer_kinesis().await;
+    let mut all = Vec::new();
+    let w = wave(200);
+    stack.put_records(&arn, &w).await.unwrap();
+    all.extend(w);
+
+    let shards = producer
+        .list_shards()
+        .stream_arn(&arn)
+        .send()
+        .await
+        .unwrap()
+        .shards
+        .unwrap();
+    let range = shards[0].hash_key_range().unwrap();
+    let start: u128 = range.starting_hash_key().parse().unwrap();
+    let end: u128 = range.ending_hash_key().parse().unwrap();
+    producer
+        .split_shard()
+        .stream_arn(&arn)
+        .shard_to_split(shards[0].shard_id())
+        .new_starting_hash_key((start + (end - start) / 2).to_string())
+        .send()
+        .await
+        .unwrap();
+    let w = wave(200);
+    stack.put_records(&arn, &w).await.unwrap();
+    all.extend(w);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    producer
+        .merge_shards()
+        .stream_arn(&arn)
+        .shard_to_merge(shards[1].shard_id())
+        .adjacent_shard_to_merge(shards[2].shard_id())
+        .send()
+        .await
+        .unwrap();
+    let w = wave(200);
+    stack.put_records(&arn, &w).await.unwrap();
+    all.extend(w);
+
+    let got = collect(&mut [&mut k], &data_set(&all), Duration::from_secs(90)).await;
+    let got: Vec<String> = got
+        .into_iter()
+        .map(|(_, d)| String::from_utf8(d.data).unwrap())
+        .collect();
+    // Per key, records arrive in the order they were put, across parent and
+    // child shards.
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for r in &got {
+        let (key, n) = r.split_once(':').unwrap();
+        let n: usize = n.parse().unwrap();
+        let prev = last.insert(key.to_owned(), n).unwrap_or(0);
+        assert!(n > prev, "{key}: {n} after {prev}");
+    }
+    assert_eq!(got.len(), all.len(), "duplicates without any failure");
+
+    // The parents ended with SHARD_END and name their children.
+    let items = stack.scan_table(&app).await.unwrap();
+    let ended: Vec<&Item> = items
+        .iter()
+        .filter(|i| i["checkpoint"].as_s().unwrap() == "SHARD_END")
+        .collect();
+    assert_eq!(ended.len(), 3, "split parent and both merged parents ended");
+    assert!(ended
+        .iter()
+        .all(|i| !i["childShardIds"].as_ss().unwrap().is_empty()));
+    let children: Vec<&Item> = items
+        .iter()
+        .filter(|i| i.contains_key("parentShardId"))
+        .collect();
+    assert_eq!(children.len(), 3, "two split children and one merged child");
+    k.terminate(Duration::from_secs(25)).await.unwrap();
+}
