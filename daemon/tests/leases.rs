@@ -655,3 +655,88 @@ async fn split_and_merge_while_records_flow_lose_nothing_and_keep_key_order() {
     assert_eq!(children.len(), 3, "two split children and one merged child");
     k.terminate(Duration::from_secs(25)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_stream_lease_keys_of_this_stream_are_resumed() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let name = unique_name("multi");
+    let arn = stack.create_shared_stream(&name, 1).await.unwrap();
+    let records = sample_records(20, 3);
+    let placed = stack.put_records(&arn, &records).await.unwrap();
+    let shard = placed[0].0.clone();
+    let mut seqs: Vec<(SequenceNumber, Vec<u8>)> = placed
+        .iter()
+        .zip(&records)
+        .map(|((_, seq), (_, d))| (seq.parse().unwrap(), d.clone()))
+        .collect();
+    seqs.sort();
+
+    // A multi-stream KCL application's table: keys account:stream:epoch:shard.
+    let app = unique_name("multi-app");
+    let ddb = stack.consumer_dynamodb().await;
+    ddb.create_table()
+        .table_name(&app)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("leaseKey")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("leaseKey")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stream_id = format!("{}:{name}:1700000000", stack.producer_account);
+    let key = format!("{stream_id}:{shard}");
+    let item: Item = HashMap::from([
+        ("leaseKey".into(), s(&key)),
+        ("leaseCounter".into(), n(12)),
+        ("checkpoint".into(), s(&seqs[9].0.to_string())),
+        ("checkpointSubSequenceNumber".into(), n(0)),
+        ("ownerSwitchesSinceCheckpoint".into(), n(0)),
+        ("streamName".into(), s(&stream_id)),
+        ("shardId".into(), s(&shard)),
+    ]);
+    ddb.put_item()
+        .table_name(&app)
+        .set_item(Some(item))
+        .send()
+        .await
+        .unwrap();
+
+    let mut k = Kcld::spawn(KCLD, &["run"], &env(&stack, &arn, &app, "kcld-1", &[])).unwrap();
+    let want: HashSet<Vec<u8>> = seqs[10..].iter().map(|(_, d)| d.clone()).collect();
+    let got = collect(&mut [&mut k], &want, Duration::from_secs(60)).await;
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "resumed after the multi-stream checkpoint"
+    );
+    assert!(k
+        .terminate(Duration::from_secs(25))
+        .await
+        .unwrap()
+        .success());
+
+    let items = stack.scan_table(&app).await.unwrap();
+    assert_eq!(
+        items.len(),
+        1,
+        "no single-stream lease was added beside the multi-stream one: {items:?}"
+    );
+    let item = &items[0];
+    assert_eq!(item["leaseKey"].as_s().unwrap(), &key);
+    assert_eq!(item["streamName"].as_s().unwrap(), &stream_id);
+    assert_eq!(item["shardId"].as_s().unwrap(), &shard);
+    assert_eq!(item["checkpoint"].as_s().unwrap(), &seqs[19].0.to_string());
+}
