@@ -1,16 +1,19 @@
 //! Kinesis sequence numbers: decimal strings of up to 129 digits, compared
 //! numerically. They do not fit a machine integer, so they are kept as the
-//! service's own string, normalised to have no leading zeros, which makes the
-//! numeric order "shorter first, then byte by byte".
+//! service's own digits, normalised to have no leading zeros, which makes the
+//! numeric order "shorter first, then byte by byte". The digits are a shared
+//! slice (often of the GetRecords response itself), so cloning or creating
+//! one never allocates.
 
 use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 
-/// A Kinesis sequence number. Cloning is cheap (a shared string).
+use bytes::Bytes;
+
+/// A Kinesis sequence number.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct SequenceNumber(Arc<str>);
+pub struct SequenceNumber(Bytes);
 
 /// The longest sequence number the Kinesis API allows (`0|([1-9]\d{0,128})`).
 const MAX_DIGITS: usize = 129;
@@ -20,8 +23,27 @@ const MAX_DIGITS: usize = 129;
 pub struct ParseSequenceError(pub String);
 
 impl SequenceNumber {
+    /// Takes the digits without copying them.
+    pub fn from_bytes(digits: Bytes) -> Result<Self, ParseSequenceError> {
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(ParseSequenceError(
+                String::from_utf8_lossy(&digits).into_owned(),
+            ));
+        }
+        let zeros = digits.iter().take_while(|b| **b == b'0').count();
+        let start = zeros.min(digits.len() - 1);
+        if digits.len() - start > MAX_DIGITS {
+            return Err(ParseSequenceError(
+                String::from_utf8_lossy(&digits).into_owned(),
+            ));
+        }
+        Ok(SequenceNumber(digits.slice(start..)))
+    }
+
     pub fn as_str(&self) -> &str {
-        &self.0
+        // SAFETY: `from_bytes` is the only constructor and admits ASCII
+        // digits only, which are valid UTF-8.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 }
 
@@ -29,15 +51,7 @@ impl FromStr for SequenceNumber {
     type Err = ParseSequenceError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(ParseSequenceError(s.to_owned()));
-        }
-        let trimmed = s.trim_start_matches('0');
-        let normal = if trimmed.is_empty() { "0" } else { trimmed };
-        if normal.len() > MAX_DIGITS {
-            return Err(ParseSequenceError(s.to_owned()));
-        }
-        Ok(SequenceNumber(Arc::from(normal)))
+        SequenceNumber::from_bytes(Bytes::copy_from_slice(s.as_bytes()))
     }
 }
 
@@ -46,7 +60,7 @@ impl Ord for SequenceNumber {
         self.0
             .len()
             .cmp(&other.0.len())
-            .then_with(|| self.0.as_bytes().cmp(other.0.as_bytes()))
+            .then_with(|| self.0.cmp(&other.0))
     }
 }
 
@@ -58,13 +72,13 @@ impl PartialOrd for SequenceNumber {
 
 impl fmt::Display for SequenceNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for SequenceNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SequenceNumber({})", self.0)
+        write!(f, "SequenceNumber({})", self.as_str())
     }
 }
 
@@ -83,7 +97,7 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_sequence_number() {
-        for bad in ["", "-1", "12 3", "1e5", "LATEST", &"9".repeat(130)] {
+        for bad in ["", "-1", "12 3", "1e5", "LATEST", "١٢", &"9".repeat(130)] {
             assert!(
                 bad.parse::<SequenceNumber>().is_err(),
                 "{bad:?} was accepted"
@@ -101,5 +115,13 @@ mod tests {
         v.sort();
         let got: Vec<&str> = v.iter().map(|s| s.as_str()).collect();
         assert_eq!(got, ["0", "99", "100", "101", "1000"]);
+    }
+
+    #[test]
+    fn from_bytes_shares_the_buffer() {
+        let body = Bytes::from_static(b"xx00042yy");
+        let seq = SequenceNumber::from_bytes(body.slice(2..7)).unwrap();
+        assert_eq!(seq.as_str(), "42");
+        assert_eq!(seq.as_str().as_ptr(), body[5..].as_ptr());
     }
 }

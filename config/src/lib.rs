@@ -99,6 +99,8 @@ struct RawCheckpoint {
 struct RawPolling {
     max_records: Option<i64>,
     idle_time_between_reads_ms: Option<i64>,
+    max_idle_time_ms: Option<i64>,
+    prefetch_bytes: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -202,8 +204,12 @@ pub struct CheckpointSettings {
 pub struct PollingSettings {
     /// `Limit` of each GetRecords call, 1 to 10,000.
     pub max_records: i32,
-    /// Wait after an empty GetRecords before the next call on that shard.
+    /// Wait after an empty GetRecords before the next call on that shard;
+    /// it doubles with every further empty read, up to `max_idle_time_ms`.
     pub idle_time_between_reads_ms: u64,
+    pub max_idle_time_ms: u64,
+    /// Record data read ahead of the sink, per shard.
+    pub prefetch_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -453,6 +459,20 @@ fn validate(raw: RawSettings, env: &HashMap<String, String>) -> Result<Settings,
             1_000_000,
         )?,
     };
+    let max_idle_time_ms = ms(
+        "polling.max_idle_time_ms",
+        raw.polling.max_idle_time_ms,
+        5_000,
+        0,
+        300_000,
+    )?;
+    let prefetch_bytes = ms(
+        "polling.prefetch_bytes",
+        raw.polling.prefetch_bytes,
+        8 << 20,
+        1 << 16,
+        1 << 32,
+    )?;
     let checkpoint = CheckpointSettings {
         interval_ms: ms(
             "checkpoint.interval_ms",
@@ -533,6 +553,8 @@ fn validate(raw: RawSettings, env: &HashMap<String, String>) -> Result<Settings,
         polling: PollingSettings {
             max_records: max_records as i32,
             idle_time_between_reads_ms: idle as u64,
+            max_idle_time_ms,
+            prefetch_bytes,
         },
         sink: SinkSettings {
             kind,

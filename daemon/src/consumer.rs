@@ -18,9 +18,12 @@ use kcld_lease::{Grant, ShardSpec};
 
 use crate::error::Error;
 use crate::record::Batch;
-use crate::retrieval::polling::PollingReader;
+use crate::retrieval::polling::{PollingReader, Prefetch};
 use crate::retrieval::Fetched;
 use crate::sink::{Sink, SinkError};
+
+/// Batches read ahead of the sink, at most (the byte budget applies too).
+const PREFETCH_BATCHES: usize = 2;
 
 /// How a shard consumer ended, when it did not fail.
 #[derive(Debug, PartialEq, Eq)]
@@ -63,11 +66,13 @@ impl Progress {
 }
 
 /// Runs one shard until its end, the loss of its lease, or a fatal error.
+/// `prefetch_bytes` bounds the record data read ahead of the sink.
 pub async fn run(
     grant: Grant,
-    mut reader: PollingReader,
+    reader: PollingReader,
     sink: Arc<dyn Sink>,
     policy: CheckpointPolicy,
+    prefetch_bytes: usize,
 ) -> Result<Outcome, Error> {
     let shard_id = grant.shard.shard_id.clone();
     if grant.start == Checkpoint::ShardEnd {
@@ -80,20 +85,34 @@ pub async fn run(
         unwritten: 0,
         last_write: Instant::now(),
     };
+    let mut prefetch =
+        Prefetch::spawn(reader, grant.stop.clone(), PREFETCH_BATCHES, prefetch_bytes);
+    let mut tick = tokio::time::interval(policy.interval.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let fetched = match reader.next(&grant.stop).await? {
-            Some(f) => f,
+        let item = tokio::select! {
+            biased;
+            _ = grant.stop.cancelled() => return stop(&grant, &mut progress).await,
+            item = prefetch.next() => item,
+            _ = tick.tick() => {
+                if progress.due(&policy) && !write(&grant, &mut progress).await? {
+                    return stop(&grant, &mut progress).await;
+                }
+                continue;
+            }
+        };
+        let prefetched = match item {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => return Err(e.into()),
             None => return stop(&grant, &mut progress).await,
         };
-        match fetched {
+        match prefetched.fetched {
             Fetched::Records(batch) => {
-                if !batch.records.is_empty() {
-                    if !deliver(&*sink, &batch, &grant).await? {
-                        return stop(&grant, &mut progress).await;
-                    }
-                    progress.confirmed = batch.last_position();
-                    progress.unwritten += batch.records.len() as u64;
+                if !deliver(&*sink, &batch, &grant).await? {
+                    return stop(&grant, &mut progress).await;
                 }
+                progress.confirmed = batch.last_position();
+                progress.unwritten += batch.records.len() as u64;
                 if progress.due(&policy) && !write(&grant, &mut progress).await? {
                     return stop(&grant, &mut progress).await;
                 }

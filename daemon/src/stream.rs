@@ -2,7 +2,16 @@
 //! shards, get iterators and records. Also classifies Kinesis errors into
 //! what the caller should do about them.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextMut;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::body::SdkBody;
+use aws_smithy_types::config_bag::ConfigBag;
+use kcld_records::getrecords;
 
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::types::{Shard, ShardIteratorType};
@@ -254,19 +263,36 @@ impl Stream {
         })
     }
 
+    /// GetRecords through the SDK (credentials, signing, endpoint, retries,
+    /// errors), with the successful body decoded by kcld's own decoder: the
+    /// SDK's deserializer gets an empty body instead of the real one.
     pub async fn get_records(
         &self,
         iterator: &str,
         limit: i32,
-    ) -> Result<aws_sdk_kinesis::operation::get_records::GetRecordsOutput, KinesisError> {
+    ) -> Result<getrecords::Response, KinesisError> {
+        let capture = CaptureBody::default();
         self.client
             .get_records()
             .stream_arn(&self.arn_text)
             .shard_iterator(iterator)
             .limit(limit)
+            .customize()
+            .interceptor(capture.clone())
             .send()
             .await
-            .map_err(|e| KinesisError::classify(e, &self.arn, "kinesis:GetRecords"))
+            .map_err(|e| KinesisError::classify(e, &self.arn, "kinesis:GetRecords"))?;
+        let body = capture.take().ok_or_else(|| {
+            KinesisError::Other("GetRecords: the response body was not captured".into())
+        })?;
+        let bytes = aws_smithy_types::byte_stream::ByteStream::new(body)
+            .collect()
+            .await
+            .map_err(|e| {
+                KinesisError::Unreachable(format!("GetRecords: reading the response: {e}"))
+            })?
+            .into_bytes();
+        getrecords::decode(bytes).map_err(|e| KinesisError::Other(e.to_string()))
     }
 }
 
@@ -276,6 +302,42 @@ impl kcld_lease::ShardLister for Stream {
         Stream::list_shards(self, 1000)
             .await
             .map_err(|e| e.to_string())
+    }
+}
+
+/// Takes the body of a successful response before the SDK deserializes it,
+/// leaving the SDK a minimal valid body. Error responses are left to the
+/// SDK, which classifies them.
+#[derive(Clone, Debug, Default)]
+struct CaptureBody {
+    slot: Arc<Mutex<Option<SdkBody>>>,
+}
+
+impl CaptureBody {
+    fn take(&self) -> Option<SdkBody> {
+        self.slot.lock().ok()?.take()
+    }
+}
+
+impl Intercept for CaptureBody {
+    fn name(&self) -> &'static str {
+        "kcld-getrecords-body"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let response = context.response_mut();
+        if response.status().is_success() {
+            let body = std::mem::replace(response.body_mut(), SdkBody::from(r#"{"Records":[]}"#));
+            if let Ok(mut slot) = self.slot.lock() {
+                *slot = Some(body);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -303,17 +365,12 @@ fn shard_spec(shard: &Shard) -> ShardSpec {
 }
 
 /// A child shard as announced by GetRecords at the end of its parent.
-pub fn child_spec(child: &aws_sdk_kinesis::types::ChildShard) -> ShardSpec {
-    let range = child.hash_key_range();
+pub fn child_spec(child: getrecords::ChildShard) -> ShardSpec {
     ShardSpec {
-        shard_id: child.shard_id().to_owned(),
-        parents: child.parent_shards().to_vec(),
-        starting_hash_key: range
-            .map(|r| r.starting_hash_key().to_owned())
-            .unwrap_or_default(),
-        ending_hash_key: range
-            .map(|r| r.ending_hash_key().to_owned())
-            .unwrap_or_default(),
+        shard_id: child.shard_id,
+        parents: child.parent_shards,
+        starting_hash_key: child.starting_hash_key,
+        ending_hash_key: child.ending_hash_key,
         closed: false,
     }
 }

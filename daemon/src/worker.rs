@@ -13,6 +13,7 @@ use kcld_lease::key::StreamScope;
 use kcld_lease::memory::MemoryLeases;
 use kcld_lease::table::LeaseTable;
 use kcld_lease::{Grant, LeaseSource};
+use kcld_records::kpl::HashRange;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -86,17 +87,21 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> 
     let sink = sink::from_settings(&settings);
     let policy = CheckpointPolicy::from(&settings.checkpoint);
     let budget = Duration::from_millis(settings.shutdown_timeout_ms);
+    let prefetch_bytes = settings.polling.prefetch_bytes as usize;
     drive(
         leases,
         |grant: Grant| {
+            let range =
+                HashRange::parse(&grant.shard.starting_hash_key, &grant.shard.ending_hash_key);
             let reader = PollingReader::new(
                 stream.clone(),
                 &grant.shard.shard_id,
                 &grant.start,
                 at_timestamp,
+                range,
                 &settings.polling,
             );
-            consumer::run(grant, reader, sink.clone(), policy)
+            consumer::run(grant, reader, sink.clone(), policy, prefetch_bytes)
         },
         &shutdown,
         budget,

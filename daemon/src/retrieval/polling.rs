@@ -1,53 +1,68 @@
 //! Reading one shard with GetShardIterator and GetRecords, by stream ARN.
 //!
-//! The reader resumes at the checkpoint (AT_SEQUENCE_NUMBER, then drops what
-//! the checkpoint covers, sub-sequence numbers included, as the KCL does),
-//! renews an expired iterator after the last record it returned, waits out
-//! throttling with jittered back-off, and reports shard end with the children
-//! GetRecords announced.
+//! A fetch task per shard reads ahead while the sink works (prefetch),
+//! bounded by bytes and by batches so a slow sink applies back-pressure
+//! instead of growing memory. Pacing: at most 5 GetRecords calls per second
+//! per shard (the service's limit); no wait while a shard has records; after
+//! an empty read a wait that doubles up to `max_idle_time_ms`, so an idle
+//! shard costs at most 0.2 calls/s at the default. Throttling backs off with
+//! jitter. An expired iterator is renewed after the last record fetched.
+//! Records come out deaggregated, and a reader positioned at a checkpoint
+//! drops what the checkpoint covers, sub-sequence numbers included.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use kcld_checkpoint::Checkpoint;
 use kcld_config::PollingSettings;
+use kcld_records::kpl::{self, HashRange};
 use rand::Rng;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Fetched;
-use crate::record::{Batch, Record};
+use crate::record::Batch;
 use crate::stream::{child_spec, KinesisError, StartAt, Stream};
 
-/// Reads one shard, batch by batch.
+/// The service allows 5 GetRecords calls per second per shard.
+const MIN_CALL_SPACING: Duration = Duration::from_millis(200);
+
+/// Reads one shard, response by response.
 pub struct PollingReader {
     stream: Stream,
     shard_id: Arc<str>,
+    range: Option<HashRange>,
     /// Where a fresh iterator starts when nothing was read yet.
     start: StartAt,
     /// Records at or before this position were confirmed earlier: skip them.
     resume_after: Checkpoint,
     iterator: Option<String>,
-    /// Sequence number of the last record handed out.
+    /// Sequence number of the last record fetched.
     last_sequence: Option<String>,
     max_records: i32,
+    idle_min: Duration,
+    idle_max: Duration,
+    /// The wait before the next call (grows while the shard is empty).
     idle: Duration,
-    /// The last call returned nothing: wait `idle` before the next one.
-    idle_before_next: bool,
+    last_call: Option<Instant>,
     /// The last response closed the shard but carried records: report the
     /// end (with these children) on the next call.
     pending_end: Option<Vec<kcld_lease::ShardSpec>>,
+    stats: kpl::Stats,
     failures: u32,
 }
 
 impl PollingReader {
     /// `start` is the grant's checkpoint; `at_timestamp_millis` is the
-    /// configured AT_TIMESTAMP time (the lease table never stores it).
+    /// configured AT_TIMESTAMP time (the lease table never stores it);
+    /// `range` is the shard's hash key range, for checking KPL user records.
     pub fn new(
         stream: Stream,
         shard_id: &str,
         start: &Checkpoint,
         at_timestamp_millis: Option<i64>,
+        range: Option<HashRange>,
         settings: &PollingSettings,
     ) -> Self {
         let start_at = match start {
@@ -56,29 +71,36 @@ impl PollingReader {
             Checkpoint::AtTimestamp => match at_timestamp_millis {
                 Some(epoch_millis) => StartAt::AtTimestamp { epoch_millis },
                 None => {
-                    tracing::warn!(shard = shard_id, "checkpoint is AT_TIMESTAMP but no initial_timestamp is configured; starting at TRIM_HORIZON");
+                    tracing::warn!(
+                        shard = shard_id,
+                        "checkpoint is AT_TIMESTAMP but no initial_timestamp is configured; starting at TRIM_HORIZON"
+                    );
                     StartAt::TrimHorizon
                 }
             },
             Checkpoint::At(esn) => StartAt::AtSequence(esn.sequence.to_string()),
         };
+        let idle_min = Duration::from_millis(settings.idle_time_between_reads_ms);
         PollingReader {
             stream,
             shard_id: Arc::from(shard_id),
+            range,
             start: start_at,
             resume_after: start.clone(),
             iterator: None,
             last_sequence: None,
             max_records: settings.max_records,
-            idle: Duration::from_millis(settings.idle_time_between_reads_ms),
-            idle_before_next: false,
+            idle_min,
+            idle_max: Duration::from_millis(settings.max_idle_time_ms).max(idle_min),
+            idle: Duration::ZERO,
+            last_call: None,
             pending_end: None,
+            stats: kpl::Stats::default(),
             failures: 0,
         }
     }
 
-    /// The next batch (empty when the shard had nothing new, so the caller
-    /// can checkpoint on time), or the shard's end. `Ok(None)` when `cancel`
+    /// The next non-empty batch, or the shard's end. `Ok(None)` when `cancel`
     /// fired first. Transient errors are retried here; the ones returned
     /// need a person (access denied, stream gone).
     pub async fn next(
@@ -88,43 +110,35 @@ impl PollingReader {
         if let Some(children) = self.pending_end.take() {
             return Ok(Some(Fetched::ShardEnd { children }));
         }
-        if std::mem::take(&mut self.idle_before_next) {
+        loop {
+            // Pacing: the idle wait after an empty read, and never more than
+            // 5 calls a second.
+            let earliest = match self.last_call {
+                Some(at) => at + MIN_CALL_SPACING.max(self.idle),
+                None => Instant::now(),
+            };
             tokio::select! {
-                _ = tokio::time::sleep(self.idle) => {}
+                _ = tokio::time::sleep_until(earliest) => {}
                 _ = cancel.cancelled() => return Ok(None),
             }
-        }
-        loop {
-            if cancel.is_cancelled() {
-                return Ok(None);
-            }
-            let iterator = match &self.iterator {
-                Some(it) => it.clone(),
-                None => {
-                    let at = match &self.last_sequence {
-                        Some(seq) => StartAt::AfterSequence(seq.clone()),
-                        None => self.start.clone(),
-                    };
-                    match self.stream.shard_iterator(&self.shard_id, &at).await {
-                        Ok(it) => {
-                            tracing::info!(shard = %self.shard_id, at = ?at, "positioned");
-                            self.iterator = Some(it.clone());
-                            it
+            let iterator = match self.iterator.clone() {
+                Some(it) => it,
+                None => match self.position().await {
+                    Ok(it) => it,
+                    Err(e) if e.is_transient() => {
+                        if !self.back_off(&e, cancel).await {
+                            return Ok(None);
                         }
-                        Err(e) if e.is_transient() => {
-                            if !self.back_off(&e, cancel).await {
-                                return Ok(None);
-                            }
-                            continue;
-                        }
-                        Err(e) => return Err(e),
+                        continue;
                     }
-                }
+                    Err(e) => return Err(e),
+                },
             };
-            let output = match self.stream.get_records(&iterator, self.max_records).await {
-                Ok(out) => {
+            self.last_call = Some(Instant::now());
+            let response = match self.stream.get_records(&iterator, self.max_records).await {
+                Ok(r) => {
                     self.failures = 0;
-                    out
+                    r
                 }
                 Err(KinesisError::ExpiredIterator) => {
                     tracing::info!(shard = %self.shard_id, "shard iterator expired; renewing after the last record read");
@@ -140,64 +154,68 @@ impl PollingReader {
                 Err(e) => return Err(e),
             };
 
-            self.iterator = output.next_shard_iterator.clone();
-            let millis_behind_latest = output.millis_behind_latest;
-            let mut records = Vec::with_capacity(output.records.len());
-            for r in output.records {
-                let sequence_number = match r.sequence_number.parse() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        // Kinesis never sends this; if it did, the record
-                        // could not be checkpointed, so stop loudly.
-                        return Err(KinesisError::Other(format!(
-                            "GetRecords on {}: {e}",
-                            self.shard_id
-                        )));
-                    }
-                };
-                let record = Record {
-                    sequence_number,
-                    sub_sequence_number: 0,
-                    aggregated: false,
-                    partition_key: r.partition_key.unwrap_or_default(),
-                    explicit_hash_key: None,
-                    data: Bytes::from(r.data.into_inner()),
-                    approximate_arrival_ms: r
-                        .approximate_arrival_timestamp
-                        .and_then(|t| t.to_millis().ok())
-                        .unwrap_or(0),
-                    encryption_type: r.encryption_type.map(|e| e.as_str().to_owned()),
-                };
-                self.last_sequence = Some(record.sequence_number.to_string());
-                if !self.resume_after.covers(&record.position()) {
-                    records.push(record);
-                }
+            self.iterator = response.next_shard_iterator;
+            if let Some(last) = response.records.last() {
+                self.last_sequence = Some(last.sequence_number.to_string());
             }
+            let before = self.stats;
+            let mut records = Vec::with_capacity(response.records.len());
+            for record in response.records {
+                kpl::deaggregate(record, self.range, &mut records, &mut self.stats);
+            }
+            self.report(&before);
+            records.retain(|r| !self.resume_after.covers(&r.position()));
 
-            if self.iterator.is_none() {
-                let children = output
+            let ended = self.iterator.is_none();
+            if ended {
+                let children = response
                     .child_shards
                     .unwrap_or_default()
-                    .iter()
+                    .into_iter()
                     .map(child_spec)
                     .collect();
                 if records.is_empty() {
                     return Ok(Some(Fetched::ShardEnd { children }));
                 }
-                // The shard's last records: deliver them, then report the end.
                 self.pending_end = Some(children);
             }
-            // Nothing new: wait before asking again.
-            self.idle_before_next = records.is_empty();
+            if records.is_empty() {
+                self.idle = (self.idle * 2).clamp(self.idle_min, self.idle_max);
+                continue;
+            }
+            self.idle = Duration::ZERO;
             return Ok(Some(Fetched::Records(Batch {
                 shard_id: self.shard_id.clone(),
                 records,
-                millis_behind_latest,
+                millis_behind_latest: response.millis_behind_latest,
             })));
         }
     }
 
-    /// Waits after a transient error: exponential with full jitter, capped at
+    async fn position(&mut self) -> Result<String, KinesisError> {
+        let at = match &self.last_sequence {
+            Some(seq) => StartAt::AfterSequence(seq.clone()),
+            None => self.start.clone(),
+        };
+        let it = self.stream.shard_iterator(&self.shard_id, &at).await?;
+        tracing::info!(shard = %self.shard_id, at = ?at, "positioned");
+        self.iterator = Some(it.clone());
+        Ok(it)
+    }
+
+    /// Deaggregation counts worth a person's attention.
+    fn report(&self, before: &kpl::Stats) {
+        let corrupt = self.stats.corrupt - before.corrupt;
+        let out_of_range = self.stats.out_of_range - before.out_of_range;
+        if corrupt > 0 {
+            tracing::warn!(shard = %self.shard_id, corrupt, total = self.stats.corrupt, "records looked like KPL aggregates but were not well formed; delivered as they arrived");
+        }
+        if out_of_range > 0 {
+            tracing::warn!(shard = %self.shard_id, out_of_range, total = self.stats.out_of_range, "KPL user records hash outside this shard's range; delivered (the KCL would drop their aggregates)");
+        }
+    }
+
+    /// Waits after a transient error: exponential with jitter, capped at
     /// 10 s. Returns false when cancelled while waiting.
     async fn back_off(&mut self, error: &KinesisError, cancel: &CancellationToken) -> bool {
         self.failures = self.failures.saturating_add(1);
@@ -210,5 +228,79 @@ impl PollingReader {
             _ = tokio::time::sleep(wait) => true,
             _ = cancel.cancelled() => false,
         }
+    }
+}
+
+/// A batch read ahead, holding its share of the prefetch budget until the
+/// consumer is done with it.
+pub struct Prefetched {
+    pub fetched: Fetched,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+/// The consumer's end of a shard's fetch task.
+pub struct Prefetch {
+    rx: mpsc::Receiver<Result<Prefetched, KinesisError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Prefetch {
+    /// Starts reading ahead: at most `max_batches` batches and
+    /// `max_bytes` bytes of record data wait for the consumer (a single
+    /// batch larger than the budget still passes, alone).
+    pub fn spawn(
+        mut reader: PollingReader,
+        cancel: CancellationToken,
+        max_batches: usize,
+        max_bytes: usize,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(max_batches.max(1));
+        let budget = Arc::new(Semaphore::new(max_bytes.clamp(1, Semaphore::MAX_PERMITS)));
+        let task = tokio::spawn(async move {
+            loop {
+                let fetched = match reader.next(&cancel).await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let size = match &fetched {
+                    Fetched::Records(batch) => batch.data_bytes(),
+                    Fetched::ShardEnd { .. } => 0,
+                };
+                let want = size.clamp(1, max_bytes.clamp(1, Semaphore::MAX_PERMITS)) as u32;
+                let permit = tokio::select! {
+                    p = budget.clone().acquire_many_owned(want) => p.ok(),
+                    _ = cancel.cancelled() => return,
+                };
+                let end = matches!(fetched, Fetched::ShardEnd { .. });
+                if tx
+                    .send(Ok(Prefetched {
+                        fetched,
+                        _budget: permit,
+                    }))
+                    .await
+                    .is_err()
+                    || end
+                {
+                    return;
+                }
+            }
+        });
+        Prefetch { rx, task }
+    }
+
+    /// The next batch read ahead; `None` once the fetch task stopped
+    /// (cancelled).
+    pub async fn next(&mut self) -> Option<Result<Prefetched, KinesisError>> {
+        self.rx.recv().await
     }
 }

@@ -69,7 +69,7 @@ pub fn write_record(out: &mut Vec<u8>, ctx: &EventContext, shard_id: &str, recor
     let event = EventRecord {
         kinesis: Kinesis {
             kinesis_schema_version: "1.0",
-            partition_key: &record.partition_key,
+            partition_key: record.partition_key.as_str(),
             sequence_number: seq,
             sub_sequence_number: aggregated.then_some(record.sub_sequence_number),
             data: base64::engine::general_purpose::STANDARD.encode(&record.data),
@@ -111,7 +111,7 @@ mod tests {
             explicit_hash_key: None,
             data: Bytes::from_static(br#"{"this_is": "test record"}"#),
             approximate_arrival_ms: 1_709_100_911_667,
-            encryption_type: None,
+            encryption: None,
         };
         let mut out = Vec::new();
         write_record(&mut out, &ctx, "shardId-000000000000", &record);

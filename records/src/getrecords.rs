@@ -1,0 +1,273 @@
+//! Decoding a GetRecords response body.
+//!
+//! The AWS SDK parses the JSON into owned strings and base64-decodes every
+//! record into its own allocation. This decoder parses with borrowed
+//! strings, decodes all record data with SIMD base64 into one buffer, and
+//! hands out records whose data are slices of that buffer and whose
+//! sequence numbers and partition keys are slices of the body itself. A
+//! response costs a few allocations whatever its record count.
+
+use std::borrow::Cow;
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
+use kcld_checkpoint::SequenceNumber;
+use serde::Deserialize;
+
+use crate::{ByteStr, Encryption, Record};
+
+/// A decoded GetRecords response: every field the API returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Response {
+    pub records: Vec<Record>,
+    /// `None` once the shard is closed and read to its end.
+    pub next_shard_iterator: Option<String>,
+    pub millis_behind_latest: Option<i64>,
+    /// Present at the end of a closed shard.
+    pub child_shards: Option<Vec<ChildShard>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildShard {
+    pub shard_id: String,
+    pub parent_shards: Vec<String>,
+    pub starting_hash_key: String,
+    pub ending_hash_key: String,
+}
+
+/// Why a body could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("GetRecords response is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("GetRecords record {index}: Data is not base64")]
+    Base64 { index: usize },
+    #[error("GetRecords record {index}: {message}")]
+    Field { index: usize, message: String },
+}
+
+/// A string borrowed from the body where it has no escapes. (serde borrows
+/// a `Cow` only when it is the field's own type, not inside an `Option`,
+/// hence the newtype.)
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// `Records` is required: a body without it is an error, never an empty
+/// read (which, without an iterator, would look like the end of the shard).
+#[derive(Deserialize)]
+struct RawResponse<'a> {
+    #[serde(rename = "Records", borrow)]
+    records: Vec<RawRecord<'a>>,
+    #[serde(rename = "NextShardIterator", borrow, default)]
+    next_shard_iterator: Option<Text<'a>>,
+    #[serde(rename = "MillisBehindLatest", default)]
+    millis_behind_latest: Option<i64>,
+    #[serde(rename = "ChildShards", default)]
+    child_shards: Option<Vec<RawChildShard>>,
+}
+
+#[derive(Deserialize)]
+struct RawRecord<'a> {
+    #[serde(rename = "SequenceNumber", borrow)]
+    sequence_number: Cow<'a, str>,
+    #[serde(rename = "ApproximateArrivalTimestamp", default)]
+    approximate_arrival_timestamp: Option<f64>,
+    #[serde(rename = "Data", borrow)]
+    data: Cow<'a, str>,
+    #[serde(rename = "PartitionKey", borrow, default)]
+    partition_key: Option<Text<'a>>,
+    #[serde(rename = "EncryptionType", borrow, default)]
+    encryption_type: Option<Text<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawChildShard {
+    #[serde(rename = "ShardId")]
+    shard_id: String,
+    #[serde(rename = "ParentShards", default)]
+    parent_shards: Vec<String>,
+    #[serde(rename = "HashKeyRange")]
+    hash_key_range: RawHashKeyRange,
+}
+
+#[derive(Deserialize)]
+struct RawHashKeyRange {
+    #[serde(rename = "StartingHashKey")]
+    starting_hash_key: String,
+    #[serde(rename = "EndingHashKey")]
+    ending_hash_key: String,
+}
+
+/// A slice of `body` for a string borrowed from it; a copy for a string
+/// serde had to unescape (never the case for sequence numbers or base64).
+fn share(body: &Bytes, s: &str) -> Bytes {
+    let range = body.as_ptr_range();
+    let p = s.as_ptr();
+    if !s.is_empty() && range.contains(&p) {
+        body.slice_ref(s.as_bytes())
+    } else {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+}
+
+/// Decoded length of standard, padded base64 text.
+fn decoded_len(text: &[u8]) -> usize {
+    let pad = text.iter().rev().take(2).filter(|b| **b == b'=').count();
+    (text.len() / 4 * 3).saturating_sub(pad)
+}
+
+/// Decodes a GetRecords response body.
+pub fn decode(body: Bytes) -> Result<Response, DecodeError> {
+    let raw: RawResponse<'_> = serde_json::from_slice(&body)?;
+
+    // One buffer for all record data, filled by SIMD base64.
+    let total: usize = raw
+        .records
+        .iter()
+        .map(|r| decoded_len(r.data.as_bytes()))
+        .sum();
+    let mut data = BytesMut::with_capacity(total);
+    let mut ends = Vec::with_capacity(raw.records.len());
+    for (index, r) in raw.records.iter().enumerate() {
+        let spare: &mut [MaybeUninit<u8>] = data.spare_capacity_mut();
+        let written = base64_simd::STANDARD
+            .decode(
+                r.data.as_bytes(),
+                base64_simd::Out::from_uninit_slice(spare),
+            )
+            .map_err(|_| DecodeError::Base64 { index })?
+            .len();
+        // SAFETY: `decode` initialised exactly `written` bytes at the start
+        // of the spare capacity (it returns that prefix), and `written` is at
+        // most the spare length, so the new length covers initialised bytes
+        // only.
+        unsafe { data.set_len(data.len() + written) };
+        ends.push(data.len());
+    }
+    let data = data.freeze();
+
+    let mut records = Vec::with_capacity(raw.records.len());
+    let mut start = 0;
+    for (index, (r, end)) in raw.records.iter().zip(ends).enumerate() {
+        let sequence_number = SequenceNumber::from_bytes(share(&body, &r.sequence_number))
+            .map_err(|e| DecodeError::Field {
+                index,
+                message: e.to_string(),
+            })?;
+        let partition_key = match &r.partition_key {
+            // Shared from the body, which serde already checked is UTF-8.
+            Some(pk) => ByteStr(share(&body, &pk.0)),
+            None => ByteStr::default(),
+        };
+        let encryption = match r.encryption_type.as_ref().map(|t| t.0.as_ref()) {
+            None => None,
+            Some("KMS") => Some(Encryption::Kms),
+            Some(_) => Some(Encryption::None),
+        };
+        records.push(Record {
+            sequence_number,
+            sub_sequence_number: 0,
+            aggregated: false,
+            partition_key,
+            explicit_hash_key: None,
+            data: data.slice(start..end),
+            approximate_arrival_ms: r
+                .approximate_arrival_timestamp
+                .map(|secs| (secs * 1000.0).round() as i64)
+                .unwrap_or(0),
+            encryption,
+        });
+        start = end;
+    }
+
+    Ok(Response {
+        records,
+        next_shard_iterator: raw.next_shard_iterator.map(|t| t.0.into_owned()),
+        millis_behind_latest: raw.millis_behind_latest,
+        child_shards: raw.child_shards.map(|children| {
+            children
+                .into_iter()
+                .map(|c| ChildShard {
+                    shard_id: c.shard_id,
+                    parent_shards: c.parent_shards,
+                    starting_hash_key: c.hash_key_range.starting_hash_key,
+                    ending_hash_key: c.hash_key_range.ending_hash_key,
+                })
+                .collect()
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_every_field() {
+        let body = Bytes::from_static(
+            br#"{"Records":[
+              {"SequenceNumber":"49590338271490256608559692538361571095921575989136588898","ApproximateArrivalTimestamp":1.709100911667E9,"Data":"eyJ0aGlzX2lzIjogInRlc3QgcmVjb3JkIn0=","PartitionKey":"DUMMY1","EncryptionType":"KMS"},
+              {"SequenceNumber":"49590338271490256608559692538361571095921575989136588899","ApproximateArrivalTimestamp":1709100912.5,"Data":"","PartitionKey":"k\u00e9y \"q\""}
+            ],"NextShardIterator":"AAAA/BBB=","MillisBehindLatest":1500,
+            "ChildShards":[{"ShardId":"shardId-000000000002","ParentShards":["shardId-000000000000","shardId-000000000001"],"HashKeyRange":{"StartingHashKey":"0","EndingHashKey":"340282366920938463463374607431768211455"}}]}"#,
+        );
+        let r = decode(body.clone()).unwrap();
+        assert_eq!(r.records.len(), 2);
+        let a = &r.records[0];
+        assert_eq!(
+            a.sequence_number.as_str(),
+            "49590338271490256608559692538361571095921575989136588898"
+        );
+        assert_eq!(&a.data[..], br#"{"this_is": "test record"}"#);
+        assert_eq!(a.partition_key.as_str(), "DUMMY1");
+        assert_eq!(a.approximate_arrival_ms, 1_709_100_911_667);
+        assert_eq!(a.encryption, Some(Encryption::Kms));
+        // Sequence numbers and keys without escapes are slices of the body.
+        assert!(body.as_ptr_range().contains(&a.partition_key.as_ptr()));
+        let b = &r.records[1];
+        assert!(b.data.is_empty());
+        assert_eq!(b.partition_key.as_str(), "k\u{e9}y \"q\"");
+        assert_eq!(b.approximate_arrival_ms, 1_709_100_912_500);
+        assert_eq!(b.encryption, None);
+        assert_eq!(r.next_shard_iterator.as_deref(), Some("AAAA/BBB="));
+        assert_eq!(r.millis_behind_latest, Some(1500));
+        let c = &r.child_shards.as_ref().unwrap()[0];
+        assert_eq!(c.parent_shards.len(), 2);
+        assert_eq!(c.ending_hash_key, "340282366920938463463374607431768211455");
+    }
+
+    #[test]
+    fn the_end_of_a_shard_has_no_iterator() {
+        let r = decode(Bytes::from_static(
+            br#"{"Records":[],"MillisBehindLatest":0,"ChildShards":[]}"#,
+        ))
+        .unwrap();
+        assert!(r.records.is_empty() && r.next_shard_iterator.is_none());
+        let r = decode(Bytes::from_static(
+            br#"{"Records":[],"NextShardIterator":null}"#,
+        ))
+        .unwrap();
+        assert!(r.next_shard_iterator.is_none());
+    }
+
+    #[test]
+    fn bad_bodies_are_errors_not_panics() {
+        for body in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"{}",
+            br#"{"NextShardIterator":null}"#,
+            br#"{"Records":[{"SequenceNumber":"1","Data":"!!!!"}]}"#,
+            br#"{"Records":[{"SequenceNumber":"x1","Data":""}]}"#,
+            br#"{"Records":[{"Data":""}]}"#,
+            br#"{"Records":[{"SequenceNumber":"1","Data":"QQ"}]}"#,
+        ] {
+            assert!(
+                decode(Bytes::copy_from_slice(body)).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}

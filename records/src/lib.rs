@@ -1,0 +1,133 @@
+//! Kinesis records on kcld's critical path.
+//!
+//! - [`getrecords`] decodes a GetRecords response body into records whose
+//!   data are slices of one buffer and whose strings are slices of the body:
+//!   per response a handful of allocations, none per record.
+//! - [`kpl`] splits KPL aggregates into their user records, again as slices.
+//!
+//! Nothing here does I/O, so both are fuzzed and benchmarked on their own.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kcld_checkpoint::{ExtendedSequenceNumber, SequenceNumber};
+
+pub mod getrecords;
+pub mod kpl;
+
+/// A UTF-8 string kept as a shared byte slice (of a response body or a KPL
+/// aggregate), so that partition keys cost no allocation.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ByteStr(Bytes);
+
+impl ByteStr {
+    /// Takes `bytes` if they are UTF-8.
+    pub fn from_utf8(bytes: Bytes) -> Result<Self, std::str::Utf8Error> {
+        std::str::from_utf8(&bytes)?;
+        Ok(ByteStr(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // SAFETY: every constructor checks (or receives a `str`), and the
+        // bytes are immutable afterwards.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+impl From<String> for ByteStr {
+    fn from(s: String) -> Self {
+        ByteStr(Bytes::from(s.into_bytes()))
+    }
+}
+
+impl From<&str> for ByteStr {
+    fn from(s: &str) -> Self {
+        ByteStr(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl Deref for ByteStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for ByteStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for ByteStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// Server-side encryption of a record, as GetRecords reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encryption {
+    None,
+    Kms,
+}
+
+impl Encryption {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Encryption::None => "NONE",
+            Encryption::Kms => "KMS",
+        }
+    }
+}
+
+/// One record of a shard, or one user record of a KPL aggregate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub sequence_number: SequenceNumber,
+    /// Index inside a KPL aggregate; 0 for a plain record.
+    pub sub_sequence_number: u64,
+    /// True for a user record taken out of a KPL aggregate (it shares its
+    /// sequence number with its siblings).
+    pub aggregated: bool,
+    pub partition_key: ByteStr,
+    pub explicit_hash_key: Option<ByteStr>,
+    pub data: Bytes,
+    /// When Kinesis accepted the record, in milliseconds since the epoch.
+    pub approximate_arrival_ms: i64,
+    pub encryption: Option<Encryption>,
+}
+
+impl Record {
+    /// The record's position, as a checkpoint stores it.
+    pub fn position(&self) -> ExtendedSequenceNumber {
+        ExtendedSequenceNumber::new(self.sequence_number.clone(), self.sub_sequence_number)
+    }
+}
+
+/// Consecutive records of one shard, in shard order.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub shard_id: Arc<str>,
+    pub records: Vec<Record>,
+    /// How far the read was behind the tip of the shard, when known.
+    pub millis_behind_latest: Option<i64>,
+}
+
+impl Batch {
+    /// Position of the last record: what a checkpoint after this batch says.
+    pub fn last_position(&self) -> Option<ExtendedSequenceNumber> {
+        self.records.last().map(Record::position)
+    }
+
+    /// Bytes of record data in the batch.
+    pub fn data_bytes(&self) -> usize {
+        self.records.iter().map(|r| r.data.len()).sum()
+    }
+}
