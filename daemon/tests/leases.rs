@@ -740,3 +740,89 @@ async fn multi_stream_lease_keys_of_this_stream_are_resumed() {
     assert_eq!(item["shardId"].as_s().unwrap(), &shard);
     assert_eq!(item["checkpoint"].as_s().unwrap(), &seqs[19].0.to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_inside_a_kpl_aggregate_from_a_sub_sequence_checkpoint() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("subseq"), 1)
+        .await
+        .unwrap();
+    let aggregate = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../records/tests/fixtures/basic.agg"
+    ))
+    .unwrap();
+    let records = vec![
+        ("before".to_owned(), b"before the aggregate".to_vec()),
+        ("agg".to_owned(), aggregate),
+        ("after".to_owned(), b"after the aggregate".to_vec()),
+    ];
+    let placed = stack.put_records(&arn, &records).await.unwrap();
+    let shard = placed[0].0.clone();
+
+    // The KCL confirmed user records 0, 1 and 2 of the aggregate.
+    let app = unique_name("subseq-app");
+    let ddb = stack.consumer_dynamodb().await;
+    ddb.create_table()
+        .table_name(&app)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("leaseKey")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("leaseKey")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let item: Item = HashMap::from([
+        ("leaseKey".into(), s(&shard)),
+        ("leaseCounter".into(), n(5)),
+        ("checkpoint".into(), s(&placed[1].1)),
+        ("checkpointSubSequenceNumber".into(), n(2)),
+        ("ownerSwitchesSinceCheckpoint".into(), n(0)),
+    ]);
+    ddb.put_item()
+        .table_name(&app)
+        .set_item(Some(item))
+        .send()
+        .await
+        .unwrap();
+
+    let mut k = Kcld::spawn(KCLD, &["run"], &env(&stack, &arn, &app, "kcld-1", &[])).unwrap();
+    let lines = k.take_lines(4, Duration::from_secs(60)).await;
+    let extra = k.drain_for(Duration::from_secs(2)).await;
+    assert!(extra.is_empty(), "{extra:?}");
+    let got: Vec<(Option<u64>, String)> = lines
+        .iter()
+        .map(|l| {
+            let d = Delivered::parse(l).unwrap();
+            (d.sub_sequence_number, d.partition_key)
+        })
+        .collect();
+    assert_eq!(
+        got.iter().map(|(sub, _)| *sub).collect::<Vec<_>>(),
+        [Some(3), Some(4), Some(5), None],
+        "exactly the unconfirmed user records, then the next record: {got:?}"
+    );
+    assert_eq!(got[3].1, "after");
+    assert!(k
+        .terminate(Duration::from_secs(25))
+        .await
+        .unwrap()
+        .success());
+    let items = stack.scan_table(&app).await.unwrap();
+    assert_eq!(items[0]["checkpoint"].as_s().unwrap(), &placed[2].1);
+    assert_eq!(items[0]["checkpointSubSequenceNumber"].as_n().unwrap(), "0");
+}

@@ -222,3 +222,54 @@ async fn reads_over_tls_trusting_the_configured_ca() {
     let text = stderr.lock().unwrap().clone();
     assert!(text.contains("cannot reach Kinesis"), "{text}");
 }
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../records/tests/fixtures/").to_owned() + name,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kpl_aggregates_arrive_as_user_records_and_corrupt_ones_raw() {
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("kpl"), 1)
+        .await
+        .unwrap();
+    let aggregate = fixture("basic.agg");
+    let mut corrupt = aggregate.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xFF;
+    let records = vec![
+        ("agg".to_owned(), aggregate),
+        ("plain".to_owned(), b"a plain record".to_vec()),
+        ("bad".to_owned(), corrupt.clone()),
+    ];
+    let placed = stack.put_records(&arn, &records).await.unwrap();
+
+    let mut kcld = Kcld::spawn(KCLD, &["run"], &kcld_env(&stack, &arn, "TRIM_HORIZON")).unwrap();
+    let lines = kcld.take_lines(8, Duration::from_secs(60)).await;
+    assert_eq!(lines.len(), 8, "stderr:\n{}", kcld.stderr_text());
+    let got: Vec<Delivered> = lines.iter().map(|l| Delivered::parse(l).unwrap()).collect();
+    let expected: Vec<serde_json::Value> = serde_json::from_slice(&fixture("basic.json")).unwrap();
+    for (i, (d, e)) in got[..6].iter().zip(&expected).enumerate() {
+        assert_eq!(
+            d.sequence_number, placed[0].1,
+            "user records keep the aggregate's sequence number"
+        );
+        assert_eq!(d.sub_sequence_number, Some(i as u64));
+        assert_eq!(d.partition_key, e["partition_key"].as_str().unwrap());
+    }
+    assert_eq!(got[6].data, b"a plain record");
+    assert_eq!(got[6].sub_sequence_number, None);
+    assert_eq!(
+        got[7].data, corrupt,
+        "a corrupt aggregate is delivered as it arrived"
+    );
+    assert!(
+        kcld.stderr_text().contains("not well formed"),
+        "the corrupt record is reported"
+    );
+    kcld.terminate(Duration::from_secs(25)).await.unwrap();
+}

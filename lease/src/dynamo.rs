@@ -82,6 +82,8 @@ struct Inner {
     scope: StreamScope,
     lister: Arc<dyn ShardLister>,
     held: StdMutex<HashMap<String, Arc<Held>>>,
+    /// Steals this worker started whose old owner has not handed over yet.
+    pending: StdMutex<HashMap<String, PendingSteal>>,
     /// The key format of this stream's leases (single or multi-stream).
     template: StdMutex<LeaseKey>,
     /// Wakes the taker early (a shard ended: its children are ready).
@@ -146,6 +148,7 @@ impl DynamoLeases {
             scope,
             lister,
             held: StdMutex::new(HashMap::new()),
+            pending: StdMutex::new(HashMap::new()),
             template: StdMutex::new(LeaseKey::Single {
                 shard_id: String::new(),
             }),
@@ -249,15 +252,14 @@ impl Inner {
             );
             sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut observations = Observations::default();
-            let mut pending = HashMap::new();
             let mut scan_failing = false;
             loop {
                 tokio::select! {
                     _ = closing.cancelled() => return,
                     _ = self.shutdown.cancelled() => return,
-                    _ = take.tick() => self.take_round(&mut observations, &mut pending, &mut scan_failing).await,
+                    _ = take.tick() => self.take_round(&mut observations, &mut scan_failing).await,
                     _ = self.take_now.notified() => {
-                        self.take_round(&mut observations, &mut pending, &mut scan_failing).await;
+                        self.take_round(&mut observations, &mut scan_failing).await;
                     }
                     _ = sync.tick() => match self.table.scan().await {
                         Ok(leases) => {
@@ -365,7 +367,6 @@ impl Inner {
     async fn take_round(
         self: &Arc<Self>,
         observations: &mut Observations,
-        pending: &mut HashMap<String, PendingSteal>,
         scan_failing: &mut bool,
     ) {
         let leases = match self.table.scan().await {
@@ -399,7 +400,7 @@ impl Inner {
                 }
             }
         }
-        self.settle_steals(&ours, pending, now).await;
+        self.settle_steals(&ours, now).await;
 
         let by_shard: HashMap<&str, &LeaseRecord> =
             ours.iter().map(|l| (l.shard_id(), *l)).collect();
@@ -419,7 +420,7 @@ impl Inner {
         let held_keys: HashSet<String> = lock(&self.held)
             .keys()
             .cloned()
-            .chain(pending.keys().cloned())
+            .chain(lock(&self.pending).keys().cloned())
             .collect();
         let failover = self.settings.failover;
         let plan = balance::plan(
@@ -472,7 +473,7 @@ impl Inner {
                         from = lease.owner.as_deref().unwrap_or("?"),
                         "lease requested from a busier worker"
                     );
-                    pending.insert(
+                    lock(&self.pending).insert(
                         key.clone(),
                         PendingSteal {
                             deadline: now + self.settings.failover,
@@ -492,14 +493,10 @@ impl Inner {
     /// `checkpointOwner` with its last checkpoint), forces those whose old
     /// owner did not within the failover time, and forgets those another
     /// worker took meanwhile.
-    async fn settle_steals(
-        self: &Arc<Self>,
-        ours: &[&LeaseRecord],
-        pending: &mut HashMap<String, PendingSteal>,
-        now: Instant,
-    ) {
+    async fn settle_steals(self: &Arc<Self>, ours: &[&LeaseRecord], now: Instant) {
         let by_key: HashMap<String, &LeaseRecord> =
             ours.iter().map(|l| (l.key.render(), *l)).collect();
+        let mut pending = std::mem::take(&mut *lock(&self.pending));
         let keys: Vec<String> = pending.keys().cloned().collect();
         for key in keys {
             let Some(lease) = by_key.get(&key) else {
@@ -527,6 +524,7 @@ impl Inner {
                 }
             }
         }
+        lock(&self.pending).extend(pending);
     }
 
     /// Starts reading a lease this worker now owns; `counter` is the value
@@ -676,6 +674,28 @@ impl Inner {
     }
 
     async fn release_all(&self) {
+        // Steals still in progress: give the old owner a moment to hand
+        // over (its last checkpoint lands), then let the lease go either way,
+        // so that nobody waits for it to expire.
+        let pending: Vec<String> = lock(&self.pending).drain().map(|(k, _)| k).collect();
+        for key in pending {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                match self.table.get(&key).await {
+                    Ok(Some(lease)) if lease.owner.as_deref() == Some(self.me()) => {
+                        if lease.checkpoint_owner.is_none() || Instant::now() >= deadline {
+                            if let Err(e) = self.table.release(&key, lease.counter, self.me()).await
+                            {
+                                tracing::debug!(lease = %key, "requested lease not released: {e}");
+                            }
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    _ => break,
+                }
+            }
+        }
         let held: Vec<Arc<Held>> = lock(&self.held).drain().map(|(_, h)| h).collect();
         for h in held {
             if h.lost.swap(true, Ordering::AcqRel) {

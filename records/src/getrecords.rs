@@ -70,8 +70,10 @@ struct RawResponse<'a> {
 struct RawRecord<'a> {
     #[serde(rename = "SequenceNumber", borrow)]
     sequence_number: Cow<'a, str>,
-    #[serde(rename = "ApproximateArrivalTimestamp", default)]
-    approximate_arrival_timestamp: Option<f64>,
+    /// Kept as its text: parsed to whole milliseconds exactly, without a
+    /// float on the way.
+    #[serde(rename = "ApproximateArrivalTimestamp", borrow, default)]
+    approximate_arrival_timestamp: Option<&'a serde_json::value::RawValue>,
     #[serde(rename = "Data", borrow)]
     data: Cow<'a, str>,
     #[serde(rename = "PartitionKey", borrow, default)]
@@ -108,6 +110,40 @@ fn share(body: &Bytes, s: &str) -> Bytes {
     } else {
         Bytes::copy_from_slice(s.as_bytes())
     }
+}
+
+/// Epoch seconds as a JSON number (`1709100911.667`, `1.709100911667E9`)
+/// to whole milliseconds, exactly (rounding half up past the third
+/// decimal), with integer arithmetic only.
+fn epoch_millis(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let (mantissa, exponent) = match text.find(['e', 'E']) {
+        Some(i) => (&text[..i], text[i + 1..].parse::<i32>().ok()?),
+        None => (text, 0),
+    };
+    let (negative, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => (true, m),
+        None => (false, mantissa),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // All digits as one integer, and the power of ten that scales it to
+    // milliseconds.
+    let mut digits: i128 = 0;
+    for b in int.bytes().chain(frac.bytes()) {
+        digits = digits.checked_mul(10)?.checked_add(i128::from(b - b'0'))?;
+    }
+    let shift = 3 + exponent - frac.len() as i32;
+    let millis = if shift >= 0 {
+        digits.checked_mul(10i128.checked_pow(shift as u32)?)?
+    } else {
+        let div = 10i128.checked_pow(shift.unsigned_abs())?;
+        (digits + div / 2) / div
+    };
+    let millis = i64::try_from(millis).ok()?;
+    Some(if negative { -millis } else { millis })
 }
 
 /// Decoded length of standard, padded base64 text.
@@ -171,10 +207,13 @@ pub fn decode(body: Bytes) -> Result<Response, DecodeError> {
             partition_key,
             explicit_hash_key: None,
             data: data.slice(start..end),
-            approximate_arrival_ms: r
-                .approximate_arrival_timestamp
-                .map(|secs| (secs * 1000.0).round() as i64)
-                .unwrap_or(0),
+            approximate_arrival_ms: match r.approximate_arrival_timestamp {
+                Some(raw) => epoch_millis(raw.get()).ok_or_else(|| DecodeError::Field {
+                    index,
+                    message: format!("ApproximateArrivalTimestamp {} is not a time", raw.get()),
+                })?,
+                None => 0,
+            },
             encryption,
         });
         start = end;
@@ -234,6 +273,24 @@ mod tests {
         let c = &r.child_shards.as_ref().unwrap()[0];
         assert_eq!(c.parent_shards.len(), 2);
         assert_eq!(c.ending_hash_key, "340282366920938463463374607431768211455");
+    }
+
+    #[test]
+    fn arrival_times_parse_exactly() {
+        for (text, ms) in [
+            ("1709100911.667", 1_709_100_911_667),
+            ("1.709100911667E9", 1_709_100_911_667),
+            ("1.709100911667e+9", 1_709_100_911_667),
+            ("1709100911", 1_709_100_911_000),
+            ("1709100911.6675", 1_709_100_911_668),
+            ("1.7091009116E9", 1_709_100_911_600),
+            ("0", 0),
+        ] {
+            assert_eq!(epoch_millis(text), Some(ms), "{text}");
+        }
+        for bad in ["", "x", "1.2.3", "1e", "--1", "1e999999"] {
+            assert_eq!(epoch_millis(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -441,6 +441,8 @@ impl Kcld {
 pub struct Delivered {
     pub shard_id: String,
     pub sequence_number: String,
+    /// Present for user records of a KPL aggregate.
+    pub sub_sequence_number: Option<u64>,
     pub partition_key: String,
     pub data: Vec<u8>,
 }
@@ -453,12 +455,18 @@ impl Delivered {
         let k = &v["kinesis"];
         let event_id = v["eventID"].as_str().context("eventID")?;
         let seq = k["sequenceNumber"].as_str().context("sequenceNumber")?;
-        let shard_id = event_id
-            .strip_suffix(&format!(":{seq}"))
-            .with_context(|| format!("eventID {event_id} is not shardId:sequenceNumber"))?;
+        let sub = k["subSequenceNumber"].as_u64();
+        let suffix = match sub {
+            Some(sub) => format!(":{seq}:{sub}"),
+            None => format!(":{seq}"),
+        };
+        let shard_id = event_id.strip_suffix(&suffix).with_context(|| {
+            format!("eventID {event_id} is not shardId:sequenceNumber[:subSequenceNumber]")
+        })?;
         Ok(Delivered {
             shard_id: shard_id.to_owned(),
             sequence_number: seq.to_owned(),
+            sub_sequence_number: sub,
             partition_key: k["partitionKey"]
                 .as_str()
                 .context("partitionKey")?
