@@ -25,7 +25,10 @@ pub struct ParseSequenceError(pub String);
 impl SequenceNumber {
     /// Takes the digits without copying them.
     pub fn from_bytes(digits: Bytes) -> Result<Self, ParseSequenceError> {
-        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        // Branch-free over the bytes, so the check vectorises: this runs
+        // for every record read.
+        let not_digit = digits.iter().fold(0u8, |acc, b| acc | u8::from(b.wrapping_sub(b'0') > 9));
+        if digits.is_empty() || not_digit != 0 {
             return Err(ParseSequenceError(
                 String::from_utf8_lossy(&digits).into_owned(),
             ));

@@ -114,32 +114,68 @@ fn share(body: &Bytes, s: &str) -> Bytes {
 
 /// Epoch seconds as a JSON number (`1709100911.667`, `1.709100911667E9`)
 /// to whole milliseconds, exactly (rounding half up past the third
-/// decimal), with integer arithmetic only.
+/// decimal), with integer arithmetic only, in one pass over the bytes.
 fn epoch_millis(text: &str) -> Option<i64> {
-    let text = text.trim();
-    let (mantissa, exponent) = match text.find(['e', 'E']) {
-        Some(i) => (&text[..i], text[i + 1..].parse::<i32>().ok()?),
-        None => (text, 0),
+    let bytes = text.trim().as_bytes();
+    let (negative, bytes) = match bytes.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, bytes),
     };
-    let (negative, mantissa) = match mantissa.strip_prefix('-') {
-        Some(m) => (true, m),
-        None => (false, mantissa),
-    };
-    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    if int.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+    let mut digits: u128 = 0;
+    let mut int_digits = 0usize;
+    let mut frac_digits = 0i32;
+    let mut i = 0;
+    while i < bytes.len() && bytes[i].is_ascii_digit() {
+        digits = digits.checked_mul(10)?.checked_add(u128::from(bytes[i] - b'0'))?;
+        int_digits += 1;
+        i += 1;
+    }
+    if int_digits == 0 {
         return None;
     }
-    // All digits as one integer, and the power of ten that scales it to
-    // milliseconds.
-    let mut digits: i128 = 0;
-    for b in int.bytes().chain(frac.bytes()) {
-        digits = digits.checked_mul(10)?.checked_add(i128::from(b - b'0'))?;
+    if i < bytes.len() && bytes[i] == b'.' {
+        i += 1;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            digits = digits.checked_mul(10)?.checked_add(u128::from(bytes[i] - b'0'))?;
+            frac_digits += 1;
+            i += 1;
+        }
     }
-    let shift = 3 + exponent - frac.len() as i32;
+    let mut exponent: i32 = 0;
+    if i < bytes.len() && (bytes[i] == b'e' || bytes[i] == b'E') {
+        i += 1;
+        let negative_exp = match bytes.get(i) {
+            Some(b'-') => {
+                i += 1;
+                true
+            }
+            Some(b'+') => {
+                i += 1;
+                false
+            }
+            _ => false,
+        };
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            exponent = exponent.checked_mul(10)?.checked_add(i32::from(bytes[i] - b'0'))?;
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        if negative_exp {
+            exponent = -exponent;
+        }
+    }
+    if i != bytes.len() {
+        return None;
+    }
+    // digits * 10^(exponent - frac_digits) seconds, in milliseconds.
+    let shift = exponent.checked_add(3)?.checked_sub(frac_digits)?;
     let millis = if shift >= 0 {
-        digits.checked_mul(10i128.checked_pow(shift as u32)?)?
+        digits.checked_mul(10u128.checked_pow(shift as u32)?)?
     } else {
-        let div = 10i128.checked_pow(shift.unsigned_abs())?;
+        let div = 10u128.checked_pow(shift.unsigned_abs())?;
         (digits + div / 2) / div
     };
     let millis = i64::try_from(millis).ok()?;
@@ -288,7 +324,7 @@ mod tests {
         ] {
             assert_eq!(epoch_millis(text), Some(ms), "{text}");
         }
-        for bad in ["", "x", "1.2.3", "1e", "--1", "1e999999"] {
+        for bad in ["", "x", "1.2.3", "1e", "--1", "1e999999", ".5", "1.5x", "1e+"] {
             assert_eq!(epoch_millis(bad), None, "{bad}");
         }
     }
