@@ -8,8 +8,12 @@ fn main() {
     let sdk = (which == "sdk").then(SdkDecoder::new);
     for _ in 0..2 {
         match which.as_str() {
-            "kcld" => drop(std::hint::black_box(kcld_records::getrecords::decode(body.clone()))),
-            "sdk" => drop(std::hint::black_box(sdk.as_ref().map(|s| s.decode(body.clone())))),
+            "kcld" => drop(std::hint::black_box(kcld_records::getrecords::decode(
+                body.clone(),
+            ))),
+            "sdk" => drop(std::hint::black_box(
+                sdk.as_ref().map(|s| s.decode(body.clone())),
+            )),
             _ => drop(std::hint::black_box(lower_bound(&body))),
         }
     }

@@ -27,7 +27,9 @@ impl SequenceNumber {
     pub fn from_bytes(digits: Bytes) -> Result<Self, ParseSequenceError> {
         // Branch-free over the bytes, so the check vectorises: this runs
         // for every record read.
-        let not_digit = digits.iter().fold(0u8, |acc, b| acc | u8::from(b.wrapping_sub(b'0') > 9));
+        let not_digit = digits
+            .iter()
+            .fold(0u8, |acc, b| acc | u8::from(b.wrapping_sub(b'0') > 9));
         if digits.is_empty() || not_digit != 0 {
             return Err(ParseSequenceError(
                 String::from_utf8_lossy(&digits).into_owned(),

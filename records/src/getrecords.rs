@@ -126,7 +126,9 @@ fn epoch_millis(text: &str) -> Option<i64> {
     let mut frac_digits = 0i32;
     let mut i = 0;
     while i < bytes.len() && bytes[i].is_ascii_digit() {
-        digits = digits.checked_mul(10)?.checked_add(u128::from(bytes[i] - b'0'))?;
+        digits = digits
+            .checked_mul(10)?
+            .checked_add(u128::from(bytes[i] - b'0'))?;
         int_digits += 1;
         i += 1;
     }
@@ -136,7 +138,9 @@ fn epoch_millis(text: &str) -> Option<i64> {
     if i < bytes.len() && bytes[i] == b'.' {
         i += 1;
         while i < bytes.len() && bytes[i].is_ascii_digit() {
-            digits = digits.checked_mul(10)?.checked_add(u128::from(bytes[i] - b'0'))?;
+            digits = digits
+                .checked_mul(10)?
+                .checked_add(u128::from(bytes[i] - b'0'))?;
             frac_digits += 1;
             i += 1;
         }
@@ -157,7 +161,9 @@ fn epoch_millis(text: &str) -> Option<i64> {
         };
         let start = i;
         while i < bytes.len() && bytes[i].is_ascii_digit() {
-            exponent = exponent.checked_mul(10)?.checked_add(i32::from(bytes[i] - b'0'))?;
+            exponent = exponent
+                .checked_mul(10)?
+                .checked_add(i32::from(bytes[i] - b'0'))?;
             i += 1;
         }
         if i == start {
@@ -324,7 +330,9 @@ mod tests {
         ] {
             assert_eq!(epoch_millis(text), Some(ms), "{text}");
         }
-        for bad in ["", "x", "1.2.3", "1e", "--1", "1e999999", ".5", "1.5x", "1e+"] {
+        for bad in [
+            "", "x", "1.2.3", "1e", "--1", "1e999999", ".5", "1.5x", "1e+",
+        ] {
             assert_eq!(epoch_millis(bad), None, "{bad}");
         }
     }

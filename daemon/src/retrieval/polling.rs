@@ -114,7 +114,7 @@ impl PollingReader {
             // Pacing: the idle wait after an empty read, and never more than
             // 5 calls a second.
             let earliest = match self.last_call {
-                Some(at) => at + MIN_CALL_SPACING.max(self.idle),
+                Some(at) => next_call_at(at, self.idle),
                 None => Instant::now(),
             };
             tokio::select! {
@@ -180,7 +180,7 @@ impl PollingReader {
                 self.pending_end = Some(children);
             }
             if records.is_empty() {
-                self.idle = (self.idle * 2).clamp(self.idle_min, self.idle_max);
+                self.idle = next_idle(self.idle, self.idle_min, self.idle_max);
                 continue;
             }
             self.idle = Duration::ZERO;
@@ -229,6 +229,18 @@ impl PollingReader {
             _ = cancel.cancelled() => false,
         }
     }
+}
+
+/// The wait after one more empty read: the minimum first, then doubling up
+/// to the maximum.
+fn next_idle(current: Duration, min: Duration, max: Duration) -> Duration {
+    (current * 2).clamp(min, max.max(min))
+}
+
+/// When the next GetRecords may start: never sooner than 200 ms after the
+/// last one (5 calls a second per shard), later while the shard is idle.
+fn next_call_at(last_call: Instant, idle: Duration) -> Instant {
+    last_call + MIN_CALL_SPACING.max(idle)
 }
 
 /// A batch read ahead, holding its share of the prefetch budget until the
@@ -302,5 +314,41 @@ impl Prefetch {
     /// (cancelled).
     pub async fn next(&mut self) -> Option<Result<Prefetched, KinesisError>> {
         self.rx.recv().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn an_idle_shard_backs_off_to_one_call_per_max_idle() {
+        let (min, max) = (1000 * MS, 5000 * MS);
+        let mut idle = Duration::ZERO;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            idle = next_idle(idle, min, max);
+            waits.push(idle.as_millis());
+        }
+        assert_eq!(waits, [1000, 2000, 4000, 5000, 5000, 5000]);
+        // Once backed off: one call per 5 s, 0.2 calls per second.
+        let t0 = Instant::now();
+        assert_eq!(next_call_at(t0, idle) - t0, 5000 * MS);
+    }
+
+    #[test]
+    fn a_busy_shard_is_read_at_most_five_times_a_second() {
+        let t0 = Instant::now();
+        // Records in the last response: no idle wait, only the service's
+        // per-shard limit.
+        assert_eq!(next_call_at(t0, Duration::ZERO) - t0, 200 * MS);
+        assert_eq!(next_call_at(t0, 50 * MS) - t0, 200 * MS);
+    }
+
+    #[test]
+    fn a_minimum_above_the_maximum_wins() {
+        assert_eq!(next_idle(Duration::ZERO, 3000 * MS, 1000 * MS), 3000 * MS);
     }
 }
