@@ -60,6 +60,13 @@ struct RawSettings {
     polling: RawPolling,
     sink: RawSink,
     log: RawLog,
+    ops: RawOps,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawOps {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -149,6 +156,13 @@ pub struct Settings {
     pub polling: PollingSettings,
     pub sink: SinkSettings,
     pub log: LogSettings,
+    pub ops: OpsSettings,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OpsSettings {
+    /// Where /metrics, /healthz and /readyz are served; `None` = off.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -539,6 +553,17 @@ fn validate(raw: RawSettings, env: &HashMap<String, String>) -> Result<Settings,
         }
     };
     let level = non_empty(raw.log.level).unwrap_or_else(|| "info".into());
+    let listen = match raw.ops.listen.map(|s| s.trim().to_owned()) {
+        None => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9898))),
+        Some(s) if s.is_empty() || s == "off" => None,
+        Some(s) => Some(s.parse().map_err(|_| {
+            ConfigError::key(
+                "ops.listen",
+                format!("{s:?} is not an address and port"),
+                "write it like 127.0.0.1:9898 (0.0.0.0:9898 for a sidecar probe), or off",
+            )
+        })?),
+    };
 
     Ok(Settings {
         application_name,
@@ -561,6 +586,7 @@ fn validate(raw: RawSettings, env: &HashMap<String, String>) -> Result<Settings,
             invoke_identity_arn,
         },
         log: LogSettings { format, level },
+        ops: OpsSettings { listen },
     })
 }
 

@@ -111,6 +111,7 @@ pub async fn run(
                 if !deliver(&*sink, &batch, &grant).await? {
                     return stop(&grant, &mut progress).await;
                 }
+                record_delivery(&shard_id, &batch);
                 progress.confirmed = batch.last_position();
                 progress.unwritten += batch.records.len() as u64;
                 if progress.due(&policy) && !write(&grant, &mut progress).await? {
@@ -132,6 +133,19 @@ pub async fn run(
     }
 }
 
+/// Counts a confirmed batch: records, bytes, and how far behind the tip it
+/// was read.
+fn record_delivery(shard_id: &str, batch: &Batch) {
+    let shard = shard_id.to_owned();
+    metrics::counter!("kcld_records_delivered_total", "shard" => shard.clone())
+        .increment(batch.records.len() as u64);
+    metrics::counter!("kcld_bytes_delivered_total", "shard" => shard.clone())
+        .increment(batch.data_bytes() as u64);
+    if let Some(ms) = batch.millis_behind_latest {
+        metrics::gauge!("kcld_lag_seconds", "shard" => shard).set(ms as f64 / 1000.0);
+    }
+}
+
 /// Writes the confirmed position. Returns false when the lease was lost
 /// (the shard must stop); a store that is unavailable is retried at the
 /// next due time, while reading goes on.
@@ -141,6 +155,8 @@ async fn write(grant: &Grant, progress: &mut Progress) -> Result<bool, Error> {
     };
     match grant.lease.checkpoint(&Checkpoint::At(position)).await {
         Ok(()) => {
+            metrics::counter!("kcld_checkpoints_total", "shard" => grant.shard.shard_id.clone())
+                .increment(1);
             progress.unwritten = 0;
             progress.last_write = Instant::now();
             Ok(true)
@@ -183,8 +199,13 @@ async fn deliver(sink: &dyn Sink, batch: &Batch, grant: &Grant) -> Result<bool, 
     loop {
         match sink.deliver(batch).await {
             Ok(()) => return Ok(true),
-            Err(SinkError::Fatal(e)) => return Err(Error::Sink(e)),
+            Err(SinkError::Fatal(e)) => {
+                metrics::counter!("kcld_sink_failures_total", "shard" => batch.shard_id.to_string()).increment(1);
+                return Err(Error::Sink(e));
+            }
             Err(SinkError::Retry(e)) => {
+                metrics::counter!("kcld_sink_retries_total", "shard" => batch.shard_id.to_string())
+                    .increment(1);
                 attempt = attempt.saturating_add(1);
                 let wait = Duration::from_millis((100u64 << attempt.min(8)).min(30_000));
                 if attempt == 1 || attempt.is_power_of_two() {

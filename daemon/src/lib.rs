@@ -8,6 +8,7 @@ pub mod cli;
 pub mod consumer;
 pub mod error;
 pub mod logging;
+pub mod ops;
 pub mod policy;
 pub mod record;
 pub mod retrieval;

@@ -46,6 +46,18 @@ pub enum KinesisError {
 }
 
 impl KinesisError {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KinesisError::AccessDenied { .. } => "access_denied",
+            KinesisError::NotFound(_) => "not_found",
+            KinesisError::Throttled(_) => "throttled",
+            KinesisError::ExpiredIterator => "expired_iterator",
+            KinesisError::Unreachable(_) => "unreachable",
+            KinesisError::Other(_) => "other",
+        }
+    }
+
     /// True for errors worth retrying in place.
     pub fn is_transient(&self) -> bool {
         matches!(

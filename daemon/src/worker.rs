@@ -19,15 +19,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{self, CheckpointPolicy, Outcome};
 use crate::error::{Error, Result};
+use crate::ops::{self, Health};
 use crate::retrieval::polling::PollingReader;
 use crate::stream::Stream;
 use crate::{aws, sink};
 
 /// Runs the consumer until `shutdown` fires or a fatal error.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> {
+    let health = Arc::new(Health::default());
+    // The ops listener outlives the shard consumers: it stops last.
+    let ops_stop = CancellationToken::new();
+    let _ops_guard = ops_stop.clone().drop_guard();
+    if let Some(listen) = settings.ops.listen {
+        let metrics = ops::install_metrics(&settings.stream_arn.to_string())?;
+        ops::serve(listen, metrics, health.clone(), ops_stop.clone()).await?;
+    }
+    ops::systemd::spawn_watchdog(ops_stop.clone());
+
     let clients = aws::connect(&settings).await?;
+    health.credentials_resolved();
     let stream = Stream::new(clients.kinesis.clone(), settings.stream_arn.clone());
     let summary = stream.describe().await?;
+    health.stream_described();
     tracing::info!(
         stream = %settings.stream_arn,
         status = %summary.status,
@@ -79,11 +92,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> 
             )
             .await
             .map_err(|e| Error::Aws(format!("lease table {}: {e}", settings.lease_table)))?;
+            health.watch_table(
+                leases.health(),
+                failover.max(3 * Duration::from_millis(settings.lease.take_interval_ms)),
+            );
             tracing::info!(table = %settings.lease_table, "lease table ready");
             Box::new(leases)
         }
     };
 
+    health.leases_started();
+    ops::systemd::ready();
     let sink = sink::from_settings(&settings);
     let policy = CheckpointPolicy::from(&settings.checkpoint);
     let budget = Duration::from_millis(settings.shutdown_timeout_ms);
@@ -139,6 +158,7 @@ where
             _ = shutdown.cancelled() => break,
         }
     }
+    ops::systemd::stopping();
     let deadline = tokio::time::Instant::now() + budget;
     // Keep a slice of the budget for releasing the leases.
     let release_reserve = (budget / 4).min(Duration::from_secs(3));

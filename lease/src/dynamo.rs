@@ -68,8 +68,33 @@ impl LeaseSettings {
     }
 }
 
+/// Whether the lease table answered lately: the readiness of a worker.
+#[derive(Debug, Default)]
+pub struct TableHealth {
+    last_ok: StdMutex<Option<Instant>>,
+    failing: AtomicBool,
+}
+
+impl TableHealth {
+    /// Records one call: `answered` when the table replied (a refused
+    /// condition is an answer too).
+    fn record(&self, answered: bool) {
+        if answered {
+            *lock(&self.last_ok) = Some(Instant::now());
+        }
+        self.failing.store(!answered, Ordering::Release);
+    }
+
+    /// True when the last call succeeded, no longer ago than `within`.
+    pub fn healthy(&self, within: Duration) -> bool {
+        !self.failing.load(Ordering::Acquire)
+            && lock(&self.last_ok).is_some_and(|t| t.elapsed() <= within)
+    }
+}
+
 /// The DynamoDB lease source.
 pub struct DynamoLeases {
+    health: Arc<TableHealth>,
     grants: mpsc::UnboundedReceiver<Grant>,
     shutdown: CancellationToken,
     closing: CancellationToken,
@@ -82,6 +107,7 @@ struct Inner {
     scope: StreamScope,
     lister: Arc<dyn ShardLister>,
     held: StdMutex<HashMap<String, Arc<Held>>>,
+    health: Arc<TableHealth>,
     /// Steals this worker started whose old owner has not handed over yet.
     pending: StdMutex<HashMap<String, PendingSteal>>,
     /// The key format of this stream's leases (single or multi-stream).
@@ -148,6 +174,7 @@ impl DynamoLeases {
             scope,
             lister,
             held: StdMutex::new(HashMap::new()),
+            health: Arc::new(TableHealth::default()),
             pending: StdMutex::new(HashMap::new()),
             template: StdMutex::new(LeaseKey::Single {
                 shard_id: String::new(),
@@ -157,7 +184,9 @@ impl DynamoLeases {
             shutdown: shutdown.clone(),
         });
         // The first sync must succeed: without leases there is nothing to do.
-        let leases = inner.table.scan().await?;
+        let leases = inner.table.scan().await;
+        inner.health.record(leases.is_ok());
+        let leases = leases?;
         inner.learn_template(&leases);
         inner
             .sync_shards(&leases)
@@ -166,11 +195,19 @@ impl DynamoLeases {
         let closing = CancellationToken::new();
         let task = tokio::spawn(inner.clone().coordinate(closing.clone()));
         Ok(DynamoLeases {
+            health: inner.health.clone(),
             grants: rx,
             shutdown,
             closing,
             task: Some(task),
         })
+    }
+}
+
+impl DynamoLeases {
+    /// The lease table's health, for readiness checks.
+    pub fn health(&self) -> Arc<TableHealth> {
+        self.health.clone()
     }
 }
 
@@ -289,7 +326,10 @@ impl Inner {
                     return;
                 }
                 let sent = Instant::now();
-                match self.table.renew(&h.key, state.counter, self.me()).await {
+                let result = self.table.renew(&h.key, state.counter, self.me()).await;
+                self.health
+                    .record(matches!(result, Ok(()) | Err(TableError::ConditionFailed)));
+                match result {
                     Ok(()) => {
                         state.counter += 1;
                         *lock(&h.renewed_at) = sent;
@@ -303,6 +343,7 @@ impl Inner {
                         }
                     }
                     Err(e) => {
+                        metrics::counter!("kcld_lease_renewal_failures_total").increment(1);
                         tracing::warn!(shard = %h.shard_id, "renewal failed: {e}");
                     }
                 }
@@ -353,15 +394,20 @@ impl Inner {
     fn forget(&self, h: &Held) {
         h.lost.store(true, Ordering::Release);
         h.stop.cancel();
-        lock(&self.held).remove(&h.key);
+        let mut held = lock(&self.held);
+        held.remove(&h.key);
+        metrics::gauge!("kcld_leases_held").set(held.len() as f64);
     }
 
     fn lose(&self, h: &Held, why: &str) {
         if !h.lost.swap(true, Ordering::AcqRel) {
+            metrics::counter!("kcld_leases_lost_total").increment(1);
             tracing::warn!(shard = %h.shard_id, "lease lost: {why}; stopping the shard");
         }
         h.stop.cancel();
-        lock(&self.held).remove(&h.key);
+        let mut held = lock(&self.held);
+        held.remove(&h.key);
+        metrics::gauge!("kcld_leases_held").set(held.len() as f64);
     }
 
     async fn take_round(
@@ -468,6 +514,7 @@ impl Inner {
             };
             match self.table.steal(lease, self.me()).await {
                 Ok(()) => {
+                    metrics::counter!("kcld_leases_stolen_total").increment(1);
                     tracing::info!(
                         shard = %lease.shard_id(),
                         from = lease.owner.as_deref().unwrap_or("?"),
@@ -543,7 +590,12 @@ impl Inner {
             lost: AtomicBool::new(false),
             stop: stop.clone(),
         });
-        lock(&self.held).insert(key, held.clone());
+        {
+            let mut all = lock(&self.held);
+            all.insert(key, held.clone());
+            metrics::gauge!("kcld_leases_held").set(all.len() as f64);
+        }
+        metrics::counter!("kcld_leases_taken_total").increment(1);
         let shard = ShardSpec {
             shard_id: lease.shard_id().to_owned(),
             parents: lease.parents.clone(),
@@ -697,6 +749,7 @@ impl Inner {
             }
         }
         let held: Vec<Arc<Held>> = lock(&self.held).drain().map(|(_, h)| h).collect();
+        metrics::gauge!("kcld_leases_held").set(0.0);
         for h in held {
             if h.lost.swap(true, Ordering::AcqRel) {
                 continue;

@@ -95,6 +95,7 @@ impl LeaseTable {
     pub async fn ensure(&self, wait: Duration) -> Result<(), TableError> {
         let deadline = Instant::now() + wait;
         let mut created = false;
+        let mut warned = false;
         loop {
             match self
                 .client
@@ -124,7 +125,12 @@ impl LeaseTable {
                         created = true;
                         continue;
                     }
-                    TableError::NotFound(_) | TableError::Unavailable(_) => {}
+                    TableError::NotFound(_) => {}
+                    TableError::Unavailable(e) => {
+                        if !std::mem::replace(&mut warned, true) {
+                            tracing::warn!(table = %self.name, "lease table not reachable yet, retrying: {e}");
+                        }
+                    }
                     other => return Err(other),
                 },
             }

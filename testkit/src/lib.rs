@@ -334,7 +334,14 @@ pub struct Kcld {
 impl Kcld {
     /// Starts `binary` with `args` and exactly `env` on top of a clean
     /// environment (PATH and HOME kept), so no stray variable changes it.
+    /// Unless `env` says otherwise, the ops listener takes a free port
+    /// (`KCLD_OPS__LISTEN=127.0.0.1:0`), so instances never collide; see
+    /// [`Kcld::ops_addr`].
     pub fn spawn(binary: &str, args: &[&str], env: &HashMap<String, String>) -> Result<Self> {
+        let mut env = env.clone();
+        env.entry("KCLD_OPS__LISTEN".into())
+            .or_insert_with(|| "127.0.0.1:0".into());
+        let env = &env;
         let mut cmd = Command::new(binary);
         cmd.args(args)
             .env_clear()
@@ -396,6 +403,24 @@ impl Kcld {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// The address of the ops listener, once kcld logged it.
+    pub async fn ops_addr(&self, within: Duration) -> Result<std::net::SocketAddr> {
+        let deadline = Instant::now() + within;
+        loop {
+            let text = self.stderr_text();
+            if let Some(rest) = text.split("metrics and health on http://").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                return addr
+                    .parse()
+                    .with_context(|| format!("ops address {addr:?}"));
+            }
+            if Instant::now() > deadline {
+                bail!("kcld did not open its ops listener:\n{text}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The process id, for signals.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
@@ -434,6 +459,43 @@ impl Kcld {
             }
         }
     }
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    Ok((status, body.to_owned()))
+}
+
+/// The sum of every series of metric `name` in a Prometheus text page, and
+/// how many series there were.
+pub fn metric_sum(page: &str, name: &str) -> (f64, usize) {
+    let mut sum = 0.0;
+    let mut n = 0;
+    for line in page.lines().filter(|l| !l.starts_with('#')) {
+        let series_name = line.split(['{', ' ']).next().unwrap_or_default();
+        if series_name == name {
+            if let Some(v) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+                sum += v;
+                n += 1;
+            }
+        }
+    }
+    (sum, n)
 }
 
 /// A record line of kcld's stdout, decoded.

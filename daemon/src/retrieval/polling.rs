@@ -134,10 +134,24 @@ impl PollingReader {
                     Err(e) => return Err(e),
                 },
             };
-            self.last_call = Some(Instant::now());
-            let response = match self.stream.get_records(&iterator, self.max_records).await {
+            let started = Instant::now();
+            self.last_call = Some(started);
+            let result = self.stream.get_records(&iterator, self.max_records).await;
+            let shard = self.shard_id.to_string();
+            metrics::counter!("kcld_getrecords_calls_total", "shard" => shard.clone()).increment(1);
+            metrics::histogram!("kcld_getrecords_duration_seconds", "shard" => shard.clone())
+                .record(started.elapsed().as_secs_f64());
+            if let Err(e) = &result {
+                metrics::counter!("kcld_kinesis_errors_total", "operation" => "GetRecords", "kind" => e.kind())
+                    .increment(1);
+            }
+            let response = match result {
                 Ok(r) => {
                     self.failures = 0;
+                    if let Some(ms) = r.millis_behind_latest {
+                        metrics::gauge!("kcld_lag_seconds", "shard" => shard)
+                            .set(ms as f64 / 1000.0);
+                    }
                     r
                 }
                 Err(KinesisError::ExpiredIterator) => {
@@ -203,8 +217,32 @@ impl PollingReader {
         Ok(it)
     }
 
-    /// Deaggregation counts worth a person's attention.
+    /// Deaggregation counts: exported, and logged when worth a person's
+    /// attention.
     fn report(&self, before: &kpl::Stats) {
+        let shard = self.shard_id.to_string();
+        for (name, now, then) in [
+            (
+                "kcld_kpl_aggregates_total",
+                self.stats.aggregates,
+                before.aggregates,
+            ),
+            (
+                "kcld_kpl_user_records_total",
+                self.stats.sub_records,
+                before.sub_records,
+            ),
+            ("kcld_kpl_corrupt_total", self.stats.corrupt, before.corrupt),
+            (
+                "kcld_kpl_out_of_range_total",
+                self.stats.out_of_range,
+                before.out_of_range,
+            ),
+        ] {
+            if now > then {
+                metrics::counter!(name, "shard" => shard.clone()).increment(now - then);
+            }
+        }
         let corrupt = self.stats.corrupt - before.corrupt;
         let out_of_range = self.stats.out_of_range - before.out_of_range;
         if corrupt > 0 {
@@ -223,6 +261,10 @@ impl PollingReader {
         let wait = Duration::from_millis(rand::rng().random_range(cap_ms / 2..=cap_ms));
         if self.failures == 1 || self.failures.is_power_of_two() {
             tracing::warn!(shard = %self.shard_id, failures = self.failures, "{error}; retrying in {wait:?}");
+        }
+        if matches!(error, KinesisError::Throttled(_)) {
+            metrics::counter!("kcld_throttles_total", "shard" => self.shard_id.to_string())
+                .increment(1);
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => true,

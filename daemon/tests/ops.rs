@@ -1,0 +1,207 @@
+//! Operations against the local stack: Prometheus metrics after a run,
+//! readiness that follows the lease table, and systemd's notify protocol.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use kcld_testkit::{http_get, metric_sum, sample_records, unique_name, Delivered, Kcld, Stack};
+
+const KCLD: &str = env!("CARGO_BIN_EXE_kcld");
+
+fn env(stack: &Stack, arn: &str) -> HashMap<String, String> {
+    let mut env = stack.consumer_env();
+    env.insert("KCLD_APPLICATION_NAME".into(), unique_name("ops-app"));
+    env.insert("KCLD_STREAM_ARN".into(), arn.into());
+    env.insert("KCLD_INITIAL_POSITION".into(), "TRIM_HORIZON".into());
+    env.insert(
+        "KCLD_POLLING__IDLE_TIME_BETWEEN_READS_MS".into(),
+        "200".into(),
+    );
+    env.insert("KCLD_CHECKPOINT__INTERVAL_MS".into(), "500".into());
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_was_delivered() {
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("metrics"), 2)
+        .await
+        .unwrap();
+    let records = sample_records(60, 9);
+    stack.put_records(&arn, &records).await.unwrap();
+    let mut kcld = Kcld::spawn(KCLD, &["run"], &env(&stack, &arn)).unwrap();
+    let addr = kcld.ops_addr(Duration::from_secs(30)).await.unwrap();
+    let lines = kcld.take_lines(60, Duration::from_secs(60)).await;
+    assert_eq!(lines.len(), 60, "{}", kcld.stderr_text());
+    let bytes: usize = lines
+        .iter()
+        .map(|l| Delivered::parse(l).unwrap().data.len())
+        .sum();
+    // Let a checkpoint land.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let (status, page) = http_get(addr, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric_sum(&page, "kcld_records_delivered_total"),
+        (60.0, 2),
+        "one series per shard:\n{page}"
+    );
+    assert_eq!(
+        metric_sum(&page, "kcld_bytes_delivered_total").0,
+        bytes as f64
+    );
+    assert_eq!(metric_sum(&page, "kcld_leases_held").0, 2.0);
+    assert!(metric_sum(&page, "kcld_leases_taken_total").0 >= 2.0);
+    assert!(metric_sum(&page, "kcld_getrecords_calls_total").0 >= 2.0);
+    assert!(metric_sum(&page, "kcld_getrecords_duration_seconds_count").0 >= 2.0);
+    assert!(metric_sum(&page, "kcld_checkpoints_total").0 >= 2.0);
+    assert_eq!(
+        metric_sum(&page, "kcld_lag_seconds").1,
+        2,
+        "a lag series per shard"
+    );
+    assert!(
+        page.contains(&format!("stream=\"{arn}\"")),
+        "series carry the stream"
+    );
+    assert!(page.contains("shard=\"shardId-000000000000\""));
+
+    assert_eq!(http_get(addr, "/healthz").await.unwrap().0, 200);
+    let (status, body) = http_get(addr, "/readyz").await.unwrap();
+    assert_eq!((status, body.trim()), (200, "ready"));
+    kcld.terminate(Duration::from_secs(25)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_lease_table() {
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("ready"), 1)
+        .await
+        .unwrap();
+    // A DynamoDB emulator of this test's own, so stopping it disturbs
+    // nothing else.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let cli = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/local/node_modules/dynalite/cli.js"
+    );
+    let mut dynalite = tokio::process::Command::new("node")
+        .args([
+            cli,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--createTableMs",
+            "10",
+        ])
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "dynalite did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut vars = env(&stack, &arn);
+    vars.insert(
+        "AWS_ENDPOINT_URL_DYNAMODB".into(),
+        format!("http://127.0.0.1:{port}"),
+    );
+    let kcld = Kcld::spawn(KCLD, &["run"], &vars).unwrap();
+    let addr = kcld.ops_addr(Duration::from_secs(30)).await.unwrap();
+
+    let log = kcld.stderr.clone();
+    let wait_status = |want: u16| {
+        let log = log.clone();
+        async move {
+            let start = Instant::now();
+            loop {
+                let (status, body) = http_get(addr, "/readyz").await.unwrap();
+                if status == want {
+                    return (start.elapsed(), body);
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "/readyz stayed {status}: {body}\n{}",
+                    log.lock().unwrap()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_status(200).await;
+    dynalite.kill().await.unwrap();
+    let (after, body) = wait_status(503).await;
+    eprintln!("unready {after:?} after the lease table went away: {body}");
+    assert!(body.contains("lease_table"), "{body}");
+    assert_eq!(
+        http_get(addr, "/healthz").await.unwrap().0,
+        200,
+        "still alive"
+    );
+    kcld.terminate(Duration::from_secs(30)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tells_systemd_ready_watchdog_and_stopping() {
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("notify"), 1)
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(unique_name("kcld-notify"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
+    let mut vars = env(&stack, &arn);
+    vars.insert("NOTIFY_SOCKET".into(), path.display().to_string());
+    vars.insert("WATCHDOG_USEC".into(), "1000000".into());
+    let kcld = Kcld::spawn(KCLD, &["run"], &vars).unwrap();
+
+    let mut seen: Vec<String> = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(seen.iter().any(|m| m.contains("READY=1"))
+        && seen.iter().any(|m| m.contains("WATCHDOG=1")))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "got {seen:?}\n{}",
+            kcld.stderr_text()
+        );
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf)).await
+        {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    let stderr = kcld.stderr.clone();
+    let exit = tokio::spawn(kcld.terminate(Duration::from_secs(25)));
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while !seen.iter().any(|m| m.contains("STOPPING=1")) {
+        assert!(
+            Instant::now() < deadline,
+            "no STOPPING=1: {seen:?}\n{}",
+            stderr.lock().unwrap()
+        );
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf)).await
+        {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    assert!(exit.await.unwrap().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
