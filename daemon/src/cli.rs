@@ -52,10 +52,39 @@ pub enum Command {
     /// Print the effective configuration (file, environment and defaults
     /// resolved) and exit: 0 when valid, 2 on any error.
     CheckConfig,
+    /// Print, as one JSON document, the resource policy the stream owner
+    /// attaches (kinesis:DescribeStream included), the consumer resource
+    /// policy for enhanced fan-out, the consumer role's IAM policy (stream,
+    /// lease table, KMS key) and the commands that apply them. Reads the
+    /// stream and lease table from the configuration unless given here.
+    Policy(PolicyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PolicyArgs {
+    /// The consumer's IAM role ARN: the principal of the resource policies.
+    #[arg(long, value_name = "ROLE_ARN")]
+    pub consumer_role_arn: String,
+    /// The shared stream (default: stream_arn from the configuration).
+    #[arg(long, value_name = "ARN")]
+    pub stream_arn: Option<String>,
+    /// A shared enhanced fan-out consumer ARN, to read through fan-out.
+    #[arg(long, value_name = "ARN")]
+    pub consumer_arn: Option<String>,
+    /// The stream's customer-managed KMS key, for an encrypted stream.
+    #[arg(long, value_name = "ARN")]
+    pub kms_key_arn: Option<String>,
+    /// The lease table (default: from the configuration, else the
+    /// application name `kcld`).
+    #[arg(long, value_name = "NAME")]
+    pub lease_table: Option<String>,
 }
 
 /// Runs the command; the caller turns errors into one line and an exit code.
 pub async fn run(cli: Cli) -> Result<()> {
+    if let Command::Policy(args) = &cli.command {
+        return print_policy(args, cli.config.as_deref());
+    }
     let mut settings: Settings = kcld_config::load(cli.config.as_deref(), std::env::vars())?;
     if let Some(format) = cli.log_format {
         settings.log.format = match format {
@@ -68,6 +97,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             print!("{}", settings.to_toml());
             Ok(())
         }
+        Command::Policy(_) => Ok(()),
         Command::Run => {
             logging::init(&settings.log.format, &settings.log.level);
             let token = CancellationToken::new();
@@ -77,4 +107,49 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<()> {
+    use kcld_config::{ConfigError, StreamArn};
+    let bad = |key: &str, problem: String, fix: &str| {
+        crate::Error::Config(ConfigError::Other(format!("--{key}: {problem}; {fix}")))
+    };
+    if crate::policy::role_account(&args.consumer_role_arn).is_none() {
+        return Err(bad(
+            "consumer-role-arn",
+            format!("{:?} is not an IAM role ARN", args.consumer_role_arn),
+            "use arn:aws:iam::<account>:role/<name>: resource policies name roles, not users or functions",
+        ));
+    }
+    let (stream, table, table_region) = match &args.stream_arn {
+        Some(arn) => {
+            let stream: StreamArn = arn.parse().map_err(|e: kcld_config::ArnError| {
+                bad("stream-arn", e.to_string(), "pass the stream's ARN")
+            })?;
+            let region = stream.region.clone();
+            (
+                stream,
+                args.lease_table.clone().unwrap_or_else(|| "kcld".into()),
+                region,
+            )
+        }
+        None => {
+            let settings = kcld_config::load(config, std::env::vars())?;
+            let table = args.lease_table.clone().unwrap_or(settings.lease_table);
+            (settings.stream_arn, table, settings.aws.dynamodb_region)
+        }
+    };
+    let doc = crate::policy::policies(&crate::policy::PolicyRequest {
+        stream: &stream,
+        role_arn: &args.consumer_role_arn,
+        consumer_arn: args.consumer_arn.as_deref(),
+        kms_key_arn: args.kms_key_arn.as_deref(),
+        lease_table: &table,
+        lease_table_region: &table_region,
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&doc).map_err(|e| crate::Error::Other(e.to_string()))?
+    );
+    Ok(())
 }

@@ -44,3 +44,133 @@ pub fn access_denied_message(stream: &StreamArn, action: &str, detail: &str) -> 
         owner = stream.account,
     )
 }
+
+/// The actions enhanced fan-out needs on the consumer.
+pub const FAN_OUT_ACTIONS: [&str; 2] =
+    ["kinesis:DescribeStreamConsumer", "kinesis:SubscribeToShard"];
+
+/// What kcld does with its lease table.
+pub const LEASE_TABLE_ACTIONS: [&str; 7] = [
+    "dynamodb:CreateTable",
+    "dynamodb:DescribeTable",
+    "dynamodb:Scan",
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+];
+
+/// Everything `kcld policy` prints.
+pub struct PolicyRequest<'a> {
+    pub stream: &'a StreamArn,
+    /// The consumer's IAM role ARN (the principal).
+    pub role_arn: &'a str,
+    pub consumer_arn: Option<&'a str>,
+    pub kms_key_arn: Option<&'a str>,
+    pub lease_table: &'a str,
+    pub lease_table_region: &'a str,
+}
+
+/// The account of an IAM role ARN, if it is one.
+pub fn role_account(role_arn: &str) -> Option<&str> {
+    let parts: Vec<&str> = role_arn.splitn(6, ':').collect();
+    match parts.as_slice() {
+        ["arn", _, "iam", "", account, resource]
+            if account.len() == 12
+                && account.bytes().all(|b| b.is_ascii_digit())
+                && resource.starts_with("role/") =>
+        {
+            Some(account)
+        }
+        _ => None,
+    }
+}
+
+/// The stream owner's resource policies, the consumer role's policy, and the
+/// CLI commands that attach them, as one JSON document.
+pub fn policies(req: &PolicyRequest<'_>) -> serde_json::Value {
+    let stream = req.stream.to_string();
+    let consumer_account = role_account(req.role_arn).unwrap_or("<consumer-account>");
+    let role_name = req.role_arn.rsplit('/').next().unwrap_or("<consumer-role>");
+    let mut out = serde_json::Map::new();
+    out.insert(
+        "stream_resource_policy".into(),
+        serde_json::json!({ "Version": "2012-10-17", "Statement": [stream_read_statement(req.stream, req.role_arn)] }),
+    );
+    let mut read_actions: Vec<&str> = STREAM_READ_ACTIONS.to_vec();
+    let mut read_resources = vec![stream.clone()];
+    if let Some(consumer) = req.consumer_arn {
+        out.insert(
+            "consumer_resource_policy".into(),
+            serde_json::json!({ "Version": "2012-10-17", "Statement": [{
+                "Sid": "kcld-cross-account-fan-out",
+                "Effect": "Allow",
+                "Principal": { "AWS": req.role_arn },
+                "Action": FAN_OUT_ACTIONS,
+                "Resource": consumer,
+            }]}),
+        );
+        read_actions.extend(FAN_OUT_ACTIONS);
+        read_resources.push(consumer.to_owned());
+    }
+    let table_arn = format!(
+        "arn:{}:dynamodb:{}:{consumer_account}:table/{}",
+        req.stream.partition, req.lease_table_region, req.lease_table
+    );
+    let mut statements = vec![
+        serde_json::json!({ "Sid": "ReadSharedStream", "Effect": "Allow", "Action": read_actions, "Resource": read_resources }),
+        serde_json::json!({ "Sid": "LeaseTable", "Effect": "Allow", "Action": LEASE_TABLE_ACTIONS, "Resource": table_arn }),
+    ];
+    if let Some(key) = req.kms_key_arn {
+        statements.push(serde_json::json!({ "Sid": "DecryptSharedStream", "Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": key }));
+        out.insert(
+            "kms_key_policy_statement".into(),
+            serde_json::json!({
+                "Sid": "kcld-cross-account-decrypt",
+                "Effect": "Allow",
+                "Principal": { "AWS": req.role_arn },
+                "Action": ["kms:Decrypt"],
+                "Resource": "*",
+            }),
+        );
+    }
+    out.insert(
+        "consumer_role_policy".into(),
+        serde_json::json!({ "Version": "2012-10-17", "Statement": statements }),
+    );
+    // Each command names the account to run it in and the field of this
+    // document to save as its policy file.
+    let step = |account: &str, who: &str, saves: &str, command: String| serde_json::json!({ "account": account, "run_by": who, "save_field_as_file": saves, "command": command });
+    let owner = req.stream.account.as_str();
+    let region = req.stream.region.as_str();
+    let mut commands = vec![step(
+        owner,
+        "stream owner",
+        "stream_resource_policy -> stream-policy.json",
+        format!("aws kinesis put-resource-policy --region {region} --resource-arn {stream} --policy file://stream-policy.json"),
+    )];
+    if let Some(consumer) = req.consumer_arn {
+        commands.push(step(
+            owner,
+            "stream owner",
+            "consumer_resource_policy -> consumer-policy.json",
+            format!("aws kinesis put-resource-policy --region {region} --resource-arn {consumer} --policy file://consumer-policy.json"),
+        ));
+    }
+    if let Some(key) = req.kms_key_arn {
+        commands.push(step(
+            owner,
+            "stream owner",
+            "kms_key_policy_statement: add it to the key's policy document -> key-policy.json",
+            format!("aws kms put-key-policy --region {region} --key-id {key} --policy-name default --policy file://key-policy.json"),
+        ));
+    }
+    commands.push(step(
+        consumer_account,
+        "consumer",
+        "consumer_role_policy -> role-policy.json",
+        format!("aws iam put-role-policy --role-name {role_name} --policy-name kcld --policy-document file://role-policy.json"),
+    ));
+    out.insert("commands".into(), serde_json::json!(commands));
+    serde_json::Value::Object(out)
+}

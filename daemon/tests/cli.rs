@@ -198,3 +198,117 @@ async fn a_stream_that_does_not_exist_exits_1_naming_it() {
     let line = one_error_line(&err);
     assert!(line.contains("not found") && line.contains(&arn), "{line}");
 }
+
+#[tokio::test]
+async fn policy_prints_every_action_the_seeds_require() {
+    let stream = "arn:aws:kinesis:us-east-1:111111111111:stream/orders";
+    let role = "arn:aws:iam::222222222222:role/kcld-consumer";
+    let (code, out, err) = run(
+        &[
+            "policy",
+            "--stream-arn",
+            stream,
+            "--consumer-role-arn",
+            role,
+        ],
+        env(&[]),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out.join("\n")).unwrap();
+    let statement = &doc["stream_resource_policy"]["Statement"][0];
+    assert_eq!(
+        statement["Principal"]["AWS"], role,
+        "the principal is the consumer's role"
+    );
+    assert_eq!(statement["Resource"], stream);
+    let actions: Vec<&str> = statement["Action"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for needed in [
+        "kinesis:DescribeStream",
+        "kinesis:DescribeStreamSummary",
+        "kinesis:GetRecords",
+        "kinesis:GetShardIterator",
+        "kinesis:ListShards",
+    ] {
+        assert!(
+            actions.contains(&needed),
+            "{needed} missing from {actions:?}"
+        );
+    }
+    assert!(
+        doc.get("consumer_resource_policy").is_none(),
+        "no fan-out asked for"
+    );
+    let role_policy = doc["consumer_role_policy"]["Statement"].as_array().unwrap();
+    assert!(role_policy
+        .iter()
+        .any(|s| s["Resource"] == "arn:aws:dynamodb:us-east-1:222222222222:table/kcld"));
+    let accounts: Vec<&str> = doc["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["account"].as_str().unwrap())
+        .collect();
+    assert_eq!(accounts, ["111111111111", "222222222222"]);
+}
+
+#[tokio::test]
+async fn policy_for_fan_out_and_an_encrypted_stream() {
+    let consumer =
+        "arn:aws:kinesis:us-east-1:111111111111:stream/orders/consumer/shared:1700000000";
+    let key = "arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let (code, out, err) = run(
+        &[
+            "policy",
+            "--consumer-role-arn",
+            "arn:aws:iam::222222222222:role/kcld-consumer",
+            "--consumer-arn",
+            consumer,
+            "--kms-key-arn",
+            key,
+        ],
+        env(&[
+            ("KCLD_APPLICATION_NAME", "orders-reader"),
+            ("KCLD_STREAM_ARN", ARN),
+        ]),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out.join("\n")).unwrap();
+    let fan_out = &doc["consumer_resource_policy"]["Statement"][0];
+    assert_eq!(fan_out["Resource"], consumer);
+    assert_eq!(
+        fan_out["Action"],
+        serde_json::json!(["kinesis:DescribeStreamConsumer", "kinesis:SubscribeToShard"])
+    );
+    let text = doc["consumer_role_policy"].to_string();
+    assert!(text.contains("kms:Decrypt") && text.contains(key), "{text}");
+    assert!(
+        text.contains("table/orders-reader"),
+        "lease table from the configuration: {text}"
+    );
+    assert_eq!(
+        doc["kms_key_policy_statement"]["Principal"]["AWS"],
+        "arn:aws:iam::222222222222:role/kcld-consumer"
+    );
+
+    // A user ARN is not a principal a resource policy should name.
+    let (code, _, err) = run(
+        &[
+            "policy",
+            "--stream-arn",
+            ARN,
+            "--consumer-role-arn",
+            "arn:aws:iam::222222222222:user/bob",
+        ],
+        env(&[]),
+    )
+    .await;
+    assert_eq!(code, 2);
+    assert!(one_error_line(&err).contains("consumer-role-arn"), "{err}");
+}
