@@ -58,6 +58,17 @@ pub enum Command {
     /// lease table, KMS key) and the commands that apply them. Reads the
     /// stream and lease table from the configuration unless given here.
     Policy(PolicyArgs),
+    /// Show the lease table: every shard's owner, whether its lease is being
+    /// renewed, its checkpoint, parents and children. Lag per shard is in
+    /// each instance's /metrics (kcld_lag_seconds).
+    Status {
+        /// JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How long to watch lease counters to tell live owners.
+        #[arg(long, default_value_t = 2000, value_name = "MS")]
+        sample_ms: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -98,6 +109,21 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Policy(_) => Ok(()),
+        Command::Status { json, sample_ms } => {
+            let leases =
+                crate::status::collect(&settings, std::time::Duration::from_millis(sample_ms))
+                    .await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&leases)
+                        .map_err(|e| crate::Error::Other(e.to_string()))?
+                );
+            } else {
+                print!("{}", crate::status::render(&leases));
+            }
+            Ok(())
+        }
         Command::Run => {
             logging::init(&settings.log.format, &settings.log.level);
             let token = CancellationToken::new();

@@ -14,6 +14,7 @@ pub mod record;
 pub mod retrieval;
 pub mod shutdown;
 pub mod sink;
+pub mod status;
 pub mod stream;
 pub mod worker;
 

@@ -205,3 +205,51 @@ async fn tells_systemd_ready_watchdog_and_stopping() {
     assert!(exit.await.unwrap().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_every_lease() {
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("status"), 2)
+        .await
+        .unwrap();
+    let mut vars = env(&stack, &arn);
+    vars.insert("KCLD_WORKER_ID".into(), "status-worker".into());
+    let records = sample_records(10, 3);
+    stack.put_records(&arn, &records).await.unwrap();
+    let mut kcld = Kcld::spawn(KCLD, &["run"], &vars).unwrap();
+    assert_eq!(kcld.take_lines(10, Duration::from_secs(60)).await.len(), 10);
+    // Let the checkpoints land.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    let mut status =
+        Kcld::spawn(KCLD, &["status", "--json", "--sample-ms", "4000"], &vars).unwrap();
+    let out = status.drain_for(Duration::from_secs(30)).await.join("\n");
+    let leases: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("{e}: {out}\n{}", status.stderr_text()));
+    let leases = leases.as_array().unwrap();
+    assert_eq!(leases.len(), 2, "{out}");
+    for lease in leases {
+        assert_eq!(lease["owner"], "status-worker");
+        assert_eq!(
+            lease["renewing"], true,
+            "the owner renews while status watches: {lease}"
+        );
+        assert!(
+            lease["checkpoint"]
+                .as_str()
+                .unwrap()
+                .bytes()
+                .all(|b| b.is_ascii_digit()),
+            "{lease}"
+        );
+    }
+
+    let mut table = Kcld::spawn(KCLD, &["status", "--sample-ms", "100"], &vars).unwrap();
+    let text = table.drain_for(Duration::from_secs(30)).await.join("\n");
+    assert!(text.starts_with("SHARD"), "{text}");
+    for id in ["shardId-000000000000", "shardId-000000000001"] {
+        assert!(text.contains(id), "{text}");
+    }
+    kcld.terminate(Duration::from_secs(25)).await.unwrap();
+}

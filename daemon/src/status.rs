@@ -1,0 +1,133 @@
+//! `kcld status`: the lease table as a person reads it, or as JSON.
+
+use std::time::Duration;
+
+use kcld_config::Settings;
+use kcld_lease::key::StreamScope;
+use kcld_lease::record::LeaseRecord;
+use kcld_lease::table::LeaseTable;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// One lease as `status` shows it.
+#[derive(Debug, Serialize)]
+pub struct LeaseStatus {
+    pub shard_id: String,
+    pub lease_key: String,
+    pub owner: Option<String>,
+    pub checkpoint: String,
+    pub checkpoint_sub_sequence_number: u64,
+    pub lease_counter: i64,
+    /// The counter moved while `status` watched: the owner is alive.
+    pub renewing: bool,
+    pub parents: Vec<String>,
+    pub children: Vec<String>,
+    /// A KCL 3 handoff (or a kcld graceful steal) in progress.
+    pub checkpoint_owner: Option<String>,
+}
+
+/// Reads the table twice, `sample` apart, to see which leases are renewed.
+pub async fn collect(settings: &Settings, sample: Duration) -> Result<Vec<LeaseStatus>> {
+    let clients = crate::aws::connect(settings).await?;
+    let table = LeaseTable::new(clients.dynamodb, &settings.lease_table);
+    let scope = StreamScope {
+        account: settings.stream_arn.account.clone(),
+        stream_name: settings.stream_arn.stream_name.clone(),
+    };
+    let read = || async {
+        table
+            .scan()
+            .await
+            .map_err(|e| Error::Aws(format!("lease table {}: {e}", settings.lease_table)))
+    };
+    let first = read().await?;
+    tokio::time::sleep(sample).await;
+    let second = read().await?;
+    let mut out: Vec<LeaseStatus> = second
+        .iter()
+        .filter(|l| scope.owns(&l.key))
+        .map(|l| status_of(l, first.iter().find(|f| f.key == l.key)))
+        .collect();
+    out.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
+    Ok(out)
+}
+
+fn status_of(lease: &LeaseRecord, before: Option<&LeaseRecord>) -> LeaseStatus {
+    LeaseStatus {
+        shard_id: lease.shard_id().to_owned(),
+        lease_key: lease.key.render(),
+        owner: lease.owner.clone(),
+        checkpoint: lease.checkpoint.as_str().to_owned(),
+        checkpoint_sub_sequence_number: lease.checkpoint.sub_sequence(),
+        lease_counter: lease.counter,
+        renewing: before.is_some_and(|b| b.counter != lease.counter),
+        parents: lease.parents.clone(),
+        children: lease.children.clone(),
+        checkpoint_owner: lease.checkpoint_owner.clone(),
+    }
+}
+
+/// A plain-text table.
+pub fn render(leases: &[LeaseStatus]) -> String {
+    let headers = [
+        "SHARD",
+        "OWNER",
+        "RENEWING",
+        "CHECKPOINT",
+        "PARENTS",
+        "CHILDREN",
+    ];
+    let rows: Vec<[String; 6]> = leases
+        .iter()
+        .map(|l| {
+            let checkpoint = match l.checkpoint_sub_sequence_number {
+                0 => l.checkpoint.clone(),
+                sub => format!("{}/{sub}", l.checkpoint),
+            };
+            let owner = match (&l.owner, &l.checkpoint_owner) {
+                (Some(o), Some(from)) => format!("{o} (handoff from {from})"),
+                (Some(o), None) => o.clone(),
+                (None, _) => "-".into(),
+            };
+            [
+                l.shard_id.clone(),
+                owner,
+                if l.renewing { "yes" } else { "no" }.into(),
+                checkpoint,
+                join(&l.parents),
+                join(&l.children),
+            ]
+        })
+        .collect();
+    let mut widths = headers.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: &[&str]| -> String {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        s.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(&headers);
+    for row in &rows {
+        out.push_str(&line(&row.iter().map(String::as_str).collect::<Vec<_>>()));
+    }
+    out
+}
+
+fn join(ids: &[String]) -> String {
+    if ids.is_empty() {
+        "-".into()
+    } else {
+        ids.join(",")
+    }
+}
