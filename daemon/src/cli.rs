@@ -58,6 +58,16 @@ pub enum Command {
     /// lease table, KMS key) and the commands that apply them. Reads the
     /// stream and lease table from the configuration unless given here.
     Policy(PolicyArgs),
+    /// Call every API the configuration needs (credentials, the stream's
+    /// describe, list, iterator and read calls, the lease table's reads and
+    /// conditional writes) and print what passed; for each failure, the
+    /// missing action, which account must fix it, and the statement to add.
+    /// Exit 0 only when every check passes.
+    Doctor {
+        /// JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the lease table: every shard's owner, whether its lease is being
     /// renewed, its checkpoint, parents and children. Lag per shard is in
     /// each instance's /metrics (kcld_lag_seconds).
@@ -109,6 +119,25 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Policy(_) => Ok(()),
+        Command::Doctor { json } => {
+            let checks = crate::doctor::run(&settings).await;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&checks)
+                        .map_err(|e| crate::Error::Other(e.to_string()))?
+                );
+            } else {
+                print!("{}", crate::doctor::render(&checks));
+            }
+            let failed = checks.iter().filter(|c| !c.ok).count();
+            if failed > 0 {
+                return Err(crate::Error::Aws(format!(
+                    "doctor: {failed} check(s) failed"
+                )));
+            }
+            Ok(())
+        }
         Command::Status { json, sample_ms } => {
             let leases =
                 crate::status::collect(&settings, std::time::Duration::from_millis(sample_ms))

@@ -6,6 +6,7 @@
 pub mod aws;
 pub mod cli;
 pub mod consumer;
+pub mod doctor;
 pub mod error;
 pub mod logging;
 pub mod ops;

@@ -253,3 +253,81 @@ async fn status_shows_every_lease() {
     }
     kcld.terminate(Duration::from_secs(25)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_passes_then_names_the_missing_action() {
+    use kcld_testkit::fault::{Fault, FaultProxy};
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("doctor"), 2)
+        .await
+        .unwrap();
+    let mut vars = env(&stack, &arn);
+    // The lease table exists (a run creates it), so its reads and writes are checked too.
+    let kcld = Kcld::spawn(KCLD, &["run"], &vars).unwrap();
+    let addr = kcld.ops_addr(Duration::from_secs(30)).await.unwrap();
+    let start = Instant::now();
+    while http_get(addr, "/readyz").await.unwrap().0 != 200 {
+        assert!(start.elapsed() < Duration::from_secs(30), "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    kcld.terminate(Duration::from_secs(25)).await.unwrap();
+
+    let mut ok = Kcld::spawn(KCLD, &["doctor"], &vars).unwrap();
+    let out = ok.drain_for(Duration::from_secs(30)).await.join("\n");
+    let err = ok.stderr.clone();
+    assert_eq!(
+        ok.wait(Duration::from_secs(30)).await.unwrap().code(),
+        Some(0),
+        "{out}\n{}",
+        err.lock().unwrap()
+    );
+    for check in [
+        "credentials",
+        "DescribeStreamSummary",
+        "ListShards",
+        "GetShardIterator",
+        "GetRecords",
+        "Scan",
+        "UpdateItem",
+    ] {
+        assert!(
+            out.lines().any(|l| l.contains(check) && l.contains(" ok ")),
+            "{check} not ok:\n{out}"
+        );
+    }
+
+    // The stream owner's policy forgot GetRecords: the proxy answers it
+    // with AccessDeniedException, the way Kinesis does.
+    let proxy = FaultProxy::start(&stack.kinesis_endpoint).await.unwrap();
+    proxy.fail(
+        "Kinesis_20131202.GetRecords",
+        Fault::access_denied("kinesis:GetRecords"),
+    );
+    vars.insert("AWS_ENDPOINT_URL_KINESIS".into(), proxy.url());
+    let mut denied = Kcld::spawn(KCLD, &["doctor", "--json"], &vars).unwrap();
+    let out = denied.drain_for(Duration::from_secs(30)).await.join("\n");
+    assert_eq!(
+        denied.wait(Duration::from_secs(30)).await.unwrap().code(),
+        Some(1),
+        "{out}"
+    );
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let failed: Vec<&serde_json::Value> = checks.iter().filter(|c| c["ok"] == false).collect();
+    assert_eq!(failed.len(), 1, "only GetRecords fails: {out}");
+    assert_eq!(failed[0]["check"], "GetRecords");
+    let fix = &failed[0]["fix"];
+    assert_eq!(fix["missing_action"], "kinesis:GetRecords");
+    assert!(
+        fix["fixed_by"]
+            .as_str()
+            .unwrap()
+            .contains(&stack.producer_account),
+        "{fix}"
+    );
+    let actions = fix["statement"]["Action"].to_string();
+    assert!(
+        actions.contains("kinesis:GetRecords") && actions.contains("kinesis:DescribeStream"),
+        "{fix}"
+    );
+}

@@ -200,6 +200,50 @@ impl LeaseTable {
         }
     }
 
+    /// Whether the table exists (and has the lease table's key).
+    pub async fn exists(&self) -> Result<bool, TableError> {
+        match self
+            .client
+            .describe_table()
+            .table_name(&self.name)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                if let Some(table) = out.table {
+                    self.check_schema(&table)?;
+                }
+                Ok(true)
+            }
+            Err(e) => match TableError::classify(e, &self.name, "dynamodb:DescribeTable") {
+                TableError::NotFound(_) => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Proves the right to make conditional writes without writing: an
+    /// update conditioned on an item that does not exist, which the service
+    /// refuses with ConditionalCheckFailed after checking permissions.
+    pub async fn probe_conditional_write(&self) -> Result<(), TableError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(Self::key("kcld-doctor-probe-never-written")))
+            .update_expression("SET #c = :one")
+            .condition_expression("attribute_exists(#k)")
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_names("#k", attr::LEASE_KEY)
+            .expression_attribute_values(":one", n(1))
+            .send()
+            .await;
+        match result.map_err(|e| TableError::classify(e, &self.name, "dynamodb:UpdateItem")) {
+            Ok(_) | Err(TableError::ConditionFailed) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every lease in the table (strongly consistent, all pages). Items that
     /// are not leases are skipped; items that cannot be read are logged and
     /// skipped rather than stopping the worker.

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+pub mod fault;
+
 use anyhow::{anyhow, bail, Context, Result};
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::Credentials;

@@ -1,0 +1,236 @@
+//! `kcld doctor`: calls every API the configuration needs, once, and says
+//! for each failure which action is missing, which account must fix it, and
+//! the statement to add.
+
+use kcld_config::Settings;
+use kcld_lease::table::{LeaseTable, TableError};
+use serde_json::json;
+
+use crate::policy;
+use crate::stream::{KinesisError, StartAt, Stream};
+
+/// One row of the report.
+#[derive(Debug, serde::Serialize)]
+pub struct Check {
+    pub check: String,
+    pub ok: bool,
+    pub detail: String,
+    /// For an access failure: what to add, and where.
+    pub fix: Option<Fix>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Fix {
+    pub missing_action: String,
+    pub fixed_by: String,
+    pub statement: serde_json::Value,
+}
+
+struct Report {
+    checks: Vec<Check>,
+}
+
+impl Report {
+    fn pass(&mut self, check: &str, detail: impl Into<String>) {
+        self.checks.push(Check {
+            check: check.into(),
+            ok: true,
+            detail: detail.into(),
+            fix: None,
+        });
+    }
+
+    fn fail(&mut self, check: &str, detail: impl Into<String>, fix: Option<Fix>) {
+        self.checks.push(Check {
+            check: check.into(),
+            ok: false,
+            detail: detail.into(),
+            fix,
+        });
+    }
+}
+
+/// Runs every check; stops at the first one the others depend on.
+pub async fn run(settings: &Settings) -> Vec<Check> {
+    let mut report = Report { checks: Vec::new() };
+    let clients = match crate::aws::connect(settings).await {
+        Ok(c) => {
+            report.pass("credentials", "resolved from the default chain");
+            c
+        }
+        Err(e) => {
+            report.fail("credentials", e.to_string(), None);
+            return report.checks;
+        }
+    };
+    let principal = if settings.sink.invoke_identity_arn.contains(":role/") {
+        settings.sink.invoke_identity_arn.clone()
+    } else {
+        policy::role_placeholder(None)
+    };
+    let stream = Stream::new(clients.kinesis.clone(), settings.stream_arn.clone());
+    let kinesis_fix = |action: &str| {
+        Fix {
+        missing_action: action.to_owned(),
+        fixed_by: format!(
+            "the stream owner (account {}) in the stream's resource policy, and the consumer in its role's IAM policy",
+            settings.stream_arn.account
+        ),
+        statement: policy::stream_read_statement(&settings.stream_arn, &principal),
+    }
+    };
+    let kinesis =
+        |report: &mut Report, check: &str, result: Result<String, KinesisError>| -> bool {
+            match result {
+                Ok(detail) => {
+                    report.pass(check, detail);
+                    true
+                }
+                Err(KinesisError::AccessDenied { action, message }) => {
+                    report.fail(check, message, Some(kinesis_fix(action)));
+                    false
+                }
+                Err(e) => {
+                    report.fail(check, e.to_string(), None);
+                    false
+                }
+            }
+        };
+
+    let described = stream.describe().await.map(|s| {
+        format!(
+            "{} with {} open shards, encryption {}",
+            s.status, s.open_shards, s.encryption
+        )
+    });
+    let stream_ok = kinesis(&mut report, "DescribeStreamSummary", described);
+    if stream_ok {
+        let shards = stream.list_shards(1000).await;
+        let first = shards
+            .as_ref()
+            .ok()
+            .and_then(|s| s.first().map(|s| s.shard_id.clone()));
+        let listed = shards.map(|s| format!("{} shards", s.len()));
+        if kinesis(&mut report, "ListShards", listed) {
+            if let Some(shard) = first {
+                let iterator = stream.shard_iterator(&shard, &StartAt::Latest).await;
+                let it = iterator.as_ref().ok().cloned();
+                if kinesis(
+                    &mut report,
+                    "GetShardIterator",
+                    iterator.map(|_| format!("{shard} at LATEST")),
+                ) {
+                    if let Some(it) = it {
+                        let records = stream
+                            .get_records(&it, 1)
+                            .await
+                            .map(|r| format!("{} record(s) read", r.records.len()));
+                        kinesis(&mut report, "GetRecords", records);
+                    }
+                }
+            }
+        }
+    }
+
+    let table = LeaseTable::new(clients.dynamodb.clone(), &settings.lease_table);
+    let table_arn = format!(
+        "arn:{}:dynamodb:{}:<consumer-account>:table/{}",
+        settings.stream_arn.partition, settings.aws.dynamodb_region, settings.lease_table
+    );
+    let dynamo_fix = |action: &str| Fix {
+        missing_action: action.to_owned(),
+        fixed_by: "the consumer account, in the consumer role's IAM policy".into(),
+        statement: json!({ "Sid": "LeaseTable", "Effect": "Allow", "Action": policy::LEASE_TABLE_ACTIONS, "Resource": table_arn }),
+    };
+    let dynamo = |report: &mut Report,
+                  check: &str,
+                  action: &str,
+                  result: Result<String, TableError>|
+     -> bool {
+        match result {
+            Ok(detail) => {
+                report.pass(check, detail);
+                true
+            }
+            Err(TableError::AccessDenied(message)) => {
+                report.fail(check, message, Some(dynamo_fix(action)));
+                false
+            }
+            Err(e) => {
+                report.fail(check, e.to_string(), None);
+                false
+            }
+        }
+    };
+    match table.exists().await {
+        Ok(false) => report.pass(
+            "lease table",
+            format!(
+                "{} does not exist yet: kcld creates it at start (dynamodb:CreateTable)",
+                settings.lease_table
+            ),
+        ),
+        Ok(true) => {
+            if dynamo(
+                &mut report,
+                "lease table read (Scan)",
+                "dynamodb:Scan",
+                table.scan().await.map(|l| format!("{} lease(s)", l.len())),
+            ) {
+                dynamo(
+                    &mut report,
+                    "lease table conditional write (UpdateItem)",
+                    "dynamodb:UpdateItem",
+                    table
+                        .probe_conditional_write()
+                        .await
+                        .map(|()| "allowed (nothing written)".into()),
+                );
+            }
+        }
+        Err(e) => {
+            let result: Result<String, TableError> = Err(e);
+            dynamo(
+                &mut report,
+                "lease table (DescribeTable)",
+                "dynamodb:DescribeTable",
+                result,
+            );
+        }
+    }
+    report.checks
+}
+
+/// The report as a table a person reads.
+pub fn render(checks: &[Check]) -> String {
+    let width = checks
+        .iter()
+        .map(|c| c.check.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut out = format!("{:<width$}  RESULT  DETAIL\n", "CHECK");
+    for c in checks {
+        out.push_str(&format!(
+            "{:<width$}  {:<6}  {}\n",
+            c.check,
+            if c.ok { "ok" } else { "FAILED" },
+            c.detail
+        ));
+        if let Some(fix) = &c.fix {
+            out.push_str(&format!(
+                "{:<width$}          missing action: {}\n",
+                "", fix.missing_action
+            ));
+            out.push_str(&format!(
+                "{:<width$}          fixed by: {}\n",
+                "", fix.fixed_by
+            ));
+            out.push_str(&format!(
+                "{:<width$}          statement to add: {}\n",
+                "", fix.statement
+            ));
+        }
+    }
+    out
+}
