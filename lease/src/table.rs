@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType, TableStatus,
@@ -301,6 +302,57 @@ impl LeaseTable {
         Item::from([(attr::LEASE_KEY.to_owned(), s(lease_key.to_owned()))])
     }
 
+    /// An UpdateItem on one lease that moves its counter from `counter` to
+    /// `counter + 1`, conditioned on it (`#c`, `:expected`, `:next`); with
+    /// `owner`, `#o` and `:owner` are defined too. The caller adds the rest
+    /// of the update and condition: every write of the protocol is one of
+    /// these.
+    fn counter_update(
+        &self,
+        lease_key: &str,
+        counter: i64,
+        owner: Option<&str>,
+    ) -> UpdateItemFluentBuilder {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(Self::key(lease_key)))
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_values(":next", n(counter + 1))
+            .expression_attribute_values(":expected", n(counter));
+        if let Some(owner) = owner {
+            req = req
+                .expression_attribute_names("#o", attr::LEASE_OWNER)
+                .expression_attribute_values(":owner", s(owner.to_owned()));
+        }
+        req
+    }
+
+    /// Adds the names and values of a checkpoint write (`#cp`, `#cps`,
+    /// `#sw`, `#pc`, `#pcs`, `#pst`, `:cp`, `:cps`, `:zero`).
+    fn with_checkpoint(
+        req: UpdateItemFluentBuilder,
+        checkpoint: &Checkpoint,
+    ) -> UpdateItemFluentBuilder {
+        req.expression_attribute_names("#cp", attr::CHECKPOINT)
+            .expression_attribute_names("#cps", attr::CHECKPOINT_SUB)
+            .expression_attribute_names("#sw", attr::OWNER_SWITCHES)
+            .expression_attribute_names("#pc", attr::PENDING_CHECKPOINT)
+            .expression_attribute_names("#pcs", attr::PENDING_CHECKPOINT_SUB)
+            .expression_attribute_names("#pst", attr::PENDING_CHECKPOINT_STATE)
+            .expression_attribute_values(":cp", s(checkpoint.as_str().to_owned()))
+            .expression_attribute_values(":cps", n(checkpoint.sub_sequence() as i64))
+            .expression_attribute_values(":zero", n(0))
+    }
+
+    async fn send(&self, req: UpdateItemFluentBuilder) -> Result<(), TableError> {
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| TableError::classify(e, &self.name, "dynamodb:UpdateItem"))
+    }
+
     /// Renewal: counter + 1, if the counter and owner are as expected and no
     /// handoff is pending.
     pub async fn renew(
@@ -309,55 +361,30 @@ impl LeaseTable {
         counter: i64,
         owner: &str,
     ) -> Result<(), TableError> {
-        self.client
-            .update_item()
-            .table_name(&self.name)
-            .set_key(Some(Self::key(lease_key)))
+        let req = self
+            .counter_update(lease_key, counter, Some(owner))
             .update_expression("SET #c = :next")
             .condition_expression("#c = :expected AND #o = :owner AND attribute_not_exists(#co)")
-            .expression_attribute_names("#c", attr::LEASE_COUNTER)
-            .expression_attribute_names("#o", attr::LEASE_OWNER)
-            .expression_attribute_names("#co", attr::CHECKPOINT_OWNER)
-            .expression_attribute_values(":next", n(counter + 1))
-            .expression_attribute_values(":expected", n(counter))
-            .expression_attribute_values(":owner", s(owner.to_owned()))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| TableError::classify(e, &self.name, "dynamodb:UpdateItem"))
+            .expression_attribute_names("#co", attr::CHECKPOINT_OWNER);
+        self.send(req).await
     }
 
     /// Taking: this worker becomes the owner, counter + 1, if the counter is
     /// still the one observed. Counts an owner switch when it had an owner.
     pub async fn take(&self, lease: &LeaseRecord, me: &str) -> Result<(), TableError> {
         let switched = lease.owner.as_deref().is_some_and(|o| o != me);
-        let update = if switched {
-            "SET #o = :me, #c = :next ADD #sw :one REMOVE #co"
-        } else {
-            "SET #o = :me, #c = :next REMOVE #co"
-        };
         let mut req = self
-            .client
-            .update_item()
-            .table_name(&self.name)
-            .set_key(Some(Self::key(&lease.key.render())))
-            .update_expression(update)
+            .counter_update(&lease.key.render(), lease.counter, Some(me))
             .condition_expression("#c = :expected")
-            .expression_attribute_names("#c", attr::LEASE_COUNTER)
-            .expression_attribute_names("#o", attr::LEASE_OWNER)
-            .expression_attribute_names("#co", attr::CHECKPOINT_OWNER)
-            .expression_attribute_values(":me", s(me.to_owned()))
-            .expression_attribute_values(":next", n(lease.counter + 1))
-            .expression_attribute_values(":expected", n(lease.counter));
-        if switched {
-            req = req
+            .expression_attribute_names("#co", attr::CHECKPOINT_OWNER);
+        req = if switched {
+            req.update_expression("SET #o = :owner, #c = :next ADD #sw :one REMOVE #co")
                 .expression_attribute_names("#sw", attr::OWNER_SWITCHES)
-                .expression_attribute_values(":one", n(1));
-        }
-        req.send()
-            .await
-            .map(|_| ())
-            .map_err(|e| TableError::classify(e, &self.name, "dynamodb:UpdateItem"))
+                .expression_attribute_values(":one", n(1))
+        } else {
+            req.update_expression("SET #o = :owner, #c = :next REMOVE #co")
+        };
+        self.send(req).await
     }
 
     /// A checkpoint as the KCL's `updateLease` writes it: counter + 1, the
@@ -376,36 +403,18 @@ impl LeaseTable {
             update.push_str(", #ch = :ch");
         }
         update.push_str(" REMOVE #pc, #pcs, #pst");
-        let mut req = self
-            .client
-            .update_item()
-            .table_name(&self.name)
-            .set_key(Some(Self::key(lease_key)))
-            .update_expression(update)
-            .condition_expression("#c = :expected AND #o = :owner")
-            .expression_attribute_names("#c", attr::LEASE_COUNTER)
-            .expression_attribute_names("#o", attr::LEASE_OWNER)
-            .expression_attribute_names("#cp", attr::CHECKPOINT)
-            .expression_attribute_names("#cps", attr::CHECKPOINT_SUB)
-            .expression_attribute_names("#sw", attr::OWNER_SWITCHES)
-            .expression_attribute_names("#pc", attr::PENDING_CHECKPOINT)
-            .expression_attribute_names("#pcs", attr::PENDING_CHECKPOINT_SUB)
-            .expression_attribute_names("#pst", attr::PENDING_CHECKPOINT_STATE)
-            .expression_attribute_values(":next", n(counter + 1))
-            .expression_attribute_values(":expected", n(counter))
-            .expression_attribute_values(":owner", s(owner.to_owned()))
-            .expression_attribute_values(":cp", s(checkpoint.as_str().to_owned()))
-            .expression_attribute_values(":cps", n(checkpoint.sub_sequence() as i64))
-            .expression_attribute_values(":zero", n(0));
+        let mut req = Self::with_checkpoint(
+            self.counter_update(lease_key, counter, Some(owner)),
+            checkpoint,
+        )
+        .update_expression(update)
+        .condition_expression("#c = :expected AND #o = :owner");
         if !children.is_empty() {
             req = req
                 .expression_attribute_names("#ch", attr::CHILD_SHARD_IDS)
                 .expression_attribute_values(":ch", AttributeValue::Ss(children.to_vec()));
         }
-        req.send()
-            .await
-            .map(|_| ())
-            .map_err(|e| TableError::classify(e, &self.name, "dynamodb:UpdateItem"))
+        self.send(req).await
     }
 
     /// One lease, read strongly consistent; `None` when it is gone.
@@ -430,25 +439,15 @@ impl LeaseTable {
     /// batch, writes a last checkpoint and steps aside.
     pub async fn steal(&self, lease: &LeaseRecord, me: &str) -> Result<(), TableError> {
         let victim = lease.owner.clone().unwrap_or_default();
-        self.client
-            .update_item()
-            .table_name(&self.name)
-            .set_key(Some(Self::key(&lease.key.render())))
-            .update_expression("SET #o = :me, #co = :victim, #c = :next ADD #sw :one")
+        let req = self
+            .counter_update(&lease.key.render(), lease.counter, Some(me))
+            .update_expression("SET #o = :owner, #co = :victim, #c = :next ADD #sw :one")
             .condition_expression("#c = :expected AND #o = :victim AND attribute_not_exists(#co)")
-            .expression_attribute_names("#c", attr::LEASE_COUNTER)
-            .expression_attribute_names("#o", attr::LEASE_OWNER)
             .expression_attribute_names("#co", attr::CHECKPOINT_OWNER)
             .expression_attribute_names("#sw", attr::OWNER_SWITCHES)
-            .expression_attribute_values(":me", s(me.to_owned()))
             .expression_attribute_values(":victim", s(victim))
-            .expression_attribute_values(":next", n(lease.counter + 1))
-            .expression_attribute_values(":expected", n(lease.counter))
-            .expression_attribute_values(":one", n(1))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| TableError::classify(e, &self.name, "dynamodb:UpdateItem"))
+            .expression_attribute_values(":one", n(1));
+        self.send(req).await
     }
 
     /// The old owner's side of a handoff: the last checkpoint (if any) and
@@ -461,39 +460,18 @@ impl LeaseTable {
         me: &str,
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), TableError> {
-        let update = if checkpoint.is_some() {
-            "SET #c = :next, #cp = :cp, #cps = :cps, #sw = :zero REMOVE #co, #pc, #pcs, #pst"
-        } else {
-            "SET #c = :next REMOVE #co"
-        };
         let mut req = self
-            .client
-            .update_item()
-            .table_name(&self.name)
-            .set_key(Some(Self::key(lease_key)))
-            .update_expression(update)
+            .counter_update(lease_key, counter, None)
             .condition_expression("#c = :expected AND #co = :me")
-            .expression_attribute_names("#c", attr::LEASE_COUNTER)
             .expression_attribute_names("#co", attr::CHECKPOINT_OWNER)
-            .expression_attribute_values(":next", n(counter + 1))
-            .expression_attribute_values(":expected", n(counter))
             .expression_attribute_values(":me", s(me.to_owned()));
-        if let Some(cp) = checkpoint {
-            req = req
-                .expression_attribute_names("#cp", attr::CHECKPOINT)
-                .expression_attribute_names("#cps", attr::CHECKPOINT_SUB)
-                .expression_attribute_names("#sw", attr::OWNER_SWITCHES)
-                .expression_attribute_names("#pc", attr::PENDING_CHECKPOINT)
-                .expression_attribute_names("#pcs", attr::PENDING_CHECKPOINT_SUB)
-                .expression_attribute_names("#pst", attr::PENDING_CHECKPOINT_STATE)
-                .expression_attribute_values(":cp", s(cp.as_str().to_owned()))
-                .expression_attribute_values(":cps", n(cp.sub_sequence() as i64))
-                .expression_attribute_values(":zero", n(0));
-        }
-        req.send()
-            .await
-            .map(|_| ())
-            .map_err(|e| TableError::classify(e, &self.name, "dynamodb:UpdateItem"))
+        req = match checkpoint {
+            Some(cp) => Self::with_checkpoint(req, cp).update_expression(
+                "SET #c = :next, #cp = :cp, #cps = :cps, #sw = :zero REMOVE #co, #pc, #pcs, #pst",
+            ),
+            None => req.update_expression("SET #c = :next REMOVE #co"),
+        };
+        self.send(req).await
     }
 
     /// Release: no owner, counter + 1, so that another worker takes the
@@ -504,22 +482,12 @@ impl LeaseTable {
         counter: i64,
         owner: &str,
     ) -> Result<(), TableError> {
-        self.client
-            .update_item()
-            .table_name(&self.name)
-            .set_key(Some(Self::key(lease_key)))
+        let req = self
+            .counter_update(lease_key, counter, Some(owner))
             .update_expression("SET #c = :next REMOVE #o, #co")
             .condition_expression("#c = :expected AND #o = :owner")
-            .expression_attribute_names("#c", attr::LEASE_COUNTER)
-            .expression_attribute_names("#o", attr::LEASE_OWNER)
-            .expression_attribute_names("#co", attr::CHECKPOINT_OWNER)
-            .expression_attribute_values(":next", n(counter + 1))
-            .expression_attribute_values(":expected", n(counter))
-            .expression_attribute_values(":owner", s(owner.to_owned()))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| TableError::classify(e, &self.name, "dynamodb:UpdateItem"))
+            .expression_attribute_names("#co", attr::CHECKPOINT_OWNER);
+        self.send(req).await
     }
 
     /// Deletes a finished lease if nobody wrote it since it was read.

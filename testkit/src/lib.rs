@@ -287,6 +287,43 @@ impl Stack {
         }
     }
 
+    /// A lease table created the way the KCL creates one (`leaseKey` S as
+    /// the only key, on demand), in the consumer account; waits until it is
+    /// ACTIVE. Also used to create a table of another shape (`key`).
+    pub async fn create_table(&self, name: &str, key: &str) -> Result<()> {
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+            TableStatus,
+        };
+        let ddb = self.consumer_dynamodb().await;
+        ddb.create_table()
+            .table_name(name)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(key)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(key)
+                    .key_type(KeyType::Hash)
+                    .build()?,
+            )
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await
+            .with_context(|| format!("CreateTable {name}"))?;
+        for _ in 0..100 {
+            let out = ddb.describe_table().table_name(name).send().await?;
+            if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("table {name} did not become ACTIVE")
+    }
+
     /// `leaseKey` -> `leaseOwner` for every lease item (None = unowned).
     pub async fn lease_owners(&self, table: &str) -> Result<HashMap<String, Option<String>>> {
         Ok(self
