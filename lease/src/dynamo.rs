@@ -415,7 +415,9 @@ impl Inner {
         observations: &mut Observations,
         scan_failing: &mut bool,
     ) {
-        let leases = match self.table.scan().await {
+        let scanned = self.table.scan().await;
+        self.health.record(scanned.is_ok());
+        let leases = match scanned {
             Ok(l) => {
                 if std::mem::take(scan_failing) {
                     tracing::info!("lease table reachable again");
