@@ -116,6 +116,13 @@ struct RawSink {
     #[serde(rename = "type")]
     kind: Option<String>,
     invoke_identity_arn: Option<String>,
+    url: Option<String>,
+    batch_size: Option<i64>,
+    max_retry_attempts: Option<i64>,
+    max_record_age_seconds: Option<i64>,
+    bisect_on_error: Option<bool>,
+    on_failure_file: Option<String>,
+    timeout_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -230,6 +237,8 @@ pub struct PollingSettings {
 #[serde(rename_all = "lowercase")]
 pub enum SinkKind {
     Stdout,
+    /// POST batches in the Lambda Kinesis event shape to `sink.url`.
+    Http,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -238,6 +247,26 @@ pub struct SinkSettings {
     pub kind: SinkKind,
     /// `invokeIdentityArn` of each record; empty when not configured.
     pub invoke_identity_arn: String,
+    pub http: Option<HttpSinkSettings>,
+}
+
+/// The HTTP sink, with the semantics of a Lambda event source mapping.
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpSinkSettings {
+    pub url: String,
+    /// Records per request, 1 to 10,000.
+    pub batch_size: usize,
+    /// Attempts per record before it goes to the failure file; `None` =
+    /// until the application takes it.
+    pub max_retry_attempts: Option<u32>,
+    /// Age past which a failing record goes to the failure file.
+    pub max_record_age_seconds: Option<u64>,
+    /// On an error, split the batch in two and retry each half.
+    pub bisect_on_error: bool,
+    /// Where records that exhausted their retries are written (JSON lines)
+    /// before they are checkpointed past.
+    pub on_failure_file: Option<PathBuf>,
+    pub timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -521,18 +550,24 @@ fn validate(raw: RawSettings, env: &HashMap<String, String>) -> Result<Settings,
         ));
     }
 
-    let kind = match non_empty(raw.sink.kind)
+    let kind = match non_empty(raw.sink.kind.clone())
         .unwrap_or_else(|| "stdout".into())
         .as_str()
     {
         "stdout" => SinkKind::Stdout,
+        "http" => SinkKind::Http,
         other => {
             return Err(ConfigError::key(
                 "sink.type",
                 format!("{other:?} is not a sink"),
-                "use stdout",
+                "use stdout or http",
             ))
         }
+    };
+    let http = if kind == SinkKind::Http {
+        Some(validate_http_sink(&raw.sink)?)
+    } else {
+        None
     };
     let invoke_identity_arn = non_empty(raw.sink.invoke_identity_arn)
         .or_else(|| aws.assume_role.as_ref().map(|r| r.role_arn.clone()))
@@ -584,6 +619,7 @@ fn validate(raw: RawSettings, env: &HashMap<String, String>) -> Result<Settings,
         sink: SinkSettings {
             kind,
             invoke_identity_arn,
+            http,
         },
         log: LogSettings { format, level },
         ops: OpsSettings { listen },
@@ -674,6 +710,80 @@ fn validate_aws(
         dynamodb_region: non_empty(raw.dynamodb_region).unwrap_or_else(|| stream.region.clone()),
         ca_file,
         assume_role,
+    })
+}
+
+fn validate_http_sink(raw: &RawSink) -> Result<HttpSinkSettings, ConfigError> {
+    let url = non_empty(raw.url.clone()).ok_or_else(|| {
+        ConfigError::key(
+            "sink.url",
+            "is required with sink.type = \"http\"",
+            "set the application's endpoint, e.g. http://127.0.0.1:8080/kinesis",
+        )
+    })?;
+    if !url.starts_with("http://") {
+        return Err(ConfigError::key(
+            "sink.url",
+            format!("{url:?} is not an http:// URL"),
+            "the HTTP sink talks to an application beside it, over plain HTTP: use http://127.0.0.1:<port>/<path>",
+        ));
+    }
+    let batch_size = raw.batch_size.unwrap_or(100);
+    if !(1..=10_000).contains(&batch_size) {
+        return Err(ConfigError::key(
+            "sink.batch_size",
+            format!("{batch_size} is out of range"),
+            "use 1 to 10000",
+        ));
+    }
+    let max_retry_attempts = match raw.max_retry_attempts.unwrap_or(-1) {
+        -1 => None,
+        n if (0..=10_000).contains(&n) => Some(n as u32),
+        n => {
+            return Err(ConfigError::key(
+                "sink.max_retry_attempts",
+                format!("{n} is out of range"),
+                "use -1 (retry until taken) or 0 to 10000",
+            ))
+        }
+    };
+    let max_record_age_seconds = match raw.max_record_age_seconds.unwrap_or(-1) {
+        -1 => None,
+        n if (1..=604_800).contains(&n) => Some(n as u64),
+        n => {
+            return Err(ConfigError::key(
+                "sink.max_record_age_seconds",
+                format!("{n} is out of range"),
+                "use -1 (no limit) or 1 to 604800",
+            ))
+        }
+    };
+    let on_failure_file = non_empty(raw.on_failure_file.clone()).map(PathBuf::from);
+    if (max_retry_attempts.is_some() || max_record_age_seconds.is_some())
+        && on_failure_file.is_none()
+    {
+        return Err(ConfigError::key(
+            "sink.on_failure_file",
+            "is required when sink.max_retry_attempts or sink.max_record_age_seconds limits retries",
+            "name a file for records that exhaust their retries; without it they would be lost",
+        ));
+    }
+    let timeout_ms = raw.timeout_ms.unwrap_or(30_000);
+    if !(100..=900_000).contains(&timeout_ms) {
+        return Err(ConfigError::key(
+            "sink.timeout_ms",
+            format!("{timeout_ms} is out of range"),
+            "use 100 to 900000",
+        ));
+    }
+    Ok(HttpSinkSettings {
+        url,
+        batch_size: batch_size as usize,
+        max_retry_attempts,
+        max_record_age_seconds,
+        bisect_on_error: raw.bisect_on_error.unwrap_or(false),
+        on_failure_file,
+        timeout_ms: timeout_ms as u64,
     })
 }
 

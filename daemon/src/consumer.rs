@@ -108,12 +108,18 @@ pub async fn run(
         };
         match prefetched.fetched {
             Fetched::Records(batch) => {
-                if !deliver(&*sink, &batch, &grant).await? {
+                let confirmed = deliver(&*sink, &batch, &grant).await?;
+                if confirmed > 0 {
+                    progress.confirmed = Some(batch.records[confirmed - 1].position());
+                    progress.unwritten += confirmed as u64;
+                }
+                if confirmed < batch.records.len() {
+                    // Stopped before the application took the rest: it is
+                    // neither confirmed nor checkpointed, and is read again
+                    // by whoever holds the lease next.
                     return stop(&grant, &mut progress).await;
                 }
                 record_delivery(&shard_id, &batch);
-                progress.confirmed = batch.last_position();
-                progress.unwritten += batch.records.len() as u64;
                 if progress.due(&policy) && !write(&grant, &mut progress).await? {
                     return stop(&grant, &mut progress).await;
                 }
@@ -191,14 +197,16 @@ async fn stop(grant: &Grant, progress: &mut Progress) -> Result<Outcome, Error> 
 
 /// Offers the batch until the sink confirms it. While the application is
 /// down the same batch is offered again after a growing pause, and nothing
-/// is checkpointed; shutdown does not interrupt a delivery already started.
-/// Returns false when the lease was lost (or shutdown began) before the
-/// application confirmed the batch.
-async fn deliver(sink: &dyn Sink, batch: &Batch, grant: &Grant) -> Result<bool, Error> {
+/// is checkpointed; shutdown does not interrupt a delivery already started
+/// unless the sink itself is retrying. Returns how many records of the batch
+/// are confirmed: all of them, or a prefix when the lease was lost (or
+/// shutdown began) first.
+async fn deliver(sink: &dyn Sink, batch: &Batch, grant: &Grant) -> Result<usize, Error> {
     let mut attempt = 0u32;
     loop {
-        match sink.deliver(batch).await {
-            Ok(()) => return Ok(true),
+        match sink.deliver(batch, &grant.stop).await {
+            Ok(()) => return Ok(batch.records.len()),
+            Err(SinkError::Stopped { confirmed }) => return Ok(confirmed.min(batch.records.len())),
             Err(SinkError::Fatal(e)) => {
                 metrics::counter!("kcld_sink_failures_total", "shard" => batch.shard_id.to_string()).increment(1);
                 return Err(Error::Sink(e));
@@ -213,7 +221,7 @@ async fn deliver(sink: &dyn Sink, batch: &Batch, grant: &Grant) -> Result<bool, 
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = grant.stop.cancelled() => return Ok(false),
+                    _ = grant.stop.cancelled() => return Ok(0),
                 }
             }
         }

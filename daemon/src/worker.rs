@@ -103,7 +103,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> 
 
     health.leases_started();
     ops::systemd::ready();
-    let sink = sink::from_settings(&settings);
+    let sink = sink::from_settings(&settings)?;
     let policy = CheckpointPolicy::from(&settings.checkpoint);
     let budget = Duration::from_millis(settings.shutdown_timeout_ms);
     let prefetch_bytes = settings.polling.prefetch_bytes as usize;

@@ -5,10 +5,12 @@
 use std::sync::Arc;
 
 use kcld_config::{Settings, SinkKind};
+use tokio_util::sync::CancellationToken;
 
 use crate::record::Batch;
 
 pub mod event;
+pub mod http;
 pub mod stdout;
 
 /// Why a sink did not confirm a batch.
@@ -21,19 +23,31 @@ pub enum SinkError {
     /// The sink cannot work anymore (its output is closed): stop the daemon.
     #[error("{0}")]
     Fatal(String),
+    /// `stop` fired while the application still had records to take: the
+    /// first `confirmed` records of the batch are confirmed, the rest not.
+    #[error("stopped with {confirmed} records of the batch confirmed")]
+    Stopped { confirmed: usize },
 }
 
 /// Delivers batches of one shard's records to the application.
+///
+/// This is the seam for embedding kcld as a library: implement it to hand
+/// records to your own code. kcld checkpoints a record only after `deliver`
+/// confirmed it, and reads nothing new for the shard while a batch is in
+/// flight.
 #[async_trait::async_trait]
 pub trait Sink: Send + Sync {
-    /// Returns once the application has every record of `batch`.
-    async fn deliver(&self, batch: &Batch) -> Result<(), SinkError>;
+    /// Returns once the application has every record of `batch` (or they
+    /// went to a failure destination). A sink that retries should watch
+    /// `stop` and return [`SinkError::Stopped`] with the confirmed prefix.
+    async fn deliver(&self, batch: &Batch, stop: &CancellationToken) -> Result<(), SinkError>;
 }
 
 /// The sink the configuration names.
-pub fn from_settings(settings: &Settings) -> Arc<dyn Sink> {
+pub fn from_settings(settings: &Settings) -> Result<Arc<dyn Sink>, crate::Error> {
     let context = event::EventContext::from_settings(settings);
-    match settings.sink.kind {
-        SinkKind::Stdout => Arc::new(stdout::StdoutSink::new(context)),
-    }
+    Ok(match (&settings.sink.kind, &settings.sink.http) {
+        (SinkKind::Http, Some(http)) => Arc::new(http::HttpSink::new(context, http.clone())?),
+        _ => Arc::new(stdout::StdoutSink::new(context)),
+    })
 }

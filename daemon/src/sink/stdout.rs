@@ -5,6 +5,7 @@
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use super::event::{write_record, EventContext};
 use super::{Sink, SinkError};
@@ -26,7 +27,7 @@ impl StdoutSink {
 
 #[async_trait::async_trait]
 impl Sink for StdoutSink {
-    async fn deliver(&self, batch: &Batch) -> Result<(), SinkError> {
+    async fn deliver(&self, batch: &Batch, _stop: &CancellationToken) -> Result<(), SinkError> {
         let mut buf = Vec::with_capacity(batch.records.len() * 512);
         for record in &batch.records {
             write_record(&mut buf, &self.context, &batch.shard_id, record);

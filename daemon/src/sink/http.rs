@@ -1,0 +1,331 @@
+//! The HTTP sink: POSTs batches in the Lambda Kinesis event shape
+//! (`{"Records": [...]}`) to the application beside kcld, with the semantics
+//! of a Lambda event source mapping:
+//!
+//! - at most `batch_size` records per request, in shard order;
+//! - a 2xx response confirms the request, except that a body
+//!   `{"batchItemFailures":[{"itemIdentifier":"<sequenceNumber>"}]}`
+//!   (ReportBatchItemFailures) confirms only the records before the first
+//!   failed one, and the rest is sent again;
+//! - any other answer, or none, is retried with exponential back-off; with
+//!   `bisect_on_error` a failing request is split in two and each half
+//!   tried, in order, down to single records (a split is not a retry), to
+//!   isolate a record the application cannot take;
+//! - past `max_retry_attempts` or `max_record_age_seconds`, the failing
+//!   records are appended to `on_failure_file` (flushed to disk) and only
+//!   then count as confirmed. Without limits, records are retried until the
+//!   application takes them: nothing is ever skipped silently.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use kcld_config::HttpSinkSettings;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::event::{write_record, EventContext};
+use super::{Sink, SinkError};
+use crate::error::Error;
+use crate::record::{Batch, Record};
+
+pub struct HttpSink {
+    context: EventContext,
+    settings: HttpSinkSettings,
+    uri: hyper::Uri,
+    client: Client<HttpConnector, Full<Bytes>>,
+    failures: Option<Mutex<tokio::fs::File>>,
+}
+
+/// What one request achieved, for the records it carried.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Every record taken.
+    Taken,
+    /// Records before this index (within the request) taken, the rest not.
+    FailedFrom(usize),
+    /// Nothing taken.
+    Error(String),
+}
+
+impl HttpSink {
+    pub fn new(context: EventContext, settings: HttpSinkSettings) -> Result<Self, Error> {
+        let uri: hyper::Uri = settings
+            .url
+            .parse()
+            .map_err(|e| Error::Other(format!("sink.url {:?}: {e}", settings.url)))?;
+        let failures = match &settings.on_failure_file {
+            None => None,
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| {
+                        Error::Other(format!(
+                            "sink.on_failure_file {}: cannot open it for appending ({e})",
+                            path.display()
+                        ))
+                    })?;
+                Some(Mutex::new(tokio::fs::File::from_std(file)))
+            }
+        };
+        Ok(HttpSink {
+            context,
+            settings,
+            uri,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            failures,
+        })
+    }
+
+    async fn post(&self, shard_id: &str, records: &[Record]) -> Outcome {
+        let mut body = Vec::with_capacity(records.len() * 600 + 16);
+        body.extend_from_slice(b"{\"Records\":[");
+        for (i, r) in records.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            write_record(&mut body, &self.context, shard_id, r);
+        }
+        body.extend_from_slice(b"]}");
+        let request = match hyper::Request::post(self.uri.clone())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+        {
+            Ok(r) => r,
+            Err(e) => return Outcome::Error(format!("building the request: {e}")),
+        };
+        let timeout = Duration::from_millis(self.settings.timeout_ms);
+        let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Err(_) => return Outcome::Error(format!("no answer within {timeout:?}")),
+            Ok(Err(e)) => return Outcome::Error(format!("request failed: {e}")),
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        let answer = match tokio::time::timeout(timeout, response.into_body().collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            _ => return Outcome::Error(format!("HTTP {status}: the body did not arrive")),
+        };
+        if !status.is_success() {
+            return Outcome::Error(format!("HTTP {status}"));
+        }
+        failed_from(&answer, records)
+    }
+
+    /// Appends records to the failure file, flushed to disk, before they
+    /// count as confirmed.
+    async fn dead_letter(
+        &self,
+        shard_id: &str,
+        records: &[Record],
+        reason: &str,
+        attempts: u32,
+    ) -> Result<(), SinkError> {
+        let Some(file) = &self.failures else {
+            return Err(SinkError::Fatal(
+                "records exhausted their retries but no sink.on_failure_file is set".into(),
+            ));
+        };
+        let mut lines = Vec::with_capacity(records.len() * 700);
+        for r in records {
+            let mut event = Vec::new();
+            write_record(&mut event, &self.context, shard_id, r);
+            let mut value: serde_json::Value = serde_json::from_slice(&event).unwrap_or_default();
+            value["kcldFailure"] =
+                serde_json::json!({ "reason": reason, "attempts": attempts, "shardId": shard_id });
+            lines.extend_from_slice(value.to_string().as_bytes());
+            lines.push(b'\n');
+        }
+        let mut f = file.lock().await;
+        let written = async {
+            f.write_all(&lines).await?;
+            f.flush().await?;
+            f.sync_data().await
+        };
+        written
+            .await
+            .map_err(|e| SinkError::Fatal(format!("cannot write the failure file: {e}")))?;
+        metrics::counter!("kcld_sink_failures_total", "shard" => shard_id.to_owned())
+            .increment(records.len() as u64);
+        tracing::warn!(
+            shard = shard_id,
+            records = records.len(),
+            attempts,
+            "records written to the failure file: {reason}"
+        );
+        Ok(())
+    }
+
+    fn too_old(&self, record: &Record) -> bool {
+        let Some(max) = self.settings.max_record_age_seconds else {
+            return false;
+        };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        now_ms - record.approximate_arrival_ms > (max as i64) * 1000
+    }
+}
+
+/// Reads a ReportBatchItemFailures answer: the index of the first record
+/// reported failed. A failure naming a record not in the request fails the
+/// whole request, as Lambda treats it.
+fn failed_from(answer: &[u8], records: &[Record]) -> Outcome {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(answer) else {
+        return Outcome::Taken;
+    };
+    let Some(failures) = value.get("batchItemFailures").and_then(|f| f.as_array()) else {
+        return Outcome::Taken;
+    };
+    let mut first: Option<usize> = None;
+    for failure in failures {
+        let id = failure
+            .get("itemIdentifier")
+            .and_then(|i| i.as_str())
+            .unwrap_or_default();
+        match records
+            .iter()
+            .position(|r| r.sequence_number.as_str() == id)
+        {
+            Some(i) => first = Some(first.map_or(i, |f: usize| f.min(i))),
+            None => {
+                return Outcome::Error(format!(
+                    "batchItemFailures names {id:?}, which is not in the batch"
+                ))
+            }
+        }
+    }
+    match first {
+        None => Outcome::Taken,
+        Some(i) => Outcome::FailedFrom(i),
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for HttpSink {
+    async fn deliver(&self, batch: &Batch, stop: &CancellationToken) -> Result<(), SinkError> {
+        let records = &batch.records;
+        let shard = &*batch.shard_id;
+        let size = self.settings.batch_size.max(1);
+        let mut queue: VecDeque<Range<usize>> = (0..records.len())
+            .step_by(size)
+            .map(|s| s..(s + size).min(records.len()))
+            .collect();
+        let mut attempts = 0u32;
+        while let Some(mut range) = queue.pop_front() {
+            loop {
+                let reason = match self.post(shard, &records[range.clone()]).await {
+                    Outcome::Taken => {
+                        attempts = 0;
+                        break;
+                    }
+                    Outcome::FailedFrom(i) => {
+                        if i > 0 {
+                            attempts = 0;
+                        }
+                        range.start += i;
+                        "the application reported a batch item failure".to_owned()
+                    }
+                    Outcome::Error(_) if self.settings.bisect_on_error && range.len() > 1 => {
+                        // Split and try each half, in order; a split is not
+                        // a retry, so a single bad record is isolated
+                        // whatever the retry limit.
+                        let mid = range.start + range.len() / 2;
+                        queue.push_front(mid..range.end);
+                        range.end = mid;
+                        continue;
+                    }
+                    Outcome::Error(e) => e,
+                };
+                attempts += 1;
+                metrics::counter!("kcld_sink_retries_total", "shard" => shard.to_owned())
+                    .increment(1);
+                let exhausted = self
+                    .settings
+                    .max_retry_attempts
+                    .is_some_and(|max| attempts > max);
+                if exhausted || self.too_old(&records[range.start]) {
+                    let why = if exhausted {
+                        "retries exhausted"
+                    } else {
+                        "record too old"
+                    };
+                    self.dead_letter(
+                        shard,
+                        &records[range.clone()],
+                        &format!("{why}: {reason}"),
+                        attempts,
+                    )
+                    .await?;
+                    attempts = 0;
+                    break;
+                }
+                let wait = Duration::from_millis((100u64 << attempts.min(8)).min(30_000));
+                if attempts == 1 || attempts.is_power_of_two() {
+                    tracing::warn!(
+                        shard,
+                        attempts,
+                        "application did not take {} record(s): {reason}; retrying in {wait:?}",
+                        range.len()
+                    );
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => return Err(SinkError::Stopped { confirmed: range.start }),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::ByteStr;
+
+    fn records(n: usize) -> Vec<Record> {
+        (0..n)
+            .map(|i| Record {
+                sequence_number: format!("{}", 100 + i).parse().unwrap(),
+                sub_sequence_number: 0,
+                aggregated: false,
+                partition_key: ByteStr::from("k"),
+                explicit_hash_key: None,
+                data: Bytes::from_static(b"x"),
+                approximate_arrival_ms: 0,
+                encryption: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batch_item_failures_confirm_the_records_before_the_first_failure() {
+        let r = records(5);
+        assert_eq!(failed_from(b"", &r), Outcome::Taken);
+        assert_eq!(failed_from(b"{}", &r), Outcome::Taken);
+        assert_eq!(
+            failed_from(br#"{"batchItemFailures":[]}"#, &r),
+            Outcome::Taken
+        );
+        assert_eq!(
+            failed_from(
+                br#"{"batchItemFailures":[{"itemIdentifier":"104"},{"itemIdentifier":"102"}]}"#,
+                &r
+            ),
+            Outcome::FailedFrom(2)
+        );
+        assert!(matches!(
+            failed_from(br#"{"batchItemFailures":[{"itemIdentifier":"999"}]}"#, &r),
+            Outcome::Error(_)
+        ));
+    }
+}
