@@ -21,11 +21,24 @@ use crate::consumer::{self, CheckpointPolicy, Outcome};
 use crate::error::{Error, Result};
 use crate::ops::{self, Health};
 use crate::retrieval::polling::PollingReader;
+use crate::sink::Sink;
 use crate::stream::Stream;
 use crate::{aws, sink};
 
-/// Runs the consumer until `shutdown` fires or a fatal error.
+/// Runs the consumer until `shutdown` fires or a fatal error, delivering to
+/// the sink the configuration names.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> {
+    let sink = sink::from_settings(&settings)?;
+    run_with_sink(settings, sink, shutdown).await
+}
+
+/// The same, delivering to `sink`: how a Rust application embeds kcld with
+/// its own record processor (see `daemon/examples/embedded.rs`).
+pub async fn run_with_sink(
+    settings: Settings,
+    sink: Arc<dyn Sink>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let health = Arc::new(Health::default());
     // The ops listener outlives the shard consumers: it stops last.
     let ops_stop = CancellationToken::new();
@@ -103,7 +116,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> 
 
     health.leases_started();
     ops::systemd::ready();
-    let sink = sink::from_settings(&settings)?;
     let policy = CheckpointPolicy::from(&settings.checkpoint);
     let budget = Duration::from_millis(settings.shutdown_timeout_ms);
     let prefetch_bytes = settings.polling.prefetch_bytes as usize;
