@@ -123,6 +123,8 @@ struct RawSink {
     bisect_on_error: Option<bool>,
     on_failure_file: Option<String>,
     timeout_ms: Option<i64>,
+    parallelization_factor: Option<i64>,
+    batching_window_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -267,6 +269,11 @@ pub struct HttpSinkSettings {
     /// before they are checkpointed past.
     pub on_failure_file: Option<PathBuf>,
     pub timeout_ms: u64,
+    /// Requests in flight per shard, 1 to 10; records of one partition key
+    /// always go through the same one, in order.
+    pub parallelization_factor: usize,
+    /// Wait up to this long for a full batch before sending a smaller one.
+    pub batching_window_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -776,8 +783,26 @@ fn validate_http_sink(raw: &RawSink) -> Result<HttpSinkSettings, ConfigError> {
             "use 100 to 900000",
         ));
     }
+    let parallelization_factor = raw.parallelization_factor.unwrap_or(1);
+    if !(1..=10).contains(&parallelization_factor) {
+        return Err(ConfigError::key(
+            "sink.parallelization_factor",
+            format!("{parallelization_factor} is out of range"),
+            "use 1 to 10",
+        ));
+    }
+    let batching_window_ms = raw.batching_window_ms.unwrap_or(0);
+    if !(0..=300_000).contains(&batching_window_ms) {
+        return Err(ConfigError::key(
+            "sink.batching_window_ms",
+            format!("{batching_window_ms} is out of range"),
+            "use 0 to 300000 (five minutes)",
+        ));
+    }
     Ok(HttpSinkSettings {
         url,
+        parallelization_factor: parallelization_factor as usize,
+        batching_window_ms: batching_window_ms as u64,
         batch_size: batch_size as usize,
         max_retry_attempts,
         max_record_age_seconds,

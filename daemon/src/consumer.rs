@@ -34,11 +34,14 @@ pub enum Outcome {
     Stopped,
 }
 
-/// When confirmed records are checkpointed.
+/// When confirmed records are checkpointed, and how batches are gathered.
 #[derive(Clone, Copy, Debug)]
 pub struct CheckpointPolicy {
     pub interval: Duration,
     pub max_records: u64,
+    /// Gather up to this many records for up to this long before delivering
+    /// (a batching window); `None` delivers each read as it comes.
+    pub batching: Option<(usize, Duration)>,
 }
 
 impl From<&CheckpointSettings> for CheckpointPolicy {
@@ -46,6 +49,7 @@ impl From<&CheckpointSettings> for CheckpointPolicy {
         CheckpointPolicy {
             interval: Duration::from_millis(s.interval_ms),
             max_records: s.max_records,
+            batching: None,
         }
     }
 }
@@ -107,7 +111,11 @@ pub async fn run(
             None => return stop(&grant, &mut progress).await,
         };
         match prefetched.fetched {
-            Fetched::Records(batch) => {
+            Fetched::Records(mut batch) => {
+                let mut ended = None;
+                if let Some(window) = policy.batching {
+                    ended = fill(&mut batch, &mut prefetch, window).await?;
+                }
                 let confirmed = deliver(&*sink, &batch, &grant).await?;
                 if confirmed > 0 {
                     progress.confirmed = Some(batch.records[confirmed - 1].position());
@@ -120,6 +128,9 @@ pub async fn run(
                     return stop(&grant, &mut progress).await;
                 }
                 record_delivery(&shard_id, &batch);
+                if let Some(children) = ended {
+                    return end_shard(&grant, &children).await;
+                }
                 if progress.due(&policy) && !write(&grant, &mut progress).await? {
                     return stop(&grant, &mut progress).await;
                 }
@@ -137,6 +148,32 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Gathers more reads into `batch` until it holds `size` records or the
+/// window closes. Returns the children when the shard ended meanwhile (the
+/// gathered records are delivered first).
+async fn fill(
+    batch: &mut Batch,
+    prefetch: &mut Prefetch,
+    (size, window): (usize, Duration),
+) -> Result<Option<Vec<ShardSpec>>, Error> {
+    let deadline = tokio::time::Instant::now() + window;
+    while batch.records.len() < size {
+        match tokio::time::timeout_at(deadline, prefetch.next()).await {
+            Err(_) | Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(Some(Ok(more))) => match more.fetched {
+                Fetched::Records(more) => {
+                    batch.records.extend(more.records);
+                    batch.millis_behind_latest =
+                        more.millis_behind_latest.or(batch.millis_behind_latest);
+                }
+                Fetched::ShardEnd { children } => return Ok(Some(children)),
+            },
+        }
+    }
+    Ok(None)
 }
 
 /// Counts a confirmed batch: records, bytes, and how far behind the tip it

@@ -116,7 +116,18 @@ pub async fn run_with_sink(
 
     health.leases_started();
     ops::systemd::ready();
-    let policy = CheckpointPolicy::from(&settings.checkpoint);
+    let mut policy = CheckpointPolicy::from(&settings.checkpoint);
+    if let Some(http) = settings
+        .sink
+        .http
+        .as_ref()
+        .filter(|h| h.batching_window_ms > 0)
+    {
+        policy.batching = Some((
+            http.batch_size,
+            Duration::from_millis(http.batching_window_ms),
+        ));
+    }
     let budget = Duration::from_millis(settings.shutdown_timeout_ms);
     let prefetch_bytes = settings.polling.prefetch_bytes as usize;
     drive(

@@ -304,3 +304,114 @@ async fn records_past_the_age_limit_go_to_the_failure_file() {
     kcld.terminate(Duration::from_secs(25)).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallelization_keeps_order_per_partition_key() {
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("pf"), 1)
+        .await
+        .unwrap();
+    let records: Vec<(String, Vec<u8>)> = (0..60)
+        .map(|i| {
+            (
+                format!("key-{}", i % 12),
+                format!("key-{}:{}", i % 12, i / 12).into_bytes(),
+            )
+        })
+        .collect();
+    stack.put_records(&arn, &records).await.unwrap();
+    let behaviour: Behaviour = Arc::new(|_: &Request, _| (StatusCode::OK, serde_json::json!({})));
+    let (url, seen) = serve(behaviour).await;
+    let vars = env(
+        &stack,
+        &arn,
+        &url,
+        &[("KCLD_SINK__PARALLELIZATION_FACTOR", "4")],
+    );
+    let kcld = Kcld::spawn(KCLD, &["run"], &vars).unwrap();
+    let want: HashSet<Vec<u8>> = records.iter().map(|(_, d)| d.clone()).collect();
+    wait_all(
+        &seen,
+        |_, r| r.iter().map(|(_, d)| d.clone()).collect(),
+        &want,
+        &kcld,
+    )
+    .await;
+    let requests = seen.lock().unwrap().clone();
+    assert!(
+        requests.len() >= 2,
+        "one read of 60 records went out as several parallel requests: {}",
+        requests.len()
+    );
+    // Within each key, records arrive in the order they were put.
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for (_, data) in requests.iter().flatten() {
+        let text = String::from_utf8(data.clone()).unwrap();
+        let (key, n) = text.split_once(':').unwrap();
+        let n: i64 = n.parse().unwrap();
+        let prev = last.insert(key.to_owned(), n).unwrap_or(-1);
+        assert!(n > prev, "{key}: {n} after {prev}");
+    }
+    kcld.terminate(Duration::from_secs(25)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batching_window_gathers_reads_into_one_request() {
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("window"), 1)
+        .await
+        .unwrap();
+    let behaviour: Behaviour = Arc::new(|_: &Request, _| (StatusCode::OK, serde_json::json!({})));
+    let (url, seen) = serve(behaviour).await;
+    let vars = env(
+        &stack,
+        &arn,
+        &url,
+        &[
+            ("KCLD_SINK__BATCH_SIZE", "10"),
+            ("KCLD_SINK__BATCHING_WINDOW_MS", "5000"),
+            ("KCLD_INITIAL_POSITION", "LATEST"),
+        ],
+    );
+    let kcld = Kcld::spawn(KCLD, &["run"], &vars).unwrap();
+    let start = Instant::now();
+    while kcld.stderr_text().matches("positioned").count() < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            kcld.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| (format!("a{i}"), format!("a{i}").into_bytes()))
+        .collect();
+    stack.put_records(&arn, &first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let second: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| (format!("b{i}"), format!("b{i}").into_bytes()))
+        .collect();
+    stack.put_records(&arn, &second).await.unwrap();
+    let want: HashSet<Vec<u8>> = first
+        .iter()
+        .chain(&second)
+        .map(|(_, d)| d.clone())
+        .collect();
+    wait_all(
+        &seen,
+        |_, r| r.iter().map(|(_, d)| d.clone()).collect(),
+        &want,
+        &kcld,
+    )
+    .await;
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(
+        requests.len(),
+        1,
+        "two reads gathered into one request of 10: {:?}",
+        requests.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    kcld.terminate(Duration::from_secs(25)).await.unwrap();
+}

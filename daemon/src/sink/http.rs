@@ -211,9 +211,64 @@ fn failed_from(answer: &[u8], records: &[Record]) -> Outcome {
 
 #[async_trait::async_trait]
 impl Sink for HttpSink {
+    /// With a parallelization factor above 1, the batch is split by
+    /// partition key into that many streams sent side by side, each in
+    /// order; when stopped, the confirmed prefix in shard order is what
+    /// every stream confirmed.
     async fn deliver(&self, batch: &Batch, stop: &CancellationToken) -> Result<(), SinkError> {
-        let records = &batch.records;
         let shard = &*batch.shard_id;
+        let factor = self.settings.parallelization_factor.max(1);
+        if factor == 1 {
+            return self.deliver_in_order(shard, &batch.records, stop).await;
+        }
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); factor];
+        for (i, r) in batch.records.iter().enumerate() {
+            groups[key_slot(r.partition_key.as_str(), factor)].push(i);
+        }
+        let runs = groups
+            .iter()
+            .filter(|g| !g.is_empty())
+            .map(|indices| async move {
+                let records: Vec<Record> =
+                    indices.iter().map(|&i| batch.records[i].clone()).collect();
+                (indices, self.deliver_in_order(shard, &records, stop).await)
+            });
+        let mut first_unconfirmed = batch.records.len();
+        for (indices, result) in futures::future::join_all(runs).await {
+            match result {
+                Ok(()) => {}
+                Err(SinkError::Stopped { confirmed }) => {
+                    if let Some(&i) = indices.get(confirmed) {
+                        first_unconfirmed = first_unconfirmed.min(i);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if first_unconfirmed < batch.records.len() {
+            return Err(SinkError::Stopped {
+                confirmed: first_unconfirmed,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Which of `factor` parallel streams a partition key travels in.
+fn key_slot(partition_key: &str, factor: usize) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    (BuildHasherDefault::<DefaultHasher>::default().hash_one(partition_key) % factor as u64)
+        as usize
+}
+
+impl HttpSink {
+    /// Sends `records` in order, retrying as configured.
+    async fn deliver_in_order(
+        &self,
+        shard: &str,
+        records: &[Record],
+        stop: &CancellationToken,
+    ) -> Result<(), SinkError> {
         let size = self.settings.batch_size.max(1);
         let mut queue: VecDeque<Range<usize>> = (0..records.len())
             .step_by(size)
