@@ -116,6 +116,11 @@ pub async fn run(
                 if let Some(window) = policy.batching {
                     ended = fill(&mut batch, &mut prefetch, window).await?;
                 }
+                if grant.stop.is_cancelled() {
+                    // Read ahead, but the lease is going (lost, handed over,
+                    // or shutdown): leave these records to the next owner.
+                    return stop(&grant, &mut progress).await;
+                }
                 let confirmed = deliver(&*sink, &batch, &grant).await?;
                 if confirmed > 0 {
                     progress.confirmed = Some(batch.records[confirmed - 1].position());

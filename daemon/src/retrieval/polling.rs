@@ -178,7 +178,13 @@ impl PollingReader {
                 kpl::deaggregate(record, self.range, &mut records, &mut self.stats);
             }
             self.report(&before);
-            records.retain(|r| !self.resume_after.covers(&r.position()));
+            if matches!(self.resume_after, Checkpoint::At(_)) {
+                records.retain(|r| !self.resume_after.covers(&r.position()));
+                if !records.is_empty() {
+                    // Past the checkpoint: nothing later can be covered.
+                    self.resume_after = Checkpoint::TrimHorizon;
+                }
+            }
 
             let ended = self.iterator.is_none();
             if ended {
