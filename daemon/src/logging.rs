@@ -11,9 +11,12 @@ pub fn init(format: &LogFormat, level: &str) {
         .or_else(|| EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     // Quieten the SDK's own chatter unless asked for.
-    let filter = filter
-        .add_directive("aws_config=warn".parse().expect("static directive"))
-        .add_directive("aws_smithy_runtime=warn".parse().expect("static directive"));
+    let mut filter = filter;
+    for quiet in ["aws_config=warn", "aws_smithy_runtime=warn"] {
+        if let Ok(directive) = quiet.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
