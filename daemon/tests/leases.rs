@@ -179,7 +179,18 @@ async fn kill_9_shards_are_taken_over_after_the_failover_time() {
     )
     .await;
 
+    // Records in flight at the kill: put, then kill worker-a at once.
+    let during: Vec<(String, Vec<u8>)> = (0..150)
+        .map(|i| (format!("d{i}"), format!("during the kill {i}").into_bytes()))
+        .collect();
+    stack.put_records(&arn, &during).await.unwrap();
     a.kill9().await;
+    let printed_by_a: Vec<Delivered> = a
+        .drain_for(Duration::from_millis(500))
+        .await
+        .iter()
+        .map(|l| Delivered::parse(l).unwrap())
+        .collect();
     let taken = wait_for(&stack, &app, Duration::from_secs(30), |l| {
         l.get("worker-b") == Some(&4)
     })
@@ -201,6 +212,18 @@ async fn kill_9_shards_are_taken_over_after_the_failover_time() {
         taken <= failover + renewal + Duration::from_millis(1500),
         "takeover took {taken:?}"
     );
+
+    // Nothing in flight was lost: what worker-a printed before it died and
+    // what worker-b delivers after taking over cover every record.
+    let mut delivered: HashSet<Vec<u8>> = printed_by_a.into_iter().map(|d| d.data).collect();
+    let missing: HashSet<Vec<u8>> = data_set(&during).difference(&delivered).cloned().collect();
+    delivered.extend(
+        collect(&mut [&mut b], &missing, Duration::from_secs(60))
+            .await
+            .into_iter()
+            .map(|(_, d)| d.data),
+    );
+    assert!(data_set(&during).is_subset(&delivered));
 
     let after: Vec<(String, Vec<u8>)> = (0..100)
         .map(|i| (format!("k{i}"), format!("after kill {i}").into_bytes()))

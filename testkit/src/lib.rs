@@ -465,8 +465,9 @@ impl Kcld {
         self.child.id()
     }
 
-    /// SIGKILL: the process gets no chance to checkpoint or release.
-    pub async fn kill9(mut self) {
+    /// SIGKILL: the process gets no chance to checkpoint or release. Lines
+    /// it printed before dying can still be taken afterwards.
+    pub async fn kill9(&mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
