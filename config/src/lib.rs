@@ -108,6 +108,7 @@ struct RawPolling {
     idle_time_between_reads_ms: Option<i64>,
     max_idle_time_ms: Option<i64>,
     prefetch_bytes: Option<i64>,
+    prefetch_total_bytes: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -231,8 +232,10 @@ pub struct PollingSettings {
     /// it doubles with every further empty read, up to `max_idle_time_ms`.
     pub idle_time_between_reads_ms: u64,
     pub max_idle_time_ms: u64,
-    /// Record data read ahead of the sink, per shard.
+    /// Record data read ahead of the sink, per shard...
     pub prefetch_bytes: u64,
+    /// ...and for all shards of this worker together.
+    pub prefetch_total_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -523,6 +526,13 @@ fn validate(raw: RawSettings, env: &HashMap<String, String>) -> Result<Settings,
         1 << 16,
         1 << 32,
     )?;
+    let prefetch_total_bytes = ms(
+        "polling.prefetch_total_bytes",
+        raw.polling.prefetch_total_bytes,
+        256 << 20,
+        1 << 20,
+        1 << 40,
+    )?;
     let checkpoint = CheckpointSettings {
         interval_ms: ms(
             "checkpoint.interval_ms",
@@ -622,6 +632,7 @@ fn validate(raw: RawSettings, env: &HashMap<String, String>) -> Result<Settings,
             idle_time_between_reads_ms: idle as u64,
             max_idle_time_ms,
             prefetch_bytes,
+            prefetch_total_bytes,
         },
         sink: SinkSettings {
             kind,

@@ -18,7 +18,7 @@ use kcld_lease::{Grant, ShardSpec};
 
 use crate::error::Error;
 use crate::record::Batch;
-use crate::retrieval::polling::{PollingReader, Prefetch};
+use crate::retrieval::polling::{ByteBudget, PollingReader, Prefetch};
 use crate::retrieval::Fetched;
 use crate::sink::{Sink, SinkError};
 
@@ -70,13 +70,13 @@ impl Progress {
 }
 
 /// Runs one shard until its end, the loss of its lease, or a fatal error.
-/// `prefetch_bytes` bounds the record data read ahead of the sink.
+/// `budget` bounds the record data read ahead of the sink.
 pub async fn run(
     grant: Grant,
     reader: PollingReader,
     sink: Arc<dyn Sink>,
     policy: CheckpointPolicy,
-    prefetch_bytes: usize,
+    budget: ByteBudget,
 ) -> Result<Outcome, Error> {
     let shard_id = grant.shard.shard_id.clone();
     if grant.start == Checkpoint::ShardEnd {
@@ -89,8 +89,7 @@ pub async fn run(
         unwritten: 0,
         last_write: Instant::now(),
     };
-    let mut prefetch =
-        Prefetch::spawn(reader, grant.stop.clone(), PREFETCH_BATCHES, prefetch_bytes);
+    let mut prefetch = Prefetch::spawn(reader, grant.stop.clone(), PREFETCH_BATCHES, budget);
     let mut tick = tokio::time::interval(policy.interval.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

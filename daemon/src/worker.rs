@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::consumer::{self, CheckpointPolicy, Outcome};
 use crate::error::{Error, Result};
 use crate::ops::{self, Health};
-use crate::retrieval::polling::PollingReader;
+use crate::retrieval::polling::{ByteBudget, PollingReader};
 use crate::sink::Sink;
 use crate::stream::Stream;
 use crate::{aws, sink};
@@ -130,6 +130,8 @@ pub async fn run_with_sink(
     }
     let budget = Duration::from_millis(settings.shutdown_timeout_ms);
     let prefetch_bytes = settings.polling.prefetch_bytes as usize;
+    let total_bytes = settings.polling.prefetch_total_bytes as usize;
+    let worker_budget = ByteBudget::worker(total_bytes);
     drive(
         leases,
         |grant: Grant| {
@@ -143,7 +145,13 @@ pub async fn run_with_sink(
                 range,
                 &settings.polling,
             );
-            consumer::run(grant, reader, sink.clone(), policy, prefetch_bytes)
+            consumer::run(
+                grant,
+                reader,
+                sink.clone(),
+                policy,
+                ByteBudget::new(worker_budget.clone(), total_bytes, prefetch_bytes),
+            )
         },
         &shutdown,
         budget,

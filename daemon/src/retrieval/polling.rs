@@ -291,11 +291,70 @@ fn next_call_at(last_call: Instant, idle: Duration) -> Instant {
     last_call + MIN_CALL_SPACING.max(idle)
 }
 
+/// Bytes of record data read ahead and not yet delivered, bounded per shard
+/// and for the whole worker, so that hundreds of shards with a slow sink
+/// cannot grow memory past the configured total.
+#[derive(Clone)]
+pub struct ByteBudget {
+    shard: Arc<Semaphore>,
+    shard_max: usize,
+    worker: Arc<Semaphore>,
+    worker_max: usize,
+}
+
+/// Room held in a [`ByteBudget`] until dropped.
+pub struct BudgetHeld {
+    _shard: OwnedSemaphorePermit,
+    _worker: OwnedSemaphorePermit,
+}
+
+impl ByteBudget {
+    /// A shard's budget of `shard_max` bytes inside the worker's `worker`
+    /// semaphore of `worker_max` bytes (see [`ByteBudget::worker`]).
+    pub fn new(worker: Arc<Semaphore>, worker_max: usize, shard_max: usize) -> Self {
+        let shard_max = shard_max.clamp(1, Semaphore::MAX_PERMITS);
+        ByteBudget {
+            shard: Arc::new(Semaphore::new(shard_max)),
+            shard_max,
+            worker,
+            worker_max: worker_max.clamp(1, Semaphore::MAX_PERMITS),
+        }
+    }
+
+    /// The semaphore every shard of a worker shares.
+    pub fn worker(max: usize) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS)))
+    }
+
+    /// Waits for room for `size` bytes. A batch larger than a limit waits
+    /// for the whole limit, so it still passes, alone.
+    pub async fn acquire(&self, size: usize) -> Option<BudgetHeld> {
+        let per_shard = size.clamp(1, self.shard_max) as u32;
+        let per_worker = size.clamp(1, self.worker_max) as u32;
+        let shard = self
+            .shard
+            .clone()
+            .acquire_many_owned(per_shard)
+            .await
+            .ok()?;
+        let worker = self
+            .worker
+            .clone()
+            .acquire_many_owned(per_worker)
+            .await
+            .ok()?;
+        Some(BudgetHeld {
+            _shard: shard,
+            _worker: worker,
+        })
+    }
+}
+
 /// A batch read ahead, holding its share of the prefetch budget until the
 /// consumer is done with it.
 pub struct Prefetched {
     pub fetched: Fetched,
-    _budget: Option<OwnedSemaphorePermit>,
+    _budget: Option<BudgetHeld>,
 }
 
 /// The consumer's end of a shard's fetch task.
@@ -311,17 +370,15 @@ impl Drop for Prefetch {
 }
 
 impl Prefetch {
-    /// Starts reading ahead: at most `max_batches` batches and
-    /// `max_bytes` bytes of record data wait for the consumer (a single
-    /// batch larger than the budget still passes, alone).
+    /// Starts reading ahead: at most `max_batches` batches, and what
+    /// `budget` allows, wait for the consumer.
     pub fn spawn(
         mut reader: PollingReader,
         cancel: CancellationToken,
         max_batches: usize,
-        max_bytes: usize,
+        budget: ByteBudget,
     ) -> Self {
         let (tx, rx) = mpsc::channel(max_batches.max(1));
-        let budget = Arc::new(Semaphore::new(max_bytes.clamp(1, Semaphore::MAX_PERMITS)));
         let task = tokio::spawn(async move {
             loop {
                 let fetched = match reader.next(&cancel).await {
@@ -336,9 +393,8 @@ impl Prefetch {
                     Fetched::Records(batch) => batch.data_bytes(),
                     Fetched::ShardEnd { .. } => 0,
                 };
-                let want = size.clamp(1, max_bytes.clamp(1, Semaphore::MAX_PERMITS)) as u32;
                 let permit = tokio::select! {
-                    p = budget.clone().acquire_many_owned(want) => p.ok(),
+                    p = budget.acquire(size) => p,
                     _ = cancel.cancelled() => return,
                 };
                 let end = matches!(fetched, Fetched::ShardEnd { .. });
@@ -393,6 +449,31 @@ mod tests {
         // per-shard limit.
         assert_eq!(next_call_at(t0, Duration::ZERO) - t0, 200 * MS);
         assert_eq!(next_call_at(t0, 50 * MS) - t0, 200 * MS);
+    }
+
+    #[tokio::test]
+    async fn read_ahead_is_bounded_per_shard_and_per_worker() {
+        let worker = ByteBudget::worker(100);
+        let a = ByteBudget::new(worker.clone(), 100, 60);
+        let b = ByteBudget::new(worker.clone(), 100, 60);
+        let wait = Duration::from_millis(50);
+        let a1 = a.acquire(50).await.unwrap();
+        // The shard's own limit: 50 + 20 > 60.
+        assert!(tokio::time::timeout(wait, a.acquire(20)).await.is_err());
+        let b1 = b.acquire(50).await.unwrap();
+        // The worker's limit: 100 bytes held by the two shards.
+        assert!(tokio::time::timeout(wait, b.acquire(5)).await.is_err());
+        drop(a1);
+        let b2 = tokio::time::timeout(wait, b.acquire(5))
+            .await
+            .unwrap()
+            .unwrap();
+        // A batch larger than every limit still passes once alone.
+        drop((b1, b2));
+        assert!(tokio::time::timeout(wait, a.acquire(1_000))
+            .await
+            .unwrap()
+            .is_some());
     }
 
     #[test]
