@@ -214,6 +214,9 @@ where
             "leases not all released within the shutdown budget; others take them after expiry"
         );
     }
+    if failure.is_none() {
+        failure = leases.failure().map(Error::Aws);
+    }
     match failure {
         Some(e) => Err(e),
         None => Ok(()),

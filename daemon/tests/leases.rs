@@ -767,3 +767,38 @@ async fn resumes_inside_a_kpl_aggregate_from_a_sub_sequence_checkpoint() {
     assert_eq!(items[0]["checkpoint"].as_s().unwrap(), &placed[2].1);
     assert_eq!(items[0]["checkpointSubSequenceNumber"].as_n().unwrap(), "0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_lease_table_stops_kcld_with_a_clear_error() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("gone"), 2)
+        .await
+        .unwrap();
+    let app = unique_name("gone-app");
+    let k = Kcld::spawn(KCLD, &["run"], &env(&stack, &arn, &app, "kcld-1", &[])).unwrap();
+    wait_for(&stack, &app, Duration::from_secs(30), |l| {
+        l.get("kcld-1") == Some(&2)
+    })
+    .await;
+    stack
+        .consumer_dynamodb()
+        .await
+        .delete_table()
+        .table_name(&app)
+        .send()
+        .await
+        .unwrap();
+    let stderr = k.stderr.clone();
+    let status = k.wait(Duration::from_secs(40)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let text = stderr.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(1), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("was deleted") && last.contains(&app),
+        "{last}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+}

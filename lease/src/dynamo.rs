@@ -94,6 +94,7 @@ impl TableHealth {
 
 /// The DynamoDB lease source.
 pub struct DynamoLeases {
+    inner: Arc<Inner>,
     health: Arc<TableHealth>,
     grants: mpsc::UnboundedReceiver<Grant>,
     shutdown: CancellationToken,
@@ -108,6 +109,8 @@ struct Inner {
     lister: Arc<dyn ShardLister>,
     held: StdMutex<HashMap<String, Arc<Held>>>,
     health: Arc<TableHealth>,
+    /// Set when the source had to close by itself.
+    failure: StdMutex<Option<String>>,
     /// Steals this worker started whose old owner has not handed over yet.
     pending: StdMutex<HashMap<String, PendingSteal>>,
     /// The key format of this stream's leases (single or multi-stream).
@@ -175,6 +178,7 @@ impl DynamoLeases {
             lister,
             held: StdMutex::new(HashMap::new()),
             health: Arc::new(TableHealth::default()),
+            failure: StdMutex::new(None),
             pending: StdMutex::new(HashMap::new()),
             template: StdMutex::new(LeaseKey::Single {
                 shard_id: String::new(),
@@ -195,6 +199,7 @@ impl DynamoLeases {
         let closing = CancellationToken::new();
         let task = tokio::spawn(inner.clone().coordinate(closing.clone()));
         Ok(DynamoLeases {
+            inner: inner.clone(),
             health: inner.health.clone(),
             grants: rx,
             shutdown,
@@ -218,6 +223,10 @@ impl LeaseSource for DynamoLeases {
             grant = self.grants.recv() => grant,
             _ = self.shutdown.cancelled() => None,
         }
+    }
+
+    fn failure(&self) -> Option<String> {
+        lock(&self.inner.failure).clone()
     }
 
     async fn shutdown(&mut self) {
@@ -423,6 +432,17 @@ impl Inner {
                     tracing::info!("lease table reachable again");
                 }
                 l
+            }
+            Err(TableError::NotFound(table)) => {
+                // Deleted under a running worker: its checkpoints are gone.
+                // Stop every shard (their renewals fail too) and exit with
+                // the reason rather than read on without checkpoints.
+                *lock(&self.failure) = Some(format!(
+                    "lease table {table} was deleted while kcld ran; its checkpoints are gone. Restart kcld to create \
+                     it anew (shards start again at initial_position), or restore the table from a backup first"
+                ));
+                self.shutdown.cancel();
+                return;
             }
             Err(e) => {
                 if !std::mem::replace(scan_failing, true) {

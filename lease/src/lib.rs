@@ -84,6 +84,12 @@ pub trait LeaseSource: Send {
     /// held (after their final checkpoints) so that other workers take them
     /// at once instead of waiting for expiry.
     async fn shutdown(&mut self) {}
+
+    /// Why the source closed by itself, if it did (the lease table was
+    /// deleted, say): the worker stops with this as its error.
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Lists the shards of the stream, for lease sources that create leases.
