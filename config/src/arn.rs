@@ -82,6 +82,23 @@ impl FromStr for StreamArn {
     }
 }
 
+/// The account of an IAM role ARN (`arn:<partition>:iam::<account>:role/...`),
+/// or `None` when it is not one. Resource policies name roles, never users
+/// or functions.
+pub fn role_account(role_arn: &str) -> Option<&str> {
+    let parts: Vec<&str> = role_arn.splitn(6, ':').collect();
+    match parts.as_slice() {
+        ["arn", _, "iam", "", account, resource]
+            if account.len() == 12
+                && account.bytes().all(|b| b.is_ascii_digit())
+                && resource.starts_with("role/") =>
+        {
+            Some(account)
+        }
+        _ => None,
+    }
+}
+
 impl serde::Serialize for StreamArn {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -114,6 +131,26 @@ mod tests {
             arn.to_string(),
             "arn:aws:kinesis:eu-west-1:111111111111:stream/orders.v2"
         );
+    }
+
+    #[test]
+    fn role_arns_give_their_account() {
+        assert_eq!(
+            role_account("arn:aws:iam::222222222222:role/kcld"),
+            Some("222222222222")
+        );
+        assert_eq!(
+            role_account("arn:aws:iam::222222222222:role/path/kcld"),
+            Some("222222222222")
+        );
+        for bad in [
+            "arn:aws:iam::222222222222:user/bob",
+            "arn:aws:iam::2222:role/x",
+            "arn:aws:sts::222222222222:role/x",
+            "kcld",
+        ] {
+            assert_eq!(role_account(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-mod arn;
+pub mod arn;
 
 pub use arn::{ArnError, StreamArn};
 
@@ -700,12 +700,7 @@ fn validate_aws(
     let assume_role = match non_empty(raw.assume_role_arn) {
         None => None,
         Some(role_arn) => {
-            let parts: Vec<&str> = role_arn.splitn(6, ':').collect();
-            if parts.len() != 6
-                || parts[0] != "arn"
-                || parts[2] != "iam"
-                || !parts[5].starts_with("role/")
-            {
+            if arn::role_account(&role_arn).is_none() {
                 return Err(ConfigError::key(
                     "aws.assume_role_arn",
                     format!("{role_arn:?} is not an IAM role ARN"),

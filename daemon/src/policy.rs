@@ -71,20 +71,7 @@ pub struct PolicyRequest<'a> {
     pub lease_table_region: &'a str,
 }
 
-/// The account of an IAM role ARN, if it is one.
-pub fn role_account(role_arn: &str) -> Option<&str> {
-    let parts: Vec<&str> = role_arn.splitn(6, ':').collect();
-    match parts.as_slice() {
-        ["arn", _, "iam", "", account, resource]
-            if account.len() == 12
-                && account.bytes().all(|b| b.is_ascii_digit())
-                && resource.starts_with("role/") =>
-        {
-            Some(account)
-        }
-        _ => None,
-    }
-}
+pub use kcld_config::arn::role_account;
 
 /// The stream owner's resource policies, the consumer role's policy, and the
 /// CLI commands that attach them, as one JSON document.

@@ -227,7 +227,7 @@ impl Stack {
                 {
                     Ok(out) => out,
                     Err(e) => {
-                        tracing_free_sleep(attempts).await;
+                        pause(attempts).await;
                         if attempts > 5 {
                             return Err(e).context("PutRecords");
                         }
@@ -245,7 +245,7 @@ impl Stack {
                 }
                 pending = failed;
                 if !pending.is_empty() {
-                    tracing_free_sleep(attempts).await;
+                    pause(attempts).await;
                 }
             }
         }
@@ -256,7 +256,7 @@ impl Stack {
     }
 }
 
-async fn tracing_free_sleep(attempt: u32) {
+async fn pause(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
 }
 

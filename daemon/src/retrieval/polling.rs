@@ -32,6 +32,8 @@ const MIN_CALL_SPACING: Duration = Duration::from_millis(200);
 pub struct PollingReader {
     stream: Stream,
     shard_id: Arc<str>,
+    /// `shard_id` as a metric label, made once.
+    shard_label: String,
     range: Option<HashRange>,
     /// Where a fresh iterator starts when nothing was read yet.
     start: StartAt,
@@ -84,6 +86,7 @@ impl PollingReader {
         PollingReader {
             stream,
             shard_id: Arc::from(shard_id),
+            shard_label: shard_id.to_owned(),
             range,
             start: start_at,
             resume_after: start.clone(),
@@ -137,7 +140,7 @@ impl PollingReader {
             let started = Instant::now();
             self.last_call = Some(started);
             let result = self.stream.get_records(&iterator, self.max_records).await;
-            let shard = self.shard_id.to_string();
+            let shard = &self.shard_label;
             metrics::counter!("kcld_getrecords_calls_total", "shard" => shard.clone()).increment(1);
             metrics::histogram!("kcld_getrecords_duration_seconds", "shard" => shard.clone())
                 .record(started.elapsed().as_secs_f64());
@@ -149,7 +152,7 @@ impl PollingReader {
                 Ok(r) => {
                     self.failures = 0;
                     if let Some(ms) = r.millis_behind_latest {
-                        metrics::gauge!("kcld_lag_seconds", "shard" => shard)
+                        metrics::gauge!("kcld_lag_seconds", "shard" => shard.clone())
                             .set(ms as f64 / 1000.0);
                     }
                     r
@@ -226,7 +229,7 @@ impl PollingReader {
     /// Deaggregation counts: exported, and logged when worth a person's
     /// attention.
     fn report(&self, before: &kpl::Stats) {
-        let shard = self.shard_id.to_string();
+        let shard = &self.shard_label;
         for (name, now, then) in [
             (
                 "kcld_kpl_aggregates_total",
@@ -269,7 +272,7 @@ impl PollingReader {
             tracing::warn!(shard = %self.shard_id, failures = self.failures, "{error}; retrying in {wait:?}");
         }
         if matches!(error, KinesisError::Throttled(_)) {
-            metrics::counter!("kcld_throttles_total", "shard" => self.shard_id.to_string())
+            metrics::counter!("kcld_throttles_total", "shard" => self.shard_label.clone())
                 .increment(1);
         }
         tokio::select! {
