@@ -63,12 +63,7 @@ impl FromStr for StreamArn {
                 "this is a consumer ARN (stream/<name>/consumer/...); use the stream's ARN here",
             ));
         }
-        if name.is_empty()
-            || name.len() > 128
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        {
+        if !valid_name(name) {
             return Err(bad(
                 "the stream name must be 1 to 128 characters of a-z, A-Z, 0-9, '_', '.', '-'",
             ));
@@ -80,6 +75,80 @@ impl FromStr for StreamArn {
             stream_name: name.to_owned(),
         })
     }
+}
+
+/// A registered enhanced fan-out consumer:
+/// `<stream ARN>/consumer/<name>:<creation timestamp>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerArn {
+    pub stream: StreamArn,
+    pub consumer_name: String,
+    /// The registration time, epoch seconds, as the ARN spells it.
+    pub created: String,
+}
+
+impl FromStr for ConsumerArn {
+    type Err = ArnError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| {
+            ArnError(format!(
+                "{s:?} is not a Kinesis consumer ARN: {why}"
+            ))
+        };
+        let Some((stream, rest)) = s.split_once("/consumer/") else {
+            return Err(bad(
+                "expected arn:aws:kinesis:<region>:<account>:stream/<name>/consumer/<consumer>:<timestamp>",
+            ));
+        };
+        let stream: StreamArn = stream.parse().map_err(|e: ArnError| bad(&e.0))?;
+        let Some((name, created)) = rest.rsplit_once(':') else {
+            return Err(bad(
+                "the consumer part must be consumer/<name>:<creation timestamp>",
+            ));
+        };
+        if !valid_name(name) {
+            return Err(bad(
+                "the consumer name must be 1 to 128 characters of a-z, A-Z, 0-9, '_', '.', '-'",
+            ));
+        }
+        if created.is_empty() || !created.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad(
+                "the creation timestamp after the consumer name must be digits",
+            ));
+        }
+        Ok(ConsumerArn {
+            stream,
+            consumer_name: name.to_owned(),
+            created: created.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for ConsumerArn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/consumer/{}:{}",
+            self.stream, self.consumer_name, self.created
+        )
+    }
+}
+
+impl serde::Serialize for ConsumerArn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Stream and consumer names: 1 to 128 characters of a-z, A-Z, 0-9, '_',
+/// '.', '-'.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// The account of an IAM role ARN (`arn:<partition>:iam::<account>:role/...`),
@@ -180,6 +249,26 @@ mod tests {
         for (input, expect) in cases {
             let err = input.parse::<StreamArn>().unwrap_err().to_string();
             assert!(err.contains(expect), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn consumer_arns_name_their_stream() {
+        let text = "arn:aws:kinesis:us-east-1:111111111111:stream/orders/consumer/kcld-efo:1795329156";
+        let arn: ConsumerArn = text.parse().unwrap();
+        assert_eq!(arn.stream.to_string(), "arn:aws:kinesis:us-east-1:111111111111:stream/orders");
+        assert_eq!(arn.consumer_name, "kcld-efo");
+        assert_eq!(arn.created, "1795329156");
+        assert_eq!(arn.to_string(), text);
+        for (bad, expect) in [
+            ("arn:aws:kinesis:us-east-1:111111111111:stream/orders", "expected arn:aws:kinesis"),
+            ("arn:aws:kinesis:us-east-1:111111111111:stream/orders/consumer/c", "consumer/<name>:<creation timestamp>"),
+            ("arn:aws:kinesis:us-east-1:111111111111:stream/orders/consumer/c:x1", "digits"),
+            ("arn:aws:kinesis:us-east-1:111111111111:stream/orders/consumer/a b:1", "consumer name"),
+            ("arn:aws:kinesis:us-east-1:1111:stream/orders/consumer/c:1", "12-digit"),
+        ] {
+            let err = bad.parse::<ConsumerArn>().unwrap_err().to_string();
+            assert!(err.contains(expect), "{bad}: {err}");
         }
     }
 }

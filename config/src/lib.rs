@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod arn;
 
-pub use arn::{ArnError, StreamArn};
+pub use arn::{ArnError, ConsumerArn, StreamArn};
 
 /// A configuration problem: the key, what is wrong, and what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +54,9 @@ struct RawSettings {
     initial_position: Option<String>,
     initial_timestamp: Option<String>,
     shutdown_timeout_ms: Option<i64>,
+    consumer_arn: Option<String>,
+    consumer_name: Option<String>,
+    fan_out: RawFanOut,
     aws: RawAws,
     lease: RawLease,
     checkpoint: RawCheckpoint,
@@ -61,6 +64,15 @@ struct RawSettings {
     sink: RawSink,
     log: RawLog,
     ops: RawOps,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawFanOut {
+    stall_timeout_ms: Option<i64>,
+    subscription_max_age_ms: Option<i64>,
+    registration_timeout_ms: Option<i64>,
+    end_check_interval_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -160,6 +172,9 @@ pub struct Settings {
     /// After SIGTERM/SIGINT: time to finish in-flight batches, write final
     /// checkpoints and release leases.
     pub shutdown_timeout_ms: u64,
+    /// Enhanced fan-out (SubscribeToShard) instead of polling, when a
+    /// consumer is configured.
+    pub fan_out: Option<FanOutSettings>,
     pub aws: AwsSettings,
     pub lease: LeaseSettings,
     pub checkpoint: CheckpointSettings,
@@ -167,6 +182,34 @@ pub struct Settings {
     pub sink: SinkSettings,
     pub log: LogSettings,
     pub ops: OpsSettings,
+}
+
+/// Which enhanced fan-out consumer to read through.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FanOutConsumer {
+    /// Registered by the stream owner and shared with this account.
+    Arn(ConsumerArn),
+    /// Looked up by name on the stream; registered when missing, which
+    /// only the stream's own account may do.
+    Name(String),
+}
+
+/// Reading through an enhanced fan-out consumer with SubscribeToShard.
+#[derive(Clone, Debug, Serialize)]
+pub struct FanOutSettings {
+    pub consumer: FanOutConsumer,
+    /// A subscription with no event for this long is restarted.
+    pub stall_timeout_ms: u64,
+    /// A subscription is renewed after this long, before the service ends
+    /// it at 5 minutes.
+    pub subscription_max_age_ms: u64,
+    /// How long to wait for a registered consumer to become ACTIVE.
+    pub registration_timeout_ms: u64,
+    /// While caught up, how often to check with GetRecords whether the
+    /// shard was closed and fully read; 0 = only the service's own
+    /// end-of-shard event.
+    pub end_check_interval_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -459,6 +502,13 @@ fn validate(raw: RawSettings, env: &HashMap<String, String>) -> Result<Settings,
         1_000,
         3_600_000,
     )?;
+    let fan_out = validate_fan_out(
+        non_empty(raw.consumer_arn),
+        non_empty(raw.consumer_name),
+        &raw.fan_out,
+        &stream_arn,
+        &ms,
+    )?;
     let store = match non_empty(raw.lease.store)
         .unwrap_or_else(|| "dynamodb".into())
         .as_str()
@@ -624,6 +674,7 @@ fn validate(raw: RawSettings, env: &HashMap<String, String>) -> Result<Settings,
         worker_id,
         initial_position,
         shutdown_timeout_ms,
+        fan_out,
         aws,
         lease,
         checkpoint,
@@ -724,6 +775,85 @@ fn validate_aws(
         ca_file,
         assume_role,
     })
+}
+
+/// `consumer_arn` or `consumer_name` (not both) turn fan-out on; the
+/// consumer ARN must belong to `stream_arn`.
+fn validate_fan_out(
+    consumer_arn: Option<String>,
+    consumer_name: Option<String>,
+    raw: &RawFanOut,
+    stream: &StreamArn,
+    ms: &dyn Fn(&str, Option<i64>, i64, i64, i64) -> Result<u64, ConfigError>,
+) -> Result<Option<FanOutSettings>, ConfigError> {
+    let consumer = match (consumer_arn, consumer_name) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::key(
+                "consumer_name",
+                "is set together with consumer_arn",
+                "set only consumer_arn (a consumer the stream owner registered and shared) or only consumer_name (kcld registers it in the stream's own account)",
+            ))
+        }
+        (Some(text), None) => {
+            let arn: ConsumerArn = text.parse().map_err(|e: ArnError| {
+                ConfigError::key(
+                    "consumer_arn",
+                    e.to_string(),
+                    "copy the ConsumerARN the stream owner got from `aws kinesis register-stream-consumer` or `describe-stream-consumer`",
+                )
+            })?;
+            if arn.stream != *stream {
+                return Err(ConfigError::key(
+                    "consumer_arn",
+                    format!("belongs to stream {}, not to stream_arn {stream}", arn.stream),
+                    "use a consumer registered on the stream that stream_arn names (`aws kinesis list-stream-consumers --stream-arn <stream_arn>` in the owner's account lists them)",
+                ));
+            }
+            FanOutConsumer::Arn(arn)
+        }
+        (None, Some(name)) => {
+            if !arn::valid_name(&name) {
+                return Err(ConfigError::key(
+                    "consumer_name",
+                    format!("{name:?} cannot name a consumer"),
+                    "use 1 to 128 characters of a-z, A-Z, 0-9, '_', '.', '-'",
+                ));
+            }
+            FanOutConsumer::Name(name)
+        }
+    };
+    Ok(Some(FanOutSettings {
+        consumer,
+        stall_timeout_ms: ms(
+            "fan_out.stall_timeout_ms",
+            raw.stall_timeout_ms,
+            60_000,
+            1_000,
+            3_600_000,
+        )?,
+        subscription_max_age_ms: ms(
+            "fan_out.subscription_max_age_ms",
+            raw.subscription_max_age_ms,
+            290_000,
+            1_000,
+            300_000,
+        )?,
+        registration_timeout_ms: ms(
+            "fan_out.registration_timeout_ms",
+            raw.registration_timeout_ms,
+            120_000,
+            1_000,
+            3_600_000,
+        )?,
+        end_check_interval_ms: ms(
+            "fan_out.end_check_interval_ms",
+            raw.end_check_interval_ms,
+            30_000,
+            0,
+            3_600_000,
+        )?,
+    }))
 }
 
 fn validate_http_sink(raw: &RawSink) -> Result<HttpSinkSettings, ConfigError> {

@@ -236,3 +236,48 @@ fn the_example_file_sets_every_key_to_its_default() {
     };
     assert_eq!(strip_worker(&from_example), strip_worker(&defaults));
 }
+
+#[test]
+fn a_consumer_turns_fan_out_on_and_must_belong_to_the_stream() {
+    let base = [("KCLD_APPLICATION_NAME", "app"), ("KCLD_STREAM_ARN", ARN)];
+    let with = |extra: &[(&str, &str)]| {
+        let mut pairs = base.to_vec();
+        pairs.extend_from_slice(extra);
+        load(None, env(&pairs))
+    };
+    assert!(with(&[]).unwrap().fan_out.is_none(), "polling by default");
+
+    let arn = format!("{ARN}/consumer/shared-efo:1795329156");
+    let s = with(&[("KCLD_CONSUMER_ARN", &arn), ("KCLD_FAN_OUT__STALL_TIMEOUT_MS", "5000")])
+        .unwrap();
+    let fan_out = s.fan_out.unwrap();
+    assert_eq!(
+        fan_out.consumer,
+        FanOutConsumer::Arn(arn.parse().unwrap())
+    );
+    assert_eq!(fan_out.stall_timeout_ms, 5000);
+    assert_eq!(fan_out.subscription_max_age_ms, 290_000);
+
+    let s = with(&[("KCLD_CONSUMER_NAME", "orders-efo")]).unwrap();
+    assert_eq!(
+        s.fan_out.unwrap().consumer,
+        FanOutConsumer::Name("orders-efo".into())
+    );
+
+    let other = "arn:aws:kinesis:us-east-1:111111111111:stream/payments/consumer/c:1";
+    let e = with(&[("KCLD_CONSUMER_ARN", other)]).unwrap_err();
+    assert!(e.to_string().contains("belongs to stream"), "{e}");
+    assert_eq!(err_key(e), "consumer_arn");
+    let e = with(&[("KCLD_CONSUMER_ARN", ARN)]).unwrap_err();
+    assert_eq!(err_key(e), "consumer_arn");
+    let e = with(&[("KCLD_CONSUMER_ARN", &arn), ("KCLD_CONSUMER_NAME", "x")]).unwrap_err();
+    assert_eq!(err_key(e), "consumer_name");
+    let e = with(&[("KCLD_CONSUMER_NAME", "a b")]).unwrap_err();
+    assert_eq!(err_key(e), "consumer_name");
+    let e = with(&[
+        ("KCLD_CONSUMER_NAME", "efo"),
+        ("KCLD_FAN_OUT__SUBSCRIPTION_MAX_AGE_MS", "600000"),
+    ])
+    .unwrap_err();
+    assert_eq!(err_key(e), "fan_out.subscription_max_age_ms");
+}
