@@ -91,11 +91,7 @@ impl FromStr for ConsumerArn {
     type Err = ArnError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| {
-            ArnError(format!(
-                "{s:?} is not a Kinesis consumer ARN: {why}"
-            ))
-        };
+        let bad = |why: &str| ArnError(format!("{s:?} is not a Kinesis consumer ARN: {why}"));
         let Some((stream, rest)) = s.split_once("/consumer/") else {
             return Err(bad(
                 "expected arn:aws:kinesis:<region>:<account>:stream/<name>/consumer/<consumer>:<timestamp>",
@@ -254,18 +250,37 @@ mod tests {
 
     #[test]
     fn consumer_arns_name_their_stream() {
-        let text = "arn:aws:kinesis:us-east-1:111111111111:stream/orders/consumer/kcld-efo:1795329156";
+        let text =
+            "arn:aws:kinesis:us-east-1:111111111111:stream/orders/consumer/kcld-efo:1795329156";
         let arn: ConsumerArn = text.parse().unwrap();
-        assert_eq!(arn.stream.to_string(), "arn:aws:kinesis:us-east-1:111111111111:stream/orders");
+        assert_eq!(
+            arn.stream.to_string(),
+            "arn:aws:kinesis:us-east-1:111111111111:stream/orders"
+        );
         assert_eq!(arn.consumer_name, "kcld-efo");
         assert_eq!(arn.created, "1795329156");
         assert_eq!(arn.to_string(), text);
         for (bad, expect) in [
-            ("arn:aws:kinesis:us-east-1:111111111111:stream/orders", "expected arn:aws:kinesis"),
-            ("arn:aws:kinesis:us-east-1:111111111111:stream/orders/consumer/c", "consumer/<name>:<creation timestamp>"),
-            ("arn:aws:kinesis:us-east-1:111111111111:stream/orders/consumer/c:x1", "digits"),
-            ("arn:aws:kinesis:us-east-1:111111111111:stream/orders/consumer/a b:1", "consumer name"),
-            ("arn:aws:kinesis:us-east-1:1111:stream/orders/consumer/c:1", "12-digit"),
+            (
+                "arn:aws:kinesis:us-east-1:111111111111:stream/orders",
+                "expected arn:aws:kinesis",
+            ),
+            (
+                "arn:aws:kinesis:us-east-1:111111111111:stream/orders/consumer/c",
+                "consumer/<name>:<creation timestamp>",
+            ),
+            (
+                "arn:aws:kinesis:us-east-1:111111111111:stream/orders/consumer/c:x1",
+                "digits",
+            ),
+            (
+                "arn:aws:kinesis:us-east-1:111111111111:stream/orders/consumer/a b:1",
+                "consumer name",
+            ),
+            (
+                "arn:aws:kinesis:us-east-1:1111:stream/orders/consumer/c:1",
+                "12-digit",
+            ),
         ] {
             let err = bad.parse::<ConsumerArn>().unwrap_err().to_string();
             assert!(err.contains(expect), "{bad}: {err}");

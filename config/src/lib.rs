@@ -482,19 +482,7 @@ fn validate(raw: RawSettings, env: &HashMap<String, String>) -> Result<Settings,
 
     let aws = validate_aws(raw.aws, &stream_arn, env)?;
 
-    let ms =
-        |key: &str, v: Option<i64>, default: i64, min: i64, max: i64| -> Result<u64, ConfigError> {
-            let v = v.unwrap_or(default);
-            if (min..=max).contains(&v) {
-                Ok(v as u64)
-            } else {
-                Err(ConfigError::key(
-                    key,
-                    format!("{v} is out of range"),
-                    format!("use {min} to {max}"),
-                ))
-            }
-        };
+    let ms = in_range;
     let shutdown_timeout_ms = ms(
         "shutdown_timeout_ms",
         raw.shutdown_timeout_ms,
@@ -507,7 +495,6 @@ fn validate(raw: RawSettings, env: &HashMap<String, String>) -> Result<Settings,
         non_empty(raw.consumer_name),
         &raw.fan_out,
         &stream_arn,
-        &ms,
     )?;
     let store = match non_empty(raw.lease.store)
         .unwrap_or_else(|| "dynamodb".into())
@@ -777,6 +764,26 @@ fn validate_aws(
     })
 }
 
+/// A whole number setting: `default` when unset, else within `min..=max`.
+fn in_range(
+    key: &str,
+    v: Option<i64>,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<u64, ConfigError> {
+    let v = v.unwrap_or(default);
+    if (min..=max).contains(&v) {
+        Ok(v as u64)
+    } else {
+        Err(ConfigError::key(
+            key,
+            format!("{v} is out of range"),
+            format!("use {min} to {max}"),
+        ))
+    }
+}
+
 /// `consumer_arn` or `consumer_name` (not both) turn fan-out on; the
 /// consumer ARN must belong to `stream_arn`.
 fn validate_fan_out(
@@ -784,8 +791,8 @@ fn validate_fan_out(
     consumer_name: Option<String>,
     raw: &RawFanOut,
     stream: &StreamArn,
-    ms: &dyn Fn(&str, Option<i64>, i64, i64, i64) -> Result<u64, ConfigError>,
 ) -> Result<Option<FanOutSettings>, ConfigError> {
+    let ms = in_range;
     let consumer = match (consumer_arn, consumer_name) {
         (None, None) => return Ok(None),
         (Some(_), Some(_)) => {

@@ -248,13 +248,13 @@ fn a_consumer_turns_fan_out_on_and_must_belong_to_the_stream() {
     assert!(with(&[]).unwrap().fan_out.is_none(), "polling by default");
 
     let arn = format!("{ARN}/consumer/shared-efo:1795329156");
-    let s = with(&[("KCLD_CONSUMER_ARN", &arn), ("KCLD_FAN_OUT__STALL_TIMEOUT_MS", "5000")])
-        .unwrap();
+    let s = with(&[
+        ("KCLD_CONSUMER_ARN", &arn),
+        ("KCLD_FAN_OUT__STALL_TIMEOUT_MS", "5000"),
+    ])
+    .unwrap();
     let fan_out = s.fan_out.unwrap();
-    assert_eq!(
-        fan_out.consumer,
-        FanOutConsumer::Arn(arn.parse().unwrap())
-    );
+    assert_eq!(fan_out.consumer, FanOutConsumer::Arn(arn.parse().unwrap()));
     assert_eq!(fan_out.stall_timeout_ms, 5000);
     assert_eq!(fan_out.subscription_max_age_ms, 290_000);
 

@@ -21,6 +21,31 @@ use crate::error::{Error, Result};
 pub struct Clients {
     pub kinesis: aws_sdk_kinesis::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
+    /// STS with the default credentials, for the caller's identity.
+    pub sts: aws_sdk_sts::Client,
+    /// The account of the assumed role, when Kinesis uses one.
+    assumed_account: Option<String>,
+}
+
+impl Clients {
+    /// The account Kinesis calls are made as: the assumed role's, else the
+    /// default credentials' (STS GetCallerIdentity, which needs no
+    /// permission).
+    pub async fn caller_account(&self) -> Result<String> {
+        if let Some(account) = &self.assumed_account {
+            return Ok(account.clone());
+        }
+        let out = self.sts.get_caller_identity().send().await.map_err(|e| {
+            Error::Aws(format!(
+                "cannot tell which account this is (sts:GetCallerIdentity: {}); check \
+                 aws.sts_endpoint / AWS_ENDPOINT_URL_STS and the network",
+                aws_smithy_types::error::display::DisplayErrorContext(&e)
+            ))
+        })?;
+        out.account
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| Error::Aws("sts:GetCallerIdentity returned no account".into()))
+    }
 }
 
 /// Builds the clients and resolves credentials once, so that missing
@@ -82,9 +107,20 @@ pub async fn connect(settings: &Settings) -> Result<Clients> {
     if let Some(url) = &settings.aws.dynamodb_endpoint {
         dynamodb = dynamodb.endpoint_url(url);
     }
+    let mut sts = aws_sdk_sts::config::Builder::from(&base);
+    if let Some(url) = &settings.aws.sts_endpoint {
+        sts = sts.endpoint_url(url);
+    }
     Ok(Clients {
         kinesis: aws_sdk_kinesis::Client::from_conf(kinesis.build()),
         dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb.build()),
+        sts: aws_sdk_sts::Client::from_conf(sts.build()),
+        assumed_account: settings
+            .aws
+            .assume_role
+            .as_ref()
+            .and_then(|r| kcld_config::arn::role_account(&r.role_arn))
+            .map(str::to_owned),
     })
 }
 

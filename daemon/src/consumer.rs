@@ -18,8 +18,8 @@ use kcld_lease::{Grant, ShardSpec};
 
 use crate::error::Error;
 use crate::record::Batch;
-use crate::retrieval::polling::{ByteBudget, PollingReader, Prefetch};
-use crate::retrieval::Fetched;
+use crate::retrieval::prefetch::{ByteBudget, Prefetch};
+use crate::retrieval::{Fetched, Reader};
 use crate::sink::{Sink, SinkError};
 
 /// Batches read ahead of the sink, at most (the byte budget applies too).
@@ -73,7 +73,7 @@ impl Progress {
 /// `budget` bounds the record data read ahead of the sink.
 pub async fn run(
     grant: Grant,
-    reader: PollingReader,
+    reader: Reader,
     sink: Arc<dyn Sink>,
     policy: CheckpointPolicy,
     budget: ByteBudget,

@@ -49,6 +49,63 @@ pub fn access_denied_message(stream: &StreamArn, action: &str, detail: &str) -> 
 pub const FAN_OUT_ACTIONS: [&str; 2] =
     ["kinesis:DescribeStreamConsumer", "kinesis:SubscribeToShard"];
 
+/// The statement the stream owner adds to the consumer's resource policy
+/// to share an enhanced fan-out consumer with `principal` (a role ARN).
+pub fn consumer_read_statement(consumer_arn: &str, principal: &str) -> serde_json::Value {
+    serde_json::json!({
+        "Sid": "kcld-cross-account-fan-out",
+        "Effect": "Allow",
+        "Principal": { "AWS": principal },
+        "Action": FAN_OUT_ACTIONS,
+        "Resource": consumer_arn,
+    })
+}
+
+/// One message for an AccessDenied on a fan-out action on `consumer`.
+pub fn consumer_access_denied_message(
+    stream: &StreamArn,
+    consumer: &str,
+    action: &str,
+    detail: &str,
+) -> String {
+    let statement = consumer_read_statement(consumer, &role_placeholder(None));
+    format!(
+        "access denied: {action} on consumer {consumer} ({detail}). The stream owner (account \
+         {owner}) must allow {action} to this consumer's IAM role in the consumer's resource \
+         policy (aws kinesis put-resource-policy --resource-arn <consumer ARN>), and the role's \
+         own IAM policy must allow it too. Statement for the consumer policy: {statement}",
+        owner = stream.account,
+    )
+}
+
+/// Why kcld does not register a consumer on another account's stream, and
+/// what the owner does instead, as a configuration error on
+/// `consumer_name`.
+pub fn cross_account_registration_error(
+    stream: &StreamArn,
+    name: &str,
+    caller_account: &str,
+) -> kcld_config::ConfigError {
+    let principal = role_placeholder(Some(caller_account));
+    let consumer = format!("{stream}/consumer/{name}:<creation-timestamp>");
+    let statement = consumer_read_statement(&consumer, &principal);
+    kcld_config::ConfigError::Key {
+        key: "consumer_name".into(),
+        problem: format!(
+            "no consumer {name:?} on stream {stream}, which belongs to account {owner} while \
+             this is account {caller_account}; only the stream's own account can register a \
+             consumer, so kcld does not",
+            owner = stream.account
+        ),
+        fix: format!(
+            "the stream owner runs `aws kinesis register-stream-consumer --stream-arn {stream} \
+             --consumer-name {name}`, attaches this statement to the consumer's resource policy: \
+             {statement}, and gives you the ConsumerARN: set consumer_arn to it instead of \
+             consumer_name"
+        ),
+    }
+}
+
 /// What kcld does with its lease table.
 pub const LEASE_TABLE_ACTIONS: [&str; 7] = [
     "dynamodb:CreateTable",
@@ -89,13 +146,7 @@ pub fn policies(req: &PolicyRequest<'_>) -> serde_json::Value {
     if let Some(consumer) = req.consumer_arn {
         out.insert(
             "consumer_resource_policy".into(),
-            serde_json::json!({ "Version": "2012-10-17", "Statement": [{
-                "Sid": "kcld-cross-account-fan-out",
-                "Effect": "Allow",
-                "Principal": { "AWS": req.role_arn },
-                "Action": FAN_OUT_ACTIONS,
-                "Resource": consumer,
-            }]}),
+            serde_json::json!({ "Version": "2012-10-17", "Statement": [consumer_read_statement(consumer, req.role_arn)] }),
         );
         read_actions.extend(FAN_OUT_ACTIONS);
         read_resources.push(consumer.to_owned());

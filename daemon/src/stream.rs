@@ -38,6 +38,10 @@ pub enum KinesisError {
     /// The shard iterator is older than five minutes: get a new one.
     #[error("shard iterator expired")]
     ExpiredIterator,
+    /// ResourceInUseException: another subscription to the shard is still
+    /// open, or the consumer is being created or deleted: wait and retry.
+    #[error("in use: {0}")]
+    InUse(String),
     /// No connection to the endpoint, or it timed out.
     #[error("cannot reach Kinesis: {0}")]
     Unreachable(String),
@@ -53,6 +57,7 @@ impl KinesisError {
             KinesisError::NotFound(_) => "not_found",
             KinesisError::Throttled(_) => "throttled",
             KinesisError::ExpiredIterator => "expired_iterator",
+            KinesisError::InUse(_) => "in_use",
             KinesisError::Unreachable(_) => "unreachable",
             KinesisError::Other(_) => "other",
         }
@@ -62,7 +67,10 @@ impl KinesisError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            KinesisError::Throttled(_) | KinesisError::Unreachable(_) | KinesisError::Other(_)
+            KinesisError::Throttled(_)
+                | KinesisError::Unreachable(_)
+                | KinesisError::InUse(_)
+                | KinesisError::Other(_)
         )
     }
 
@@ -103,8 +111,40 @@ impl KinesisError {
             | "LimitExceededException"
             | "ThrottlingException" => KinesisError::Throttled(format!("{action}: {code}")),
             "ExpiredIteratorException" => KinesisError::ExpiredIterator,
+            "ResourceInUseException" => KinesisError::InUse(format!("{action}: {message}")),
             "" => KinesisError::Other(format!("{action}: {detail}")),
             _ => KinesisError::Other(format!("{action}: {code}: {message}")),
+        }
+    }
+}
+
+impl KinesisError {
+    /// [`KinesisError::classify`] for calls on an enhanced fan-out consumer:
+    /// access and not-found errors name the consumer and who must act.
+    fn classify_consumer<E, R>(
+        err: SdkError<E, R>,
+        stream: &StreamArn,
+        consumer: &str,
+        action: &'static str,
+    ) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let detail = err.message().unwrap_or_default().to_owned();
+        match KinesisError::classify(err, stream, action) {
+            KinesisError::AccessDenied { .. } => KinesisError::AccessDenied {
+                action,
+                message: policy::consumer_access_denied_message(stream, consumer, action, &detail),
+            },
+            KinesisError::NotFound(_) => KinesisError::NotFound(format!(
+                "{action}: consumer {consumer} not found ({detail}); check consumer_arn: the \
+                 stream owner (account {owner}) registers it with `aws kinesis \
+                 register-stream-consumer --stream-arn {stream} --consumer-name <name>` and shares \
+                 it with a consumer resource policy (`kcld policy --consumer-arn` prints it)",
+                owner = stream.account,
+            )),
+            other => other,
         }
     }
 }
@@ -128,6 +168,36 @@ pub enum StartAt {
     AtTimestamp { epoch_millis: i64 },
     AtSequence(String),
     AfterSequence(String),
+}
+
+/// An enhanced fan-out consumer as DescribeStreamConsumer reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    pub arn: String,
+    /// CREATING, ACTIVE or DELETING.
+    pub status: String,
+}
+
+impl ConsumerInfo {
+    fn from_description(
+        d: Option<aws_sdk_kinesis::types::ConsumerDescription>,
+    ) -> Result<Self, KinesisError> {
+        let d = d.ok_or_else(|| {
+            KinesisError::Other("DescribeStreamConsumer returned no description".into())
+        })?;
+        Ok(ConsumerInfo {
+            arn: d.consumer_arn,
+            status: d.consumer_status.as_str().to_owned(),
+        })
+    }
+}
+
+/// An open SubscribeToShard event stream.
+pub struct Subscription {
+    events: aws_sdk_kinesis::primitives::event_stream::EventReceiver<
+        aws_sdk_kinesis::types::SubscribeToShardEventStream,
+        aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError,
+    >,
 }
 
 /// A summary of the stream for logs and readiness.
@@ -273,6 +343,144 @@ impl Stream {
         out.shard_iterator.ok_or_else(|| {
             KinesisError::NotFound(format!("{shard_id}: GetShardIterator returned no iterator (the shard is closed and trimmed)"))
         })
+    }
+
+    /// DescribeStreamConsumer by consumer ARN.
+    pub async fn describe_consumer(
+        &self,
+        consumer_arn: &str,
+    ) -> Result<ConsumerInfo, KinesisError> {
+        let out = self
+            .client
+            .describe_stream_consumer()
+            .consumer_arn(consumer_arn)
+            .send()
+            .await
+            .map_err(|e| {
+                KinesisError::classify_consumer(
+                    e,
+                    &self.arn,
+                    consumer_arn,
+                    "kinesis:DescribeStreamConsumer",
+                )
+            })?;
+        ConsumerInfo::from_description(out.consumer_description)
+    }
+
+    /// DescribeStreamConsumer by name on this stream; `Ok(None)` when the
+    /// stream has no consumer of that name.
+    pub async fn find_consumer(&self, name: &str) -> Result<Option<ConsumerInfo>, KinesisError> {
+        let result = self
+            .client
+            .describe_stream_consumer()
+            .stream_arn(&self.arn_text)
+            .consumer_name(name)
+            .send()
+            .await;
+        match result {
+            Ok(out) => ConsumerInfo::from_description(out.consumer_description).map(Some),
+            Err(e) => {
+                match KinesisError::classify(e, &self.arn, "kinesis:DescribeStreamConsumer") {
+                    KinesisError::NotFound(_) => Ok(None),
+                    other => Err(other),
+                }
+            }
+        }
+    }
+
+    /// RegisterStreamConsumer on this stream: only for a stream of the
+    /// caller's own account (the caller checks).
+    pub async fn register_consumer(&self, name: &str) -> Result<ConsumerInfo, KinesisError> {
+        let out = self
+            .client
+            .register_stream_consumer()
+            .stream_arn(&self.arn_text)
+            .consumer_name(name)
+            .send()
+            .await
+            .map_err(|e| KinesisError::classify(e, &self.arn, "kinesis:RegisterStreamConsumer"))?;
+        let c = out.consumer.ok_or_else(|| {
+            KinesisError::Other("RegisterStreamConsumer returned no consumer".into())
+        })?;
+        Ok(ConsumerInfo {
+            arn: c.consumer_arn,
+            status: c.consumer_status.as_str().to_owned(),
+        })
+    }
+
+    /// SubscribeToShard through `consumer_arn`: the open event stream. Errors
+    /// of the call and errors inside the stream are classified alike (see
+    /// [`Stream::next_event`]).
+    pub async fn subscribe(
+        &self,
+        consumer_arn: &str,
+        shard_id: &str,
+        at: &StartAt,
+    ) -> Result<Subscription, KinesisError> {
+        use aws_sdk_kinesis::types::StartingPosition;
+        let position = match at {
+            StartAt::TrimHorizon => {
+                StartingPosition::builder().r#type(ShardIteratorType::TrimHorizon)
+            }
+            StartAt::Latest => StartingPosition::builder().r#type(ShardIteratorType::Latest),
+            StartAt::AtTimestamp { epoch_millis } => StartingPosition::builder()
+                .r#type(ShardIteratorType::AtTimestamp)
+                .timestamp(aws_smithy_types::DateTime::from_millis(*epoch_millis)),
+            StartAt::AtSequence(seq) => StartingPosition::builder()
+                .r#type(ShardIteratorType::AtSequenceNumber)
+                .sequence_number(seq),
+            StartAt::AfterSequence(seq) => StartingPosition::builder()
+                .r#type(ShardIteratorType::AfterSequenceNumber)
+                .sequence_number(seq),
+        }
+        .build()
+        .map_err(|e| KinesisError::Other(format!("SubscribeToShard: {e}")))?;
+        let out = self
+            .client
+            .subscribe_to_shard()
+            .consumer_arn(consumer_arn)
+            .shard_id(shard_id)
+            .starting_position(position)
+            .send()
+            .await
+            .map_err(|e| {
+                KinesisError::classify_consumer(
+                    e,
+                    &self.arn,
+                    consumer_arn,
+                    "kinesis:SubscribeToShard",
+                )
+            })?;
+        Ok(Subscription {
+            events: out.event_stream,
+        })
+    }
+
+    /// The next event of a subscription: `Ok(None)` when the service ended
+    /// it (after five minutes, or earlier); an error inside the stream is
+    /// classified like an error of the call.
+    pub async fn next_event(
+        &self,
+        subscription: &mut Subscription,
+        consumer_arn: &str,
+    ) -> Result<Option<aws_sdk_kinesis::types::SubscribeToShardEvent>, KinesisError> {
+        use aws_sdk_kinesis::types::SubscribeToShardEventStream;
+        loop {
+            let event = subscription.events.recv().await.map_err(|e| {
+                KinesisError::classify_consumer(
+                    e,
+                    &self.arn,
+                    consumer_arn,
+                    "kinesis:SubscribeToShard",
+                )
+            })?;
+            match event {
+                None => return Ok(None),
+                Some(SubscribeToShardEventStream::SubscribeToShardEvent(e)) => return Ok(Some(e)),
+                // An event type newer than this SDK: skip it.
+                Some(_) => continue,
+            }
+        }
     }
 
     /// GetRecords through the SDK (credentials, signing, endpoint, retries,

@@ -20,7 +20,10 @@ use tokio_util::sync::CancellationToken;
 use crate::consumer::{self, CheckpointPolicy, Outcome};
 use crate::error::{Error, Result};
 use crate::ops::{self, Health};
-use crate::retrieval::polling::{ByteBudget, PollingReader};
+use crate::retrieval::fanout::FanOutReader;
+use crate::retrieval::polling::PollingReader;
+use crate::retrieval::prefetch::ByteBudget;
+use crate::retrieval::{registration, Reader};
 use crate::sink::Sink;
 use crate::stream::Stream;
 use crate::{aws, sink};
@@ -63,6 +66,16 @@ pub async fn run_with_sink(
         worker_id = %settings.worker_id,
         "stream described"
     );
+
+    // Fan-out: the consumer must be ACTIVE before any shard is read.
+    let consumer_arn: Option<Arc<str>> = match &settings.fan_out {
+        None => None,
+        Some(fan_out) => {
+            let arn = registration::resolve(&stream, fan_out, || clients.caller_account()).await?;
+            tracing::info!(consumer = %arn, "reading through enhanced fan-out");
+            Some(Arc::from(arn))
+        }
+    };
 
     let (initial, at_timestamp) = match &settings.initial_position {
         InitialPosition::TrimHorizon => (Checkpoint::TrimHorizon, None),
@@ -137,14 +150,25 @@ pub async fn run_with_sink(
         |grant: Grant| {
             let range =
                 HashRange::parse(&grant.shard.starting_hash_key, &grant.shard.ending_hash_key);
-            let reader = PollingReader::new(
-                stream.clone(),
-                &grant.shard.shard_id,
-                &grant.start,
-                at_timestamp,
-                range,
-                &settings.polling,
-            );
+            let reader = match (&consumer_arn, &settings.fan_out) {
+                (Some(arn), Some(fan_out)) => Reader::FanOut(Box::new(FanOutReader::new(
+                    stream.clone(),
+                    arn.clone(),
+                    &grant.shard.shard_id,
+                    &grant.start,
+                    at_timestamp,
+                    range,
+                    fan_out,
+                ))),
+                _ => Reader::Polling(Box::new(PollingReader::new(
+                    stream.clone(),
+                    &grant.shard.shard_id,
+                    &grant.start,
+                    at_timestamp,
+                    range,
+                    &settings.polling,
+                ))),
+            };
             consumer::run(
                 grant,
                 reader,

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+pub mod cut;
 pub mod fault;
+pub mod sts;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aws_config::{BehaviorVersion, Region};
@@ -167,6 +169,62 @@ impl Stack {
             .send()
             .await
             .context("PutResourcePolicy")?;
+        Ok(arn)
+    }
+
+    /// Registers an enhanced fan-out consumer on the stream as its owner,
+    /// waits until it is ACTIVE, and shares it with the consumer role
+    /// (DescribeStreamConsumer, SubscribeToShard). Returns its ARN.
+    pub async fn register_shared_consumer(&self, stream_arn: &str, name: &str) -> Result<String> {
+        use aws_sdk_kinesis::types::ConsumerStatus;
+        let kinesis = self.producer_kinesis().await;
+        let out = kinesis
+            .register_stream_consumer()
+            .stream_arn(stream_arn)
+            .consumer_name(name)
+            .send()
+            .await
+            .with_context(|| format!("RegisterStreamConsumer {name}"))?;
+        let arn = out
+            .consumer()
+            .context("no consumer")?
+            .consumer_arn()
+            .to_owned();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let d = kinesis
+                .describe_stream_consumer()
+                .consumer_arn(&arn)
+                .send()
+                .await
+                .context("DescribeStreamConsumer")?;
+            if d.consumer_description().map(|c| c.consumer_status())
+                == Some(&ConsumerStatus::Active)
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("consumer {name} did not become ACTIVE within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Sid": "ShareFanOutWithConsumerAccount",
+                "Effect": "Allow",
+                "Principal": { "AWS": self.consumer_role_arn },
+                "Action": ["kinesis:DescribeStreamConsumer", "kinesis:SubscribeToShard"],
+                "Resource": arn,
+            }]
+        });
+        kinesis
+            .put_resource_policy()
+            .resource_arn(&arn)
+            .policy(policy.to_string())
+            .send()
+            .await
+            .context("PutResourcePolicy on the consumer")?;
         Ok(arn)
     }
 

@@ -1,12 +1,24 @@
-//! Getting records out of a shard. Polling with GetRecords is the one
-//! strategy so far; each strategy yields the same [`Fetched`] values so the
-//! shard consumer does not care how records arrived.
+//! Getting records out of a shard. Two strategies, one shape: polling with
+//! GetRecords ([`polling`]) and enhanced fan-out with SubscribeToShard
+//! ([`fanout`]) both yield [`Fetched`] values, deaggregated and filtered by
+//! the same [`Unpacker`], so the shard consumer, the leases, checkpoints,
+//! sinks and metrics do not care how records arrived. [`prefetch`] reads
+//! ahead of the sink for either.
 
+use std::sync::Arc;
+
+use kcld_checkpoint::Checkpoint;
 use kcld_lease::ShardSpec;
+use kcld_records::kpl::{self, HashRange};
+use tokio_util::sync::CancellationToken;
 
-use crate::record::Batch;
+use crate::record::{Batch, Record};
+use crate::stream::{KinesisError, StartAt};
 
+pub mod fanout;
 pub mod polling;
+pub mod prefetch;
+pub mod registration;
 
 /// What one read of a shard produced.
 #[derive(Debug)]
@@ -15,4 +27,127 @@ pub enum Fetched {
     Records(Batch),
     /// The shard is closed and every record was read; these shards follow it.
     ShardEnd { children: Vec<ShardSpec> },
+}
+
+/// One shard's reader, by the configured strategy (boxed: made once per
+/// shard, moved into its fetch task).
+pub enum Reader {
+    Polling(Box<polling::PollingReader>),
+    FanOut(Box<fanout::FanOutReader>),
+}
+
+impl Reader {
+    /// The next non-empty batch, or the shard's end; `Ok(None)` once
+    /// `cancel` fired. Transient errors are retried inside; the ones
+    /// returned need a person (access denied, stream or consumer gone).
+    pub async fn next(
+        &mut self,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Fetched>, KinesisError> {
+        match self {
+            Reader::Polling(r) => r.next(cancel).await,
+            Reader::FanOut(r) => r.next(cancel).await,
+        }
+    }
+}
+
+/// Where a reader with nothing read yet starts, from the grant's
+/// checkpoint and the configured AT_TIMESTAMP time (which the lease table
+/// never stores).
+pub fn start_at(shard_id: &str, start: &Checkpoint, at_timestamp_millis: Option<i64>) -> StartAt {
+    match start {
+        Checkpoint::TrimHorizon | Checkpoint::ShardEnd => StartAt::TrimHorizon,
+        Checkpoint::Latest => StartAt::Latest,
+        Checkpoint::AtTimestamp => match at_timestamp_millis {
+            Some(epoch_millis) => StartAt::AtTimestamp { epoch_millis },
+            None => {
+                tracing::warn!(
+                    shard = shard_id,
+                    "checkpoint is AT_TIMESTAMP but no initial_timestamp is configured; starting at TRIM_HORIZON"
+                );
+                StartAt::TrimHorizon
+            }
+        },
+        Checkpoint::At(esn) => StartAt::AtSequence(esn.sequence.to_string()),
+    }
+}
+
+/// Turns the records of one response or event into what the sink gets:
+/// KPL aggregates split into user records (counted, corrupt ones passed
+/// through as they arrived), and records the starting checkpoint covers
+/// dropped, sub-sequence numbers included.
+pub struct Unpacker {
+    pub(crate) shard_id: Arc<str>,
+    /// `shard_id` as a metric label, made once.
+    pub(crate) shard_label: String,
+    range: Option<HashRange>,
+    /// Records at or before this position were confirmed earlier: skip them.
+    resume_after: Checkpoint,
+    stats: kpl::Stats,
+}
+
+impl Unpacker {
+    pub fn new(shard_id: &str, start: &Checkpoint, range: Option<HashRange>) -> Self {
+        Unpacker {
+            shard_id: Arc::from(shard_id),
+            shard_label: shard_id.to_owned(),
+            range,
+            resume_after: start.clone(),
+            stats: kpl::Stats::default(),
+        }
+    }
+
+    /// Deaggregates and filters `records`, in order.
+    pub fn unpack(&mut self, records: impl ExactSizeIterator<Item = Record>) -> Vec<Record> {
+        let before = self.stats;
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            kpl::deaggregate(record, self.range, &mut out, &mut self.stats);
+        }
+        self.report(&before);
+        if matches!(self.resume_after, Checkpoint::At(_)) {
+            out.retain(|r| !self.resume_after.covers(&r.position()));
+            if !out.is_empty() {
+                // Past the checkpoint: nothing later can be covered.
+                self.resume_after = Checkpoint::TrimHorizon;
+            }
+        }
+        out
+    }
+
+    /// Deaggregation counts: exported, and logged when worth a person's
+    /// attention.
+    fn report(&self, before: &kpl::Stats) {
+        let shard = &self.shard_label;
+        for (name, now, then) in [
+            (
+                "kcld_kpl_aggregates_total",
+                self.stats.aggregates,
+                before.aggregates,
+            ),
+            (
+                "kcld_kpl_user_records_total",
+                self.stats.sub_records,
+                before.sub_records,
+            ),
+            ("kcld_kpl_corrupt_total", self.stats.corrupt, before.corrupt),
+            (
+                "kcld_kpl_out_of_range_total",
+                self.stats.out_of_range,
+                before.out_of_range,
+            ),
+        ] {
+            if now > then {
+                metrics::counter!(name, "shard" => shard.clone()).increment(now - then);
+            }
+        }
+        let corrupt = self.stats.corrupt - before.corrupt;
+        let out_of_range = self.stats.out_of_range - before.out_of_range;
+        if corrupt > 0 {
+            tracing::warn!(shard = %self.shard_id, corrupt, total = self.stats.corrupt, "records looked like KPL aggregates but were not well formed; delivered as they arrived");
+        }
+        if out_of_range > 0 {
+            tracing::warn!(shard = %self.shard_id, out_of_range, total = self.stats.out_of_range, "KPL user records hash outside this shard's range; delivered (the KCL would drop their aggregates)");
+        }
+    }
 }

@@ -1,0 +1,173 @@
+//! Reading ahead of the sink, whatever the retrieval strategy: a fetch task
+//! per shard keeps up to a few batches ready while the sink works, bounded
+//! by bytes per shard and for the whole worker, so a slow sink applies
+//! back-pressure instead of growing memory.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::{Fetched, Reader};
+use crate::stream::KinesisError;
+
+/// Bytes of record data read ahead and not yet delivered, bounded per shard
+/// and for the whole worker, so that hundreds of shards with a slow sink
+/// cannot grow memory past the configured total.
+#[derive(Clone)]
+pub struct ByteBudget {
+    shard: Arc<Semaphore>,
+    shard_max: usize,
+    worker: Arc<Semaphore>,
+    worker_max: usize,
+}
+
+/// Room held in a [`ByteBudget`] until dropped.
+pub struct BudgetHeld {
+    _shard: OwnedSemaphorePermit,
+    _worker: OwnedSemaphorePermit,
+}
+
+impl ByteBudget {
+    /// A shard's budget of `shard_max` bytes inside the worker's `worker`
+    /// semaphore of `worker_max` bytes (see [`ByteBudget::worker`]).
+    pub fn new(worker: Arc<Semaphore>, worker_max: usize, shard_max: usize) -> Self {
+        let shard_max = shard_max.clamp(1, Semaphore::MAX_PERMITS);
+        ByteBudget {
+            shard: Arc::new(Semaphore::new(shard_max)),
+            shard_max,
+            worker,
+            worker_max: worker_max.clamp(1, Semaphore::MAX_PERMITS),
+        }
+    }
+
+    /// The semaphore every shard of a worker shares.
+    pub fn worker(max: usize) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS)))
+    }
+
+    /// Waits for room for `size` bytes. A batch larger than a limit waits
+    /// for the whole limit, so it still passes, alone.
+    pub async fn acquire(&self, size: usize) -> Option<BudgetHeld> {
+        let per_shard = size.clamp(1, self.shard_max) as u32;
+        let per_worker = size.clamp(1, self.worker_max) as u32;
+        let shard = self
+            .shard
+            .clone()
+            .acquire_many_owned(per_shard)
+            .await
+            .ok()?;
+        let worker = self
+            .worker
+            .clone()
+            .acquire_many_owned(per_worker)
+            .await
+            .ok()?;
+        Some(BudgetHeld {
+            _shard: shard,
+            _worker: worker,
+        })
+    }
+}
+
+/// A batch read ahead, holding its share of the prefetch budget until the
+/// consumer is done with it.
+pub struct Prefetched {
+    pub fetched: Fetched,
+    _budget: Option<BudgetHeld>,
+}
+
+/// The consumer's end of a shard's fetch task.
+pub struct Prefetch {
+    rx: mpsc::Receiver<Result<Prefetched, KinesisError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Prefetch {
+    /// Starts reading ahead: at most `max_batches` batches, and what
+    /// `budget` allows, wait for the consumer.
+    pub fn spawn(
+        mut reader: Reader,
+        cancel: CancellationToken,
+        max_batches: usize,
+        budget: ByteBudget,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(max_batches.max(1));
+        let task = tokio::spawn(async move {
+            loop {
+                let fetched = match reader.next(&cancel).await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let size = match &fetched {
+                    Fetched::Records(batch) => batch.data_bytes(),
+                    Fetched::ShardEnd { .. } => 0,
+                };
+                let permit = tokio::select! {
+                    p = budget.acquire(size) => p,
+                    _ = cancel.cancelled() => return,
+                };
+                let end = matches!(fetched, Fetched::ShardEnd { .. });
+                if tx
+                    .send(Ok(Prefetched {
+                        fetched,
+                        _budget: permit,
+                    }))
+                    .await
+                    .is_err()
+                    || end
+                {
+                    return;
+                }
+            }
+        });
+        Prefetch { rx, task }
+    }
+
+    /// The next batch read ahead; `None` once the fetch task stopped
+    /// (cancelled).
+    pub async fn next(&mut self) -> Option<Result<Prefetched, KinesisError>> {
+        self.rx.recv().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn read_ahead_is_bounded_per_shard_and_per_worker() {
+        let worker = ByteBudget::worker(100);
+        let a = ByteBudget::new(worker.clone(), 100, 60);
+        let b = ByteBudget::new(worker.clone(), 100, 60);
+        let wait = Duration::from_millis(50);
+        let a1 = a.acquire(50).await.unwrap();
+        // The shard's own limit: 50 + 20 > 60.
+        assert!(tokio::time::timeout(wait, a.acquire(20)).await.is_err());
+        let b1 = b.acquire(50).await.unwrap();
+        // The worker's limit: 100 bytes held by the two shards.
+        assert!(tokio::time::timeout(wait, b.acquire(5)).await.is_err());
+        drop(a1);
+        let b2 = tokio::time::timeout(wait, b.acquire(5))
+            .await
+            .unwrap()
+            .unwrap();
+        // A batch larger than every limit still passes once alone.
+        drop((b1, b2));
+        assert!(tokio::time::timeout(wait, a.acquire(1_000))
+            .await
+            .unwrap()
+            .is_some());
+    }
+}

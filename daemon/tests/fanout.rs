@@ -1,0 +1,462 @@
+//! Enhanced fan-out against the local stack: the producer account registers
+//! a consumer on its stream and shares it; kcld in the consumer account
+//! reads every shard through it with SubscribeToShard.
+//!
+//! The tests run one at a time: each holds one subscription per shard, and
+//! the emulator sends about one event per second per subscription.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use kcld_checkpoint::SequenceNumber;
+use kcld_testkit::{metric_sum, sample_records, unique_name, Delivered, Kcld, Stack};
+use tokio::sync::Mutex;
+
+const KCLD: &str = env!("CARGO_BIN_EXE_kcld");
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+fn env(stack: &Stack, arn: &str, app: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut env = stack.consumer_env();
+    env.insert("KCLD_APPLICATION_NAME".into(), app.into());
+    env.insert("KCLD_STREAM_ARN".into(), arn.into());
+    env.insert("KCLD_INITIAL_POSITION".into(), "TRIM_HORIZON".into());
+    env.insert("KCLD_LEASE__FAILOVER_TIME_MS".into(), "3000".into());
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    env
+}
+
+/// A shared stream with `shards` shards and a consumer registered and
+/// shared by its owner: (stream ARN, consumer ARN).
+async fn shared_stream_and_consumer(stack: &Stack, shards: i32) -> (String, String) {
+    let arn = stack
+        .create_shared_stream(&unique_name("efo"), shards)
+        .await
+        .unwrap();
+    let consumer = stack
+        .register_shared_consumer(&arn, &unique_name("shared-efo"))
+        .await
+        .unwrap();
+    (arn, consumer)
+}
+
+/// Checks that `lines` hold every record of `placed` once, with its bytes
+/// and key, in sequence order per shard. Returns the records per shard.
+fn check_once_in_order(
+    lines: &[String],
+    placed: &[(String, String)],
+    records: &[(String, Vec<u8>)],
+) -> HashMap<String, usize> {
+    let expected: HashMap<(String, String), &(String, Vec<u8>)> =
+        placed.iter().cloned().zip(records.iter()).collect();
+    let mut seen = HashSet::new();
+    let mut last: HashMap<String, SequenceNumber> = HashMap::new();
+    let mut per_shard = HashMap::new();
+    for line in lines {
+        let d = Delivered::parse(line).unwrap();
+        let key = (d.shard_id.clone(), d.sequence_number.clone());
+        let (pk, data) = expected
+            .get(&key)
+            .unwrap_or_else(|| panic!("unexpected record {key:?}"));
+        assert_eq!(&d.partition_key, pk);
+        assert_eq!(&d.data, data);
+        assert!(seen.insert(key), "delivered twice: {line}");
+        let seq: SequenceNumber = d.sequence_number.parse().unwrap();
+        let prev = last.insert(d.shard_id.clone(), seq.clone());
+        assert!(
+            prev.is_none_or(|p| p < seq),
+            "out of order on {}",
+            d.shard_id
+        );
+        *per_shard.entry(d.shard_id).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), placed.len(), "every record delivered");
+    per_shard
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_every_record_once_in_order_through_a_shared_consumer() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let (arn, consumer) = shared_stream_and_consumer(&stack, 4).await;
+    let records = sample_records(1000, 41);
+    let placed = stack.put_records(&arn, &records).await.unwrap();
+
+    let mut kcld = Kcld::spawn(
+        KCLD,
+        &["run"],
+        &env(
+            &stack,
+            &arn,
+            &unique_name("app"),
+            &[("KCLD_CONSUMER_ARN", &consumer)],
+        ),
+    )
+    .unwrap();
+    let lines = kcld.take_lines(1000, Duration::from_secs(90)).await;
+    assert_eq!(lines.len(), 1000, "stderr:\n{}", kcld.stderr_text());
+    let extra = kcld.drain_for(Duration::from_secs(3)).await;
+    assert!(extra.is_empty(), "records after the 1000th: {extra:?}");
+    let per_shard = check_once_in_order(&lines, &placed, &records);
+    assert_eq!(per_shard.len(), 4, "records came from every shard");
+
+    // Read through fan-out, not polling: SubscribeToShard on every shard,
+    // no GetRecords for reading.
+    let ops = kcld.ops_addr(Duration::from_secs(5)).await.unwrap();
+    let (_, page) = kcld_testkit::http_get(ops, "/metrics").await.unwrap();
+    let (calls, series) = metric_sum(&page, "kcld_subscribetoshard_calls_total");
+    assert!(calls >= 4.0 && series == 4, "{page}");
+    assert_eq!(metric_sum(&page, "kcld_getrecords_calls_total").0, 0.0);
+    let (delivered, _) = metric_sum(&page, "kcld_records_delivered_total");
+    assert_eq!(delivered, 1000.0);
+
+    let status = kcld.terminate(Duration::from_secs(25)).await.unwrap();
+    assert!(status.success(), "exit {status:?}");
+}
+
+/// Runs kcld until it exits by itself: (exit code, every `kcld: error:`
+/// line, the whole stderr).
+async fn run_to_error(env: &HashMap<String, String>) -> (Option<i32>, Vec<String>, String) {
+    let kcld = Kcld::spawn(KCLD, &["run"], env).unwrap();
+    let stderr = kcld.stderr.clone();
+    let status = kcld.wait(Duration::from_secs(60)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let text = stderr.lock().unwrap().clone();
+    let errors = text
+        .lines()
+        .filter(|l| l.starts_with("kcld: error:"))
+        .map(str::to_owned)
+        .collect();
+    (status.code(), errors, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewed_and_cut_subscriptions_lose_and_duplicate_nothing() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let (arn, consumer) = shared_stream_and_consumer(&stack, 2).await;
+    let upstream: std::net::SocketAddr = stack
+        .kinesis_endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = kcld_testkit::cut::CutProxy::start(upstream).await.unwrap();
+    let mut env = env(
+        &stack,
+        &arn,
+        &unique_name("app"),
+        &[
+            ("KCLD_CONSUMER_ARN", &consumer),
+            // Every subscription is renewed after a second, the shortest
+            // allowed, so renewals happen between most events.
+            ("KCLD_FAN_OUT__SUBSCRIPTION_MAX_AGE_MS", "1000"),
+        ],
+    );
+    env.insert("AWS_ENDPOINT_URL_KINESIS".into(), proxy.url());
+    let mut kcld = Kcld::spawn(KCLD, &["run"], &env).unwrap();
+
+    // Records arrive in waves while subscriptions are renewed, and every
+    // connection is cut (mid-stream) between the waves.
+    let mut records = Vec::new();
+    let mut placed = Vec::new();
+    let mut lines = Vec::new();
+    for wave in 0..6 {
+        let batch: Vec<(String, Vec<u8>)> = sample_records(100, 13)
+            .into_iter()
+            .map(|(k, mut d)| {
+                d.extend_from_slice(format!(" wave {wave}").as_bytes());
+                (k, d)
+            })
+            .collect();
+        placed.extend(stack.put_records(&arn, &batch).await.unwrap());
+        records.extend(batch);
+        lines.extend(kcld.take_lines(100, Duration::from_secs(60)).await);
+        proxy.cut_all();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    lines.extend(kcld.drain_for(Duration::from_secs(4)).await);
+    assert_eq!(lines.len(), 600, "stderr:\n{}", kcld.stderr_text());
+    check_once_in_order(&lines, &placed, &records);
+
+    let ops = kcld.ops_addr(Duration::from_secs(5)).await.unwrap();
+    let (_, page) = kcld_testkit::http_get(ops, "/metrics").await.unwrap();
+    let (calls, _) = metric_sum(&page, "kcld_subscribetoshard_calls_total");
+    assert!(
+        calls >= 2.0 * 6.0,
+        "subscriptions were renewed and cut: {calls} SubscribeToShard calls"
+    );
+    assert!(proxy.connections() > 1);
+    let status = kcld.terminate(Duration::from_secs(25)).await.unwrap();
+    assert!(status.success(), "exit {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_with_one_consumer_arn_split_the_shards() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let (arn, consumer) = shared_stream_and_consumer(&stack, 4).await;
+    let app = unique_name("app");
+    let records = sample_records(800, 29);
+    let placed = stack.put_records(&arn, &records).await.unwrap();
+
+    let mut instances = Vec::new();
+    for worker in ["worker-a", "worker-b"] {
+        instances.push(
+            Kcld::spawn(
+                KCLD,
+                &["run"],
+                &env(
+                    &stack,
+                    &arn,
+                    &app,
+                    &[("KCLD_CONSUMER_ARN", &consumer), ("KCLD_WORKER_ID", worker)],
+                ),
+            )
+            .unwrap(),
+        );
+    }
+    // Both hold two leases each once balanced.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let owners = stack.lease_owners(&app).await.unwrap_or_default();
+        let count = |w: &str| owners.values().filter(|o| o.as_deref() == Some(w)).count();
+        if owners.len() == 4 && count("worker-a") == 2 && count("worker-b") == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "leases not split 2/2: {owners:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut lines = Vec::new();
+    let mut shards_of = Vec::new();
+    for kcld in &mut instances {
+        let got = kcld.drain_for(Duration::from_secs(8)).await;
+        shards_of.push(
+            got.iter()
+                .map(|l| Delivered::parse(l).unwrap().shard_id)
+                .collect::<HashSet<_>>(),
+        );
+        lines.extend(got);
+    }
+    let tail_a = instances[0].drain_for(Duration::from_secs(2)).await;
+    let tail_b = instances[1].drain_for(Duration::from_secs(1)).await;
+    lines.extend(tail_a);
+    lines.extend(tail_b);
+    assert_eq!(
+        lines.len(),
+        800,
+        "stderr a:\n{}\nstderr b:\n{}",
+        instances[0].stderr_text(),
+        instances[1].stderr_text()
+    );
+    let per_shard = check_once_in_order(&lines, &placed, &records);
+    assert_eq!(per_shard.len(), 4);
+    assert!(
+        !shards_of[0].is_empty() && !shards_of[1].is_empty(),
+        "both instances read: {shards_of:?}"
+    );
+    for kcld in instances {
+        assert!(kcld
+            .terminate(Duration::from_secs(25))
+            .await
+            .unwrap()
+            .success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_consumer_arn_is_one_clear_error() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("efo"), 1)
+        .await
+        .unwrap();
+
+    // Well formed, on this stream, but never registered.
+    let missing = format!("{arn}/consumer/never-registered:1795329156");
+    let (code, errors, text) = run_to_error(&env(
+        &stack,
+        &arn,
+        &unique_name("app"),
+        &[("KCLD_CONSUMER_ARN", &missing)],
+    ))
+    .await;
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(errors.len(), 1, "{text}");
+    assert!(
+        errors[0].contains(&missing)
+            && errors[0].contains("not found")
+            && errors[0].contains("consumer_arn"),
+        "{}",
+        errors[0]
+    );
+    assert!(!text.contains("panicked"), "{text}");
+
+    // A consumer of another stream: a configuration error before any call.
+    let other = format!(
+        "arn:aws:kinesis:us-east-1:{}:stream/other/consumer/c:1",
+        stack.producer_account
+    );
+    let (code, errors, text) = run_to_error(&env(
+        &stack,
+        &arn,
+        &unique_name("app"),
+        &[("KCLD_CONSUMER_ARN", &other)],
+    ))
+    .await;
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(errors.len(), 1, "{text}");
+    assert!(
+        errors[0].contains("consumer_arn") && errors[0].contains("belongs to stream"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_name_is_registered_only_on_a_stream_of_this_account() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let sts = kcld_testkit::sts::Identity::start().await.unwrap();
+
+    // The producer's stream: kcld (the consumer account) refuses to
+    // register, explains what the owner does, and registers nothing.
+    let shared = stack
+        .create_shared_stream(&unique_name("efo"), 1)
+        .await
+        .unwrap();
+    let mut e = env(
+        &stack,
+        &shared,
+        &unique_name("app"),
+        &[("KCLD_CONSUMER_NAME", "kcld-efo")],
+    );
+    e.insert("AWS_ENDPOINT_URL_STS".into(), sts.url());
+    let (code, errors, text) = run_to_error(&e).await;
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(errors.len(), 1, "{text}");
+    let error = &errors[0];
+    for needed in [
+        "consumer_name",
+        "only the stream's own account",
+        "register-stream-consumer",
+        "kinesis:SubscribeToShard",
+        "kinesis:DescribeStreamConsumer",
+        &stack.consumer_account,
+        "consumer_arn",
+    ] {
+        assert!(error.contains(needed), "{needed:?} missing from: {error}");
+    }
+    let consumers = stack
+        .producer_kinesis()
+        .await
+        .list_stream_consumers()
+        .stream_arn(&shared)
+        .send()
+        .await
+        .unwrap();
+    assert!(consumers.consumers().is_empty(), "nothing was registered");
+
+    // A stream of the consumer's own account: registered, waited for, read.
+    let name = unique_name("own");
+    let kinesis = stack.consumer_kinesis().await;
+    kinesis
+        .create_stream()
+        .stream_name(&name)
+        .shard_count(2)
+        .send()
+        .await
+        .unwrap();
+    let own = format!(
+        "arn:aws:kinesis:{}:{}:stream/{name}",
+        kcld_testkit::REGION,
+        stack.consumer_account
+    );
+    for _ in 0..100 {
+        let d = kinesis
+            .describe_stream_summary()
+            .stream_arn(&own)
+            .send()
+            .await
+            .unwrap();
+        if d.stream_description_summary()
+            .map(|s| s.stream_status().as_str())
+            == Some("ACTIVE")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut e = env(
+        &stack,
+        &own,
+        &unique_name("app"),
+        &[("KCLD_CONSUMER_NAME", "kcld-efo")],
+    );
+    e.insert("AWS_ENDPOINT_URL_STS".into(), sts.url());
+    let mut kcld = Kcld::spawn(KCLD, &["run"], &e).unwrap();
+    let records: Vec<(String, Vec<u8>)> = sample_records(50, 7);
+    let mut entries = Vec::new();
+    for (k, d) in &records {
+        entries.push(
+            aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                .partition_key(k)
+                .data(aws_sdk_kinesis::primitives::Blob::new(d.clone()))
+                .build()
+                .unwrap(),
+        );
+    }
+    kinesis
+        .put_records()
+        .stream_arn(&own)
+        .set_records(Some(entries))
+        .send()
+        .await
+        .unwrap();
+    let lines = kcld.take_lines(50, Duration::from_secs(60)).await;
+    assert_eq!(lines.len(), 50, "stderr:\n{}", kcld.stderr_text());
+    let got: HashSet<Vec<u8>> = lines
+        .iter()
+        .map(|l| Delivered::parse(l).unwrap().data)
+        .collect();
+    assert_eq!(got, records.iter().map(|(_, d)| d.clone()).collect());
+    let log = kcld.stderr_text();
+    assert!(
+        log.contains("registered the enhanced fan-out consumer"),
+        "{log}"
+    );
+    let consumers = kinesis
+        .list_stream_consumers()
+        .stream_arn(&own)
+        .send()
+        .await
+        .unwrap();
+    let names: Vec<&str> = consumers
+        .consumers()
+        .iter()
+        .map(|c| c.consumer_name())
+        .collect();
+    assert_eq!(names, ["kcld-efo"]);
+    assert!(kcld
+        .terminate(Duration::from_secs(25))
+        .await
+        .unwrap()
+        .success());
+
+    // A second start finds the consumer and registers nothing new.
+    let mut kcld = Kcld::spawn(KCLD, &["run"], &e).unwrap();
+    let _ = kcld.take_lines(50, Duration::from_secs(30)).await;
+    assert!(!kcld
+        .stderr_text()
+        .contains("registered the enhanced fan-out consumer"));
+    assert!(kcld
+        .terminate(Duration::from_secs(25))
+        .await
+        .unwrap()
+        .success());
+}

@@ -1,0 +1,75 @@
+//! A TCP relay in front of an emulator that can cut every open connection
+//! at once, mid-response: what a network failure or a load balancer
+//! dropping a long-lived stream looks like to kcld.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::Result;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A running relay; stops (and drops its connections) when dropped.
+pub struct CutProxy {
+    pub addr: SocketAddr,
+    cuts: watch::Sender<u64>,
+    accepted: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = self.cuts.send(u64::MAX);
+    }
+}
+
+impl CutProxy {
+    /// Listens on a free loopback port and relays to `upstream`
+    /// (`host:port`).
+    pub async fn start(upstream: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (cuts, _) = watch::channel(0u64);
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (tx, count) = (cuts.clone(), accepted.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
+                let mut cut = tx.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                    // Dropping both sockets resets the connection.
+                });
+            }
+        });
+        Ok(CutProxy {
+            addr,
+            cuts,
+            accepted,
+            task,
+        })
+    }
+
+    /// The endpoint URL to give kcld.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Cuts every connection open now; new ones go through as before.
+    pub fn cut_all(&self) {
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
