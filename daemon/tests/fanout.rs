@@ -460,3 +460,183 @@ async fn a_consumer_name_is_registered_only_on_a_stream_of_this_account() {
         .unwrap()
         .success());
 }
+
+/// Shard end over fan-out against the emulator. The emulator never sends
+/// the service's end-of-shard event (ChildShards, no continuation) over
+/// SubscribeToShard: it keeps a closed parent's subscription open. So this
+/// test shows the path that does not depend on that event: a caught-up
+/// reader asks GetRecords whether the shard is closed and read to its end
+/// (`fan_out.end_check_interval_ms`), then the shard ends exactly as in
+/// polling: SHARD_END, children leased after their parents. The event
+/// itself is covered by unit tests in `retrieval::fanout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_and_merge_under_fan_out_lose_nothing_and_keep_key_order() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let (arn, consumer) = shared_stream_and_consumer(&stack, 3).await;
+    let app = unique_name("app");
+    let mut kcld = Kcld::spawn(
+        KCLD,
+        &["run"],
+        &env(
+            &stack,
+            &arn,
+            &app,
+            &[
+                ("KCLD_CONSUMER_ARN", &consumer),
+                ("KCLD_FAN_OUT__END_CHECK_INTERVAL_MS", "1000"),
+                ("KCLD_LEASE__SHARD_SYNC_INTERVAL_MS", "2000"),
+            ],
+        ),
+    )
+    .unwrap();
+
+    // Records "key:n", n counting up per key, in waves around the reshards.
+    let keys = 24;
+    let mut next = vec![0usize; keys];
+    let mut wave = |size: usize| -> Vec<(String, Vec<u8>)> {
+        (0..size)
+            .map(|i| {
+                let key = i % keys;
+                next[key] += 1;
+                (
+                    format!("pk-{key}"),
+                    format!("pk-{key}:{}", next[key]).into_bytes(),
+                )
+            })
+            .collect()
+    };
+    let producer = stack.producer_kinesis().await;
+    let mut all = Vec::new();
+    let w = wave(150);
+    stack.put_records(&arn, &w).await.unwrap();
+    all.extend(w);
+    let mut lines = kcld.take_lines(150, Duration::from_secs(60)).await;
+
+    let shards = producer
+        .list_shards()
+        .stream_arn(&arn)
+        .send()
+        .await
+        .unwrap()
+        .shards
+        .unwrap();
+    let range = shards[0].hash_key_range().unwrap();
+    let start: u128 = range.starting_hash_key().parse().unwrap();
+    let end: u128 = range.ending_hash_key().parse().unwrap();
+    producer
+        .split_shard()
+        .stream_arn(&arn)
+        .shard_to_split(shards[0].shard_id())
+        .new_starting_hash_key((start + (end - start) / 2).to_string())
+        .send()
+        .await
+        .unwrap();
+    let w = wave(150);
+    stack.put_records(&arn, &w).await.unwrap();
+    all.extend(w);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    producer
+        .merge_shards()
+        .stream_arn(&arn)
+        .shard_to_merge(shards[1].shard_id())
+        .adjacent_shard_to_merge(shards[2].shard_id())
+        .send()
+        .await
+        .unwrap();
+    let w = wave(150);
+    stack.put_records(&arn, &w).await.unwrap();
+    all.extend(w);
+
+    lines.extend(kcld.take_lines(300, Duration::from_secs(90)).await);
+    lines.extend(kcld.drain_for(Duration::from_secs(3)).await);
+    let got: Vec<String> = lines
+        .iter()
+        .map(|l| String::from_utf8(Delivered::parse(l).unwrap().data).unwrap())
+        .collect();
+    assert_eq!(got.len(), all.len(), "stderr:\n{}", kcld.stderr_text());
+    let want: HashSet<String> = all
+        .iter()
+        .map(|(_, d)| String::from_utf8(d.clone()).unwrap())
+        .collect();
+    assert_eq!(got.iter().cloned().collect::<HashSet<_>>(), want);
+    // Per key, in the order put, across parent and child shards.
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for r in &got {
+        let (key, n) = r.split_once(':').unwrap();
+        let n: usize = n.parse().unwrap();
+        let prev = last.insert(key.to_owned(), n).unwrap_or(0);
+        assert!(n > prev, "{key}: {n} after {prev}");
+    }
+
+    // The parents ended with SHARD_END and name their children.
+    let items = stack.scan_table(&app).await.unwrap();
+    let ended = items
+        .iter()
+        .filter(|i| i["checkpoint"].as_s().unwrap() == "SHARD_END")
+        .count();
+    assert_eq!(ended, 3, "split parent and both merged parents ended");
+    let children = items
+        .iter()
+        .filter(|i| i.contains_key("parentShardId"))
+        .count();
+    assert_eq!(children, 3, "two split children and one merged child");
+    assert!(kcld.stderr_text().contains("read to its end"));
+    assert!(kcld
+        .terminate(Duration::from_secs(25))
+        .await
+        .unwrap()
+        .success());
+}
+
+/// TLS with HTTP/2, the production path: every Kinesis call goes through a
+/// TLS endpoint that speaks only HTTP/2 (ALPN `h2`, the connection preface
+/// checked), with a certificate from the local stack's generated CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_over_tls_with_http2_trusting_the_generated_ca() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let (arn, consumer) = shared_stream_and_consumer(&stack, 2).await;
+    let tls_dir = stack.ca_file.parent().unwrap();
+    let upstream = stack
+        .kinesis_endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let relay = kcld_testkit::h2relay::H2Relay::start(
+        &tls_dir.join("server.pem"),
+        &tls_dir.join("server.key"),
+        upstream,
+    )
+    .await
+    .unwrap();
+    let records = sample_records(200, 11);
+    let placed = stack.put_records(&arn, &records).await.unwrap();
+
+    let mut e = env(
+        &stack,
+        &arn,
+        &unique_name("app"),
+        &[("KCLD_CONSUMER_ARN", &consumer)],
+    );
+    e.insert("AWS_ENDPOINT_URL_KINESIS".into(), relay.url());
+    e.insert(
+        "KCLD_AWS__CA_FILE".into(),
+        stack.ca_file.display().to_string(),
+    );
+    let mut kcld = Kcld::spawn(KCLD, &["run"], &e).unwrap();
+    let lines = kcld.take_lines(200, Duration::from_secs(60)).await;
+    assert_eq!(lines.len(), 200, "stderr:\n{}", kcld.stderr_text());
+    check_once_in_order(&lines, &placed, &records);
+    assert!(relay.http2_connections() >= 1);
+    assert_eq!(
+        relay.refused_connections(),
+        0,
+        "every connection spoke HTTP/2"
+    );
+    assert!(kcld
+        .terminate(Duration::from_secs(25))
+        .await
+        .unwrap()
+        .success());
+}

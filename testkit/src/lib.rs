@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 pub mod cut;
 pub mod fault;
+pub mod h2relay;
 pub mod sts;
 
 use anyhow::{anyhow, bail, Context, Result};

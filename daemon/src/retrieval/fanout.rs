@@ -365,3 +365,167 @@ fn child_spec(child: &aws_sdk_kinesis::types::ChildShard) -> ShardSpec {
         closed: false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The end-of-shard event, as the service sends it: the local Kinesis
+    //! emulator never sends ChildShards over SubscribeToShard (it keeps a
+    //! closed parent's subscription open), so these tests build the events
+    //! the service sends and hand them to the reader. The emulator path,
+    //! where the end is found by GetRecords, is tested against the stack in
+    //! `daemon/tests/fanout.rs`.
+
+    use super::*;
+    use aws_sdk_kinesis::primitives::Blob;
+    use aws_sdk_kinesis::types::{ChildShard, HashKeyRange, SubscribeToShardEvent};
+
+    fn reader() -> FanOutReader {
+        let client = aws_sdk_kinesis::Client::from_conf(
+            aws_sdk_kinesis::Config::builder()
+                .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+                .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
+                .build(),
+        );
+        let arn: kcld_config::StreamArn = "arn:aws:kinesis:us-east-1:111111111111:stream/orders"
+            .parse()
+            .unwrap();
+        let settings = FanOutSettings {
+            consumer: kcld_config::FanOutConsumer::Name("c".into()),
+            stall_timeout_ms: 60_000,
+            subscription_max_age_ms: 290_000,
+            registration_timeout_ms: 1_000,
+            end_check_interval_ms: 0,
+        };
+        FanOutReader::new(
+            Stream::new(client, arn),
+            Arc::from("arn:aws:kinesis:us-east-1:111111111111:stream/orders/consumer/c:1"),
+            "shardId-000000000000",
+            &Checkpoint::TrimHorizon,
+            None,
+            None,
+            &settings,
+        )
+    }
+
+    fn record(seq: &str, data: &str) -> aws_sdk_kinesis::types::Record {
+        aws_sdk_kinesis::types::Record::builder()
+            .sequence_number(seq)
+            .partition_key("k")
+            .data(Blob::new(data.as_bytes()))
+            .build()
+            .unwrap()
+    }
+
+    fn children() -> Vec<ChildShard> {
+        ["shardId-000000000001", "shardId-000000000002"]
+            .into_iter()
+            .map(|id| {
+                ChildShard::builder()
+                    .shard_id(id)
+                    .parent_shards("shardId-000000000000")
+                    .hash_key_range(
+                        HashKeyRange::builder()
+                            .starting_hash_key("0")
+                            .ending_hash_key("1")
+                            .build()
+                            .unwrap(),
+                    )
+                    .build()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    fn event(
+        records: Vec<aws_sdk_kinesis::types::Record>,
+        continuation: Option<&str>,
+        children: Option<Vec<ChildShard>>,
+    ) -> SubscribeToShardEvent {
+        // The service's end event has a null continuation; the SDK reads a
+        // null required string as empty.
+        SubscribeToShardEvent::builder()
+            .set_records(Some(records))
+            .continuation_sequence_number(continuation.unwrap_or_default())
+            .millis_behind_latest(0)
+            .set_child_shards(children)
+            .build()
+            .unwrap()
+    }
+
+    fn ids(f: &Fetched) -> Vec<String> {
+        match f {
+            Fetched::ShardEnd { children } => children.iter().map(|c| c.shard_id.clone()).collect(),
+            Fetched::Records(b) => b
+                .records
+                .iter()
+                .map(|r| r.sequence_number.to_string())
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_end_event_ends_the_shard_after_its_records() {
+        let mut r = reader();
+        let first = r
+            .on_event(event(vec![record("100", "a")], Some("100"), None))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids(&first), ["100"]);
+        assert_eq!(r.resume_at(), StartAt::AfterSequence("100".into()));
+
+        // The last event: records, no continuation, the children.
+        let last = r
+            .on_event(event(vec![record("200", "b")], None, Some(children())))
+            .unwrap()
+            .unwrap();
+        assert!(matches!(last, Fetched::Records(_)), "records first");
+        assert_eq!(ids(&last), ["200"]);
+        // The end comes next, before any new subscription (no I/O).
+        let end = r.next(&CancellationToken::new()).await.unwrap().unwrap();
+        assert!(matches!(end, Fetched::ShardEnd { .. }));
+        assert_eq!(ids(&end), ["shardId-000000000001", "shardId-000000000002"]);
+        match end {
+            Fetched::ShardEnd { children } => {
+                assert_eq!(children[0].parents, ["shardId-000000000000"])
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_empty_end_event_ends_the_shard_at_once() {
+        let mut r = reader();
+        let end = r
+            .on_event(event(vec![], None, Some(children())))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids(&end), ["shardId-000000000001", "shardId-000000000002"]);
+        // A null continuation alone (a shard with no children left) ends it
+        // too.
+        let mut r = reader();
+        let end = r.on_event(event(vec![], None, None)).unwrap().unwrap();
+        assert!(matches!(end, Fetched::ShardEnd { ref children } if children.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn child_shards_end_the_shard_even_with_a_continuation() {
+        // Some servers send the last continuation beside ChildShards.
+        let mut r = reader();
+        let end = r
+            .on_event(event(vec![], Some("300"), Some(children())))
+            .unwrap()
+            .unwrap();
+        assert!(matches!(end, Fetched::ShardEnd { .. }));
+    }
+
+    #[tokio::test]
+    async fn events_without_records_hand_on_nothing_but_move_the_position() {
+        let mut r = reader();
+        assert_eq!(r.resume_at(), StartAt::TrimHorizon);
+        assert!(r
+            .on_event(event(vec![], Some("400"), None))
+            .unwrap()
+            .is_none());
+        assert_eq!(r.resume_at(), StartAt::AfterSequence("400".into()));
+    }
+}
