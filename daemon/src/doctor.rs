@@ -63,6 +63,24 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
             return report.checks;
         }
     };
+    let caller = match clients.caller_account().await {
+        Ok(account) => {
+            let relation = if account == settings.stream_arn.account {
+                "the stream's own account".to_owned()
+            } else {
+                format!(
+                    "reading across accounts from the stream owner {}",
+                    settings.stream_arn.account
+                )
+            };
+            report.pass("caller identity", format!("account {account}, {relation}"));
+            Some(account)
+        }
+        Err(e) => {
+            report.fail("caller identity", e.to_string(), None);
+            None
+        }
+    };
     let principal = if settings.sink.invoke_identity_arn.contains(":role/") {
         settings.sink.invoke_identity_arn.clone()
     } else {
@@ -109,11 +127,12 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
         let first = shards
             .as_ref()
             .ok()
-            .and_then(|s| s.first().map(|s| s.shard_id.clone()));
+            .and_then(|s| s.iter().find(|s| !s.closed).or(s.first()))
+            .map(|s| s.shard_id.clone());
         let listed = shards.map(|s| format!("{} shards", s.len()));
         if kinesis(&mut report, "ListShards", listed) {
-            if let Some(shard) = first {
-                let iterator = stream.shard_iterator(&shard, &StartAt::Latest).await;
+            if let Some(shard) = &first {
+                let iterator = stream.shard_iterator(shard, &StartAt::Latest).await;
                 let it = iterator.as_ref().ok().cloned();
                 if kinesis(
                     &mut report,
@@ -127,6 +146,18 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
                             .map(|r| format!("{} record(s) read", r.records.len()));
                         kinesis(&mut report, "GetRecords", records);
                     }
+                }
+                if let (Some(fan_out), Some(shard)) = (&settings.fan_out, first) {
+                    fan_out_checks(
+                        &mut report,
+                        settings,
+                        &stream,
+                        fan_out,
+                        &shard,
+                        caller.as_deref(),
+                        &principal,
+                    )
+                    .await;
                 }
             }
         }
@@ -199,6 +230,93 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
         }
     }
     report.checks
+}
+
+/// DescribeStreamConsumer (or the lookup by name) and one SubscribeToShard
+/// on `shard`, waiting for its first event: errors of a subscription can
+/// arrive inside the event stream.
+async fn fan_out_checks(
+    report: &mut Report,
+    settings: &Settings,
+    stream: &Stream,
+    fan_out: &kcld_config::FanOutSettings,
+    shard: &str,
+    caller: Option<&str>,
+    principal: &str,
+) {
+    let owner = &settings.stream_arn.account;
+    let fail_consumer = |report: &mut Report, check: &str, consumer: &str, e: KinesisError| {
+        let fix = match &e {
+            KinesisError::AccessDenied { action, .. } => Some(Fix {
+                missing_action: (*action).to_owned(),
+                fixed_by: format!(
+                    "the stream owner (account {owner}) in the consumer's resource policy, and the consumer in its role's IAM policy"
+                ),
+                statement: policy::consumer_read_statement(consumer, principal),
+            }),
+            _ => None,
+        };
+        report.fail(check, e.to_string(), fix);
+    };
+    let consumer_arn = match &fan_out.consumer {
+        kcld_config::FanOutConsumer::Arn(arn) => {
+            let arn = arn.to_string();
+            match stream.describe_consumer(&arn).await {
+                Ok(info) => {
+                    report.pass("DescribeStreamConsumer", format!("{} is {}", info.arn, info.status));
+                    info.arn
+                }
+                Err(e) => return fail_consumer(report, "DescribeStreamConsumer", &arn, e),
+            }
+        }
+        kcld_config::FanOutConsumer::Name(name) => match stream.find_consumer(name).await {
+            Ok(Some(info)) => {
+                report.pass("DescribeStreamConsumer", format!("{name}: {} is {}", info.arn, info.status));
+                info.arn
+            }
+            Ok(None) if caller == Some(owner.as_str()) => {
+                return report.pass(
+                    "DescribeStreamConsumer",
+                    format!("no consumer {name:?} yet: kcld registers it at start (kinesis:RegisterStreamConsumer in this account)"),
+                )
+            }
+            Ok(None) => {
+                let detail = match caller {
+                    Some(caller) => policy::cross_account_registration_error(&settings.stream_arn, name, caller).to_string(),
+                    None => format!("no consumer {name:?} on the stream, and this account is unknown (see caller identity)"),
+                };
+                return report.fail("DescribeStreamConsumer", detail, None);
+            }
+            Err(e) => {
+                let consumer = format!("{}/consumer/{name}:*", settings.stream_arn);
+                return fail_consumer(report, "DescribeStreamConsumer", &consumer, e);
+            }
+        },
+    };
+    let subscribed = match stream
+        .subscribe(&consumer_arn, shard, &crate::stream::StartAt::Latest)
+        .await
+    {
+        Ok(mut subscription) => {
+            let first = tokio::time::timeout(
+                std::time::Duration::from_secs(15),
+                stream.next_event(&mut subscription, &consumer_arn),
+            )
+            .await;
+            match first {
+                Ok(Ok(_)) => Ok(format!("{shard}: subscribed, first event received")),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(KinesisError::Other(format!(
+                    "{shard}: subscribed, but no event within 15 s"
+                ))),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    match subscribed {
+        Ok(detail) => report.pass("SubscribeToShard", detail),
+        Err(e) => fail_consumer(report, "SubscribeToShard", &consumer_arn, e),
+    }
 }
 
 /// The report as a table a person reads.

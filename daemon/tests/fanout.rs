@@ -640,3 +640,89 @@ async fn reads_over_tls_with_http2_trusting_the_generated_ca() {
         .unwrap()
         .success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_the_consumer_and_names_a_missing_fan_out_action() {
+    use kcld_testkit::fault::{Fault, FaultProxy};
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let sts = kcld_testkit::sts::Identity::start().await.unwrap();
+    let (arn, consumer) = shared_stream_and_consumer(&stack, 1).await;
+    let mut vars = env(
+        &stack,
+        &arn,
+        &unique_name("app"),
+        &[("KCLD_CONSUMER_ARN", &consumer)],
+    );
+    vars.insert("AWS_ENDPOINT_URL_STS".into(), sts.url());
+
+    let mut ok = Kcld::spawn(KCLD, &["doctor", "--json"], &vars).unwrap();
+    let out = ok.drain_for(Duration::from_secs(30)).await.join("\n");
+    assert_eq!(
+        ok.wait(Duration::from_secs(30)).await.unwrap().code(),
+        Some(0),
+        "{out}"
+    );
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    for name in [
+        "caller identity",
+        "DescribeStreamConsumer",
+        "SubscribeToShard",
+    ] {
+        let check = checks
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap_or_else(|| panic!("{name}: {out}"));
+        assert_eq!(check["ok"], true, "{check}");
+    }
+
+    // The owner's consumer policy forgot SubscribeToShard.
+    let proxy = FaultProxy::start(&stack.kinesis_endpoint).await.unwrap();
+    proxy.fail(
+        "Kinesis_20131202.SubscribeToShard",
+        Fault::access_denied("kinesis:SubscribeToShard"),
+    );
+    vars.insert("AWS_ENDPOINT_URL_KINESIS".into(), proxy.url());
+    let mut denied = Kcld::spawn(KCLD, &["doctor", "--json"], &vars).unwrap();
+    let out = denied.drain_for(Duration::from_secs(30)).await.join("\n");
+    assert_eq!(
+        denied.wait(Duration::from_secs(30)).await.unwrap().code(),
+        Some(1),
+        "{out}"
+    );
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let failed: Vec<&serde_json::Value> = checks.iter().filter(|c| c["ok"] == false).collect();
+    assert_eq!(failed.len(), 1, "only SubscribeToShard fails: {out}");
+    assert_eq!(failed[0]["check"], "SubscribeToShard");
+    let fix = &failed[0]["fix"];
+    assert_eq!(fix["missing_action"], "kinesis:SubscribeToShard");
+    assert!(
+        fix["fixed_by"]
+            .as_str()
+            .unwrap()
+            .contains(&stack.producer_account),
+        "{fix}"
+    );
+    assert!(
+        fix["fixed_by"]
+            .as_str()
+            .unwrap()
+            .contains("consumer's resource policy"),
+        "{fix}"
+    );
+    assert_eq!(fix["statement"]["Resource"], consumer.as_str());
+    assert!(fix["statement"]["Action"]
+        .to_string()
+        .contains("kinesis:SubscribeToShard"));
+
+    // `kcld run` with the same gap stops with one line that says the same.
+    let (code, errors, text) = run_to_error(&vars).await;
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(errors.len(), 1, "{text}");
+    assert!(
+        errors[0].contains("kinesis:SubscribeToShard")
+            && errors[0].contains("consumer's resource policy"),
+        "{}",
+        errors[0]
+    );
+}

@@ -273,6 +273,8 @@ async fn doctor_passes_then_names_the_missing_action() {
     }
     kcld.terminate(Duration::from_secs(25)).await.unwrap();
 
+    let sts = kcld_testkit::sts::Identity::start().await.unwrap();
+    vars.insert("AWS_ENDPOINT_URL_STS".into(), sts.url());
     let mut ok = Kcld::spawn(KCLD, &["doctor"], &vars).unwrap();
     let out = ok.drain_for(Duration::from_secs(30)).await.join("\n");
     let err = ok.stderr.clone();
@@ -284,6 +286,7 @@ async fn doctor_passes_then_names_the_missing_action() {
     );
     for check in [
         "credentials",
+        "caller identity",
         "DescribeStreamSummary",
         "ListShards",
         "GetShardIterator",
