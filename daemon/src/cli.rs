@@ -176,6 +176,7 @@ fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<(
             "use arn:aws:iam::<account>:role/<name>: resource policies name roles, not users or functions",
         ));
     }
+    let mut consumer_arn = args.consumer_arn.clone();
     let (stream, table, table_region) = match &args.stream_arn {
         Some(arn) => {
             let stream: StreamArn = arn.parse().map_err(|e: kcld_config::ArnError| {
@@ -190,14 +191,36 @@ fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<(
         }
         None => {
             let settings = kcld_config::load(config, std::env::vars())?;
+            if let Some(kcld_config::FanOutConsumer::Arn(arn)) =
+                settings.fan_out.as_ref().map(|f| &f.consumer)
+            {
+                consumer_arn.get_or_insert_with(|| arn.to_string());
+            }
             let table = args.lease_table.clone().unwrap_or(settings.lease_table);
             (settings.stream_arn, table, settings.aws.dynamodb_region)
         }
     };
+    if let Some(text) = &consumer_arn {
+        let parsed: kcld_config::ConsumerArn =
+            text.parse().map_err(|e: kcld_config::ArnError| {
+                bad(
+                    "consumer-arn",
+                    e.to_string(),
+                    "pass the ConsumerARN the stream owner registered",
+                )
+            })?;
+        if parsed.stream != stream {
+            return Err(bad(
+                "consumer-arn",
+                format!("belongs to stream {}, not {stream}", parsed.stream),
+                "pass a consumer of the same stream",
+            ));
+        }
+    }
     let doc = crate::policy::policies(&crate::policy::PolicyRequest {
         stream: &stream,
         role_arn: &args.consumer_role_arn,
-        consumer_arn: args.consumer_arn.as_deref(),
+        consumer_arn: consumer_arn.as_deref(),
         kms_key_arn: args.kms_key_arn.as_deref(),
         lease_table: &table,
         lease_table_region: &table_region,

@@ -297,6 +297,41 @@ async fn policy_for_fan_out_and_an_encrypted_stream() {
         "arn:aws:iam::222222222222:role/kcld-consumer"
     );
 
+    // The consumer ARN of the configuration is used when no flag names one.
+    let (code, out, err) = run(
+        &[
+            "policy",
+            "--consumer-role-arn",
+            "arn:aws:iam::222222222222:role/kcld-consumer",
+        ],
+        env(&[
+            ("KCLD_APPLICATION_NAME", "orders-reader"),
+            ("KCLD_STREAM_ARN", ARN),
+            ("KCLD_CONSUMER_ARN", consumer),
+        ]),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out.join("\n")).unwrap();
+    assert_eq!(doc["consumer_resource_policy"]["Statement"][0]["Resource"], consumer);
+
+    // A consumer of another stream is refused.
+    let (code, _, err) = run(
+        &[
+            "policy",
+            "--stream-arn",
+            ARN,
+            "--consumer-role-arn",
+            "arn:aws:iam::222222222222:role/kcld-consumer",
+            "--consumer-arn",
+            "arn:aws:kinesis:us-east-1:111111111111:stream/payments/consumer/c:1",
+        ],
+        env(&[]),
+    )
+    .await;
+    assert_eq!(code, 2);
+    assert!(one_error_line(&err).contains("consumer-arn"), "{err}");
+
     // A user ARN is not a principal a resource policy should name.
     let (code, _, err) = run(
         &[
