@@ -313,7 +313,10 @@ async fn policy_for_fan_out_and_an_encrypted_stream() {
     .await;
     assert_eq!(code, 0, "{err}");
     let doc: serde_json::Value = serde_json::from_str(&out.join("\n")).unwrap();
-    assert_eq!(doc["consumer_resource_policy"]["Statement"][0]["Resource"], consumer);
+    assert_eq!(
+        doc["consumer_resource_policy"]["Statement"][0]["Resource"],
+        consumer
+    );
 
     // A consumer of another stream is refused.
     let (code, _, err) = run(
