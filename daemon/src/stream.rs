@@ -466,14 +466,11 @@ impl Stream {
     ) -> Result<Option<aws_sdk_kinesis::types::SubscribeToShardEvent>, KinesisError> {
         use aws_sdk_kinesis::types::SubscribeToShardEventStream;
         loop {
-            let event = subscription.events.recv().await.map_err(|e| {
-                KinesisError::classify_consumer(
-                    e,
-                    &self.arn,
-                    consumer_arn,
-                    "kinesis:SubscribeToShard",
-                )
-            })?;
+            let event = subscription
+                .events
+                .recv()
+                .await
+                .map_err(|e| self.event_error(e, consumer_arn))?;
             match event {
                 None => return Ok(None),
                 Some(SubscribeToShardEventStream::SubscribeToShardEvent(e)) => return Ok(Some(e)),
@@ -481,6 +478,56 @@ impl Stream {
                 Some(_) => continue,
             }
         }
+    }
+
+    /// An error inside a subscription's event stream. The SDK gives these
+    /// their type but no error code, so they are told apart by type.
+    fn event_error(
+        &self,
+        e: SdkError<
+            aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError,
+            aws_smithy_types::event_stream::RawMessage,
+        >,
+        consumer_arn: &str,
+    ) -> KinesisError {
+        use aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError as E;
+        let action = "kinesis:SubscribeToShard";
+        if let Some(service) = e.as_service_error() {
+            let text = service.to_string();
+            match service {
+                E::ResourceInUseException(_) => {
+                    return KinesisError::InUse(format!("{action}: {text}"))
+                }
+                E::ResourceNotFoundException(_) => {
+                    return KinesisError::NotFound(format!(
+                        "{action} on consumer {consumer_arn}: {text}; the consumer or the shard is \
+                         gone: check consumer_arn with the stream owner (account {})",
+                        self.arn.account
+                    ))
+                }
+                E::KmsThrottlingException(_) => {
+                    return KinesisError::Throttled(format!("{action}: {text}"))
+                }
+                E::InternalFailureException(_) => {
+                    return KinesisError::Other(format!("{action}: {text}"))
+                }
+                E::KmsAccessDeniedException(_)
+                | E::KmsDisabledException(_)
+                | E::KmsInvalidStateException(_)
+                | E::KmsNotFoundException(_)
+                | E::KmsOptInRequired(_) => return KinesisError::AccessDenied {
+                    action: "kms:Decrypt",
+                    message: format!(
+                        "{action} on {}: the stream is encrypted and its KMS key cannot be used \
+                             by this role ({text}); the owner must share a usable customer-managed \
+                             key and allow kms:Decrypt to this consumer's role",
+                        self.arn
+                    ),
+                },
+                _ => {}
+            }
+        }
+        KinesisError::classify_consumer(e, &self.arn, consumer_arn, action)
     }
 
     /// GetRecords through the SDK (credentials, signing, endpoint, retries,

@@ -726,3 +726,151 @@ async fn doctor_checks_the_consumer_and_names_a_missing_fan_out_action() {
         errors[0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscription_is_restarted_without_loss() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let (arn, consumer) = shared_stream_and_consumer(&stack, 1).await;
+    let upstream = stack
+        .kinesis_endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = kcld_testkit::cut::CutProxy::start(upstream).await.unwrap();
+    let mut e = env(
+        &stack,
+        &arn,
+        &unique_name("app"),
+        &[
+            ("KCLD_CONSUMER_ARN", &consumer),
+            ("KCLD_FAN_OUT__STALL_TIMEOUT_MS", "2000"),
+        ],
+    );
+    e.insert("AWS_ENDPOINT_URL_KINESIS".into(), proxy.url());
+    let mut kcld = Kcld::spawn(KCLD, &["run"], &e).unwrap();
+    let first = sample_records(100, 5);
+    let mut placed = stack.put_records(&arn, &first).await.unwrap();
+    let mut lines = kcld.take_lines(100, Duration::from_secs(60)).await;
+    assert_eq!(lines.len(), 100, "stderr:\n{}", kcld.stderr_text());
+
+    // The path goes silent: the subscription's connection stays open but
+    // carries nothing. kcld notices after the stall timeout, subscribes
+    // again on a new connection, and resumes after the last event.
+    proxy.stall_all();
+    let second: Vec<(String, Vec<u8>)> = sample_records(100, 5)
+        .into_iter()
+        .map(|(k, mut d)| {
+            d.extend_from_slice(b" after the stall");
+            (k, d)
+        })
+        .collect();
+    placed.extend(stack.put_records(&arn, &second).await.unwrap());
+    // The emulator still counts the silent connection's subscription as
+    // active, so kcld's new one is refused with ResourceInUse, which it
+    // waits out; the silent connection then dies (as a dead path's does).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !kcld.stderr_text().contains("no event for") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            kcld.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.cut_all();
+    lines.extend(kcld.take_lines(100, Duration::from_secs(60)).await);
+    lines.extend(kcld.drain_for(Duration::from_secs(2)).await);
+    assert_eq!(lines.len(), 200, "stderr:\n{}", kcld.stderr_text());
+    let records: Vec<_> = first.into_iter().chain(second).collect();
+    check_once_in_order(&lines, &placed, &records);
+    assert!(
+        kcld.stderr_text().contains("no event for"),
+        "{}",
+        kcld.stderr_text()
+    );
+    let ops = kcld.ops_addr(Duration::from_secs(5)).await.unwrap();
+    let (_, page) = kcld_testkit::http_get(ops, "/metrics").await.unwrap();
+    assert!(
+        metric_sum(&page, "kcld_subscription_stalls_total").0 >= 1.0,
+        "{page}"
+    );
+    assert!(kcld
+        .terminate(Duration::from_secs(25))
+        .await
+        .unwrap()
+        .success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_subscribed_elsewhere_is_waited_for() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let (arn, consumer) = shared_stream_and_consumer(&stack, 1).await;
+    let shard = "shardId-000000000000";
+    // Another reader holds the shard's subscription for this consumer,
+    // through a connection the test can end.
+    let upstream = stack
+        .kinesis_endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = kcld_testkit::cut::CutProxy::start(upstream).await.unwrap();
+    let mut through_proxy = stack.clone();
+    through_proxy.kinesis_endpoint = proxy.url();
+    let other = through_proxy.consumer_kinesis().await;
+    let out = other
+        .subscribe_to_shard()
+        .consumer_arn(&consumer)
+        .shard_id(shard)
+        .starting_position(
+            aws_sdk_kinesis::types::StartingPosition::builder()
+                .r#type(aws_sdk_kinesis::types::ShardIteratorType::Latest)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut held = out.event_stream;
+    held.recv().await.unwrap();
+
+    let mut kcld = Kcld::spawn(
+        KCLD,
+        &["run"],
+        &env(
+            &stack,
+            &arn,
+            &unique_name("app"),
+            &[("KCLD_CONSUMER_ARN", &consumer)],
+        ),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !kcld
+        .stderr_text()
+        .contains("another subscription to this shard is still open")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kcld did not wait for the other subscription:\n{}",
+            kcld.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(kcld.is_running(), "kcld keeps running while it waits");
+    // The other reader goes away; its subscription ends with its connection.
+    drop(held);
+    proxy.cut_all();
+
+    let records = sample_records(50, 3);
+    let placed = stack.put_records(&arn, &records).await.unwrap();
+    let lines = kcld.take_lines(50, Duration::from_secs(60)).await;
+    check_once_in_order(&lines, &placed, &records);
+    assert!(kcld
+        .terminate(Duration::from_secs(25))
+        .await
+        .unwrap()
+        .success());
+}

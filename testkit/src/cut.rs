@@ -1,6 +1,7 @@
 //! A TCP relay in front of an emulator that can cut every open connection
-//! at once, mid-response: what a network failure or a load balancer
-//! dropping a long-lived stream looks like to kcld.
+//! at once, mid-response (what a network failure or a load balancer
+//! dropping a long-lived stream looks like to kcld), or stall them: kept
+//! open, but nothing relayed any more (a silent network path).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 pub struct CutProxy {
     pub addr: SocketAddr,
     cuts: watch::Sender<u64>,
+    stalls: watch::Sender<u64>,
     accepted: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -32,19 +34,26 @@ impl CutProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (cuts, _) = watch::channel(0u64);
+        let (stalls, _) = watch::channel(0u64);
         let accepted = Arc::new(AtomicU64::new(0));
-        let (tx, count) = (cuts.clone(), accepted.clone());
+        let (tx, stall_tx, count) = (cuts.clone(), stalls.clone(), accepted.clone());
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::Relaxed);
                 let mut cut = tx.subscribe();
+                let mut stall = stall_tx.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(upstream).await else {
                         return;
                     };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.changed() => {}
+                    let stalled = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                        _ = cut.changed() => false,
+                        _ = stall.changed() => true,
+                    };
+                    if stalled {
+                        // Hold both sockets open, relaying nothing, until cut.
+                        let _ = cut.changed().await;
                     }
                     // Dropping both sockets resets the connection.
                 });
@@ -53,6 +62,7 @@ impl CutProxy {
         Ok(CutProxy {
             addr,
             cuts,
+            stalls,
             accepted,
             task,
         })
@@ -66,6 +76,12 @@ impl CutProxy {
     /// Cuts every connection open now; new ones go through as before.
     pub fn cut_all(&self) {
         self.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Stalls every connection open now: kept open, nothing relayed; new
+    /// ones go through as before.
+    pub fn stall_all(&self) {
+        self.stalls.send_modify(|n| *n += 1);
     }
 
     /// Connections accepted so far.

@@ -519,6 +519,11 @@ impl Kcld {
         }
     }
 
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// The process id, for signals.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
