@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub mod arn;
+pub mod multilang;
 
 pub use arn::{ArnError, ConsumerArn, StreamArn};
 

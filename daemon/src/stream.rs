@@ -515,15 +515,17 @@ impl Stream {
                 | E::KmsDisabledException(_)
                 | E::KmsInvalidStateException(_)
                 | E::KmsNotFoundException(_)
-                | E::KmsOptInRequired(_) => return KinesisError::AccessDenied {
-                    action: "kms:Decrypt",
-                    message: format!(
+                | E::KmsOptInRequired(_) => {
+                    return KinesisError::AccessDenied {
+                        action: "kms:Decrypt",
+                        message: format!(
                         "{action} on {}: the stream is encrypted and its KMS key cannot be used \
                              by this role ({text}); the owner must share a usable customer-managed \
                              key and allow kms:Decrypt to this consumer's role",
                         self.arn
                     ),
-                },
+                    }
+                }
                 _ => {}
             }
         }
