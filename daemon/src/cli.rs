@@ -52,6 +52,11 @@ pub enum Command {
     /// Print the effective configuration (file, environment and defaults
     /// resolved) and exit: 0 when valid, 2 on any error.
     CheckConfig,
+    /// Run record processors written for the KCL's MultiLangDaemon
+    /// (amazon-kclpy, aws-kcl, ...) unchanged: one process per leased
+    /// shard, speaking the MultiLang protocol, configured by the same
+    /// properties file (streamArn reads across accounts).
+    Multilang(MultiLangArgs),
     /// Print, as one JSON document, the resource policy the stream owner
     /// attaches (kinesis:DescribeStream included), the consumer resource
     /// policy for enhanced fan-out, the consumer role's IAM policy (stream,
@@ -82,6 +87,21 @@ pub enum Command {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct MultiLangArgs {
+    /// The MultiLangDaemon properties file (executableName, applicationName,
+    /// streamArn, ...).
+    #[arg(short = 'p', long = "properties-file", value_name = "FILE")]
+    pub properties_file: Option<PathBuf>,
+    /// The properties file, as the Java daemon also takes it.
+    #[arg(value_name = "FILE", conflicts_with = "properties_file")]
+    pub file: Option<PathBuf>,
+    /// The Java daemon's logback file: accepted and ignored (kcld logs with
+    /// log.level and --log-format).
+    #[arg(short = 'l', long = "log-configuration", value_name = "FILE")]
+    pub log_configuration: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct PolicyArgs {
     /// The consumer's IAM role ARN: the principal of the resource policies.
     #[arg(long, value_name = "ROLE_ARN")]
@@ -106,6 +126,9 @@ pub async fn run(cli: Cli) -> Result<()> {
     if let Command::Policy(args) = &cli.command {
         return print_policy(args, cli.config.as_deref());
     }
+    if let Command::Multilang(args) = &cli.command {
+        return run_multilang(args, &cli).await;
+    }
     let mut settings: Settings = kcld_config::load(cli.config.as_deref(), std::env::vars())?;
     if let Some(format) = cli.log_format {
         settings.log.format = match format {
@@ -118,7 +141,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             print!("{}", settings.to_toml());
             Ok(())
         }
-        Command::Policy(_) => Ok(()),
+        Command::Policy(_) | Command::Multilang(_) => Ok(()),
         Command::Doctor { json } => {
             let checks = crate::doctor::run(&settings).await;
             if json {
@@ -162,6 +185,43 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn run_multilang(args: &MultiLangArgs, cli: &Cli) -> Result<()> {
+    let Some(file) = args.properties_file.as_ref().or(args.file.as_ref()) else {
+        return Err(crate::Error::Config(kcld_config::ConfigError::Other(
+            "kcld multilang needs the MultiLangDaemon properties file: kcld multilang -p app.properties".into(),
+        )));
+    };
+    let (mut settings, ml) =
+        kcld_config::multilang::load_properties(file, cli.config.as_deref(), std::env::vars())?;
+    if let Some(format) = cli.log_format {
+        settings.log.format = match format {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        };
+    }
+    logging::init(&settings.log.format, &settings.log.level);
+    if let Some(logback) = &args.log_configuration {
+        tracing::info!(file = %logback.display(), "--log-configuration is the Java daemon's logback file: ignored; kcld logs by log.level and --log-format");
+    }
+    if !ml.ignored.is_empty() {
+        tracing::info!(properties = ?ml.ignored, "properties of the Java daemon that kcld does not need");
+    }
+    if !ml.unknown.is_empty() {
+        tracing::warn!(properties = ?ml.unknown, "properties neither the KCL nor kcld knows; check their spelling");
+    }
+    tracing::info!(command = ?ml.command, "record processor per shard");
+    let token = CancellationToken::new();
+    shutdown::on_signal(token.clone());
+    worker::run_with(
+        settings,
+        worker::Delivery::MultiLang(std::sync::Arc::new(ml)),
+        token,
+    )
+    .await?;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<()> {

@@ -23,7 +23,7 @@ use crate::retrieval::{Fetched, Reader};
 use crate::sink::{Sink, SinkError};
 
 /// Batches read ahead of the sink, at most (the byte budget applies too).
-const PREFETCH_BATCHES: usize = 2;
+pub(crate) const PREFETCH_BATCHES: usize = 2;
 
 /// How a shard consumer ended, when it did not fail.
 #[derive(Debug, PartialEq, Eq)]
@@ -182,7 +182,7 @@ async fn fill(
 
 /// Counts a confirmed batch: records, bytes, and how far behind the tip it
 /// was read.
-fn record_delivery(shard_id: &str, batch: &Batch) {
+pub(crate) fn record_delivery(shard_id: &str, batch: &Batch) {
     let shard = shard_id.to_owned();
     metrics::counter!("kcld_records_delivered_total", "shard" => shard.clone())
         .increment(batch.records.len() as u64);
@@ -271,7 +271,7 @@ async fn deliver(sink: &dyn Sink, batch: &Batch, grant: &Grant) -> Result<usize,
 
 /// SHARD_END, retried while the lease table is unavailable; a lost lease
 /// leaves the end to the next owner (it re-reads the shard's tail).
-async fn end_shard(grant: &Grant, children: &[ShardSpec]) -> Result<Outcome, Error> {
+pub(crate) async fn end_shard(grant: &Grant, children: &[ShardSpec]) -> Result<Outcome, Error> {
     let mut attempt = 0u32;
     loop {
         match grant.lease.shard_ended(children).await {

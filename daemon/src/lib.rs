@@ -9,6 +9,7 @@ pub mod consumer;
 pub mod doctor;
 pub mod error;
 pub mod logging;
+pub mod multilang;
 pub mod ops;
 pub mod policy;
 pub mod record;

@@ -6,13 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use kcld_checkpoint::Checkpoint;
+use kcld_config::multilang::MultiLangSettings;
 use kcld_config::{InitialPosition, LeaseStore, Settings};
 use kcld_lease::dynamo::{DynamoLeases, LeaseSettings};
 use kcld_lease::key::StreamScope;
 use kcld_lease::memory::MemoryLeases;
 use kcld_lease::table::LeaseTable;
-use kcld_lease::{Grant, LeaseSource};
+use kcld_lease::{Grant, LeaseSource, ShardSpec};
 use kcld_records::kpl::HashRange;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -26,13 +28,22 @@ use crate::retrieval::prefetch::ByteBudget;
 use crate::retrieval::{registration, Reader};
 use crate::sink::Sink;
 use crate::stream::Stream;
-use crate::{aws, sink};
+use crate::{aws, multilang, sink};
+
+/// Where a worker's records go.
+pub enum Delivery {
+    /// To a sink; kcld checkpoints what it confirmed.
+    Sink(Arc<dyn Sink>),
+    /// To MultiLang record processor processes, one per shard, which
+    /// checkpoint for themselves (`kcld multilang`).
+    MultiLang(Arc<MultiLangSettings>),
+}
 
 /// Runs the consumer until `shutdown` fires or a fatal error, delivering to
 /// the sink the configuration names.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> {
     let sink = sink::from_settings(&settings)?;
-    run_with_sink(settings, sink, shutdown).await
+    run_with(settings, Delivery::Sink(sink), shutdown).await
 }
 
 /// The same, delivering to `sink`: how a Rust application embeds kcld with
@@ -40,6 +51,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> 
 pub async fn run_with_sink(
     settings: Settings,
     sink: Arc<dyn Sink>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    run_with(settings, Delivery::Sink(sink), shutdown).await
+}
+
+/// The same for any [`Delivery`].
+pub async fn run_with(
+    settings: Settings,
+    delivery: Delivery,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let health = Arc::new(Health::default());
@@ -145,42 +165,73 @@ pub async fn run_with_sink(
     let prefetch_bytes = settings.polling.prefetch_bytes as usize;
     let total_bytes = settings.polling.prefetch_total_bytes as usize;
     let worker_budget = ByteBudget::worker(total_bytes);
+    let readers = Readers {
+        stream: stream.clone(),
+        consumer_arn,
+        settings: settings.clone(),
+        at_timestamp,
+    };
     drive(
         leases,
         |grant: Grant| {
-            let range =
-                HashRange::parse(&grant.shard.starting_hash_key, &grant.shard.ending_hash_key);
-            let reader = match (&consumer_arn, &settings.fan_out) {
-                (Some(arn), Some(fan_out)) => Reader::FanOut(Box::new(FanOutReader::new(
-                    stream.clone(),
-                    arn.clone(),
-                    &grant.shard.shard_id,
-                    &grant.start,
-                    at_timestamp,
-                    range,
-                    fan_out,
-                ))),
-                _ => Reader::Polling(Box::new(PollingReader::new(
-                    stream.clone(),
-                    &grant.shard.shard_id,
-                    &grant.start,
-                    at_timestamp,
-                    range,
-                    &settings.polling,
-                ))),
-            };
-            consumer::run(
-                grant,
-                reader,
-                sink.clone(),
-                policy,
-                ByteBudget::new(worker_budget.clone(), total_bytes, prefetch_bytes),
-            )
+            let budget = ByteBudget::new(worker_budget.clone(), total_bytes, prefetch_bytes);
+            let shard = grant.shard.clone();
+            match &delivery {
+                Delivery::Sink(sink) => {
+                    let reader = readers.reader(&shard, &grant.start);
+                    consumer::run(grant, reader, sink.clone(), policy, budget).boxed()
+                }
+                Delivery::MultiLang(ml) => {
+                    let readers = readers.clone();
+                    multilang::run_shard(
+                        grant,
+                        move |start: &Checkpoint| readers.reader(&shard, start),
+                        ml.clone(),
+                        budget,
+                    )
+                    .boxed()
+                }
+            }
         },
         &shutdown,
         budget,
     )
     .await
+}
+
+/// Makes the reader of a shard, positioned at a checkpoint, by the
+/// configured strategy.
+#[derive(Clone)]
+struct Readers {
+    stream: Stream,
+    consumer_arn: Option<Arc<str>>,
+    settings: Settings,
+    at_timestamp: Option<i64>,
+}
+
+impl Readers {
+    fn reader(&self, shard: &ShardSpec, start: &Checkpoint) -> Reader {
+        let range = HashRange::parse(&shard.starting_hash_key, &shard.ending_hash_key);
+        match (&self.consumer_arn, &self.settings.fan_out) {
+            (Some(arn), Some(fan_out)) => Reader::FanOut(Box::new(FanOutReader::new(
+                self.stream.clone(),
+                arn.clone(),
+                &shard.shard_id,
+                start,
+                self.at_timestamp,
+                range,
+                fan_out,
+            ))),
+            _ => Reader::Polling(Box::new(PollingReader::new(
+                self.stream.clone(),
+                &shard.shard_id,
+                start,
+                self.at_timestamp,
+                range,
+                &self.settings.polling,
+            ))),
+        }
+    }
 }
 
 /// Spawns a consumer for every grant until shutdown, then stops them within

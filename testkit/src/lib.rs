@@ -38,6 +38,8 @@ pub struct Stack {
     pub consumer_account: String,
     pub consumer_key: (String, String),
     pub consumer_role_arn: String,
+    /// The unpacked amazon-kclpy package (for PYTHONPATH).
+    pub kclpy_dir: PathBuf,
 }
 
 fn var(name: &str) -> Result<String> {
@@ -66,6 +68,7 @@ impl Stack {
                 var("LOCALAWS_CONSUMER_SECRET_ACCESS_KEY")?,
             ),
             consumer_role_arn: var("LOCALAWS_CONSUMER_ROLE_ARN")?,
+            kclpy_dir: var("LOCALAWS_KCLPY_DIR")?.into(),
         })
     }
 

@@ -1,0 +1,398 @@
+//! `kcld multilang` against the local stack, with record processors written
+//! for the KCL's MultiLangDaemon: amazon-kclpy's own sample processor and a
+//! recording processor written against the same published package
+//! (`tests/fixtures/recording_processor.py`).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kcld_checkpoint::SequenceNumber;
+use kcld_testkit::{sample_records, unique_name, Kcld, Stack};
+use tokio::sync::Mutex;
+
+const KCLD: &str = env!("CARGO_BIN_EXE_kcld");
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique_name(name));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The properties file as a MultiLangDaemon user writes it.
+fn properties(dir: &Path, executable: &str, arn: &str, app: &str, extra: &str) -> PathBuf {
+    let path = dir.join("app.properties");
+    std::fs::write(
+        &path,
+        format!(
+            "# The MultiLangDaemon's properties, unchanged but for streamArn.\n\
+             executableName = {executable}\n\
+             streamArn = {arn}\n\
+             applicationName = {app}\n\
+             AWSCredentialsProvider = DefaultCredentialsProvider\n\
+             processingLanguage = python/3\n\
+             initialPositionInStream = TRIM_HORIZON\n\
+             regionName = us-east-1\n\
+             maxRecords = 1000\n\
+             idleTimeBetweenReadsInMillis = 200\n\
+             failoverTimeMillis = 3000\n\
+             {extra}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn env(stack: &Stack, dir: &Path) -> HashMap<String, String> {
+    let mut env = stack.consumer_env();
+    env.insert("PYTHONPATH".into(), stack.kclpy_dir.display().to_string());
+    env.insert("RECORDING_PROCESSOR_DIR".into(), dir.display().to_string());
+    env
+}
+
+/// shard id -> the checkpoint string in the lease table.
+async fn checkpoints(stack: &Stack, table: &str) -> HashMap<String, String> {
+    stack
+        .scan_table(table)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| {
+            (
+                i["leaseKey"].as_s().unwrap().clone(),
+                i["checkpoint"].as_s().unwrap().clone(),
+            )
+        })
+        .collect()
+}
+
+async fn wait_until(what: &str, kcld: &Kcld, within: Duration, ok: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < within,
+            "{what} did not happen within {within:?}; kcld's stderr:\n{}",
+            kcld.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until a lease of `table` is checkpointed at `sequence`.
+async fn wait_checkpoint(stack: &Stack, table: &str, sequence: &str, kcld: &Kcld) {
+    let start = Instant::now();
+    while !checkpoints(stack, table)
+        .await
+        .values()
+        .any(|c| c == sequence)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no checkpoint at {sequence}: {:?}\n{}",
+            checkpoints(stack, table).await,
+            kcld.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kclpy_sample_processor_runs_unchanged_and_its_checkpoints_land() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("multilang"), 2)
+        .await
+        .unwrap();
+    let records = sample_records(100, 17);
+    let placed = stack.put_records(&arn, &records).await.unwrap();
+    let dir = temp_dir("kclpy-sample");
+    let sample = stack.kclpy_dir.join("samples/sample_kclpy_app.py");
+    let app = unique_name("kclpy");
+    let props = properties(
+        &dir,
+        &format!("python3 {}", sample.display()),
+        &arn,
+        &app,
+        "",
+    );
+
+    let kcld = Kcld::spawn(
+        KCLD,
+        &["multilang", "--properties-file", props.to_str().unwrap()],
+        &env(&stack, &dir),
+    )
+    .unwrap();
+    // kcld counts what the sample confirmed (its status after each batch).
+    let ops = kcld.ops_addr(Duration::from_secs(30)).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let (_, page) = kcld_testkit::http_get(ops, "/metrics").await.unwrap();
+        if kcld_testkit::metric_sum(&page, "kcld_records_delivered_total").0 >= 100.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{}",
+            kcld.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // On SIGTERM the sample gets shutdownRequested and checkpoints the last
+    // record it was given; kcld writes that to the lease table.
+    let stderr = kcld.stderr.clone();
+    let status = kcld.terminate(Duration::from_secs(30)).await.unwrap();
+    assert!(status.success(), "exit {status:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The sample writes a line per record to its stderr (without newlines),
+    // which kcld copies into its log.
+    let log = stderr.lock().unwrap().clone();
+    let seen: HashSet<&str> = log
+        .split("Sequence Number: ")
+        .skip(1)
+        .filter_map(|s| s.split(',').next())
+        .collect();
+    let want: HashSet<&str> = placed.iter().map(|(_, seq)| seq.as_str()).collect();
+    assert_eq!(seen, want, "the sample saw every record");
+    let mut last: HashMap<&str, &str> = HashMap::new();
+    for (shard, seq) in &placed {
+        let e = last.entry(shard.as_str()).or_insert(seq.as_str());
+        let (new, old): (SequenceNumber, SequenceNumber) =
+            (seq.parse().unwrap(), e.parse().unwrap());
+        if new > old {
+            *e = seq;
+        }
+    }
+    let table = checkpoints(&stack, &app).await;
+    for (shard, seq) in last {
+        assert_eq!(table.get(shard).map(String::as_str), Some(seq), "{table:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_killed_mid_batch_is_restarted_and_the_batch_delivered_again() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("multilang"), 1)
+        .await
+        .unwrap();
+    let dir = temp_dir("kclpy-kill");
+    let processor =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/recording_processor.py");
+    let app = unique_name("kclpy");
+    let props = properties(
+        &dir,
+        &format!("python3 {}", processor.display()),
+        &arn,
+        &app,
+        "",
+    );
+    let mut kcld = Kcld::spawn(
+        KCLD,
+        &["multilang", "-p", props.to_str().unwrap()],
+        &env(&stack, &dir),
+    )
+    .unwrap();
+    let out = dir.join("records");
+    let lines = |path: &Path| -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+
+    // A first wave, processed and checkpointed batch by batch.
+    let first: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|i| (format!("k{i}"), format!("first-{i}").into_bytes()))
+        .collect();
+    let first_placed = stack.put_records(&arn, &first).await.unwrap();
+    wait_until("the first wave", &kcld, Duration::from_secs(60), || {
+        lines(&out).len() >= 10
+    })
+    .await;
+    let last_first = &first_placed[9].1;
+    wait_checkpoint(&stack, &app, last_first, &kcld).await;
+
+    // A second wave in one put: the processor stops in the middle of its
+    // batch, at "hold", and is killed there.
+    let mut second: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|i| (format!("k{i}"), format!("second-{i}").into_bytes()))
+        .collect();
+    second[5].1 = b"hold".to_vec();
+    let second_placed = stack.put_records(&arn, &second).await.unwrap();
+    wait_until("the hold", &kcld, Duration::from_secs(60), || {
+        dir.join("held").exists()
+    })
+    .await;
+    let pid = std::fs::read_to_string(dir.join("pid-shardId-000000000000")).unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    // A new processor starts at the last checkpoint (the first wave's end)
+    // and gets the whole second wave, the records before the hold again.
+    let all_second: HashSet<String> = second
+        .iter()
+        .map(|(_, d)| String::from_utf8(d.clone()).unwrap())
+        .collect();
+    wait_until(
+        "the second wave, again",
+        &kcld,
+        Duration::from_secs(60),
+        || {
+            let got: HashSet<String> = lines(&out)
+                .iter()
+                .filter_map(|l| l.splitn(3, ' ').nth(2).map(str::to_owned))
+                .collect();
+            all_second.is_subset(&got)
+        },
+    )
+    .await;
+    let got = lines(&out);
+    let count = |data: &str| {
+        got.iter()
+            .filter(|l| l.ends_with(&format!(" {data}")))
+            .count()
+    };
+    for i in 0..10 {
+        assert_eq!(count(&format!("first-{i}")), 1, "first wave once: {got:?}");
+    }
+    for i in 0..5 {
+        assert_eq!(
+            count(&format!("second-{i}")),
+            2,
+            "delivered before the kill and again: {got:?}"
+        );
+    }
+    for i in 6..10 {
+        assert_eq!(count(&format!("second-{i}")), 1, "{got:?}");
+    }
+    let initialized = std::fs::read_to_string(dir.join("initialized")).unwrap();
+    assert_eq!(
+        initialized.lines().collect::<Vec<_>>(),
+        [
+            "shardId-000000000000 TRIM_HORIZON".to_owned(),
+            format!("shardId-000000000000 {last_first}")
+        ],
+        "the new processor was initialized at the last checkpoint"
+    );
+    let log = kcld.stderr_text();
+    assert!(
+        log.contains("starting a new one at the last checkpoint"),
+        "{log}"
+    );
+    assert!(
+        log.contains("holding in the middle of a batch"),
+        "the processor's stderr is in kcld's log"
+    );
+
+    // Its checkpoint lands past the whole second wave.
+    let last_second = &second_placed[9].1;
+    wait_checkpoint(&stack, &app, last_second, &kcld).await;
+    let extra = kcld.drain_for(Duration::from_millis(100)).await;
+    assert!(
+        extra.is_empty(),
+        "multilang writes no records to stdout: {extra:?}"
+    );
+    assert!(kcld
+        .terminate(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_properties_file_without_stream_arn_is_one_clear_error() {
+    let stack = Stack::from_env().unwrap();
+    let dir = temp_dir("kclpy-bad");
+    let path = dir.join("app.properties");
+    std::fs::write(
+        &path,
+        "executableName = python3 app.py\nstreamName = orders\napplicationName = orders-app\n",
+    )
+    .unwrap();
+    let kcld = Kcld::spawn(
+        KCLD,
+        &["multilang", "-p", path.to_str().unwrap()],
+        &env(&stack, &dir),
+    )
+    .unwrap();
+    let stderr = kcld.stderr.clone();
+    let status = kcld.wait(Duration::from_secs(30)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let text = stderr.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(2), "{text}");
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("kcld: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{text}");
+    assert!(
+        errors[0].contains("streamArn") && errors[0].contains("stream/orders"),
+        "{}",
+        errors[0]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_processor_is_replaced_after_timeout_in_seconds() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("multilang"), 1)
+        .await
+        .unwrap();
+    let dir = temp_dir("kclpy-hang");
+    let processor =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/recording_processor.py");
+    let app = unique_name("kclpy");
+    let props = properties(
+        &dir,
+        &format!("python3 {}", processor.display()),
+        &arn,
+        &app,
+        "timeoutInSeconds = 2\n",
+    );
+    let kcld = Kcld::spawn(
+        KCLD,
+        &["multilang", "-p", props.to_str().unwrap()],
+        &env(&stack, &dir),
+    )
+    .unwrap();
+    let records: Vec<(String, Vec<u8>)> = ["a", "b", "hold", "c", "d"]
+        .iter()
+        .map(|d| ("k".to_owned(), d.as_bytes().to_vec()))
+        .collect();
+    let placed = stack.put_records(&arn, &records).await.unwrap();
+    let out = dir.join("records");
+    wait_until(
+        "every record, past the hang",
+        &kcld,
+        Duration::from_secs(60),
+        || {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            ["a", "b", "hold", "c", "d"]
+                .iter()
+                .all(|d| text.lines().any(|l| l.ends_with(&format!(" {d}"))))
+        },
+    )
+    .await;
+    let log = kcld.stderr_text();
+    assert!(log.contains("gave no answer within 2s"), "{log}");
+    wait_checkpoint(&stack, &app, &placed[4].1, &kcld).await;
+    assert!(kcld
+        .terminate(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
