@@ -586,6 +586,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("multilang.example.properties");
+        let (s, m) = load_properties(&path, None, Vec::new()).unwrap();
+        assert_eq!(m.command, ["python3", "sample_kclpy_app.py"]);
+        assert_eq!(s.application_name, "orders-processor");
+        assert!(s.fan_out.is_none());
+        assert!(m.unknown.is_empty(), "{:?}", m.unknown);
+    }
+
+    #[test]
     fn reads_the_java_properties_format() {
         let dir = std::env::temp_dir().join(format!("kcld-props-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
