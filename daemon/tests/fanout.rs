@@ -111,8 +111,7 @@ async fn reads_every_record_once_in_order_through_a_shared_consumer() {
     let (delivered, _) = metric_sum(&page, "kcld_records_delivered_total");
     assert_eq!(delivered, 1000.0);
 
-    let status = kcld.terminate(Duration::from_secs(25)).await.unwrap();
-    assert!(status.success(), "exit {status:?}");
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
 }
 
 /// Runs kcld until it exits by itself: (exit code, every `kcld: error:`
@@ -131,30 +130,42 @@ async fn run_to_error(env: &HashMap<String, String>) -> (Option<i32>, Vec<String
     (status.code(), errors, text)
 }
 
+/// kcld reading through `consumer` with every Kinesis connection through a
+/// relay the test can cut or stall, and one more setting.
+async fn through_relay(
+    stack: &Stack,
+    arn: &str,
+    consumer: &str,
+    setting: (&str, &str),
+) -> (kcld_testkit::cut::CutProxy, Kcld) {
+    let proxy = kcld_testkit::cut::CutProxy::start(stack.kinesis_addr())
+        .await
+        .unwrap();
+    let mut e = env(
+        stack,
+        arn,
+        &unique_name("app"),
+        &[("KCLD_CONSUMER_ARN", consumer), setting],
+    );
+    e.insert("AWS_ENDPOINT_URL_KINESIS".into(), proxy.url());
+    let kcld = Kcld::spawn(KCLD, &["run"], &e).unwrap();
+    (proxy, kcld)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewed_and_cut_subscriptions_lose_and_duplicate_nothing() {
     let _serial = SERIAL.lock().await;
     let stack = Stack::from_env().unwrap();
     let (arn, consumer) = shared_stream_and_consumer(&stack, 2).await;
-    let upstream: std::net::SocketAddr = stack
-        .kinesis_endpoint
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let proxy = kcld_testkit::cut::CutProxy::start(upstream).await.unwrap();
-    let mut env = env(
+    // Every subscription is renewed after a second, the shortest allowed,
+    // so renewals happen between most events.
+    let (proxy, mut kcld) = through_relay(
         &stack,
         &arn,
-        &unique_name("app"),
-        &[
-            ("KCLD_CONSUMER_ARN", &consumer),
-            // Every subscription is renewed after a second, the shortest
-            // allowed, so renewals happen between most events.
-            ("KCLD_FAN_OUT__SUBSCRIPTION_MAX_AGE_MS", "1000"),
-        ],
-    );
-    env.insert("AWS_ENDPOINT_URL_KINESIS".into(), proxy.url());
-    let mut kcld = Kcld::spawn(KCLD, &["run"], &env).unwrap();
+        &consumer,
+        ("KCLD_FAN_OUT__SUBSCRIPTION_MAX_AGE_MS", "1000"),
+    )
+    .await;
 
     // Records arrive in waves while subscriptions are renewed, and every
     // connection is cut (mid-stream) between the waves.
@@ -187,8 +198,7 @@ async fn renewed_and_cut_subscriptions_lose_and_duplicate_nothing() {
         "subscriptions were renewed and cut: {calls} SubscribeToShard calls"
     );
     assert!(proxy.connections() > 1);
-    let status = kcld.terminate(Duration::from_secs(25)).await.unwrap();
-    assert!(status.success(), "exit {status:?}");
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,11 +270,7 @@ async fn two_instances_with_one_consumer_arn_split_the_shards() {
         "both instances read: {shards_of:?}"
     );
     for kcld in instances {
-        assert!(kcld
-            .terminate(Duration::from_secs(25))
-            .await
-            .unwrap()
-            .success());
+        kcld.stop_cleanly(Duration::from_secs(25)).await;
     }
 }
 
@@ -442,11 +448,7 @@ async fn a_consumer_name_is_registered_only_on_a_stream_of_this_account() {
         .map(|c| c.consumer_name())
         .collect();
     assert_eq!(names, ["kcld-efo"]);
-    assert!(kcld
-        .terminate(Duration::from_secs(25))
-        .await
-        .unwrap()
-        .success());
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
 
     // A second start finds the consumer and registers nothing new.
     let mut kcld = Kcld::spawn(KCLD, &["run"], &e).unwrap();
@@ -454,11 +456,7 @@ async fn a_consumer_name_is_registered_only_on_a_stream_of_this_account() {
     assert!(!kcld
         .stderr_text()
         .contains("registered the enhanced fan-out consumer"));
-    assert!(kcld
-        .terminate(Duration::from_secs(25))
-        .await
-        .unwrap()
-        .success());
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
 }
 
 /// Shard end over fan-out against the emulator. The emulator never sends
@@ -582,11 +580,7 @@ async fn split_and_merge_under_fan_out_lose_nothing_and_keep_key_order() {
         .count();
     assert_eq!(children, 3, "two split children and one merged child");
     assert!(kcld.stderr_text().contains("read to its end"));
-    assert!(kcld
-        .terminate(Duration::from_secs(25))
-        .await
-        .unwrap()
-        .success());
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
 }
 
 /// TLS with HTTP/2, the production path: every Kinesis call goes through a
@@ -598,11 +592,7 @@ async fn reads_over_tls_with_http2_trusting_the_generated_ca() {
     let stack = Stack::from_env().unwrap();
     let (arn, consumer) = shared_stream_and_consumer(&stack, 2).await;
     let tls_dir = stack.ca_file.parent().unwrap();
-    let upstream = stack
-        .kinesis_endpoint
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
+    let upstream = stack.kinesis_addr();
     let relay = kcld_testkit::h2relay::H2Relay::start(
         &tls_dir.join("server.pem"),
         &tls_dir.join("server.key"),
@@ -634,11 +624,7 @@ async fn reads_over_tls_with_http2_trusting_the_generated_ca() {
         0,
         "every connection spoke HTTP/2"
     );
-    assert!(kcld
-        .terminate(Duration::from_secs(25))
-        .await
-        .unwrap()
-        .success());
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -732,23 +718,13 @@ async fn a_stalled_subscription_is_restarted_without_loss() {
     let _serial = SERIAL.lock().await;
     let stack = Stack::from_env().unwrap();
     let (arn, consumer) = shared_stream_and_consumer(&stack, 1).await;
-    let upstream = stack
-        .kinesis_endpoint
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let proxy = kcld_testkit::cut::CutProxy::start(upstream).await.unwrap();
-    let mut e = env(
+    let (proxy, mut kcld) = through_relay(
         &stack,
         &arn,
-        &unique_name("app"),
-        &[
-            ("KCLD_CONSUMER_ARN", &consumer),
-            ("KCLD_FAN_OUT__STALL_TIMEOUT_MS", "2000"),
-        ],
-    );
-    e.insert("AWS_ENDPOINT_URL_KINESIS".into(), proxy.url());
-    let mut kcld = Kcld::spawn(KCLD, &["run"], &e).unwrap();
+        &consumer,
+        ("KCLD_FAN_OUT__STALL_TIMEOUT_MS", "2000"),
+    )
+    .await;
     let first = sample_records(100, 5);
     let mut placed = stack.put_records(&arn, &first).await.unwrap();
     let mut lines = kcld.take_lines(100, Duration::from_secs(60)).await;
@@ -796,11 +772,7 @@ async fn a_stalled_subscription_is_restarted_without_loss() {
         metric_sum(&page, "kcld_subscription_stalls_total").0 >= 1.0,
         "{page}"
     );
-    assert!(kcld
-        .terminate(Duration::from_secs(25))
-        .await
-        .unwrap()
-        .success());
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -811,11 +783,7 @@ async fn a_shard_subscribed_elsewhere_is_waited_for() {
     let shard = "shardId-000000000000";
     // Another reader holds the shard's subscription for this consumer,
     // through a connection the test can end.
-    let upstream = stack
-        .kinesis_endpoint
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
+    let upstream = stack.kinesis_addr();
     let proxy = kcld_testkit::cut::CutProxy::start(upstream).await.unwrap();
     let mut through_proxy = stack.clone();
     through_proxy.kinesis_endpoint = proxy.url();
@@ -868,9 +836,5 @@ async fn a_shard_subscribed_elsewhere_is_waited_for() {
     let placed = stack.put_records(&arn, &records).await.unwrap();
     let lines = kcld.take_lines(50, Duration::from_secs(60)).await;
     check_once_in_order(&lines, &placed, &records);
-    assert!(kcld
-        .terminate(Duration::from_secs(25))
-        .await
-        .unwrap()
-        .success());
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
 }

@@ -143,8 +143,7 @@ async fn the_kclpy_sample_processor_runs_unchanged_and_its_checkpoints_land() {
     // On SIGTERM the sample gets shutdownRequested and checkpoints the last
     // record it was given; kcld writes that to the lease table.
     let stderr = kcld.stderr.clone();
-    let status = kcld.terminate(Duration::from_secs(30)).await.unwrap();
-    assert!(status.success(), "exit {status:?}");
+    kcld.stop_cleanly(Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The sample writes a line per record to its stderr (without newlines),
     // which kcld copies into its log.
@@ -172,15 +171,21 @@ async fn the_kclpy_sample_processor_runs_unchanged_and_its_checkpoints_land() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_processor_killed_mid_batch_is_restarted_and_the_batch_delivered_again() {
-    let _serial = SERIAL.lock().await;
-    let stack = Stack::from_env().unwrap();
+/// A one-shard stream read by `kcld multilang` with the recording
+/// processor (`tests/fixtures/recording_processor.py`).
+struct Recording {
+    arn: String,
+    dir: PathBuf,
+    app: String,
+    kcld: Kcld,
+}
+
+async fn recording(stack: &Stack, extra_properties: &str) -> Recording {
     let arn = stack
         .create_shared_stream(&unique_name("multilang"), 1)
         .await
         .unwrap();
-    let dir = temp_dir("kclpy-kill");
+    let dir = temp_dir("kclpy-recording");
     let processor =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/recording_processor.py");
     let app = unique_name("kclpy");
@@ -189,14 +194,32 @@ async fn a_processor_killed_mid_batch_is_restarted_and_the_batch_delivered_again
         &format!("python3 {}", processor.display()),
         &arn,
         &app,
-        "",
+        extra_properties,
     );
-    let mut kcld = Kcld::spawn(
+    let kcld = Kcld::spawn(
         KCLD,
         &["multilang", "-p", props.to_str().unwrap()],
-        &env(&stack, &dir),
+        &env(stack, &dir),
     )
     .unwrap();
+    Recording {
+        arn,
+        dir,
+        app,
+        kcld,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_killed_mid_batch_is_restarted_and_the_batch_delivered_again() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let Recording {
+        arn,
+        dir,
+        app,
+        mut kcld,
+    } = recording(&stack, "").await;
     let out = dir.join("records");
     let lines = |path: &Path| -> Vec<String> {
         std::fs::read_to_string(path)
@@ -301,11 +324,7 @@ async fn a_processor_killed_mid_batch_is_restarted_and_the_batch_delivered_again
         extra.is_empty(),
         "multilang writes no records to stdout: {extra:?}"
     );
-    assert!(kcld
-        .terminate(Duration::from_secs(30))
-        .await
-        .unwrap()
-        .success());
+    kcld.stop_cleanly(Duration::from_secs(30)).await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -347,27 +366,12 @@ async fn a_properties_file_without_stream_arn_is_one_clear_error() {
 async fn a_hung_processor_is_replaced_after_timeout_in_seconds() {
     let _serial = SERIAL.lock().await;
     let stack = Stack::from_env().unwrap();
-    let arn = stack
-        .create_shared_stream(&unique_name("multilang"), 1)
-        .await
-        .unwrap();
-    let dir = temp_dir("kclpy-hang");
-    let processor =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/recording_processor.py");
-    let app = unique_name("kclpy");
-    let props = properties(
-        &dir,
-        &format!("python3 {}", processor.display()),
-        &arn,
-        &app,
-        "timeoutInSeconds = 2\n",
-    );
-    let kcld = Kcld::spawn(
-        KCLD,
-        &["multilang", "-p", props.to_str().unwrap()],
-        &env(&stack, &dir),
-    )
-    .unwrap();
+    let Recording {
+        arn,
+        dir,
+        app,
+        kcld,
+    } = recording(&stack, "timeoutInSeconds = 2\n").await;
     let records: Vec<(String, Vec<u8>)> = ["a", "b", "hold", "c", "d"]
         .iter()
         .map(|d| ("k".to_owned(), d.as_bytes().to_vec()))
@@ -389,10 +393,6 @@ async fn a_hung_processor_is_replaced_after_timeout_in_seconds() {
     let log = kcld.stderr_text();
     assert!(log.contains("gave no answer within 2s"), "{log}");
     wait_checkpoint(&stack, &app, &placed[4].1, &kcld).await;
-    assert!(kcld
-        .terminate(Duration::from_secs(30))
-        .await
-        .unwrap()
-        .success());
+    kcld.stop_cleanly(Duration::from_secs(30)).await;
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -82,6 +82,14 @@ impl Stack {
             .await
     }
 
+    /// The Kinesis emulator's plain address, for relays in front of it.
+    pub fn kinesis_addr(&self) -> std::net::SocketAddr {
+        self.kinesis_endpoint
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 14568)))
+    }
+
     /// Kinesis as the producer account (the stream owner) sees it.
     pub async fn producer_kinesis(&self) -> aws_sdk_kinesis::Client {
         let conf = self.sdk_config(&self.producer_key).await;
@@ -553,6 +561,18 @@ impl Kcld {
                 let _ = self.child.kill().await;
                 bail!("kcld did not exit within {within:?} of SIGTERM")
             }
+        }
+    }
+
+    /// SIGTERM, and panics unless kcld exits 0 within `within` (with its
+    /// stderr in the message).
+    pub async fn stop_cleanly(self, within: Duration) {
+        let stderr = self.stderr.clone();
+        let status = self.terminate(within).await;
+        let text = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        match status {
+            Ok(s) if s.success() => {}
+            other => panic!("kcld did not stop cleanly ({other:?}):\n{text}"),
         }
     }
 

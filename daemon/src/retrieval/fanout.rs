@@ -24,11 +24,10 @@ use kcld_checkpoint::Checkpoint;
 use kcld_config::FanOutSettings;
 use kcld_lease::ShardSpec;
 use kcld_records::kpl::HashRange;
-use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Fetched, Unpacker};
+use super::{Backoff, Fetched, Unpacker};
 use crate::record::{Batch, ByteStr, Encryption, Record};
 use crate::stream::{KinesisError, StartAt, Stream, Subscription};
 
@@ -57,7 +56,7 @@ pub struct FanOutReader {
     /// The last event closed the shard but carried records: report the end
     /// (with these children) on the next call.
     pending_end: Option<Vec<ShardSpec>>,
-    failures: u32,
+    backoff: Backoff,
 }
 
 impl FanOutReader {
@@ -87,7 +86,7 @@ impl FanOutReader {
                 .filter(|d| !d.is_zero()),
             last_end_check: Instant::now(),
             pending_end: None,
-            failures: 0,
+            backoff: Backoff::new(Duration::from_millis(250)),
         }
     }
 
@@ -107,7 +106,11 @@ impl FanOutReader {
                     Ok(true) => continue,
                     Ok(false) => return Ok(None),
                     Err(e) if e.is_transient() => {
-                        if !self.back_off(&e, cancel).await {
+                        if !self
+                            .backoff
+                            .wait(&e, &self.unpacker, "subscribing again", cancel)
+                            .await
+                        {
                             return Ok(None);
                         }
                         continue;
@@ -140,7 +143,11 @@ impl FanOutReader {
                     metrics::counter!("kcld_kinesis_errors_total", "operation" => "SubscribeToShard", "kind" => e.kind())
                         .increment(1);
                     if e.is_transient() {
-                        if !self.back_off(&e, cancel).await {
+                        if !self
+                            .backoff
+                            .wait(&e, &self.unpacker, "subscribing again", cancel)
+                            .await
+                        {
                             return Ok(None);
                         }
                         continue;
@@ -149,7 +156,7 @@ impl FanOutReader {
                 }
                 Ok(Ok(Some(event))) => event,
             };
-            self.failures = 0;
+            self.backoff.reset();
             let caught_up = event.millis_behind_latest == 0;
             if let Some(fetched) = self.on_event(event)? {
                 return Ok(Some(fetched));
@@ -294,31 +301,6 @@ impl FanOutReader {
                 tracing::debug!(shard = %shard, "end-of-shard check failed: {e}");
                 None
             }
-        }
-    }
-
-    /// Waits after a transient error: exponential with jitter, capped at
-    /// 10 s. Returns false when cancelled while waiting.
-    async fn back_off(&mut self, error: &KinesisError, cancel: &CancellationToken) -> bool {
-        self.failures = self.failures.saturating_add(1);
-        let cap_ms = (250u64 << self.failures.min(6)).min(10_000);
-        let wait = Duration::from_millis(rand::rng().random_range(cap_ms / 2..=cap_ms));
-        let shard = &self.unpacker.shard_id;
-        let first = self.failures == 1;
-        if matches!(error, KinesisError::InUse(_)) {
-            if first {
-                tracing::info!(shard = %shard, "another subscription to this shard is still open; waiting for it to end");
-            }
-        } else if first || self.failures.is_power_of_two() {
-            tracing::warn!(shard = %shard, failures = self.failures, "{error}; subscribing again in {wait:?}");
-        }
-        if matches!(error, KinesisError::Throttled(_)) {
-            metrics::counter!("kcld_throttles_total", "shard" => self.unpacker.shard_label.clone())
-                .increment(1);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => true,
-            _ = cancel.cancelled() => false,
         }
     }
 }

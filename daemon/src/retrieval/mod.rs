@@ -6,10 +6,12 @@
 //! ahead of the sink for either.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kcld_checkpoint::Checkpoint;
 use kcld_lease::ShardSpec;
 use kcld_records::kpl::{self, HashRange};
+use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::record::{Batch, Record};
@@ -69,6 +71,59 @@ pub fn start_at(shard_id: &str, start: &Checkpoint, at_timestamp_millis: Option<
             }
         },
         Checkpoint::At(esn) => StartAt::AtSequence(esn.sequence.to_string()),
+    }
+}
+
+/// Waiting after transient errors of one shard's reader: jittered waits
+/// that double from `base` up to 10 s, logged at the first failure of a
+/// burst and then at the 2nd, 4th, 8th... (never once per retry), counted
+/// as throttles when they are.
+pub(crate) struct Backoff {
+    failures: u32,
+    base_ms: u64,
+}
+
+impl Backoff {
+    pub(crate) fn new(base: Duration) -> Self {
+        Backoff {
+            failures: 0,
+            base_ms: base.as_millis().max(1) as u64,
+        }
+    }
+
+    /// A call succeeded: the next failure starts a new burst.
+    pub(crate) fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Counts one more failure of `shard` and waits before `retrying`
+    /// (what happens next, for the log). False when cancelled meanwhile.
+    pub(crate) async fn wait(
+        &mut self,
+        error: &KinesisError,
+        shard: &Unpacker,
+        retrying: &str,
+        cancel: &CancellationToken,
+    ) -> bool {
+        self.failures = self.failures.saturating_add(1);
+        let cap_ms = (self.base_ms << self.failures.min(7)).min(10_000);
+        let wait = Duration::from_millis(rand::rng().random_range(cap_ms / 2..=cap_ms));
+        let first = self.failures == 1;
+        if matches!(error, KinesisError::InUse(_)) {
+            if first {
+                tracing::info!(shard = %shard.shard_id, "another subscription to this shard is still open; waiting for it to end");
+            }
+        } else if first || self.failures.is_power_of_two() {
+            tracing::warn!(shard = %shard.shard_id, failures = self.failures, "{error}; {retrying} in {wait:?}");
+        }
+        if matches!(error, KinesisError::Throttled(_)) {
+            metrics::counter!("kcld_throttles_total", "shard" => shard.shard_label.clone())
+                .increment(1);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = cancel.cancelled() => false,
+        }
     }
 }
 

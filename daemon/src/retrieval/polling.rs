@@ -13,11 +13,10 @@ use std::time::Duration;
 use kcld_checkpoint::Checkpoint;
 use kcld_config::PollingSettings;
 use kcld_records::kpl::HashRange;
-use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Fetched, Unpacker};
+use super::{Backoff, Fetched, Unpacker};
 use crate::record::Batch;
 use crate::stream::{child_spec, KinesisError, StartAt, Stream};
 
@@ -42,7 +41,7 @@ pub struct PollingReader {
     /// The last response closed the shard but carried records: report the
     /// end (with these children) on the next call.
     pending_end: Option<Vec<kcld_lease::ShardSpec>>,
-    failures: u32,
+    backoff: Backoff,
 }
 
 impl PollingReader {
@@ -70,7 +69,7 @@ impl PollingReader {
             idle: Duration::ZERO,
             last_call: None,
             pending_end: None,
-            failures: 0,
+            backoff: Backoff::new(Duration::from_millis(100)),
         }
     }
 
@@ -100,7 +99,11 @@ impl PollingReader {
                 None => match self.position().await {
                     Ok(it) => it,
                     Err(e) if e.is_transient() => {
-                        if !self.back_off(&e, cancel).await {
+                        if !self
+                            .backoff
+                            .wait(&e, &self.unpacker, "retrying", cancel)
+                            .await
+                        {
                             return Ok(None);
                         }
                         continue;
@@ -121,7 +124,7 @@ impl PollingReader {
             }
             let response = match result {
                 Ok(r) => {
-                    self.failures = 0;
+                    self.backoff.reset();
                     if let Some(ms) = r.millis_behind_latest {
                         metrics::gauge!("kcld_lag_seconds", "shard" => shard.clone())
                             .set(ms as f64 / 1000.0);
@@ -134,7 +137,11 @@ impl PollingReader {
                     continue;
                 }
                 Err(e) if e.is_transient() => {
-                    if !self.back_off(&e, cancel).await {
+                    if !self
+                        .backoff
+                        .wait(&e, &self.unpacker, "retrying", cancel)
+                        .await
+                    {
                         return Ok(None);
                     }
                     continue;
@@ -184,25 +191,6 @@ impl PollingReader {
         tracing::info!(shard = %shard_id, at = ?at, "positioned");
         self.iterator = Some(it.clone());
         Ok(it)
-    }
-
-    /// Waits after a transient error: exponential with jitter, capped at
-    /// 10 s. Returns false when cancelled while waiting.
-    async fn back_off(&mut self, error: &KinesisError, cancel: &CancellationToken) -> bool {
-        self.failures = self.failures.saturating_add(1);
-        let cap_ms = (100u64 << self.failures.min(7)).min(10_000);
-        let wait = Duration::from_millis(rand::rng().random_range(cap_ms / 2..=cap_ms));
-        if self.failures == 1 || self.failures.is_power_of_two() {
-            tracing::warn!(shard = %self.unpacker.shard_id, failures = self.failures, "{error}; retrying in {wait:?}");
-        }
-        if matches!(error, KinesisError::Throttled(_)) {
-            metrics::counter!("kcld_throttles_total", "shard" => self.unpacker.shard_label.clone())
-                .increment(1);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => true,
-            _ = cancel.cancelled() => false,
-        }
     }
 }
 
