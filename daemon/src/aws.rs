@@ -88,8 +88,9 @@ pub async fn connect(settings: &Settings) -> Result<Clients> {
         }
     };
 
-    let mut kinesis =
-        aws_sdk_kinesis::config::Builder::from(&base).credentials_provider(kinesis_credentials);
+    let mut kinesis = aws_sdk_kinesis::config::Builder::from(&base)
+        .credentials_provider(kinesis_credentials)
+        .interceptor(CountAttemptErrors);
     if let Some(url) = &settings.aws.kinesis_endpoint {
         kinesis = kinesis.endpoint_url(url);
     }
@@ -163,6 +164,58 @@ fn http_client(
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
         .tls_context(context)
         .build_https())
+}
+
+/// Counts every Kinesis attempt that was throttled or failed on the
+/// server's side, including those the SDK retried by itself (which kcld's
+/// own back-off never sees): `kcld_kinesis_attempt_errors_total` by
+/// operation and kind. The kind comes from the `x-amzn-ErrorType` header
+/// the service sets on its errors, else from a 5xx status.
+#[derive(Debug)]
+struct CountAttemptErrors;
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for CountAttemptErrors {
+    fn name(&self) -> &'static str {
+        "kcld-count-attempt-errors"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextRef<'_>,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let response = context.response();
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let error_type = response
+            .headers()
+            .get("x-amzn-errortype")
+            .unwrap_or_default();
+        let kind = if [
+            "ProvisionedThroughputExceededException",
+            "LimitExceededException",
+            "ThrottlingException",
+        ]
+        .iter()
+        .any(|t| error_type.starts_with(t))
+        {
+            "throttled"
+        } else if status.is_server_error() {
+            "server_error"
+        } else {
+            return Ok(());
+        };
+        let operation = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .map(|m| m.name().to_owned())
+            .unwrap_or_else(|| "unknown".into());
+        metrics::counter!("kcld_kinesis_attempt_errors_total", "operation" => operation, "kind" => kind)
+            .increment(1);
+        Ok(())
+    }
 }
 
 fn no_credentials() -> Error {

@@ -16,6 +16,7 @@ pub struct CutProxy {
     pub addr: SocketAddr,
     cuts: watch::Sender<u64>,
     stalls: watch::Sender<u64>,
+    blocked: Arc<std::sync::atomic::AtomicBool>,
     accepted: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -36,9 +37,20 @@ impl CutProxy {
         let (cuts, _) = watch::channel(0u64);
         let (stalls, _) = watch::channel(0u64);
         let accepted = Arc::new(AtomicU64::new(0));
-        let (tx, stall_tx, count) = (cuts.clone(), stalls.clone(), accepted.clone());
+        let blocked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, stall_tx, count, refuse) = (
+            cuts.clone(),
+            stalls.clone(),
+            accepted.clone(),
+            blocked.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                if refuse.load(Ordering::Relaxed) {
+                    // Closed at once: the peer sees a reset connection.
+                    drop(inbound);
+                    continue;
+                }
                 count.fetch_add(1, Ordering::Relaxed);
                 let mut cut = tx.subscribe();
                 let mut stall = stall_tx.subscribe();
@@ -63,6 +75,7 @@ impl CutProxy {
             addr,
             cuts,
             stalls,
+            blocked,
             accepted,
             task,
         })
@@ -82,6 +95,17 @@ impl CutProxy {
     /// ones go through as before.
     pub fn stall_all(&self) {
         self.stalls.send_modify(|n| *n += 1);
+    }
+
+    /// Cuts every connection and refuses new ones until [`CutProxy::unblock`]:
+    /// the service behind is unreachable.
+    pub fn block(&self) {
+        self.blocked.store(true, Ordering::Relaxed);
+        self.cut_all();
+    }
+
+    pub fn unblock(&self) {
+        self.blocked.store(false, Ordering::Relaxed);
     }
 
     /// Connections accepted so far.

@@ -24,6 +24,30 @@ pub struct Fault {
 }
 
 impl Fault {
+    pub fn throughput_exceeded() -> Self {
+        Fault {
+            status: 400,
+            error_type: "ProvisionedThroughputExceededException".into(),
+            message: "Rate exceeded for shard".into(),
+        }
+    }
+
+    pub fn limit_exceeded() -> Self {
+        Fault {
+            status: 400,
+            error_type: "LimitExceededException".into(),
+            message: "Rate exceeded for stream".into(),
+        }
+    }
+
+    pub fn internal_failure() -> Self {
+        Fault {
+            status: 500,
+            error_type: "InternalFailure".into(),
+            message: "internal service error".into(),
+        }
+    }
+
     pub fn access_denied(action: &str) -> Self {
         Fault {
             status: 400,
@@ -33,10 +57,19 @@ impl Fault {
     }
 }
 
+/// When a fault applies: to one call in `one_in` (1 = every call).
+#[derive(Clone, Debug)]
+struct Rule {
+    fault: Fault,
+    one_in: u32,
+    calls: u32,
+    faulted: u32,
+}
+
 /// A running proxy; stops when dropped.
 pub struct FaultProxy {
     pub addr: SocketAddr,
-    faults: Arc<Mutex<HashMap<String, Fault>>>,
+    faults: Arc<Mutex<HashMap<String, Rule>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -52,7 +85,7 @@ impl FaultProxy {
     pub async fn start(upstream: &str) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let faults: Arc<Mutex<HashMap<String, Fault>>> = Arc::default();
+        let faults: Arc<Mutex<HashMap<String, Rule>>> = Arc::default();
         let upstream: hyper::Uri = upstream.parse()?;
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let shared = faults.clone();
@@ -85,15 +118,46 @@ impl FaultProxy {
     /// Answers `target` (for example `Kinesis_20131202.GetRecords`) with
     /// `fault` from now on.
     pub fn fail(&self, target: &str, fault: Fault) {
+        self.fail_one_in(target, fault, 1);
+    }
+
+    /// Answers one call of `target` in `one_in` with `fault` (the others
+    /// are forwarded), from now on.
+    pub fn fail_one_in(&self, target: &str, fault: Fault, one_in: u32) {
         if let Ok(mut f) = self.faults.lock() {
-            f.insert(target.to_owned(), fault);
+            f.insert(
+                target.to_owned(),
+                Rule {
+                    fault,
+                    one_in: one_in.max(1),
+                    calls: 0,
+                    faulted: 0,
+                },
+            );
         }
+    }
+
+    /// Forwards every call again.
+    pub fn clear(&self) {
+        if let Ok(mut f) = self.faults.lock() {
+            f.clear();
+        }
+    }
+
+    /// Calls of `target` since its rule was set: (answered with the
+    /// fault, seen).
+    pub fn counts(&self, target: &str) -> (u32, u32) {
+        self.faults
+            .lock()
+            .ok()
+            .and_then(|f| f.get(target).map(|r| (r.faulted, r.calls)))
+            .unwrap_or((0, 0))
     }
 }
 
 async fn handle(
     req: Request<Incoming>,
-    faults: &Mutex<HashMap<String, Fault>>,
+    faults: &Mutex<HashMap<String, Rule>>,
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     upstream: &hyper::Uri,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
@@ -103,7 +167,14 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let fault = faults.lock().ok().and_then(|f| f.get(&target).cloned());
+    let fault = faults.lock().ok().and_then(|mut f| {
+        let rule = f.get_mut(&target)?;
+        rule.calls += 1;
+        // The first call of every `one_in` fails.
+        let fail = (rule.calls - 1) % rule.one_in == 0;
+        rule.faulted += u32::from(fail);
+        fail.then(|| rule.fault.clone())
+    });
     if let Some(fault) = fault {
         let body =
             serde_json::json!({ "__type": fault.error_type, "message": fault.message }).to_string();

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 pub mod cut;
 pub mod fault;
 pub mod h2relay;
+pub mod private;
 pub mod sts;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -52,6 +53,10 @@ impl Stack {
     /// Reads the stack's environment; fails with the command to run when it
     /// is missing.
     pub fn from_env() -> Result<Self> {
+        Self::from_vars(var)
+    }
+
+    fn from_vars(var: impl Fn(&str) -> Result<String>) -> Result<Self> {
         Ok(Stack {
             kinesis_endpoint: var("AWS_ENDPOINT_URL_KINESIS")?,
             kinesis_tls_endpoint: var("LOCALAWS_KINESIS_TLS_ENDPOINT")?,
