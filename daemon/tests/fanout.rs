@@ -100,6 +100,12 @@ async fn reads_every_record_once_in_order_through_a_shared_consumer() {
     assert!(extra.is_empty(), "records after the 1000th: {extra:?}");
     let per_shard = check_once_in_order(&lines, &placed, &records);
     assert_eq!(per_shard.len(), 4, "records came from every shard");
+    // No event of an open shard was taken for its end.
+    assert!(
+        !kcld.stderr_text().contains("shard ended"),
+        "{}",
+        kcld.stderr_text()
+    );
 
     // Read through fan-out, not polling: SubscribeToShard on every shard,
     // no GetRecords for reading.
