@@ -616,9 +616,22 @@ fn shard_spec(shard: &Shard) -> ShardSpec {
         .flatten()
         .map(str::to_owned)
         .collect();
-    let range = shard.hash_key_range();
+    let closed = shard
+        .sequence_number_range()
+        .and_then(|r| r.ending_sequence_number())
+        .is_some();
+    spec(shard.shard_id(), parents, shard.hash_key_range(), closed)
+}
+
+/// A shard as the lease layer sees it, from the SDK's parts.
+pub(crate) fn spec(
+    shard_id: &str,
+    parents: Vec<String>,
+    range: Option<&aws_sdk_kinesis::types::HashKeyRange>,
+    closed: bool,
+) -> ShardSpec {
     ShardSpec {
-        shard_id: shard.shard_id().to_owned(),
+        shard_id: shard_id.to_owned(),
         parents,
         starting_hash_key: range
             .map(|r| r.starting_hash_key().to_owned())
@@ -626,10 +639,7 @@ fn shard_spec(shard: &Shard) -> ShardSpec {
         ending_hash_key: range
             .map(|r| r.ending_hash_key().to_owned())
             .unwrap_or_default(),
-        closed: shard
-            .sequence_number_range()
-            .and_then(|r| r.ending_sequence_number())
-            .is_some(),
+        closed,
     }
 }
 

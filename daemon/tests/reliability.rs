@@ -122,6 +122,23 @@ impl Fleet {
         }
     }
 
+    /// Collects for `time`.
+    async fn watch(&mut self, time: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < time {
+            self.collect().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Collects until `producer` put everything.
+    async fn watch_producer(&mut self, producer: &Producer) {
+        while !producer.done() {
+            self.collect().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn distinct(&self) -> HashSet<&str> {
         self.seen.iter().map(|s| s.data.as_str()).collect()
     }
@@ -317,10 +334,7 @@ async fn kill_9_restarts_lose_nothing_and_duplicate_within_the_checkpoint_interv
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    while !producer.done() {
-        fleet.collect().await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    fleet.watch_producer(&producer).await;
     let within = Duration::from_secs(120 + total as u64 / 500);
     fleet.until_all(&producer.sent, within).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -372,18 +386,11 @@ async fn failover_after_kill_9_resumes_within_failover_plus_renewal() {
         Scale::Full => 6_000,
     };
     let producer = Producer::start(&stack, &arn, total, 25, Duration::from_millis(100));
-    let warmup = Instant::now();
-    while warmup.elapsed() < Duration::from_secs(3) {
-        fleet.collect().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    fleet.watch(Duration::from_secs(3)).await;
 
     let killed_at = Instant::now();
     kill_9(fleet.get("b"));
-    while !producer.done() {
-        fleet.collect().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    fleet.watch_producer(&producer).await;
     fleet
         .until_all(&producer.sent, Duration::from_secs(120))
         .await;
@@ -452,19 +459,12 @@ async fn an_instance_that_cannot_renew_stops_before_its_shards_are_taken() {
         Scale::Full => 6_000,
     };
     let producer = Producer::start(&stack, &arn, total, 20, Duration::from_millis(100));
-    let warmup = Instant::now();
-    while warmup.elapsed() < Duration::from_secs(3) {
-        fleet.collect().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    fleet.watch(Duration::from_secs(3)).await;
 
     // b loses the lease table (Kinesis still works for it).
     let cut_at = Instant::now();
     relay.block();
-    while !producer.done() {
-        fleet.collect().await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    fleet.watch_producer(&producer).await;
     fleet
         .until_all(&producer.sent, Duration::from_secs(120))
         .await;
@@ -548,19 +548,12 @@ async fn the_lease_table_gone_for_30_seconds_stops_reading_and_loses_nothing() {
     .await;
     let total = 1_000;
     let producer = Producer::start(stack, &arn, total, 10, Duration::from_millis(100));
-    let warmup = Instant::now();
-    while warmup.elapsed() < Duration::from_secs(2) {
-        fleet.collect().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    fleet.watch(Duration::from_secs(2)).await;
 
     let outage = Duration::from_secs(30);
     let stopped_at = Instant::now();
     private.stop("dynamodb").unwrap();
-    while stopped_at.elapsed() < outage {
-        fleet.collect().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    fleet.watch(outage).await;
     assert!(
         fleet.get("a").is_running(),
         "kcld stays up while the lease table is gone"
@@ -624,9 +617,7 @@ async fn the_kinesis_emulator_killed_and_restarted_loses_nothing() {
     let mut fleet = Fleet::new();
     fleet.start("a", &env(stack, &arn, &app, "worker-a"));
     let first = Producer::start(stack, &arn, 500, 50, Duration::from_millis(50));
-    while !first.done() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    fleet.watch_producer(&first).await;
     fleet.until_all(&first.sent, Duration::from_secs(60)).await;
     // The emulator keeps its data on disk every second.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -637,10 +628,7 @@ async fn the_kinesis_emulator_killed_and_restarted_loses_nothing() {
     private.start_again("kinesis").unwrap();
     let back = stopped_at.elapsed();
     let second = Producer::then(500, stack, &arn, 500, 50, Duration::from_millis(50));
-    while !second.done() {
-        fleet.collect().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    fleet.watch_producer(&second).await;
     let all: HashSet<String> = first.sent.union(&second.sent).cloned().collect();
     fleet.until_all(&all, Duration::from_secs(120)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -759,10 +747,7 @@ async fn connections_cut_mid_response_lose_and_duplicate_nothing() {
     while !producer.done() {
         relay.cut_all();
         cuts += 1;
-        for _ in 0..6 {
-            fleet.collect().await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        fleet.watch(Duration::from_millis(300)).await;
     }
     fleet
         .until_all(&producer.sent, Duration::from_secs(120))

@@ -158,13 +158,13 @@ impl FanOutReader {
             };
             self.backoff.reset();
             let caught_up = event.millis_behind_latest == 0;
+            if opened.elapsed() >= self.max_age {
+                // Renew before the service's five-minute end, busy or
+                // not; the next subscription resumes after this event.
+                self.subscription = None;
+            }
             if let Some(fetched) = self.on_event(event)? {
                 return Ok(Some(fetched));
-            }
-            if opened.elapsed() >= self.max_age {
-                // Renew before the service's five-minute end; the next
-                // subscription resumes after this event.
-                self.subscription = None;
             }
             if caught_up {
                 if let Some(children) = self.check_end().await {
@@ -334,18 +334,12 @@ fn convert(r: aws_sdk_kinesis::types::Record) -> Result<Record, KinesisError> {
 
 /// A child shard as the end-of-shard event announces it.
 fn child_spec(child: &aws_sdk_kinesis::types::ChildShard) -> ShardSpec {
-    let range = child.hash_key_range();
-    ShardSpec {
-        shard_id: child.shard_id().to_owned(),
-        parents: child.parent_shards().to_vec(),
-        starting_hash_key: range
-            .map(|r| r.starting_hash_key().to_owned())
-            .unwrap_or_default(),
-        ending_hash_key: range
-            .map(|r| r.ending_hash_key().to_owned())
-            .unwrap_or_default(),
-        closed: false,
-    }
+    crate::stream::spec(
+        child.shard_id(),
+        child.parent_shards().to_vec(),
+        child.hash_key_range(),
+        false,
+    )
 }
 
 #[cfg(test)]
