@@ -219,9 +219,32 @@ async fn run_multilang(args: &MultiLangArgs, cli: &Cli) -> Result<()> {
         worker::Delivery::MultiLang(std::sync::Arc::new(ml)),
         token,
     )
-    .await?;
+    .await
+    .map_err(in_properties_terms)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A fan-out registration error in the properties file's words: the KCL's
+/// DEFAULT retrieval mode chooses fan-out when no polling property is set.
+fn in_properties_terms(e: crate::Error) -> crate::Error {
+    use kcld_config::ConfigError;
+    match e {
+        crate::Error::Config(ConfigError::Key { key, problem, fix }) if key == "consumer_name" => {
+            crate::Error::Config(ConfigError::Key {
+                key: "consumerName (properties file; applicationName when unset)".into(),
+                problem,
+                fix: format!(
+                    "{}; in the properties file: consumerArn = <that ARN>, or retrievalMode = POLLING \
+                     to poll instead (with retrievalMode DEFAULT, fan-out is chosen when no polling \
+                     property such as maxRecords is set, as in the KCL)",
+                    fix.replace("set consumer_arn to it instead of consumer_name", "")
+                        .trim_end_matches([',', ' ', ':'])
+                ),
+            })
+        }
+        other => other,
+    }
 }
 
 fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<()> {

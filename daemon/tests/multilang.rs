@@ -396,3 +396,53 @@ async fn a_hung_processor_is_replaced_after_timeout_in_seconds() {
     kcld.stop_cleanly(Duration::from_secs(30)).await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_by_default_on_another_accounts_stream_says_what_to_set() {
+    // amazon-kclpy's sample properties set no polling property, so the
+    // KCL's DEFAULT retrieval mode is fan-out through a consumer named
+    // after the application, which kcld may not register on the owner's
+    // stream.
+    let stack = Stack::from_env().unwrap();
+    let sts = kcld_testkit::sts::Identity::start().await.unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("multilang"), 1)
+        .await
+        .unwrap();
+    let dir = temp_dir("kclpy-default");
+    let path = dir.join("app.properties");
+    std::fs::write(
+        &path,
+        format!(
+            "executableName = python3 app.py\nstreamArn = {arn}\napplicationName = {}\n",
+            unique_name("kclpy")
+        ),
+    )
+    .unwrap();
+    let mut e = env(&stack, &dir);
+    e.insert("AWS_ENDPOINT_URL_STS".into(), sts.url());
+    let kcld = Kcld::spawn(KCLD, &["multilang", "-p", path.to_str().unwrap()], &e).unwrap();
+    let stderr = kcld.stderr.clone();
+    let status = kcld.wait(Duration::from_secs(60)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let text = stderr.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(2), "{text}");
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("kcld: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{text}");
+    for needed in [
+        "consumerName",
+        "consumerArn",
+        "retrievalMode = POLLING",
+        "register-stream-consumer",
+    ] {
+        assert!(
+            errors[0].contains(needed),
+            "{needed:?} missing: {}",
+            errors[0]
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
