@@ -213,9 +213,6 @@ async fn two_instances_with_one_consumer_arn_split_the_shards() {
     let stack = Stack::from_env().unwrap();
     let (arn, consumer) = shared_stream_and_consumer(&stack, 4).await;
     let app = unique_name("app");
-    let records = sample_records(800, 29);
-    let placed = stack.put_records(&arn, &records).await.unwrap();
-
     let mut instances = Vec::new();
     for worker in ["worker-a", "worker-b"] {
         instances.push(
@@ -246,6 +243,9 @@ async fn two_instances_with_one_consumer_arn_split_the_shards() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Records arrive once the shards are split, so both instances read.
+    let records = sample_records(800, 29);
+    let placed = stack.put_records(&arn, &records).await.unwrap();
 
     let mut lines = Vec::new();
     let mut shards_of = Vec::new();
