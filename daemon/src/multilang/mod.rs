@@ -57,7 +57,6 @@ where
         last: grant.start.clone(),
         largest: grant.start.clone(),
         mode: Mode::Closed,
-        ended: false,
     };
     let mut restarts = 0u32;
     loop {
@@ -169,8 +168,6 @@ struct Session<'a> {
     /// The last record delivered to the current processor.
     largest: Checkpoint,
     mode: Mode,
-    /// SHARD_END was written.
-    ended: bool,
 }
 
 impl Session<'_> {
@@ -225,7 +222,7 @@ impl Session<'_> {
                     child.send(&protocol::notice(Action::ShardEnded)).await?;
                     self.converse(child, Action::ShardEnded, Mode::ShardEnd(children))
                         .await?;
-                    return Ok(if self.ended {
+                    return Ok(if self.last == Checkpoint::ShardEnd {
                         Finish::ShardEnded
                     } else {
                         Finish::EndNotCheckpointed
@@ -309,7 +306,6 @@ impl Session<'_> {
         match written {
             Ok(()) => {
                 metrics::counter!("kcld_checkpoints_total", "shard" => shard.clone()).increment(1);
-                self.ended = target == Checkpoint::ShardEnd;
                 self.last = target;
                 Ok(None)
             }
