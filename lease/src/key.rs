@@ -100,18 +100,46 @@ impl LeaseKey {
 pub struct StreamScope {
     pub account: String,
     pub stream_name: String,
+    /// The stream's creation time in epoch seconds (the KCL's
+    /// `creationEpoch`), when known. A stream deleted and created again
+    /// under the same name has a new one, and the old stream's leases are
+    /// not this stream's.
+    pub creation_epoch: Option<u64>,
 }
 
 impl StreamScope {
     /// Single-stream keys belong to the table's one stream; multi-stream
-    /// keys only when account and stream name match.
+    /// keys only when account, stream name and (when known) creation epoch
+    /// match.
     pub fn owns(&self, key: &LeaseKey) -> bool {
         match key {
             LeaseKey::Single { .. } => true,
             LeaseKey::Multi {
-                account, stream, ..
-            } => *account == self.account && *stream == self.stream_name,
+                account,
+                stream,
+                creation_epoch,
+                ..
+            } => {
+                *account == self.account
+                    && *stream == self.stream_name
+                    && self
+                        .creation_epoch
+                        .is_none_or(|created| !older_than(creation_epoch, created))
+            }
         }
+    }
+}
+
+/// Whether a key's creation epoch names a stream created before `created`
+/// (epoch seconds): a former stream of the same name. The KCL leaves the
+/// unit to the application (its docs say the creation timestamp, its own
+/// tests use milliseconds), so values past year 5138 in seconds are read
+/// as milliseconds.
+fn older_than(key_epoch: &str, created: u64) -> bool {
+    match key_epoch.parse::<u64>() {
+        Ok(e) if e >= 100_000_000_000 => e / 1000 < created,
+        Ok(e) => e < created,
+        Err(_) => false,
     }
 }
 
@@ -153,10 +181,28 @@ mod tests {
         let scope = StreamScope {
             account: "111111111111".into(),
             stream_name: "orders".into(),
+            creation_epoch: None,
         };
         assert!(scope.owns(&LeaseKey::parse("shardId-000000000000")));
         assert!(scope.owns(&LeaseKey::parse("111111111111:orders:1:shardId-0")));
         assert!(!scope.owns(&LeaseKey::parse("111111111111:payments:1:shardId-0")));
         assert!(!scope.owns(&LeaseKey::parse("222222222222:orders:1:shardId-0")));
+    }
+
+    #[test]
+    fn leases_of_a_former_stream_of_the_same_name_are_not_this_streams() {
+        let scope = StreamScope {
+            account: "111111111111".into(),
+            stream_name: "orders".into(),
+            creation_epoch: Some(1_800_000_000),
+        };
+        assert!(scope.owns(&LeaseKey::parse("111111111111:orders:1800000000:shardId-0")));
+        assert!(scope.owns(&LeaseKey::parse(
+            "111111111111:orders:1800000000123:shardId-0"
+        )));
+        assert!(!scope.owns(&LeaseKey::parse("111111111111:orders:1700000000:shardId-0")));
+        assert!(!scope.owns(&LeaseKey::parse(
+            "111111111111:orders:1700000000000:shardId-0"
+        )));
     }
 }

@@ -100,5 +100,6 @@ pub trait ShardLister: Send + Sync {
 
 pub mod balance;
 pub mod key;
+pub mod lineage;
 pub mod record;
 pub mod table;

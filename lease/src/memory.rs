@@ -1,7 +1,12 @@
-//! Leases held in memory by a single instance: every shard of the stream is
-//! granted to this worker, parents before children, and checkpoints live only
-//! as long as the process. This is the lease source for one instance without
-//! a lease table.
+//! Leases held in memory by a single instance: every shard the lineage
+//! needs is granted to this worker, parents before children, and checkpoints
+//! live only as long as the process. This is the lease source for one
+//! instance without a lease table.
+//!
+//! The shards it starts with follow [`Lineage::plan`] (with LATEST only the
+//! open shards, at LATEST); a child announced at a shard's end starts at
+//! TRIM_HORIZON, so nothing written to it is skipped, as in the DynamoDB
+//! source.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,6 +15,7 @@ use kcld_checkpoint::{Checkpoint, CheckpointError, Checkpointer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::lineage::Lineage;
 use crate::{Grant, LeaseHandle, LeaseSource, ShardSpec};
 
 /// Grants every shard to this worker; a child once all its parents ended.
@@ -20,7 +26,8 @@ pub struct MemoryLeases {
 }
 
 struct State {
-    initial: Checkpoint,
+    /// Where each known shard starts when it has no checkpoint.
+    starts: HashMap<String, Checkpoint>,
     shards: HashMap<String, ShardSpec>,
     checkpoints: HashMap<String, Checkpoint>,
     granted: HashSet<String>,
@@ -59,11 +66,15 @@ impl MemoryLeases {
     /// passed on (as child tokens) to every grant.
     pub fn new(shards: Vec<ShardSpec>, initial: Checkpoint, shutdown: CancellationToken) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let plan = Lineage::new(&shards, &[]).plan(&initial);
         let mut state = State {
-            initial,
-            shards: shards
+            starts: plan
+                .iter()
+                .map(|(s, start)| (s.shard_id.clone(), start.clone()))
+                .collect(),
+            shards: plan
                 .into_iter()
-                .map(|s| (s.shard_id.clone(), s))
+                .map(|(s, _)| (s.shard_id.clone(), s))
                 .collect(),
             checkpoints: HashMap::new(),
             granted: HashSet::new(),
@@ -104,7 +115,8 @@ impl LeaseSource for MemoryLeases {
                 .checkpoints
                 .get(&shard.shard_id)
                 .cloned()
-                .unwrap_or_else(|| state.initial.clone())
+                .or_else(|| state.starts.get(&shard.shard_id).cloned())
+                .unwrap_or(Checkpoint::TrimHorizon)
         };
         Some(Grant {
             lease: Arc::new(MemoryLease {
@@ -154,6 +166,12 @@ impl LeaseHandle for MemoryLease {
                 .shards
                 .entry(child.shard_id.clone())
                 .or_insert_with(|| child.clone());
+            // A child found at its parent's end was written to after the
+            // parent closed: all of it is new.
+            state
+                .starts
+                .entry(child.shard_id.clone())
+                .or_insert(Checkpoint::TrimHorizon);
         }
         state.release_ready();
         Ok(())
@@ -227,13 +245,53 @@ mod tests {
             .shard_ended(&[shard("c1", &["p"]), shard("c2", &["p"])])
             .await
             .unwrap();
-        let mut got = vec![
-            next_id(&mut leases).await.unwrap(),
-            next_id(&mut leases).await.unwrap(),
-        ];
-        got.sort();
-        assert_eq!(got, ["c1", "c2"]);
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let g = leases.next_grant().await.unwrap();
+            got.push((g.shard.shard_id.clone(), g.start.clone()));
+        }
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        // Children written to after the application started at LATEST are
+        // read from their first record, not from a new LATEST.
+        assert_eq!(
+            got,
+            [
+                ("c1".to_string(), Checkpoint::TrimHorizon),
+                ("c2".to_string(), Checkpoint::TrimHorizon)
+            ]
+        );
         assert_eq!(leases.checkpoint_of("p"), Some(Checkpoint::ShardEnd));
+        // Announcing the same children again (a second end of the parent)
+        // grants nothing twice.
+        p.lease.shard_ended(&[shard("c1", &["p"])]).await.unwrap();
+        assert_eq!(next_id(&mut leases).await, None);
+    }
+
+    #[tokio::test]
+    async fn latest_starts_at_the_open_shards_and_leaves_closed_ancestors_alone() {
+        let mut closed = shard("old", &[]);
+        closed.closed = true;
+        let mut leases = MemoryLeases::new(
+            vec![closed, shard("new1", &["old"]), shard("new2", &["old"])],
+            Checkpoint::Latest,
+            CancellationToken::new(),
+        );
+        let mut got = Vec::new();
+        while let Some(g) = tokio::time::timeout(Duration::from_millis(50), leases.next_grant())
+            .await
+            .ok()
+            .flatten()
+        {
+            got.push((g.shard.shard_id.clone(), g.start.clone()));
+        }
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            got,
+            [
+                ("new1".to_string(), Checkpoint::Latest),
+                ("new2".to_string(), Checkpoint::Latest)
+            ]
+        );
     }
 
     #[tokio::test]

@@ -35,6 +35,10 @@ pub mod attr {
     pub const ENTITY_LEASE: &str = "LEASE";
 }
 
+/// Keys of the KCL 3 coordinator items that may share the lease table
+/// (leader lock, client and table migration state).
+const NON_LEASE_KEYS: [&str; 3] = ["Leader", "Migration3.0", "TableMigration3.5"];
+
 /// A lease as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseRecord {
@@ -90,9 +94,20 @@ impl LeaseRecord {
     /// Reads an item. `Ok(None)` for items that are not leases (KCL 3 keeps
     /// worker metrics, leader and migration state in the same table).
     pub fn from_item(item: &Item) -> Result<Option<Self>, String> {
-        if let Some(kind) = get_s(item, attr::ENTITY_TYPE) {
-            if kind != attr::ENTITY_LEASE {
-                return Ok(None);
+        match get_s(item, attr::ENTITY_TYPE) {
+            Some(kind) if kind != attr::ENTITY_LEASE => return Ok(None),
+            Some(_) => {}
+            None => {
+                // Before KCL 3.5 no item carried `entityType`. Coordinator
+                // state that a 3.5 table migration copied without a
+                // recognised type is known by its key, and no KCL lease
+                // lacks `leaseCounter`.
+                let key = get_s(item, attr::LEASE_KEY);
+                if key.is_some_and(|k| NON_LEASE_KEYS.contains(&k))
+                    || !item.contains_key(attr::LEASE_COUNTER)
+                {
+                    return Ok(None);
+                }
             }
         }
         let key = get_s(item, attr::LEASE_KEY).ok_or("item without leaseKey")?;
@@ -254,15 +269,40 @@ mod tests {
 
     #[test]
     fn skips_items_that_are_not_leases() {
-        for kind in ["WORKER_METRIC_STATS", "LEADER", "CLIENT_VERSION_MIGRATION"] {
-            let it = item(&[("leaseKey", s("x".into())), ("entityType", s(kind.into()))]);
-            assert_eq!(LeaseRecord::from_item(&it), Ok(None));
+        // KCL 3.5's entity types, as its EntityType enum names them.
+        for kind in [
+            "STREAM",
+            "LEADER",
+            "CLIENT_VERSION_MIGRATION",
+            "TABLE_MIGRATION",
+            "WORKER_METRIC_STATS",
+        ] {
+            let it = item(&[
+                ("leaseKey", s("x".into())),
+                ("leaseCounter", n(1)),
+                ("entityType", s(kind.into())),
+            ]);
+            assert_eq!(LeaseRecord::from_item(&it), Ok(None), "{kind}");
         }
+        // Coordinator state copied without a type, and items that no KCL
+        // version writes as a lease.
+        for key in ["Leader", "Migration3.0", "TableMigration3.5"] {
+            let it = item(&[("leaseKey", s(key.into())), ("leaseCounter", n(3))]);
+            assert_eq!(LeaseRecord::from_item(&it), Ok(None), "{key}");
+        }
+        let it = item(&[("leaseKey", s("shardId-0".into())), ("cv", s("3.x".into()))]);
+        assert_eq!(LeaseRecord::from_item(&it), Ok(None));
         let it = item(&[
             ("leaseKey", s("shardId-0".into())),
+            ("leaseCounter", n(0)),
             ("entityType", s("LEASE".into())),
         ]);
         assert!(LeaseRecord::from_item(&it).unwrap().is_some());
+        let it = item(&[("leaseKey", s("shardId-0".into())), ("leaseCounter", n(0))]);
+        assert!(
+            LeaseRecord::from_item(&it).unwrap().is_some(),
+            "KCL 2 lease"
+        );
     }
 
     #[test]

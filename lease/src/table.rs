@@ -71,6 +71,22 @@ impl TableError {
     }
 }
 
+/// One scan of the table.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub leases: Vec<LeaseRecord>,
+    /// Lease items that could not be read (a bad checkpoint, say).
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A lease item kcld cannot read.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    /// Its `leaseKey` (empty if it has none).
+    pub key: String,
+    pub error: String,
+}
+
 /// One lease table.
 #[derive(Clone, Debug)]
 pub struct LeaseTable {
@@ -249,7 +265,14 @@ impl LeaseTable {
     /// are not leases are skipped; items that cannot be read are logged and
     /// skipped rather than stopping the worker.
     pub async fn scan(&self) -> Result<Vec<LeaseRecord>, TableError> {
-        let mut leases = Vec::new();
+        Ok(self.scan_all().await?.leases)
+    }
+
+    /// [`LeaseTable::scan`], also naming the lease items that could not be
+    /// read, so that their shards are not taken as absent (a child whose
+    /// parent is unreadable must wait, not start).
+    pub async fn scan_all(&self) -> Result<Scan, TableError> {
+        let mut scan = Scan::default();
         let mut start: Option<Item> = None;
         loop {
             let out = self
@@ -263,16 +286,21 @@ impl LeaseTable {
                 .map_err(|e| TableError::classify(e, &self.name, "dynamodb:Scan"))?;
             for item in out.items() {
                 match LeaseRecord::from_item(item) {
-                    Ok(Some(lease)) => leases.push(lease),
+                    Ok(Some(lease)) => scan.leases.push(lease),
                     Ok(None) => {}
                     Err(e) => {
-                        tracing::warn!(table = %self.name, "skipping an unreadable lease item: {e}")
+                        let key = item
+                            .get(attr::LEASE_KEY)
+                            .and_then(|v| v.as_s().ok())
+                            .cloned()
+                            .unwrap_or_default();
+                        scan.unreadable.push(Unreadable { key, error: e });
                     }
                 }
             }
             match out.last_evaluated_key {
                 Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(leases),
+                _ => return Ok(scan),
             }
         }
     }
@@ -453,12 +481,16 @@ impl LeaseTable {
     /// The old owner's side of a handoff: the last checkpoint (if any) and
     /// `checkpointOwner` removed in one write, so the new owner starts
     /// exactly after what was confirmed.
+    ///
+    /// At a shard's end the last checkpoint is SHARD_END with `children`:
+    /// the new owner finds the shard finished and goes on to the children.
     pub async fn finish_handoff(
         &self,
         lease_key: &str,
         counter: i64,
         me: &str,
         checkpoint: Option<&Checkpoint>,
+        children: &[String],
     ) -> Result<(), TableError> {
         let mut req = self
             .counter_update(lease_key, counter, None)
@@ -466,9 +498,18 @@ impl LeaseTable {
             .expression_attribute_names("#co", attr::CHECKPOINT_OWNER)
             .expression_attribute_values(":me", s(me.to_owned()));
         req = match checkpoint {
-            Some(cp) => Self::with_checkpoint(req, cp).update_expression(
-                "SET #c = :next, #cp = :cp, #cps = :cps, #sw = :zero REMOVE #co, #pc, #pcs, #pst",
-            ),
+            Some(cp) => {
+                let mut update =
+                    String::from("SET #c = :next, #cp = :cp, #cps = :cps, #sw = :zero");
+                if !children.is_empty() {
+                    update.push_str(", #ch = :ch");
+                    req = req
+                        .expression_attribute_names("#ch", attr::CHILD_SHARD_IDS)
+                        .expression_attribute_values(":ch", AttributeValue::Ss(children.to_vec()));
+                }
+                update.push_str(" REMOVE #co, #pc, #pcs, #pst");
+                Self::with_checkpoint(req, cp).update_expression(update)
+            }
             None => req.update_expression("SET #c = :next REMOVE #co"),
         };
         self.send(req).await

@@ -1,0 +1,277 @@
+//! The taker: each `take_interval` it scans the table, notices leases held
+//! here that another worker wrote, settles steals in progress, and takes or
+//! steals leases toward this worker's fair share (`balance`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use kcld_checkpoint::Checkpoint;
+
+use super::{lock, Held, Inner, PendingSteal};
+use crate::balance::{self, Observations, TakeLimits};
+use crate::record::LeaseRecord;
+use crate::table::TableError;
+
+impl Inner {
+    /// One scan, then the takes and steals it calls for.
+    pub(super) async fn take_round(
+        self: &Arc<Self>,
+        observations: &mut Observations,
+        scan_failing: &mut bool,
+    ) {
+        let scanned = self.table.scan_all().await;
+        self.health.record(scanned.is_ok());
+        let (leases, unreadable) = match scanned {
+            Ok(scan) => {
+                if std::mem::take(scan_failing) {
+                    tracing::info!("lease table reachable again");
+                }
+                (scan.leases, self.unreadable_shards(&scan.unreadable))
+            }
+            Err(TableError::NotFound(table)) => {
+                // Deleted under a running worker: its checkpoints are gone.
+                // Stop every shard (their renewals fail too) and exit with
+                // the reason rather than read on without checkpoints.
+                *lock(&self.failure) = Some(format!(
+                    "lease table {table} was deleted while kcld ran; its checkpoints are gone. Restart kcld to create \
+                     it anew (shards start again at initial_position), or restore the table from a backup first"
+                ));
+                self.shutdown.cancel();
+                return;
+            }
+            Err(e) => {
+                if !std::mem::replace(scan_failing, true) {
+                    tracing::warn!("cannot scan the lease table: {e}");
+                }
+                return;
+            }
+        };
+        let now = Instant::now();
+        let ours = self.ours(&leases);
+        observations.observe(ours.iter().copied(), now);
+        lock(&self.known).leased = super::sync::leased(&ours, &unreadable);
+
+        // Leases held here that the table says belong to someone else (or
+        // that another worker asked for).
+        let held: HashMap<String, Arc<Held>> = lock(&self.held).clone();
+        for lease in &ours {
+            if let Some(h) = held.get(&lease.key.render()) {
+                if lease.owner.as_deref() != Some(self.me()) || lease.checkpoint_owner.is_some() {
+                    let mut state = h.state.lock().await;
+                    if lease.counter >= state.counter {
+                        self.reconcile(h, &mut state, lease);
+                    }
+                }
+            }
+        }
+        self.settle_steals(&ours, now).await;
+
+        let by_shard: HashMap<&str, &LeaseRecord> =
+            ours.iter().map(|l| (l.shard_id(), *l)).collect();
+        let readable: Vec<&LeaseRecord> = ours
+            .iter()
+            .copied()
+            .filter(|l| l.checkpoint != Checkpoint::ShardEnd)
+            .filter(|l| {
+                l.parents.iter().all(|p| {
+                    // A parent whose item cannot be read may still hold
+                    // records: the child waits (the error was logged).
+                    !unreadable.contains(p)
+                        && by_shard
+                            .get(p.as_str())
+                            .is_none_or(|parent| parent.checkpoint == Checkpoint::ShardEnd)
+                })
+            })
+            .collect();
+        // Steals in progress count as held, so they are not stolen twice.
+        let held_keys: HashSet<String> = lock(&self.held)
+            .keys()
+            .cloned()
+            .chain(lock(&self.pending).keys().cloned())
+            .collect();
+        let failover = self.settings.failover;
+        let plan = balance::plan(
+            self.me(),
+            &readable,
+            &held_keys,
+            |l| observations.is_expired(l, now, failover),
+            TakeLimits {
+                max_leases: self.settings.max_leases,
+                max_steal: self.settings.max_steal,
+            },
+            &mut rand::rng(),
+        );
+        if plan.take.is_empty() && plan.steal.is_empty() {
+            return;
+        }
+        tracing::info!(
+            target_leases = plan.target,
+            workers = plan.workers,
+            taking = plan.take.len(),
+            stealing = plan.steal.len(),
+            "taking leases"
+        );
+        let by_key: HashMap<String, &LeaseRecord> =
+            readable.iter().map(|l| (l.key.render(), *l)).collect();
+        for key in &plan.take {
+            let Some(lease) = by_key.get(key) else {
+                continue;
+            };
+            let sent = Instant::now();
+            match self.table.take(lease, self.me()).await {
+                Ok(()) => self.grant(lease, lease.counter + 1, sent),
+                Err(TableError::ConditionFailed) if self.landed(lease, None).await => {
+                    // The SDK retried a take that had landed.
+                    self.grant(lease, lease.counter + 1, sent);
+                }
+                Err(TableError::ConditionFailed) => {
+                    tracing::debug!(lease = %key, "another worker wrote the lease first");
+                }
+                Err(e) => {
+                    tracing::warn!(lease = %key, "cannot take lease: {e}");
+                    return;
+                }
+            }
+        }
+        for key in &plan.steal {
+            let Some(lease) = by_key.get(key) else {
+                continue;
+            };
+            let victim = lease.owner.as_deref().unwrap_or_default();
+            let stolen = match self.table.steal(lease, self.me()).await {
+                // The SDK retried a steal that had landed.
+                Err(TableError::ConditionFailed) if self.landed(lease, Some(victim)).await => {
+                    Ok(())
+                }
+                other => other,
+            };
+            match stolen {
+                Ok(()) => {
+                    metrics::counter!("kcld_leases_stolen_total").increment(1);
+                    tracing::info!(
+                        shard = %lease.shard_id(),
+                        from = lease.owner.as_deref().unwrap_or("?"),
+                        "lease requested from a busier worker"
+                    );
+                    lock(&self.pending).insert(
+                        key.clone(),
+                        PendingSteal {
+                            deadline: now + self.settings.failover,
+                        },
+                    );
+                }
+                Err(TableError::ConditionFailed) => {}
+                Err(e) => {
+                    tracing::warn!(lease = %key, "cannot steal lease: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Completes the steals whose old owner stepped aside (it removed
+    /// `checkpointOwner` with its last checkpoint), forces those whose old
+    /// owner did not within the failover time, and forgets those another
+    /// worker took meanwhile.
+    pub(super) async fn settle_steals(self: &Arc<Self>, ours: &[&LeaseRecord], now: Instant) {
+        let by_key: HashMap<String, &LeaseRecord> =
+            ours.iter().map(|l| (l.key.render(), *l)).collect();
+        let mut pending = std::mem::take(&mut *lock(&self.pending));
+        let keys: Vec<String> = pending.keys().cloned().collect();
+        for key in keys {
+            let Some(lease) = by_key.get(&key) else {
+                pending.remove(&key);
+                continue;
+            };
+            if lease.owner.as_deref() != Some(self.me()) {
+                pending.remove(&key);
+                continue;
+            }
+            if lease.checkpoint_owner.is_none() {
+                pending.remove(&key);
+                self.complete_steal(lease).await;
+                continue;
+            }
+            if now >= pending[&key].deadline {
+                pending.remove(&key);
+                let sent = Instant::now();
+                match self.table.take(lease, self.me()).await {
+                    Ok(()) => {
+                        tracing::warn!(shard = %lease.shard_id(), "previous owner did not hand over in time; taking the lease");
+                        self.grant(lease, lease.counter + 1, sent);
+                    }
+                    Err(e) => tracing::debug!(lease = %key, "forced steal refused: {e}"),
+                }
+            }
+        }
+        lock(&self.pending).extend(pending);
+    }
+
+    /// The old owner stepped aside. A renewal marks the takeover, and the
+    /// watchdog counts from when it was sent (the counter others watch
+    /// moved then). A shard the old owner finished is let go instead: its
+    /// children are what remains.
+    async fn complete_steal(self: &Arc<Self>, lease: &LeaseRecord) {
+        let key = lease.key.render();
+        if lease.checkpoint == Checkpoint::ShardEnd {
+            if let Err(e) = self.table.release(&key, lease.counter, self.me()).await {
+                tracing::debug!(lease = %key, "finished lease not released: {e}");
+            }
+            tracing::info!(shard = %lease.shard_id(), "handed over at its end; its children follow");
+            self.take_now.notify_one();
+            return;
+        }
+        let sent = Instant::now();
+        match self.table.renew(&key, lease.counter, self.me()).await {
+            Ok(()) => self.grant(lease, lease.counter + 1, sent),
+            Err(TableError::ConditionFailed) if self.landed(lease, None).await => {
+                self.grant(lease, lease.counter + 1, sent)
+            }
+            Err(e) => {
+                tracing::info!(lease = %key, "handed-over lease not confirmed, left to the next scan: {e}")
+            }
+        }
+    }
+
+    /// After a refused take, steal or renewal: whether the item shows this
+    /// worker's write (owner, counter one past what it expected, and the
+    /// old owner named for a steal), meaning the first attempt landed and
+    /// the SDK's retry is what the condition refused.
+    async fn landed(&self, lease: &LeaseRecord, victim: Option<&str>) -> bool {
+        match self.table.get(&lease.key.render()).await {
+            Ok(Some(now)) => {
+                now.owner.as_deref() == Some(self.me())
+                    && now.counter == lease.counter + 1
+                    && now.checkpoint_owner.as_deref() == victim
+            }
+            _ => false,
+        }
+    }
+
+    /// Shards whose lease items cannot be read, each logged once: their
+    /// children wait, and shard sync does not create them again.
+    pub(super) fn unreadable_shards(
+        &self,
+        unreadable: &[crate::table::Unreadable],
+    ) -> HashSet<String> {
+        let mut reported = lock(&self.reported_unreadable);
+        let mut shards = HashSet::new();
+        for item in unreadable {
+            let key = crate::key::LeaseKey::parse(&item.key);
+            if !self.scope.owns(&key) {
+                continue;
+            }
+            if reported.insert(item.key.clone()) {
+                tracing::error!(
+                    lease = %item.key,
+                    "lease item cannot be read ({}); its shard is not read and its children wait until the item \
+                     is fixed or deleted",
+                    item.error
+                );
+            }
+            shards.insert(key.shard_id().to_owned());
+        }
+        shards
+    }
+}
