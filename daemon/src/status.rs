@@ -34,6 +34,9 @@ pub async fn collect(settings: &Settings, sample: Duration) -> Result<Vec<LeaseS
     let scope = StreamScope {
         account: settings.stream_arn.account.clone(),
         stream_name: settings.stream_arn.stream_name.clone(),
+        // Without describing the stream: the status of every lease of this
+        // stream name, the former streams' included.
+        creation_epoch: None,
     };
     let read = || async {
         table

@@ -23,7 +23,7 @@ use crate::error::Error;
 use crate::policy;
 
 /// What a failed Kinesis call means for the caller.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum KinesisError {
     #[error("{message}")]
     AccessDenied {
@@ -170,6 +170,18 @@ pub enum StartAt {
     AfterSequence(String),
 }
 
+impl std::fmt::Display for StartAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartAt::TrimHorizon => f.write_str("TRIM_HORIZON"),
+            StartAt::Latest => f.write_str("LATEST"),
+            StartAt::AtTimestamp { epoch_millis } => write!(f, "AT_TIMESTAMP {epoch_millis} ms"),
+            StartAt::AtSequence(seq) => write!(f, "sequence number {seq}"),
+            StartAt::AfterSequence(seq) => write!(f, "after sequence number {seq}"),
+        }
+    }
+}
+
 /// An enhanced fan-out consumer as DescribeStreamConsumer reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsumerInfo {
@@ -207,6 +219,9 @@ pub struct StreamSummary {
     pub open_shards: i32,
     pub encryption: String,
     pub retention_hours: i32,
+    /// When the stream was created, in epoch seconds (the KCL's
+    /// `creationEpoch` in multi-stream lease keys).
+    pub creation_epoch: Option<u64>,
 }
 
 /// The stream and the client that reads it.
@@ -269,6 +284,9 @@ impl Stream {
                 .map(|e| e.as_str().to_owned())
                 .unwrap_or_else(|| "NONE".into()),
             retention_hours: d.as_ref().map(|d| d.retention_period_hours).unwrap_or(0),
+            creation_epoch: d
+                .as_ref()
+                .and_then(|d| u64::try_from(d.stream_creation_timestamp.secs()).ok()),
         })
     }
 

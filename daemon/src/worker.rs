@@ -127,6 +127,7 @@ pub async fn run_with(
             let scope = StreamScope {
                 account: settings.stream_arn.account.clone(),
                 stream_name: settings.stream_arn.stream_name.clone(),
+                creation_epoch: summary.creation_epoch,
             };
             let table = LeaseTable::new(clients.dynamodb.clone(), &settings.lease_table);
             let leases = DynamoLeases::start(

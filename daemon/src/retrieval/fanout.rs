@@ -105,6 +105,7 @@ impl FanOutReader {
                 match self.subscribe(cancel).await {
                     Ok(true) => continue,
                     Ok(false) => return Ok(None),
+                    Err(e @ KinesisError::NotFound(_)) => return self.gone(e, cancel).await,
                     Err(e) if e.is_transient() => {
                         if !self
                             .backoff
@@ -152,6 +153,9 @@ impl FanOutReader {
                         }
                         continue;
                     }
+                    if matches!(e, KinesisError::NotFound(_)) {
+                        return self.gone(e, cancel).await;
+                    }
                     return Err(e);
                 }
                 Ok(Ok(Some(event))) => event,
@@ -173,6 +177,29 @@ impl FanOutReader {
                 }
             }
         }
+    }
+
+    /// A ResourceNotFound: the shard's end if the shard expired (see
+    /// [`super::end_if_gone`]); the consumer or stream gone stays an error.
+    async fn gone(
+        &mut self,
+        err: KinesisError,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Fetched>, KinesisError> {
+        self.subscription = None;
+        let last = match &self.continuation {
+            Some(seq) => format!("after sequence number {seq}"),
+            None => self.start.to_string(),
+        };
+        super::end_if_gone(
+            &self.stream,
+            &self.unpacker,
+            &mut self.backoff,
+            &last,
+            err,
+            cancel,
+        )
+        .await
     }
 
     /// Takes one event: its records (deaggregated, filtered), its
@@ -238,6 +265,9 @@ impl FanOutReader {
             }
         }
         let at = self.resume_at();
+        // A second subscription before the first event starts from when
+        // LATEST was taken, never at a new LATEST.
+        self.start = super::pin_latest(&self.start, std::time::SystemTime::now());
         let shard = &self.unpacker.shard_label;
         let started = Instant::now();
         self.last_subscribe = Some(started);

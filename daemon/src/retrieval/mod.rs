@@ -15,7 +15,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::record::{Batch, Record};
-use crate::stream::{KinesisError, StartAt};
+use crate::stream::{KinesisError, StartAt, Stream};
 
 pub mod fanout;
 pub mod polling;
@@ -72,6 +72,98 @@ pub fn start_at(shard_id: &str, start: &Checkpoint, at_timestamp_millis: Option<
         },
         Checkpoint::At(esn) => StartAt::AtSequence(esn.sequence.to_string()),
     }
+}
+
+/// How far before the moment a LATEST position was first taken a reader
+/// that must position again (an expired iterator or a new subscription
+/// before any record) starts, at AT_TIMESTAMP: covers the clock difference
+/// with the service, so nothing written after the start is skipped.
+pub(crate) const LATEST_MARGIN_MS: i64 = 1_000;
+
+/// Where to position again after `at` was used once: LATEST becomes
+/// AT_TIMESTAMP of when it was taken (less [`LATEST_MARGIN_MS`]), so a
+/// second positioning before the first record skips nothing; every other
+/// position stays what it is.
+pub(crate) fn pin_latest(at: &StartAt, taken_at: std::time::SystemTime) -> StartAt {
+    match at {
+        StartAt::Latest => {
+            let millis = taken_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            StartAt::AtTimestamp {
+                epoch_millis: millis - LATEST_MARGIN_MS,
+            }
+        }
+        other => other.clone(),
+    }
+}
+
+/// After a ResourceNotFound on a shard-level call: if the stream is there
+/// and the shard is not, the shard expired (past the retention period, so
+/// records after `last` that were never read are lost) and its end is
+/// reported with the children ListShards names, after one error line and
+/// the `kcld_shards_lost_total` metric. Otherwise `err` stands: the stream
+/// (or the fan-out consumer) is gone, which stops kcld.
+///
+/// The check is retried (with `backoff`) while it fails transiently;
+/// `Ok(None)` when cancelled meanwhile.
+pub(crate) async fn end_if_gone(
+    stream: &Stream,
+    unpacker: &Unpacker,
+    backoff: &mut Backoff,
+    last: &str,
+    err: KinesisError,
+    cancel: &CancellationToken,
+) -> Result<Option<Fetched>, KinesisError> {
+    loop {
+        match shard_gone(stream, unpacker, last, err.clone()).await {
+            Ok(end) => return Ok(Some(end)),
+            Err(e) if e.is_transient() => {
+                if !backoff
+                    .wait(&e, unpacker, "checking the shard again", cancel)
+                    .await
+                {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn shard_gone(
+    stream: &Stream,
+    unpacker: &Unpacker,
+    last: &str,
+    err: KinesisError,
+) -> Result<Fetched, KinesisError> {
+    if stream.describe().await?.status == "DELETING" {
+        return Err(err);
+    }
+    let shard = &*unpacker.shard_id;
+    match stream.shard_iterator(shard, &StartAt::TrimHorizon).await {
+        Err(KinesisError::NotFound(_)) => {}
+        Ok(_) => return Err(err),
+        Err(other) => return Err(other),
+    }
+    let children: Vec<ShardSpec> = stream
+        .list_shards(1000)
+        .await?
+        .into_iter()
+        .filter(|s| s.parents.iter().any(|p| p == shard))
+        .collect();
+    let ids: Vec<&str> = children.iter().map(|c| c.shard_id.as_str()).collect();
+    tracing::error!(
+        shard,
+        last_position = last,
+        children = ?ids,
+        "shard no longer exists ({err}): it expired past the stream's retention period before it was read \
+         to its end, so records after {last} that were not read are lost; reading its children next"
+    );
+    metrics::counter!("kcld_shards_lost_total", "shard" => unpacker.shard_label.clone())
+        .increment(1);
+    Ok(Fetched::ShardEnd { children })
 }
 
 /// Waiting after transient errors of one shard's reader: jittered waits
@@ -203,6 +295,37 @@ impl Unpacker {
         }
         if out_of_range > 0 {
             tracing::warn!(shard = %self.shard_id, out_of_range, total = self.stats.out_of_range, "KPL user records hash outside this shard's range; delivered (the KCL would drop their aggregates)");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn latest_is_pinned_to_when_it_was_taken_and_nothing_else_moves() {
+        let taken = UNIX_EPOCH + Duration::from_millis(1_700_000_000_500);
+        assert_eq!(
+            pin_latest(&StartAt::Latest, taken),
+            StartAt::AtTimestamp {
+                epoch_millis: 1_700_000_000_500 - LATEST_MARGIN_MS
+            }
+        );
+        // Pinned once: a third positioning keeps the first time.
+        let pinned = pin_latest(&StartAt::Latest, taken);
+        assert_eq!(
+            pin_latest(&pinned, taken + Duration::from_secs(600)),
+            pinned
+        );
+        for other in [
+            StartAt::TrimHorizon,
+            StartAt::AtTimestamp { epoch_millis: 5 },
+            StartAt::AtSequence("7".into()),
+            StartAt::AfterSequence("7".into()),
+        ] {
+            assert_eq!(pin_latest(&other, taken), other);
         }
     }
 }

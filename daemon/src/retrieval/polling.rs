@@ -98,6 +98,7 @@ impl PollingReader {
                 Some(it) => it,
                 None => match self.position().await {
                     Ok(it) => it,
+                    Err(e @ KinesisError::NotFound(_)) => return self.gone(e, cancel).await,
                     Err(e) if e.is_transient() => {
                         if !self
                             .backoff
@@ -131,6 +132,7 @@ impl PollingReader {
                     }
                     r
                 }
+                Err(e @ KinesisError::NotFound(_)) => return self.gone(e, cancel).await,
                 Err(KinesisError::ExpiredIterator) => {
                     tracing::info!(shard = %self.unpacker.shard_id, "shard iterator expired; renewing after the last record read");
                     self.iterator = None;
@@ -181,13 +183,39 @@ impl PollingReader {
         }
     }
 
+    /// A ResourceNotFound for this shard: its end if the shard expired
+    /// (see [`super::end_if_gone`]), else the error.
+    async fn gone(
+        &mut self,
+        err: KinesisError,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Fetched>, KinesisError> {
+        let last = match &self.last_sequence {
+            Some(seq) => format!("sequence number {seq}"),
+            None => self.start.to_string(),
+        };
+        super::end_if_gone(
+            &self.stream,
+            &self.unpacker,
+            &mut self.backoff,
+            &last,
+            err,
+            cancel,
+        )
+        .await
+    }
+
     async fn position(&mut self) -> Result<String, KinesisError> {
         let at = match &self.last_sequence {
             Some(seq) => StartAt::AfterSequence(seq.clone()),
             None => self.start.clone(),
         };
         let shard_id = &self.unpacker.shard_id;
+        let taken_at = std::time::SystemTime::now();
         let it = self.stream.shard_iterator(shard_id, &at).await?;
+        // Positioned again before a first record (an expired iterator):
+        // from when LATEST was taken, never a new LATEST.
+        self.start = super::pin_latest(&self.start, taken_at);
         tracing::info!(shard = %shard_id, at = ?at, "positioned");
         self.iterator = Some(it.clone());
         Ok(it)
