@@ -653,12 +653,44 @@ async fn multi_stream_lease_keys_of_this_stream_are_resumed() {
         .collect();
     seqs.sort();
 
-    // A multi-stream KCL application's table: keys account:stream:epoch:shard.
+    // A multi-stream KCL application's table: keys account:stream:epoch:shard,
+    // the epoch being the stream's creation time.
     let app = unique_name("multi-app");
     stack.create_table(&app, "leaseKey").await.unwrap();
     let ddb = stack.consumer_dynamodb().await;
-    let stream_id = format!("{}:{name}:1700000000", stack.producer_account);
+    let created = stack
+        .producer_kinesis()
+        .await
+        .describe_stream_summary()
+        .stream_arn(&arn)
+        .send()
+        .await
+        .unwrap()
+        .stream_description_summary
+        .unwrap()
+        .stream_creation_timestamp
+        .secs();
+    let stream_id = format!("{}:{name}:{created}", stack.producer_account);
     let key = format!("{stream_id}:{shard}");
+    // A lease of a former stream of the same name (deleted, created again):
+    // not this stream's, never taken or read.
+    let former_id = format!("{}:{name}:{}", stack.producer_account, created - 86_400);
+    let former_key = format!("{former_id}:{shard}");
+    let former: Item = HashMap::from([
+        ("leaseKey".into(), s(&former_key)),
+        ("leaseCounter".into(), n(7)),
+        ("checkpoint".into(), s("TRIM_HORIZON")),
+        ("checkpointSubSequenceNumber".into(), n(0)),
+        ("ownerSwitchesSinceCheckpoint".into(), n(0)),
+        ("streamName".into(), s(&former_id)),
+        ("shardId".into(), s(&shard)),
+    ]);
+    ddb.put_item()
+        .table_name(&app)
+        .set_item(Some(former.clone()))
+        .send()
+        .await
+        .unwrap();
     let item: Item = HashMap::from([
         ("leaseKey".into(), s(&key)),
         ("leaseCounter".into(), n(12)),
@@ -689,11 +721,20 @@ async fn multi_stream_lease_keys_of_this_stream_are_resumed() {
         .unwrap()
         .success());
 
-    let items = stack.scan_table(&app).await.unwrap();
+    let mut items = stack.scan_table(&app).await.unwrap();
     assert_eq!(
         items.len(),
-        1,
-        "no single-stream lease was added beside the multi-stream one: {items:?}"
+        2,
+        "no single-stream lease was added beside the multi-stream ones: {items:?}"
+    );
+    let former_at = items
+        .iter()
+        .position(|i| i["leaseKey"].as_s().unwrap() == &former_key)
+        .unwrap();
+    assert_eq!(
+        items.remove(former_at),
+        former,
+        "the former stream's lease is left as it was"
     );
     let item = &items[0];
     assert_eq!(item["leaseKey"].as_s().unwrap(), &key);

@@ -1,11 +1,14 @@
 //! A fault proxy in front of an emulator: forwards every request, except
 //! that chosen operations (by their `X-Amz-Target`) get a canned AWS error,
-//! as a real service would answer them. For tests of how kcld explains
-//! failures (AccessDenied for one action, throttling, 5xx).
+//! as a real service would answer them, or are held before being
+//! forwarded; a rule can also match on the request body (one shard, one
+//! lease). For tests of how kcld explains and survives failures
+//! (AccessDenied for one action, throttling, 5xx, a shard gone, a slow
+//! call).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Result;
 use bytes::Bytes;
@@ -48,6 +51,14 @@ impl Fault {
         }
     }
 
+    pub fn resource_not_found(message: &str) -> Self {
+        Fault {
+            status: 400,
+            error_type: "ResourceNotFoundException".into(),
+            message: message.into(),
+        }
+    }
+
     pub fn access_denied(action: &str) -> Self {
         Fault {
             status: 400,
@@ -57,10 +68,23 @@ impl Fault {
     }
 }
 
-/// When a fault applies: to one call in `one_in` (1 = every call).
+/// What a rule does to the calls it matches.
+#[derive(Clone, Debug)]
+enum Action {
+    /// Answer with a canned error.
+    Fail(Fault),
+    /// Forward the call only after this long (a call the service is slow
+    /// to answer).
+    Hold(Duration),
+}
+
+/// When a rule applies: to calls of `target` whose body contains
+/// `contains` (any body when `None`), one call in `one_in` (1 = every call).
 #[derive(Clone, Debug)]
 struct Rule {
-    fault: Fault,
+    target: String,
+    contains: Option<String>,
+    action: Action,
     one_in: u32,
     calls: u32,
     faulted: u32,
@@ -69,7 +93,7 @@ struct Rule {
 /// A running proxy; stops when dropped.
 pub struct FaultProxy {
     pub addr: SocketAddr,
-    faults: Arc<Mutex<HashMap<String, Rule>>>,
+    rules: Arc<Mutex<Vec<Rule>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -85,21 +109,21 @@ impl FaultProxy {
     pub async fn start(upstream: &str) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let faults: Arc<Mutex<HashMap<String, Rule>>> = Arc::default();
+        let rules: Arc<Mutex<Vec<Rule>>> = Arc::default();
         let upstream: hyper::Uri = upstream.parse()?;
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let shared = faults.clone();
+        let shared = rules.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let faults = shared.clone();
+                let rules = shared.clone();
                 let client = client.clone();
                 let upstream = upstream.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let faults = faults.clone();
+                        let rules = rules.clone();
                         let client = client.clone();
                         let upstream = upstream.clone();
-                        async move { handle(req, &faults, &client, &upstream).await }
+                        async move { handle(req, &rules, &client, &upstream).await }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -107,7 +131,7 @@ impl FaultProxy {
                 });
             }
         });
-        Ok(FaultProxy { addr, faults, task })
+        Ok(FaultProxy { addr, rules, task })
     }
 
     /// The endpoint URL to give kcld.
@@ -124,40 +148,62 @@ impl FaultProxy {
     /// Answers one call of `target` in `one_in` with `fault` (the others
     /// are forwarded), from now on.
     pub fn fail_one_in(&self, target: &str, fault: Fault, one_in: u32) {
-        if let Ok(mut f) = self.faults.lock() {
-            f.insert(
-                target.to_owned(),
-                Rule {
-                    fault,
-                    one_in: one_in.max(1),
-                    calls: 0,
-                    faulted: 0,
-                },
-            );
+        self.add(target, None, Action::Fail(fault), one_in);
+    }
+
+    /// Answers the calls of `target` whose request body contains
+    /// `contains` (a shard id, a lease key) with `fault`, from now on.
+    pub fn fail_matching(&self, target: &str, contains: &str, fault: Fault) {
+        self.add(target, Some(contains), Action::Fail(fault), 1);
+    }
+
+    /// Holds the calls of `target` whose request body contains `contains`
+    /// for `delay` before forwarding them, from now on.
+    pub fn hold_matching(&self, target: &str, contains: &str, delay: Duration) {
+        self.add(target, Some(contains), Action::Hold(delay), 1);
+    }
+
+    /// A new rule replaces the one for the same target and body match.
+    fn add(&self, target: &str, contains: Option<&str>, action: Action, one_in: u32) {
+        if let Ok(mut rules) = self.rules.lock() {
+            rules.retain(|r| !(r.target == target && r.contains.as_deref() == contains));
+            rules.push(Rule {
+                target: target.to_owned(),
+                contains: contains.map(str::to_owned),
+                action,
+                one_in: one_in.max(1),
+                calls: 0,
+                faulted: 0,
+            });
         }
     }
 
     /// Forwards every call again.
     pub fn clear(&self) {
-        if let Ok(mut f) = self.faults.lock() {
-            f.clear();
+        if let Ok(mut rules) = self.rules.lock() {
+            rules.clear();
         }
     }
 
-    /// Calls of `target` since its rule was set: (answered with the
-    /// fault, seen).
+    /// Calls of `target` its rules matched since they were set: (answered
+    /// with the fault or held, seen).
     pub fn counts(&self, target: &str) -> (u32, u32) {
-        self.faults
+        self.rules
             .lock()
             .ok()
-            .and_then(|f| f.get(target).map(|r| (r.faulted, r.calls)))
+            .map(|rules| {
+                rules
+                    .iter()
+                    .filter(|r| r.target == target)
+                    .fold((0, 0), |(f, c), r| (f + r.faulted, c + r.calls))
+            })
             .unwrap_or((0, 0))
     }
 }
 
 async fn handle(
     req: Request<Incoming>,
-    faults: &Mutex<HashMap<String, Rule>>,
+    rules: &Mutex<Vec<Rule>>,
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     upstream: &hyper::Uri,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
@@ -167,32 +213,26 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let fault = faults.lock().ok().and_then(|mut f| {
-        let rule = f.get_mut(&target)?;
-        rule.calls += 1;
-        // The first call of every `one_in` fails.
-        let fail = (rule.calls - 1) % rule.one_in == 0;
-        rule.faulted += u32::from(fail);
-        fail.then(|| rule.fault.clone())
-    });
-    if let Some(fault) = fault {
-        let body =
-            serde_json::json!({ "__type": fault.error_type, "message": fault.message }).to_string();
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
-        *resp.status_mut() = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::BAD_REQUEST);
-        resp.headers_mut().insert(
-            "content-type",
-            hyper::header::HeaderValue::from_static("application/x-amz-json-1.1"),
-        );
-        resp.headers_mut().insert(
-            "x-amzn-errortype",
-            hyper::header::HeaderValue::from_str(&fault.error_type)
-                .unwrap_or(hyper::header::HeaderValue::from_static("Error")),
-        );
-        return Ok(resp);
-    }
     let (mut parts, body) = req.into_parts();
     let bytes = body.collect().await?.to_bytes();
+    let action = rules.lock().ok().and_then(|mut rules| {
+        let rule = rules.iter_mut().find(|r| {
+            r.target == target
+                && r.contains
+                    .as_ref()
+                    .is_none_or(|c| bytes.windows(c.len().max(1)).any(|w| w == c.as_bytes()))
+        })?;
+        rule.calls += 1;
+        // The first call of every `one_in` is acted on.
+        let act = (rule.calls - 1) % rule.one_in == 0;
+        rule.faulted += u32::from(act);
+        act.then(|| rule.action.clone())
+    });
+    match action {
+        Some(Action::Fail(fault)) => return Ok(fault_response(&fault)),
+        Some(Action::Hold(delay)) => tokio::time::sleep(delay).await,
+        None => {}
+    }
     let path = parts
         .uri
         .path_and_query()
@@ -215,4 +255,22 @@ async fn handle(
             Ok(resp)
         }
     }
+}
+
+/// An AWS JSON error answer.
+fn fault_response(fault: &Fault) -> Response<Full<Bytes>> {
+    let body =
+        serde_json::json!({ "__type": fault.error_type, "message": fault.message }).to_string();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::BAD_REQUEST);
+    resp.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/x-amz-json-1.1"),
+    );
+    resp.headers_mut().insert(
+        "x-amzn-errortype",
+        hyper::header::HeaderValue::from_str(&fault.error_type)
+            .unwrap_or(hyper::header::HeaderValue::from_static("Error")),
+    );
+    resp
 }
