@@ -5,9 +5,9 @@
 
 pub mod aws;
 pub mod cli;
-pub mod consumer;
 pub mod doctor;
 pub mod error;
+pub mod lifecycle;
 pub mod logging;
 pub mod multilang;
 pub mod ops;

@@ -19,13 +19,14 @@ use kcld_records::kpl::HashRange;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer::{self, CheckpointPolicy, Outcome};
 use crate::error::{Error, Result};
+use crate::lifecycle::sink::{CheckpointPolicy, SinkProcessors};
+use crate::lifecycle::{self, Outcome, ProcessorFactory, RecordSource};
 use crate::ops::{self, Health};
 use crate::retrieval::fanout::FanOutReader;
 use crate::retrieval::polling::PollingReader;
 use crate::retrieval::prefetch::ByteBudget;
-use crate::retrieval::{registration, Reader};
+use crate::retrieval::{registration, Reader, Resume};
 use crate::sink::Sink;
 use crate::stream::Stream;
 use crate::{aws, multilang, sink};
@@ -172,27 +173,20 @@ pub async fn run_with(
         settings: settings.clone(),
         at_timestamp,
     };
+    let processors: Arc<dyn ProcessorFactory> = match delivery {
+        Delivery::Sink(sink) => Arc::new(SinkProcessors { sink, policy }),
+        Delivery::MultiLang(ml) => Arc::new(multilang::Processors::new(ml)),
+    };
     drive(
         leases,
         |grant: Grant| {
             let budget = ByteBudget::new(worker_budget.clone(), total_bytes, prefetch_bytes);
             let shard = grant.shard.clone();
-            match &delivery {
-                Delivery::Sink(sink) => {
-                    let reader = readers.reader(&shard, &grant.start);
-                    consumer::run(grant, reader, sink.clone(), policy, budget).boxed()
-                }
-                Delivery::MultiLang(ml) => {
-                    let readers = readers.clone();
-                    multilang::run_shard(
-                        grant,
-                        move |start: &Checkpoint| readers.reader(&shard, start),
-                        ml.clone(),
-                        budget,
-                    )
-                    .boxed()
-                }
-            }
+            let readers = readers.clone();
+            let sources = move |at: &Resume| -> Box<dyn RecordSource> {
+                Box::new(readers.reader(&shard, at))
+            };
+            lifecycle::run(grant, sources, processors.clone(), budget).boxed()
         },
         &shutdown,
         budget,
@@ -211,7 +205,7 @@ struct Readers {
 }
 
 impl Readers {
-    fn reader(&self, shard: &ShardSpec, start: &Checkpoint) -> Reader {
+    fn reader(&self, shard: &ShardSpec, start: &Resume) -> Reader {
         let range = HashRange::parse(&shard.starting_hash_key, &shard.ending_hash_key);
         match (&self.consumer_arn, &self.settings.fan_out) {
             (Some(arn), Some(fan_out)) => Reader::FanOut(Box::new(FanOutReader::new(

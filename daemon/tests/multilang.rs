@@ -181,6 +181,17 @@ struct Recording {
 }
 
 async fn recording(stack: &Stack, extra_properties: &str) -> Recording {
+    recording_with(stack, extra_properties, "TRIM_HORIZON", &[]).await
+}
+
+/// [`recording`] at another initial position, with variables for the
+/// processor (see the fixture).
+async fn recording_with(
+    stack: &Stack,
+    extra_properties: &str,
+    initial: &str,
+    vars: &[(&str, &str)],
+) -> Recording {
     let arn = stack
         .create_shared_stream(&unique_name("multilang"), 1)
         .await
@@ -196,10 +207,23 @@ async fn recording(stack: &Stack, extra_properties: &str) -> Recording {
         &app,
         extra_properties,
     );
+    let text = std::fs::read_to_string(&props).unwrap();
+    std::fs::write(
+        &props,
+        text.replace(
+            "initialPositionInStream = TRIM_HORIZON",
+            &format!("initialPositionInStream = {initial}"),
+        ),
+    )
+    .unwrap();
+    let mut vars_all = env(stack, &dir);
+    for (k, v) in vars {
+        vars_all.insert(k.to_string(), v.to_string());
+    }
     let kcld = Kcld::spawn(
         KCLD,
         &["multilang", "-p", props.to_str().unwrap()],
-        &env(stack, &dir),
+        &vars_all,
     )
     .unwrap();
     Recording {
@@ -444,5 +468,217 @@ async fn fan_out_by_default_on_another_accounts_stream_says_what_to_set() {
             errors[0]
         );
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// How often each record's data was recorded by the processors.
+fn counts(path: &Path) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for l in lines(path) {
+        if let Some(data) = l.splitn(3, ' ').nth(2) {
+            *counts.entry(data.to_owned()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+fn wave(name: &str, n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| (format!("k{i}"), format!("{name}-{i}").into_bytes()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_replaced_on_a_latest_shard_skips_nothing() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let Recording {
+        arn,
+        dir,
+        app: _,
+        kcld,
+    } = recording_with(&stack, "", "LATEST", &[]).await;
+    let out = dir.join("records");
+    wait_until("initialize", &kcld, Duration::from_secs(60), || {
+        dir.join("initialized").exists()
+    })
+    .await;
+    // The reader takes its LATEST position right after initialize.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Nothing was checkpointed yet (the lease is at LATEST) when the
+    // processor dies in the middle of its first batch.
+    let mut first = wave("first", 10);
+    first[4].1 = b"hold".to_vec();
+    stack.put_records(&arn, &first).await.unwrap();
+    wait_until("the hold", &kcld, Duration::from_secs(60), || {
+        dir.join("held").exists()
+    })
+    .await;
+    let pid = std::fs::read_to_string(dir.join("pid-shardId-000000000000")).unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()
+        .unwrap()
+        .success());
+    // Written while the processor is being replaced.
+    let during = wave("during", 10);
+    stack.put_records(&arn, &during).await.unwrap();
+
+    let want: Vec<String> = first
+        .iter()
+        .chain(&during)
+        .map(|(_, d)| String::from_utf8(d.clone()).unwrap())
+        .collect();
+    wait_until("every record", &kcld, Duration::from_secs(60), || {
+        let got = counts(&out);
+        want.iter().all(|w| got.contains_key(w))
+    })
+    .await;
+    let got = counts(&out);
+    for i in 0..4 {
+        assert_eq!(
+            got[&format!("first-{i}")],
+            2,
+            "given before the kill and again: {got:?}"
+        );
+    }
+    for w in want
+        .iter()
+        .filter(|w| !w.starts_with("first-") || w.as_str() > "first-4")
+    {
+        assert_eq!(got[w], 1, "{w}: {got:?}");
+    }
+    let initialized = std::fs::read_to_string(dir.join("initialized")).unwrap();
+    assert_eq!(
+        initialized.lines().collect::<Vec<_>>(),
+        ["shardId-000000000000 LATEST", "shardId-000000000000 LATEST"],
+        "the new processor starts where the lease is (nothing checkpointed) and gets the batch again"
+    );
+    kcld.stop_cleanly(Duration::from_secs(30)).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_that_dies_after_its_shard_end_checkpoint_leaves_the_shard_finished() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let Recording {
+        arn,
+        dir,
+        app,
+        mut kcld,
+    } = recording_with(
+        &stack,
+        "",
+        "TRIM_HORIZON",
+        &[("RECORDING_PROCESSOR_DIE_AFTER_END", "1")],
+    )
+    .await;
+    let out = dir.join("records");
+    let before = wave("before", 20);
+    stack.put_records(&arn, &before).await.unwrap();
+    wait_until("the first wave", &kcld, Duration::from_secs(60), || {
+        counts(&out).len() >= 20
+    })
+    .await;
+
+    // Split the shard: the parent ends, its processor checkpoints SHARD_END
+    // and dies before answering.
+    let producer = stack.producer_kinesis().await;
+    let shard = &producer
+        .list_shards()
+        .stream_arn(&arn)
+        .send()
+        .await
+        .unwrap()
+        .shards
+        .unwrap()[0];
+    let range = shard.hash_key_range().unwrap();
+    let start: u128 = range.starting_hash_key().parse().unwrap();
+    let end: u128 = range.ending_hash_key().parse().unwrap();
+    producer
+        .split_shard()
+        .stream_arn(&arn)
+        .shard_to_split(shard.shard_id())
+        .new_starting_hash_key((start + (end - start) / 2).to_string())
+        .send()
+        .await
+        .unwrap();
+    wait_until(
+        "the death after SHARD_END",
+        &kcld,
+        Duration::from_secs(60),
+        || dir.join("died").exists(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = wave("after", 20);
+    stack.put_records(&arn, &after).await.unwrap();
+    wait_until(
+        "the children's records",
+        &kcld,
+        Duration::from_secs(60),
+        || counts(&out).len() >= 40,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = counts(&out);
+    let twice: Vec<(&String, &usize)> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "the finished parent was read again: {twice:?}"
+    );
+    assert_eq!(
+        checkpoints(&stack, &app).await["shardId-000000000000"],
+        "SHARD_END"
+    );
+    assert!(kcld.is_running());
+    kcld.stop_cleanly(Duration::from_secs(30)).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_repeated_at_the_last_position_succeeds() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let Recording {
+        arn,
+        dir,
+        app,
+        kcld,
+    } = recording_with(
+        &stack,
+        "",
+        "TRIM_HORIZON",
+        &[("RECORDING_PROCESSOR_TWICE", "1")],
+    )
+    .await;
+    let out = dir.join("records");
+    let records = wave("r", 15);
+    let placed = stack.put_records(&arn, &records).await.unwrap();
+    wait_until("every record", &kcld, Duration::from_secs(60), || {
+        counts(&out).len() >= 15
+    })
+    .await;
+    wait_checkpoint(&stack, &app, &placed[14].1, &kcld).await;
+    assert!(
+        !lines(&dir.join("twice")).is_empty(),
+        "the processor checkpointed twice"
+    );
+    // An error answer raises in amazon-kclpy and the processor would be
+    // replaced, delivering again: neither happened.
+    assert!(counts(&out).values().all(|n| *n == 1), "{:?}", counts(&out));
+    let log = kcld.stderr_text();
+    assert!(!log.contains("starting a new one"), "{log}");
+    kcld.stop_cleanly(Duration::from_secs(30)).await;
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -71,6 +71,13 @@ pub trait LeaseHandle: Checkpointer {
             None => Ok(()),
         }
     }
+
+    /// True once the lease is known lost (taken by another worker, or not
+    /// renewed in time): no checkpoint can be written anymore. A lease
+    /// being handed over or released at shutdown is not lost.
+    fn is_lost(&self) -> bool {
+        false
+    }
 }
 
 /// Hands out the shards this worker may read.

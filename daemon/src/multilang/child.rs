@@ -146,15 +146,26 @@ impl Child {
         }
     }
 
-    /// The next protocol message; lines that are not one are logged and
-    /// skipped. Each line waits at most the timeout.
-    pub async fn next(&mut self) -> Result<FromChild, ChildError> {
+    /// When the answer to an action sent now is due: `timeoutInSeconds`
+    /// counts for the whole action (its checkpoints and status), not per
+    /// line, as in the Java daemon.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.timeout
+            .map(|limit| tokio::time::Instant::now() + limit)
+    }
+
+    /// The next protocol message, before `deadline` (see
+    /// [`Child::deadline`]); lines that are not one are logged and skipped.
+    pub async fn next(
+        &mut self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<FromChild, ChildError> {
         loop {
-            let read = match self.timeout {
-                Some(limit) => tokio::time::timeout(limit, self.stdout.next_line())
+            let read = match (deadline, self.timeout) {
+                (Some(at), Some(limit)) => tokio::time::timeout_at(at, self.stdout.next_line())
                     .await
                     .map_err(|_| ChildError::TimedOut(limit))?,
-                None => self.stdout.next_line().await,
+                _ => self.stdout.next_line().await,
             };
             let line = match read {
                 Ok(Some(line)) => line,

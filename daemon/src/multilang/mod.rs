@@ -4,28 +4,30 @@
 //! written for amazon-kclpy or aws-kcl run unchanged; unlike the Java
 //! daemon, kcld reads the stream by ARN across accounts.
 //!
-//! Checkpoints are the processor's: it asks for them, kcld checks them as
-//! the KCL does (between the last checkpoint and the last record delivered)
-//! and writes them to the lease table. kcld never checkpoints on its own
-//! here, so a record is never skipped that the processor did not
-//! checkpoint past.
+//! The process is a [`ShardProcessor`] driven by the shard lifecycle
+//! ([`crate::lifecycle`]), like every other processor. Checkpoints are the
+//! processor's: it asks for them, the lifecycle's checkpointer judges them
+//! as the KCL does (between the last checkpoint and the last record
+//! delivered) and writes them. kcld never checkpoints on its own here, so a
+//! record is never skipped that the processor did not checkpoint past.
 //!
-//! A processor that exits, hangs past `timeoutInSeconds` or breaks the
-//! protocol is replaced by a new one, initialized at the last checkpoint,
-//! and everything after it is delivered again (the Java daemon exits
+//! A processor that exits, hangs past `timeoutInSeconds` (for one whole
+//! action) or breaks the protocol is replaced by a new one, and everything
+//! after the last checkpoint is delivered again (the Java daemon exits
 //! instead).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kcld_checkpoint::{Checkpoint, CheckpointError};
+use kcld_checkpoint::{Checkpoint, ExtendedSequenceNumber};
 use kcld_config::multilang::MultiLangSettings;
-use kcld_lease::{Grant, ShardSpec};
+use kcld_lease::ShardSpec;
 
-use crate::consumer::{self, Outcome, PREFETCH_BATCHES};
 use crate::error::Error;
-use crate::retrieval::prefetch::{ByteBudget, Prefetch};
-use crate::retrieval::{Fetched, Reader};
+use crate::lifecycle::{
+    CheckpointFailure, Checkpointer, ProcessorError, ProcessorFactory, ShardInfo, ShardProcessor,
+};
+use crate::record::Batch;
 
 pub mod child;
 pub mod protocol;
@@ -36,239 +38,86 @@ use protocol::{Action, CheckpointRefusal, CheckpointRequest, FromChild};
 /// How long a processor gets to exit after its stdin closed.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
 
-/// Runs one shard through record processor processes until the shard ends,
-/// the lease goes, or a fatal error. `reader` makes a reader positioned at
-/// a checkpoint (a new one after each processor restart).
-pub async fn run_shard<R>(
-    grant: Grant,
-    mut reader: R,
+/// Starts a record processor process per shard.
+pub struct Processors {
     settings: Arc<MultiLangSettings>,
-    budget: ByteBudget,
-) -> Result<Outcome, Error>
-where
-    R: FnMut(&Checkpoint) -> Reader + Send,
-{
-    let shard_id = grant.shard.shard_id.clone();
-    if grant.start == Checkpoint::ShardEnd {
-        return consumer::end_shard(&grant, &[]).await;
+}
+
+impl Processors {
+    pub fn new(settings: Arc<MultiLangSettings>) -> Self {
+        Processors { settings }
     }
-    let mut session = Session {
-        grant: &grant,
-        last: grant.start.clone(),
-        largest: grant.start.clone(),
-        mode: Mode::Closed,
-    };
-    let mut restarts = 0u32;
-    loop {
-        let mut child = Child::spawn(
-            &settings.command,
-            &settings.base_dir,
-            &shard_id,
-            settings.timeout,
-        )
-        .map_err(|e| {
+}
+
+impl ProcessorFactory for Processors {
+    fn create(&self, shard: &ShardSpec) -> Result<Box<dyn ShardProcessor>, Error> {
+        let s = &self.settings;
+        let child = Child::spawn(&s.command, &s.base_dir, &shard.shard_id, s.timeout).map_err(|e| {
             Error::Config(kcld_config::ConfigError::Key {
                 key: "executableName (properties file)".into(),
-                problem: format!("cannot start {:?}: {e}", settings.command.join(" ")),
+                problem: format!("cannot start {:?}: {e}", s.command.join(" ")),
                 fix: "name an executable record processor (a path, a program on PATH, or a file beside the properties file) with its arguments".into(),
             })
         })?;
-        tracing::info!(shard = %shard_id, start = %session.last, "record processor started");
-        let started = tokio::time::Instant::now();
-        let result = session.drive(&mut child, &mut reader, &budget).await;
-        if started.elapsed() > Duration::from_secs(60) {
-            restarts = 0;
-        }
-        match result {
-            Ok(Finish::ShardEnded) => {
-                child.finish(EXIT_GRACE).await;
-                tracing::info!(shard = %shard_id, "shard ended");
-                return Ok(Outcome::ShardEnded);
-            }
-            Ok(Finish::Stopped) => {
-                child.finish(EXIT_GRACE).await;
-                return stopped(&grant).await;
-            }
-            Ok(Finish::EndNotCheckpointed) => {
-                child.finish(EXIT_GRACE).await;
-                tracing::warn!(shard = %shard_id, "the record processor did not checkpoint at shardEnded (it must call checkpoint() there); delivering again from its last checkpoint");
-            }
-            Err(Failure::Fatal(e)) => {
-                child.finish(EXIT_GRACE).await;
-                return Err(e);
-            }
-            Err(Failure::Child(e)) => {
-                child.kill().await;
-                metrics::counter!("kcld_multilang_processor_failures_total", "shard" => shard_id.clone())
-                    .increment(1);
-                tracing::warn!(shard = %shard_id, "{e}; starting a new one at the last checkpoint {}", session.last);
-            }
-        }
-        if grant.stop.is_cancelled() {
-            return stopped(&grant).await;
-        }
-        // A processor that keeps failing is restarted ever more slowly.
-        restarts = restarts.saturating_add(1);
-        let wait = Duration::from_millis((250u64 << restarts.min(7)).min(30_000));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = grant.stop.cancelled() => return stopped(&grant).await,
-        }
-        session.largest = session.last.clone();
+        tracing::info!(shard = %shard.shard_id, "record processor started");
+        Ok(Box::new(MultiLangProcessor {
+            child: Some(child),
+            shard_id: shard.shard_id.clone(),
+        }))
     }
 }
 
-/// The lease is going: complete a handoff, write nothing (checkpoints are
-/// the processor's).
-async fn stopped(grant: &Grant) -> Result<Outcome, Error> {
-    match grant.lease.stopped(None).await {
-        Err(CheckpointError::Fatal(e)) => Err(Error::Aws(e)),
-        _ => Ok(Outcome::Stopped),
-    }
+/// One record processor process.
+pub struct MultiLangProcessor {
+    /// Taken by `close`.
+    child: Option<Child>,
+    shard_id: String,
 }
 
-/// How one processor's run ended, when it did not fail.
-enum Finish {
-    ShardEnded,
-    /// The lease was lost, handed over, or kcld is shutting down.
-    Stopped,
-    /// shardEnded was answered without a SHARD_END checkpoint.
-    EndNotCheckpointed,
-}
-
-enum Failure {
-    /// The processor failed: replace it.
-    Child(ChildError),
-    /// Reading the shard or the lease table failed for good.
-    Fatal(Error),
-}
-
-impl From<ChildError> for Failure {
+impl From<ChildError> for ProcessorError {
     fn from(e: ChildError) -> Self {
-        Failure::Child(e)
+        ProcessorError::Failed(e.to_string())
     }
 }
 
-/// Which checkpoints the processor may ask for while it answers.
-#[derive(Clone, PartialEq, Eq)]
-enum Mode {
-    /// During initialize and leaseLost: none (InvalidStateException).
-    Closed,
-    /// During processRecords and shutdownRequested.
-    Open,
-    /// During shardEnded: SHARD_END, with these children.
-    ShardEnd(Vec<ShardSpec>),
-}
+impl MultiLangProcessor {
+    fn child(&mut self) -> Result<&mut Child, ProcessorError> {
+        self.child
+            .as_mut()
+            .ok_or_else(|| ProcessorError::Failed("the record processor was closed".into()))
+    }
 
-/// The shard's positions across processor restarts.
-struct Session<'a> {
-    grant: &'a Grant,
-    /// The last checkpoint written (or the grant's start).
-    last: Checkpoint,
-    /// The last record delivered to the current processor.
-    largest: Checkpoint,
-    mode: Mode,
-}
-
-impl Session<'_> {
-    /// One processor's life: initialize, records until the shard ends or
-    /// the lease goes, and the matching goodbye.
-    async fn drive<R>(
+    /// Sends `message` for `action`, then answers the processor's
+    /// checkpoint requests until its status for `action` comes, all within
+    /// one `timeoutInSeconds`. Without a checkpointer (initialize,
+    /// leaseLost) every checkpoint is refused as the KCL refuses it there.
+    async fn exchange(
         &mut self,
-        child: &mut Child,
-        reader: &mut R,
-        budget: &ByteBudget,
-    ) -> Result<Finish, Failure>
-    where
-        R: FnMut(&Checkpoint) -> Reader + Send,
-    {
-        let shard_id = self.grant.shard.shard_id.clone();
-        child
-            .send(&protocol::initialize(&shard_id, &self.last))
-            .await?;
-        self.converse(child, Action::Initialize, Mode::Closed)
-            .await?;
-        let mut prefetch = Prefetch::spawn(
-            reader(&self.last),
-            self.grant.stop.clone(),
-            PREFETCH_BATCHES,
-            budget.clone(),
-        );
-        loop {
-            let item = tokio::select! {
-                biased;
-                _ = self.grant.stop.cancelled() => None,
-                item = prefetch.next() => item,
-            };
-            let fetched = match item {
-                None => return self.goodbye(child).await,
-                Some(Err(e)) => return Err(Failure::Fatal(e.into())),
-                Some(Ok(p)) => p.fetched,
-            };
-            if self.grant.stop.is_cancelled() {
-                return self.goodbye(child).await;
-            }
-            match fetched {
-                Fetched::Records(batch) => {
-                    if let Some(position) = batch.last_position() {
-                        self.largest = Checkpoint::At(position);
-                    }
-                    child.send(&protocol::process_records(&batch)).await?;
-                    self.converse(child, Action::ProcessRecords, Mode::Open)
-                        .await?;
-                    consumer::record_delivery(&shard_id, &batch);
-                }
-                Fetched::ShardEnd { children } => {
-                    child.send(&protocol::notice(Action::ShardEnded)).await?;
-                    self.converse(child, Action::ShardEnded, Mode::ShardEnd(children))
-                        .await?;
-                    return Ok(if self.last == Checkpoint::ShardEnd {
-                        Finish::ShardEnded
-                    } else {
-                        Finish::EndNotCheckpointed
-                    });
-                }
-            }
-        }
-    }
-
-    /// The lease is going: shutdownRequested (the processor may still
-    /// checkpoint; the lease layer refuses if the lease is already lost),
-    /// then leaseLost.
-    async fn goodbye(&mut self, child: &mut Child) -> Result<Finish, Failure> {
-        child
-            .send(&protocol::notice(Action::ShutdownRequested))
-            .await?;
-        self.converse(child, Action::ShutdownRequested, Mode::Open)
-            .await?;
-        child.send(&protocol::notice(Action::LeaseLost)).await?;
-        self.converse(child, Action::LeaseLost, Mode::Closed)
-            .await?;
-        Ok(Finish::Stopped)
-    }
-
-    /// Answers checkpoint requests until the status for `action` comes.
-    async fn converse(
-        &mut self,
-        child: &mut Child,
         action: Action,
-        mode: Mode,
-    ) -> Result<(), Failure> {
-        self.mode = mode;
+        message: &str,
+        mut checkpointer: Option<&mut Checkpointer<'_>>,
+    ) -> Result<(), ProcessorError> {
+        let shard_id = self.shard_id.clone();
+        let child = self.child()?;
+        child.send(message).await?;
+        let deadline = child.deadline();
         loop {
-            match child.next().await? {
+            match child.next(deadline).await? {
                 FromChild::Status { response_for } if response_for == action.as_str() => {
-                    self.mode = Mode::Closed;
-                    return Ok(());
+                    return Ok(())
                 }
                 FromChild::Status { response_for } => {
-                    return Err(Failure::Child(ChildError::Protocol(format!(
+                    return Err(ChildError::Protocol(format!(
                         "it answered status for {response_for:?} to {:?}",
                         action.as_str()
-                    ))))
+                    ))
+                    .into())
                 }
                 FromChild::Checkpoint(request) => {
-                    let refusal = self.checkpoint(&request).await?;
+                    let refusal = match checkpointer.as_deref_mut() {
+                        None => Some(CheckpointRefusal::InvalidState),
+                        Some(cp) => checkpoint(&shard_id, cp, &request).await?,
+                    };
                     child
                         .send(&protocol::checkpoint_reply(&request, refusal))
                         .await?;
@@ -277,48 +126,93 @@ impl Session<'_> {
             }
         }
     }
+}
 
-    /// One checkpoint request: judged, written, and answered as the KCL
-    /// would (`None` = done).
-    async fn checkpoint(
-        &mut self,
-        request: &CheckpointRequest,
-    ) -> Result<Option<CheckpointRefusal>, Failure> {
-        let children = match &self.mode {
-            Mode::Closed => return Ok(Some(CheckpointRefusal::InvalidState)),
-            Mode::Open => None,
-            Mode::ShardEnd(children) => Some(children.clone()),
-        };
-        let target = match protocol::resolve(request, &self.last, &self.largest, children.is_some())
-        {
-            Ok(t) => t,
-            Err(refusal) => return Ok(Some(refusal)),
-        };
-        if target == self.last && !matches!(target, Checkpoint::ShardEnd) {
-            return Ok(None);
+/// One checkpoint request: judged and written by the checkpointer, and
+/// answered as the Java daemon answers (`None` = done).
+async fn checkpoint(
+    shard_id: &str,
+    cp: &mut Checkpointer<'_>,
+    request: &CheckpointRequest,
+) -> Result<Option<CheckpointRefusal>, ProcessorError> {
+    if let Some(problem) = &request.malformed {
+        tracing::warn!(shard = %shard_id, "checkpoint refused: {problem}");
+        return Ok(Some(CheckpointRefusal::IllegalArgument));
+    }
+    let position = match &request.sequence_number {
+        None => None,
+        Some(seq) if seq == Checkpoint::SHARD_END => Some(Checkpoint::ShardEnd),
+        Some(seq) => match seq.parse() {
+            Ok(sequence) => Some(Checkpoint::At(ExtendedSequenceNumber::new(
+                sequence,
+                request.sub_sequence_number.unwrap_or(0),
+            ))),
+            Err(_) => {
+                tracing::warn!(shard = %shard_id, "checkpoint refused: {seq:?} is not a sequence number");
+                return Ok(Some(CheckpointRefusal::IllegalArgument));
+            }
+        },
+    };
+    match cp.checkpoint(position).await {
+        Ok(()) => Ok(None),
+        Err(CheckpointFailure::LeaseLost) => Ok(Some(CheckpointRefusal::Shutdown)),
+        Err(e @ CheckpointFailure::OutOfRange { .. }) => {
+            tracing::warn!(shard = %shard_id, "checkpoint refused: {e}");
+            Ok(Some(CheckpointRefusal::IllegalArgument))
         }
-        let lease = &self.grant.lease;
-        let written = match (&target, &children) {
-            (Checkpoint::ShardEnd, Some(children)) => lease.shard_ended(children).await,
-            _ => lease.checkpoint(&target).await,
-        };
-        let shard = &self.grant.shard.shard_id;
-        match written {
-            Ok(()) => {
-                metrics::counter!("kcld_checkpoints_total", "shard" => shard.clone()).increment(1);
-                self.last = target;
-                Ok(None)
+        Err(CheckpointFailure::Unavailable(e)) => {
+            tracing::warn!(shard = %shard_id, "checkpoint not written: {e}");
+            Ok(Some(CheckpointRefusal::Throttling))
+        }
+        Err(CheckpointFailure::Fatal(e)) => Err(ProcessorError::Fatal(Error::Aws(e))),
+    }
+}
+
+#[async_trait::async_trait]
+impl ShardProcessor for MultiLangProcessor {
+    async fn initialize(&mut self, shard: &ShardInfo<'_>) -> Result<(), ProcessorError> {
+        let message = protocol::initialize(shard.shard_id, shard.checkpoint);
+        self.exchange(Action::Initialize, &message, None).await
+    }
+
+    async fn process_records(
+        &mut self,
+        batch: &Batch,
+        cp: &mut Checkpointer<'_>,
+    ) -> Result<(), ProcessorError> {
+        let message = protocol::process_records(batch);
+        self.exchange(Action::ProcessRecords, &message, Some(cp))
+            .await
+    }
+
+    async fn shard_ended(&mut self, cp: &mut Checkpointer<'_>) -> Result<(), ProcessorError> {
+        let message = protocol::notice(Action::ShardEnded);
+        self.exchange(Action::ShardEnded, &message, Some(cp)).await
+    }
+
+    async fn shutdown_requested(
+        &mut self,
+        cp: &mut Checkpointer<'_>,
+    ) -> Result<(), ProcessorError> {
+        let message = protocol::notice(Action::ShutdownRequested);
+        self.exchange(Action::ShutdownRequested, &message, Some(cp))
+            .await
+    }
+
+    async fn lease_lost(&mut self) -> Result<(), ProcessorError> {
+        let message = protocol::notice(Action::LeaseLost);
+        self.exchange(Action::LeaseLost, &message, None).await
+    }
+
+    /// A failed processor is killed; one that finished is asked to exit
+    /// (stdin closed) and given a grace period.
+    async fn close(mut self: Box<Self>, failed: bool) {
+        if let Some(child) = self.child.take() {
+            if failed {
+                child.kill().await;
+            } else {
+                child.finish(EXIT_GRACE).await;
             }
-            Err(CheckpointError::LeaseLost { .. }) => Ok(Some(CheckpointRefusal::Shutdown)),
-            Err(CheckpointError::Unavailable(e)) => {
-                tracing::warn!(shard = %shard, "checkpoint not written: {e}");
-                Ok(Some(CheckpointRefusal::Throttling))
-            }
-            Err(CheckpointError::Invalid { reason, .. }) => {
-                tracing::warn!(shard = %shard, "checkpoint refused: {reason}");
-                Ok(Some(CheckpointRefusal::IllegalArgument))
-            }
-            Err(CheckpointError::Fatal(e)) => Err(Failure::Fatal(Error::Aws(e))),
         }
     }
 }

@@ -11,7 +11,7 @@
 //! finished) and `checkpoint` requests; other lines are skipped.
 
 use base64::Engine;
-use kcld_checkpoint::{Checkpoint, ExtendedSequenceNumber};
+use kcld_checkpoint::Checkpoint;
 use serde::Serialize;
 
 use crate::record::Batch;
@@ -143,6 +143,10 @@ pub fn checkpoint_reply(request: &CheckpointRequest, error: Option<CheckpointRef
 pub struct CheckpointRequest {
     pub sequence_number: Option<String>,
     pub sub_sequence_number: Option<u64>,
+    /// Why the request cannot name a position (a `subSequenceNumber` that
+    /// is not a whole number, say): refused with IllegalArgumentException,
+    /// as the KCL's checkpointer refuses a position it cannot take.
+    pub malformed: Option<String>,
 }
 
 /// Why a checkpoint was refused, named as the KCL's exceptions are.
@@ -202,62 +206,43 @@ pub fn parse(line: &str) -> FromChild {
             None => skip(),
         },
         Some("checkpoint") => {
+            let mut malformed = None;
             let sequence_number = match map.get("sequenceNumber") {
                 None | Some(serde_json::Value::Null) => None,
                 Some(serde_json::Value::String(s)) => Some(s.clone()),
                 Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-                Some(_) => return skip(),
+                Some(other) => {
+                    malformed = Some(format!("sequenceNumber {other} is not a sequence number"));
+                    None
+                }
             };
             let sub_sequence_number = match map.get("subSequenceNumber") {
                 None | Some(serde_json::Value::Null) => None,
                 Some(v) => match v.as_u64() {
                     Some(n) => Some(n),
-                    None => return skip(),
+                    None => {
+                        malformed = Some(format!(
+                            "subSequenceNumber {v} is not a whole number of 0 or more"
+                        ));
+                        None
+                    }
                 },
             };
             FromChild::Checkpoint(CheckpointRequest {
                 sequence_number,
                 sub_sequence_number,
+                malformed,
             })
         }
         _ => skip(),
     }
 }
 
-/// Where a checkpoint request points, judged as the KCL's checkpointer
-/// does: between the last checkpoint and the last record delivered
-/// (`largest`), both included. A request for `largest` at shard end (or
-/// with no sequence number then) means SHARD_END.
-pub fn resolve(
-    request: &CheckpointRequest,
-    last: &Checkpoint,
-    largest: &Checkpoint,
-    at_shard_end: bool,
-) -> Result<Checkpoint, CheckpointRefusal> {
-    let wanted = match &request.sequence_number {
-        None => largest.clone(),
-        Some(seq) => match seq.parse() {
-            Ok(sequence) => Checkpoint::At(ExtendedSequenceNumber::new(
-                sequence,
-                request.sub_sequence_number.unwrap_or(0),
-            )),
-            Err(_) if seq == Checkpoint::SHARD_END && at_shard_end => Checkpoint::ShardEnd,
-            Err(_) => return Err(CheckpointRefusal::IllegalArgument),
-        },
-    };
-    if at_shard_end && (wanted == *largest || wanted == Checkpoint::ShardEnd) {
-        return Ok(Checkpoint::ShardEnd);
-    }
-    if wanted < *last || wanted > *largest {
-        return Err(CheckpointRefusal::IllegalArgument);
-    }
-    Ok(wanted)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::record::{ByteStr, Record};
+    use kcld_checkpoint::ExtendedSequenceNumber;
     use std::sync::Arc;
 
     fn at(seq: &str, sub: u64) -> Checkpoint {
@@ -299,6 +284,7 @@ mod tests {
         let null = CheckpointRequest {
             sequence_number: None,
             sub_sequence_number: None,
+            malformed: None,
         };
         assert_eq!(
             checkpoint_reply(&null, Some(CheckpointRefusal::Shutdown)),
@@ -320,16 +306,30 @@ mod tests {
             parse("{\"action\": \"checkpoint\", \"sequenceNumber\": null, \"subSequenceNumber\": null}"),
             FromChild::Checkpoint(CheckpointRequest {
                 sequence_number: None,
-                sub_sequence_number: None
+                sub_sequence_number: None,
+                malformed: None,
             })
         );
         assert_eq!(
             parse("{\"action\":\"checkpoint\",\"sequenceNumber\":\"123\",\"subSequenceNumber\":2}"),
             FromChild::Checkpoint(CheckpointRequest {
                 sequence_number: Some("123".into()),
-                sub_sequence_number: Some(2)
+                sub_sequence_number: Some(2),
+                malformed: None,
             })
         );
+        // A bad position is answered (refused), not dropped: the processor
+        // waits for the reply.
+        for bad in [
+            "{\"action\":\"checkpoint\",\"sequenceNumber\":\"123\",\"subSequenceNumber\":-1}",
+            "{\"action\":\"checkpoint\",\"sequenceNumber\":\"123\",\"subSequenceNumber\":\"x\"}",
+            "{\"action\":\"checkpoint\",\"sequenceNumber\":[1]}",
+        ] {
+            match parse(bad) {
+                FromChild::Checkpoint(request) => assert!(request.malformed.is_some(), "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
         for junk in [
             "Was throttled while checkpointing",
             "{\"action\":\"status\"}",
@@ -338,65 +338,5 @@ mod tests {
         ] {
             assert!(matches!(parse(junk), FromChild::Skip(_)), "{junk}");
         }
-    }
-
-    #[test]
-    fn checkpoints_are_judged_as_the_kcl_judges_them() {
-        let req = |seq: Option<&str>, sub: Option<u64>| CheckpointRequest {
-            sequence_number: seq.map(str::to_owned),
-            sub_sequence_number: sub,
-        };
-        let last = at("100", 0);
-        let largest = at("300", 2);
-        // No sequence number: the last record delivered.
-        assert_eq!(
-            resolve(&req(None, None), &last, &largest, false),
-            Ok(largest.clone())
-        );
-        assert_eq!(
-            resolve(&req(Some("200"), None), &last, &largest, false),
-            Ok(at("200", 0))
-        );
-        assert_eq!(
-            resolve(&req(Some("300"), Some(2)), &last, &largest, false),
-            Ok(largest.clone())
-        );
-        assert_eq!(
-            resolve(&req(Some("100"), None), &last, &largest, false),
-            Ok(last.clone())
-        );
-        for (seq, sub) in [("300", Some(3)), ("400", None), ("99", None)] {
-            assert_eq!(
-                resolve(&req(Some(seq), sub), &last, &largest, false),
-                Err(CheckpointRefusal::IllegalArgument),
-                "{seq}"
-            );
-        }
-        assert_eq!(
-            resolve(&req(Some("abc"), None), &last, &largest, false),
-            Err(CheckpointRefusal::IllegalArgument)
-        );
-        // At shard end: nothing, the last record, or SHARD_END mean SHARD_END.
-        for r in [
-            req(None, None),
-            req(Some("300"), Some(2)),
-            req(Some("SHARD_END"), None),
-        ] {
-            assert_eq!(resolve(&r, &last, &largest, true), Ok(Checkpoint::ShardEnd));
-        }
-        assert_eq!(
-            resolve(&req(Some("200"), None), &last, &largest, true),
-            Ok(at("200", 0))
-        );
-        // Nothing delivered since TRIM_HORIZON: a null checkpoint keeps it.
-        assert_eq!(
-            resolve(
-                &req(None, None),
-                &Checkpoint::TrimHorizon,
-                &Checkpoint::TrimHorizon,
-                false
-            ),
-            Ok(Checkpoint::TrimHorizon)
-        );
     }
 }

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kcld_checkpoint::Checkpoint;
 use kcld_config::FanOutSettings;
 use kcld_lease::ShardSpec;
 use kcld_records::kpl::HashRange;
@@ -66,7 +65,7 @@ impl FanOutReader {
         stream: Stream,
         consumer_arn: Arc<str>,
         shard_id: &str,
-        start: &Checkpoint,
+        start: &super::Resume,
         at_timestamp_millis: Option<i64>,
         range: Option<HashRange>,
         settings: &FanOutSettings,
@@ -406,7 +405,7 @@ mod tests {
             Stream::new(client, arn),
             Arc::from("arn:aws:kinesis:us-east-1:111111111111:stream/orders/consumer/c:1"),
             "shardId-000000000000",
-            &Checkpoint::TrimHorizon,
+            &crate::retrieval::Resume::After(kcld_checkpoint::Checkpoint::TrimHorizon),
             None,
             None,
             &settings,

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kcld_checkpoint::Checkpoint;
+use kcld_checkpoint::{Checkpoint, ExtendedSequenceNumber};
 use kcld_lease::ShardSpec;
 use kcld_records::kpl::{self, HashRange};
 use rand::Rng;
@@ -53,10 +53,43 @@ impl Reader {
     }
 }
 
+/// Where a shard's reader starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// After a checkpoint: at a sentinel's position, or past every record
+    /// the checkpoint covers (sub-sequence numbers included).
+    After(Checkpoint),
+    /// At this record, which is read again: a processor replaced before it
+    /// checkpointed past a sentinel gets what it was given once more.
+    From(ExtendedSequenceNumber),
+    /// At this time (epoch milliseconds): a replaced processor that started
+    /// at LATEST and was given nothing misses nothing written meanwhile.
+    Since(i64),
+}
+
+impl std::fmt::Display for Resume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Resume::After(checkpoint) => write!(f, "{checkpoint}"),
+            Resume::From(esn) => write!(f, "{esn} (again)"),
+            Resume::Since(ms) => write!(f, "AT_TIMESTAMP {ms} ms"),
+        }
+    }
+}
+
 /// Where a reader with nothing read yet starts, from the grant's
 /// checkpoint and the configured AT_TIMESTAMP time (which the lease table
 /// never stores).
-pub fn start_at(shard_id: &str, start: &Checkpoint, at_timestamp_millis: Option<i64>) -> StartAt {
+pub fn start_at(shard_id: &str, resume: &Resume, at_timestamp_millis: Option<i64>) -> StartAt {
+    let start = match resume {
+        Resume::After(checkpoint) => checkpoint,
+        Resume::From(esn) => return StartAt::AtSequence(esn.sequence.to_string()),
+        Resume::Since(epoch_millis) => {
+            return StartAt::AtTimestamp {
+                epoch_millis: *epoch_millis,
+            }
+        }
+    };
     match start {
         Checkpoint::TrimHorizon | Checkpoint::ShardEnd => StartAt::TrimHorizon,
         Checkpoint::Latest => StartAt::Latest,
@@ -219,6 +252,15 @@ impl Backoff {
     }
 }
 
+/// What an [`Unpacker`] leaves out at the start of its shard.
+enum Skip {
+    Nothing,
+    /// Records a checkpoint covers: confirmed before.
+    Covered(Checkpoint),
+    /// Records before the first one to read again.
+    Before(ExtendedSequenceNumber),
+}
+
 /// Turns the records of one response or event into what the sink gets:
 /// KPL aggregates split into user records (counted, corrupt ones passed
 /// through as they arrived), and records the starting checkpoint covers
@@ -228,18 +270,22 @@ pub struct Unpacker {
     /// `shard_id` as a metric label, made once.
     pub(crate) shard_label: String,
     range: Option<HashRange>,
-    /// Records at or before this position were confirmed earlier: skip them.
-    resume_after: Checkpoint,
+    /// Records the reader's start leaves out (until the first one kept).
+    skip: Skip,
     stats: kpl::Stats,
 }
 
 impl Unpacker {
-    pub fn new(shard_id: &str, start: &Checkpoint, range: Option<HashRange>) -> Self {
+    pub fn new(shard_id: &str, start: &Resume, range: Option<HashRange>) -> Self {
         Unpacker {
             shard_id: Arc::from(shard_id),
             shard_label: shard_id.to_owned(),
             range,
-            resume_after: start.clone(),
+            skip: match start {
+                Resume::After(checkpoint @ Checkpoint::At(_)) => Skip::Covered(checkpoint.clone()),
+                Resume::From(esn) => Skip::Before(esn.clone()),
+                _ => Skip::Nothing,
+            },
             stats: kpl::Stats::default(),
         }
     }
@@ -252,12 +298,14 @@ impl Unpacker {
             kpl::deaggregate(record, self.range, &mut out, &mut self.stats);
         }
         self.report(&before);
-        if matches!(self.resume_after, Checkpoint::At(_)) {
-            out.retain(|r| !self.resume_after.covers(&r.position()));
-            if !out.is_empty() {
-                // Past the checkpoint: nothing later can be covered.
-                self.resume_after = Checkpoint::TrimHorizon;
-            }
+        match &self.skip {
+            Skip::Nothing => return out,
+            Skip::Covered(checkpoint) => out.retain(|r| !checkpoint.covers(&r.position())),
+            Skip::Before(first) => out.retain(|r| r.position() >= *first),
+        }
+        if !out.is_empty() {
+            // Past the start: nothing later is left out.
+            self.skip = Skip::Nothing;
         }
         out
     }

@@ -10,7 +10,6 @@
 
 use std::time::Duration;
 
-use kcld_checkpoint::Checkpoint;
 use kcld_config::PollingSettings;
 use kcld_records::kpl::HashRange;
 use tokio::time::Instant;
@@ -51,7 +50,7 @@ impl PollingReader {
     pub fn new(
         stream: Stream,
         shard_id: &str,
-        start: &Checkpoint,
+        start: &super::Resume,
         at_timestamp_millis: Option<i64>,
         range: Option<HashRange>,
         settings: &PollingSettings,

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::{Fetched, Reader};
+use super::Fetched;
+use crate::lifecycle::RecordSource;
 use crate::stream::KinesisError;
 
 /// Bytes of record data read ahead and not yet delivered, bounded per shard
@@ -93,7 +94,7 @@ impl Prefetch {
     /// Starts reading ahead: at most `max_batches` batches, and what
     /// `budget` allows, wait for the consumer.
     pub fn spawn(
-        mut reader: Reader,
+        mut reader: Box<dyn RecordSource>,
         cancel: CancellationToken,
         max_batches: usize,
         budget: ByteBudget,

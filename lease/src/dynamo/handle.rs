@@ -202,6 +202,10 @@ impl LeaseHandle for DynamoLease {
         Ok(())
     }
 
+    fn is_lost(&self) -> bool {
+        self.held.lost.load(Ordering::Acquire) && !self.held.handed_over.load(Ordering::Acquire)
+    }
+
     async fn stopped(&self, last: Option<&Checkpoint>) -> Result<(), CheckpointError> {
         match self.write(last, &[]).await {
             // Lost: nothing may be written, and nothing needs to be.

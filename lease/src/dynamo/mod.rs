@@ -147,6 +147,9 @@ struct Held {
     /// When the last successful write of this lease was sent.
     renewed_at: StdMutex<Instant>,
     lost: AtomicBool,
+    /// Set with `lost` when the lease went to another worker by a handoff
+    /// (or was let go at its end): not lost, done.
+    handed_over: AtomicBool,
     stop: CancellationToken,
 }
 
@@ -360,6 +363,7 @@ impl Inner {
 
     /// Drops a lease that is no longer this worker's, without alarm.
     fn forget(&self, h: &Held) {
+        h.handed_over.store(true, Ordering::Release);
         h.lost.store(true, Ordering::Release);
         h.stop.cancel();
         let mut held = lock(&self.held);
@@ -390,6 +394,7 @@ impl Inner {
             }),
             renewed_at: StdMutex::new(sent),
             lost: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
             stop: stop.clone(),
         });
         {

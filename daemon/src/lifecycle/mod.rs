@@ -1,0 +1,576 @@
+//! One leased shard from its grant to its end: the one state machine that
+//! drives every shard, whatever reads it ([`RecordSource`]: polling,
+//! fan-out) and whatever takes its records ([`ShardProcessor`]: a sink
+//! through [`sink::SinkProcessor`], a MultiLang record processor, an
+//! embedding application's own code). The KCL's `ShardConsumer` driving a
+//! `ShardRecordProcessor` is the model:
+//!
+//! ```text
+//! initialize ─► processRecords (+ checkpointer) ─► … ─┬─► shardEnded (must checkpoint SHARD_END)
+//!                                                      ├─► shutdownRequested, leaseLost (shutdown, handoff)
+//!                                                      └─► leaseLost (the lease was lost)
+//! ```
+//!
+//! Invariants:
+//! - the [`Checkpointer`] refuses any position outside (last checkpoint,
+//!   last record delivered], so no checkpoint passes a record the
+//!   processor was not given, and a processor only checkpoints what it
+//!   confirmed;
+//! - nothing new is delivered once the lease is going: read-ahead records
+//!   are left to the next owner;
+//! - a shard's children are announced only with its SHARD_END checkpoint;
+//! - a processor that fails is replaced and gets everything after the last
+//!   checkpoint again (from the first record it was given when it never
+//!   checkpointed); one that fails after SHARD_END was written leaves the
+//!   shard finished.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use kcld_checkpoint::{Checkpoint, CheckpointError, ExtendedSequenceNumber};
+use kcld_lease::{Grant, ShardSpec};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::record::Batch;
+use crate::retrieval::prefetch::{ByteBudget, Prefetch};
+use crate::retrieval::{Fetched, Reader, Resume, LATEST_MARGIN_MS};
+use crate::stream::KinesisError;
+
+pub mod sink;
+
+/// Batches read ahead of the processor, at most (the byte budget applies
+/// too).
+pub(crate) const PREFETCH_BATCHES: usize = 2;
+
+/// Where a shard's records come from: one read at a time, in shard order.
+#[async_trait::async_trait]
+pub trait RecordSource: Send {
+    /// The next non-empty batch, or the shard's end; `Ok(None)` once
+    /// `cancel` fired. Transient errors are retried inside; the ones
+    /// returned need a person (access denied, stream gone).
+    async fn next(&mut self, cancel: &CancellationToken) -> Result<Option<Fetched>, KinesisError>;
+}
+
+#[async_trait::async_trait]
+impl RecordSource for Reader {
+    async fn next(&mut self, cancel: &CancellationToken) -> Result<Option<Fetched>, KinesisError> {
+        Reader::next(self, cancel).await
+    }
+}
+
+/// Opens a shard's source at a position: once at the start, and again
+/// whenever a processor is replaced.
+pub trait Sources: Send {
+    fn open(&mut self, at: &Resume) -> Box<dyn RecordSource>;
+}
+
+impl<F> Sources for F
+where
+    F: FnMut(&Resume) -> Box<dyn RecordSource> + Send,
+{
+    fn open(&mut self, at: &Resume) -> Box<dyn RecordSource> {
+        self(at)
+    }
+}
+
+/// Why a processor stopped working.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    /// This processor cannot go on (it exited, hung, broke its protocol):
+    /// a new one takes over at the last checkpoint.
+    #[error("{0}")]
+    Failed(String),
+    /// Nothing can go on: kcld stops.
+    #[error(transparent)]
+    Fatal(#[from] Error),
+}
+
+/// What a processor is told at `initialize`.
+pub struct ShardInfo<'a> {
+    pub shard_id: &'a str,
+    /// The last checkpoint: records after it follow.
+    pub checkpoint: &'a Checkpoint,
+    /// Fires when the lease is going (lost, handed over, shutdown); a
+    /// processor waiting on its application should give up then.
+    pub stop: &'a CancellationToken,
+}
+
+/// Takes one shard's records, with the KCL's callbacks. Every callback but
+/// `initialize` and `lease_lost` may checkpoint.
+#[async_trait::async_trait]
+pub trait ShardProcessor: Send {
+    async fn initialize(&mut self, _shard: &ShardInfo<'_>) -> Result<(), ProcessorError> {
+        Ok(())
+    }
+
+    /// Records in shard order. The processor checkpoints when it chooses.
+    async fn process_records(
+        &mut self,
+        batch: &Batch,
+        checkpointer: &mut Checkpointer<'_>,
+    ) -> Result<(), ProcessorError>;
+
+    /// How often [`ShardProcessor::idle`] is called while no records
+    /// come; `None` never.
+    fn idle_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Called every [`ShardProcessor::idle_interval`]: a chance to write a
+    /// checkpoint that is due by time.
+    async fn idle(&mut self, _checkpointer: &mut Checkpointer<'_>) -> Result<(), ProcessorError> {
+        Ok(())
+    }
+
+    /// Gather up to this many records for up to this long before calling
+    /// `process_records` (a batching window); `None` hands each read on.
+    fn batching(&self) -> Option<(usize, Duration)> {
+        None
+    }
+
+    /// The shard was read to its end: the processor must checkpoint
+    /// (`checkpoint(None)` writes SHARD_END), or the shard is read again.
+    async fn shard_ended(
+        &mut self,
+        checkpointer: &mut Checkpointer<'_>,
+    ) -> Result<(), ProcessorError>;
+
+    /// The worker shuts down or hands the lease to another worker: the
+    /// last chance to checkpoint. `lease_lost` follows.
+    async fn shutdown_requested(
+        &mut self,
+        _checkpointer: &mut Checkpointer<'_>,
+    ) -> Result<(), ProcessorError> {
+        Ok(())
+    }
+
+    /// The lease is gone: no checkpoint is possible.
+    async fn lease_lost(&mut self) -> Result<(), ProcessorError> {
+        Ok(())
+    }
+
+    /// After the last callback, or when the processor is replaced or
+    /// failed: release what it holds.
+    async fn close(self: Box<Self>, _failed: bool) {}
+}
+
+/// Makes the processor of a shard (a new one after a failure).
+pub trait ProcessorFactory: Send + Sync {
+    fn create(&self, shard: &ShardSpec) -> Result<Box<dyn ShardProcessor>, Error>;
+}
+
+/// How a shard's consumer ended, when it did not fail.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The shard was read to its end; its children were announced.
+    ShardEnded,
+    /// The lease was lost or the worker is shutting down.
+    Stopped,
+}
+
+/// The positions the checkpointer judges by, across processor restarts.
+#[derive(Debug)]
+struct Positions {
+    /// The last checkpoint written (or the grant's start).
+    last: Checkpoint,
+    /// The last record given to the current processor.
+    largest: Checkpoint,
+    /// The first record given to any processor of this grant.
+    first: Option<ExtendedSequenceNumber>,
+}
+
+impl Positions {
+    /// Where a replacement processor starts: after the last checkpoint;
+    /// when that is still a sentinel, from the first record given before
+    /// (or, nothing given after LATEST, from when LATEST was taken), so
+    /// that nothing a failed processor was given, or that was written
+    /// since, is skipped.
+    fn resume(&self, opened_at: SystemTime) -> Resume {
+        match (&self.last, &self.first) {
+            (Checkpoint::At(_) | Checkpoint::ShardEnd, _) => Resume::After(self.last.clone()),
+            (_, Some(first)) => Resume::From(first.clone()),
+            (Checkpoint::Latest, None) => Resume::Since(epoch_millis(opened_at) - LATEST_MARGIN_MS),
+            (sentinel, None) => Resume::After(sentinel.clone()),
+        }
+    }
+}
+
+fn epoch_millis(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Why a checkpoint was not written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckpointFailure {
+    /// Before the last checkpoint or past the last record delivered.
+    #[error("{position} is outside (last checkpoint {last}, last record delivered {largest}]")]
+    OutOfRange {
+        position: Checkpoint,
+        last: Checkpoint,
+        largest: Checkpoint,
+    },
+    /// The lease is no longer this worker's.
+    #[error("the lease was lost")]
+    LeaseLost,
+    /// The lease table did not answer; try again later.
+    #[error("lease table unavailable: {0}")]
+    Unavailable(String),
+    /// The lease table refused for good (access, schema).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// Checkpoints a shard for its processor, judged as the KCL's checkpointer
+/// judges them.
+pub struct Checkpointer<'a> {
+    grant: &'a Grant,
+    positions: &'a mut Positions,
+    /// The children, while the processor is told the shard ended.
+    end: Option<&'a [ShardSpec]>,
+}
+
+impl Checkpointer<'_> {
+    /// The last checkpoint written.
+    pub fn last(&self) -> &Checkpoint {
+        &self.positions.last
+    }
+
+    /// The last record delivered (or the last checkpoint, before any).
+    pub fn largest(&self) -> &Checkpoint {
+        &self.positions.largest
+    }
+
+    /// True while the processor is told the shard ended.
+    pub fn at_shard_end(&self) -> bool {
+        self.end.is_some()
+    }
+
+    /// Writes a checkpoint at `position`; `None` means the last record
+    /// delivered, or SHARD_END while the shard ended (where the last
+    /// record delivered means SHARD_END too). A position equal to the last
+    /// checkpoint succeeds and writes nothing, as the KCL's does.
+    pub async fn checkpoint(
+        &mut self,
+        position: Option<Checkpoint>,
+    ) -> Result<(), CheckpointFailure> {
+        let p = &*self.positions;
+        let wanted = position.unwrap_or_else(|| p.largest.clone());
+        let target =
+            if self.end.is_some() && (wanted == p.largest || wanted == Checkpoint::ShardEnd) {
+                Checkpoint::ShardEnd
+            } else if wanted < p.last || wanted > p.largest {
+                return Err(CheckpointFailure::OutOfRange {
+                    position: wanted,
+                    last: p.last.clone(),
+                    largest: p.largest.clone(),
+                });
+            } else {
+                wanted
+            };
+        if target == p.last && target != Checkpoint::ShardEnd {
+            return Ok(());
+        }
+        let lease = &self.grant.lease;
+        let written = match (&target, self.end) {
+            (Checkpoint::ShardEnd, Some(children)) => lease.shard_ended(children).await,
+            _ => lease.checkpoint(&target).await,
+        };
+        match written {
+            Ok(()) => {
+                metrics::counter!("kcld_checkpoints_total", "shard" => self.grant.shard.shard_id.clone())
+                    .increment(1);
+                self.positions.last = target;
+                Ok(())
+            }
+            Err(CheckpointError::LeaseLost { .. }) => Err(CheckpointFailure::LeaseLost),
+            Err(CheckpointError::Fatal(e)) => Err(CheckpointFailure::Fatal(e)),
+            Err(CheckpointError::Invalid { reason, .. }) => Err(CheckpointFailure::Fatal(reason)),
+            Err(CheckpointError::Unavailable(e)) => Err(CheckpointFailure::Unavailable(e)),
+        }
+    }
+}
+
+/// How one processor's run ended, when it did not fail.
+enum Finish {
+    ShardEnded,
+    /// The lease was lost, handed over, or kcld is shutting down.
+    Stopped,
+    /// `shard_ended` returned without SHARD_END written.
+    EndNotCheckpointed,
+}
+
+/// Runs one shard until its end, the loss of its lease, or a fatal error.
+/// `budget` bounds the record data read ahead of the processor.
+pub async fn run(
+    grant: Grant,
+    mut sources: impl Sources,
+    processors: Arc<dyn ProcessorFactory>,
+    budget: ByteBudget,
+) -> Result<Outcome, Error> {
+    let shard_id = grant.shard.shard_id.clone();
+    let mut positions = Positions {
+        last: grant.start.clone(),
+        largest: grant.start.clone(),
+        first: None,
+    };
+    if grant.start == Checkpoint::ShardEnd {
+        // Finished before (by us or a KCL worker): only the children remain.
+        return end_again(&grant).await;
+    }
+    let opened_at = SystemTime::now();
+    let mut resume = Resume::After(grant.start.clone());
+    let mut restarts = 0u32;
+    loop {
+        let mut processor = processors.create(&grant.shard)?;
+        tracing::info!(shard = %shard_id, start = %resume, "reading shard");
+        let started = tokio::time::Instant::now();
+        let source = sources.open(&resume);
+        let result = drive(&grant, &mut positions, &mut *processor, source, &budget).await;
+        if started.elapsed() > Duration::from_secs(60) {
+            restarts = 0;
+        }
+        match result {
+            Ok(Finish::ShardEnded) => {
+                processor.close(false).await;
+                tracing::info!(shard = %shard_id, "shard ended");
+                return Ok(Outcome::ShardEnded);
+            }
+            Ok(Finish::Stopped) => {
+                processor.close(false).await;
+                return stopped(&grant).await;
+            }
+            Ok(Finish::EndNotCheckpointed) => {
+                processor.close(false).await;
+                tracing::warn!(shard = %shard_id, "the processor did not checkpoint at the shard's end (it must checkpoint there); reading again from the last checkpoint {}", positions.last);
+            }
+            Err(ProcessorError::Fatal(e)) => {
+                processor.close(true).await;
+                return Err(e);
+            }
+            Err(ProcessorError::Failed(e)) => {
+                processor.close(true).await;
+                metrics::counter!("kcld_processor_failures_total", "shard" => shard_id.clone())
+                    .increment(1);
+                tracing::warn!(shard = %shard_id, "{e}; starting a new one at the last checkpoint {}", positions.last);
+            }
+        }
+        if positions.last == Checkpoint::ShardEnd {
+            // It failed after SHARD_END was written: the shard is done.
+            tracing::info!(shard = %shard_id, "shard ended");
+            return Ok(Outcome::ShardEnded);
+        }
+        if grant.stop.is_cancelled() {
+            return stopped(&grant).await;
+        }
+        // A processor that keeps failing is restarted ever more slowly.
+        restarts = restarts.saturating_add(1);
+        let wait = Duration::from_millis((250u64 << restarts.min(7)).min(30_000));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = grant.stop.cancelled() => return stopped(&grant).await,
+        }
+        resume = positions.resume(opened_at);
+        positions.largest = positions.last.clone();
+    }
+}
+
+/// One processor's life: initialize, records until the shard ends or the
+/// lease goes, and the matching goodbye.
+async fn drive(
+    grant: &Grant,
+    positions: &mut Positions,
+    processor: &mut dyn ShardProcessor,
+    source: Box<dyn RecordSource>,
+    budget: &ByteBudget,
+) -> Result<Finish, ProcessorError> {
+    let shard_id = &grant.shard.shard_id;
+    processor
+        .initialize(&ShardInfo {
+            shard_id,
+            checkpoint: &positions.last,
+            stop: &grant.stop,
+        })
+        .await?;
+    let mut prefetch =
+        Prefetch::spawn(source, grant.stop.clone(), PREFETCH_BATCHES, budget.clone());
+    let mut tick = processor.idle_interval().map(|every| {
+        let mut t = tokio::time::interval(every.max(Duration::from_millis(100)));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    loop {
+        let item = tokio::select! {
+            biased;
+            _ = grant.stop.cancelled() => return goodbye(grant, positions, processor).await,
+            item = prefetch.next() => item,
+            _ = async { tick.as_mut()?.tick().await; Some(()) }, if tick.is_some() => {
+                let mut cp = Checkpointer { grant, positions, end: None };
+                processor.idle(&mut cp).await?;
+                continue;
+            }
+        };
+        let fetched = match item {
+            None => return goodbye(grant, positions, processor).await,
+            Some(Err(e)) => return Err(ProcessorError::Fatal(e.into())),
+            Some(Ok(p)) => p.fetched,
+        };
+        let (mut batch, mut children) = match fetched {
+            Fetched::Records(batch) => (batch, None),
+            Fetched::ShardEnd { children } => {
+                return shard_end(grant, positions, processor, &children).await;
+            }
+        };
+        if let Some(window) = processor.batching() {
+            children = fill(&mut batch, &mut prefetch, window).await?;
+        }
+        if grant.stop.is_cancelled() {
+            // Read ahead, but the lease is going (lost, handed over, or
+            // shutdown): leave these records to the next owner.
+            return goodbye(grant, positions, processor).await;
+        }
+        if let Some(position) = batch.last_position() {
+            if positions.first.is_none() {
+                positions.first = batch.records.first().map(|r| r.position());
+            }
+            positions.largest = Checkpoint::At(position);
+        }
+        let mut cp = Checkpointer {
+            grant,
+            positions,
+            end: None,
+        };
+        processor.process_records(&batch, &mut cp).await?;
+        record_delivery(shard_id, &batch);
+        if let Some(children) = children {
+            return shard_end(grant, positions, processor, &children).await;
+        }
+    }
+}
+
+/// The shard was read to its end: the processor checkpoints SHARD_END (the
+/// children's leases are made with it).
+async fn shard_end(
+    grant: &Grant,
+    positions: &mut Positions,
+    processor: &mut dyn ShardProcessor,
+    children: &[ShardSpec],
+) -> Result<Finish, ProcessorError> {
+    let mut cp = Checkpointer {
+        grant,
+        positions,
+        end: Some(children),
+    };
+    processor.shard_ended(&mut cp).await?;
+    if positions.last == Checkpoint::ShardEnd {
+        tracing::info!(
+            shard = %grant.shard.shard_id,
+            children = ?children.iter().map(|c| c.shard_id.as_str()).collect::<Vec<_>>(),
+            "shard read to its end"
+        );
+        return Ok(Finish::ShardEnded);
+    }
+    if grant.stop.is_cancelled() {
+        return Ok(Finish::Stopped);
+    }
+    Ok(Finish::EndNotCheckpointed)
+}
+
+/// The lease is going. Lost: `lease_lost` alone (no checkpoint is
+/// possible). Shutdown or handoff: `shutdown_requested` (the last chance to
+/// checkpoint), then `lease_lost`.
+async fn goodbye(
+    grant: &Grant,
+    positions: &mut Positions,
+    processor: &mut dyn ShardProcessor,
+) -> Result<Finish, ProcessorError> {
+    if !grant.lease.is_lost() {
+        let mut cp = Checkpointer {
+            grant,
+            positions,
+            end: None,
+        };
+        processor.shutdown_requested(&mut cp).await?;
+    }
+    processor.lease_lost().await?;
+    Ok(Finish::Stopped)
+}
+
+/// Gathers more reads into `batch` until it holds `size` records or the
+/// window closes. Returns the children when the shard ended meanwhile (the
+/// gathered records are delivered first).
+async fn fill(
+    batch: &mut Batch,
+    prefetch: &mut Prefetch,
+    (size, window): (usize, Duration),
+) -> Result<Option<Vec<ShardSpec>>, ProcessorError> {
+    let deadline = tokio::time::Instant::now() + window;
+    while batch.records.len() < size {
+        match tokio::time::timeout_at(deadline, prefetch.next()).await {
+            Err(_) | Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(ProcessorError::Fatal(e.into())),
+            Ok(Some(Ok(more))) => match more.fetched {
+                Fetched::Records(more) => {
+                    batch.records.extend(more.records);
+                    batch.millis_behind_latest =
+                        more.millis_behind_latest.or(batch.millis_behind_latest);
+                }
+                Fetched::ShardEnd { children } => return Ok(Some(children)),
+            },
+        }
+    }
+    Ok(None)
+}
+
+/// Counts a processed batch: records, bytes, and how far behind the tip it
+/// was read.
+fn record_delivery(shard_id: &str, batch: &Batch) {
+    let shard = shard_id.to_owned();
+    metrics::counter!("kcld_records_delivered_total", "shard" => shard.clone())
+        .increment(batch.records.len() as u64);
+    metrics::counter!("kcld_bytes_delivered_total", "shard" => shard.clone())
+        .increment(batch.data_bytes() as u64);
+    if let Some(ms) = batch.millis_behind_latest {
+        metrics::gauge!("kcld_lag_seconds", "shard" => shard).set(ms as f64 / 1000.0);
+    }
+}
+
+/// The lease is going and the processor said goodbye: complete a handoff
+/// nobody wrote yet. Nothing else is written here: checkpoints are the
+/// processor's.
+async fn stopped(grant: &Grant) -> Result<Outcome, Error> {
+    match grant.lease.stopped(None).await {
+        Err(CheckpointError::Fatal(e)) => Err(Error::Aws(e)),
+        _ => Ok(Outcome::Stopped),
+    }
+}
+
+/// A lease granted at SHARD_END (finished before, the end not yet handed
+/// on): SHARD_END again, so the children are made and the lease let go.
+/// Retried while the lease table is unavailable.
+async fn end_again(grant: &Grant) -> Result<Outcome, Error> {
+    let mut attempt = 0u32;
+    loop {
+        match grant.lease.shard_ended(&[]).await {
+            Ok(()) => return Ok(Outcome::ShardEnded),
+            Err(CheckpointError::LeaseLost { .. }) => return Ok(Outcome::Stopped),
+            Err(CheckpointError::Fatal(e)) => return Err(Error::Aws(e)),
+            Err(e) => {
+                attempt = attempt.saturating_add(1);
+                if attempt == 1 || attempt.is_power_of_two() {
+                    tracing::warn!(shard = %grant.shard.shard_id, "SHARD_END checkpoint not written, retrying: {e}");
+                }
+                let wait = Duration::from_millis((200u64 << attempt.min(6)).min(10_000));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = grant.stop.cancelled() => return Ok(Outcome::Stopped),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

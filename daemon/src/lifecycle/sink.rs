@@ -1,0 +1,229 @@
+//! A [`Sink`] as a shard processor: each batch is offered until the sink
+//! confirms it (back-pressure: nothing new is read meanwhile), and the
+//! confirmed position is checkpointed on the checkpoint policy (a number
+//! of records or a time), at shutdown and handoff, and as SHARD_END at the
+//! shard's end. The stdout and HTTP sinks, and any application's own
+//! `Sink`, run through it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kcld_checkpoint::{Checkpoint, ExtendedSequenceNumber};
+use kcld_config::CheckpointSettings;
+use kcld_lease::ShardSpec;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    CheckpointFailure, Checkpointer, ProcessorError, ProcessorFactory, ShardInfo, ShardProcessor,
+};
+use crate::error::Error;
+use crate::record::Batch;
+use crate::sink::{Sink, SinkError};
+
+/// When confirmed records are checkpointed, and how batches are gathered.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointPolicy {
+    pub interval: Duration,
+    pub max_records: u64,
+    /// Gather up to this many records for up to this long before delivering
+    /// (a batching window); `None` delivers each read as it comes.
+    pub batching: Option<(usize, Duration)>,
+}
+
+impl From<&CheckpointSettings> for CheckpointPolicy {
+    fn from(s: &CheckpointSettings) -> Self {
+        CheckpointPolicy {
+            interval: Duration::from_millis(s.interval_ms),
+            max_records: s.max_records,
+            batching: None,
+        }
+    }
+}
+
+/// Makes a [`SinkProcessor`] per shard, all delivering to one sink.
+pub struct SinkProcessors {
+    pub sink: Arc<dyn Sink>,
+    pub policy: CheckpointPolicy,
+}
+
+impl ProcessorFactory for SinkProcessors {
+    fn create(&self, _shard: &ShardSpec) -> Result<Box<dyn ShardProcessor>, Error> {
+        Ok(Box::new(SinkProcessor {
+            sink: self.sink.clone(),
+            policy: self.policy,
+            confirmed: None,
+            unwritten: 0,
+            last_write: Instant::now(),
+            stop: CancellationToken::new(),
+            shard_id: String::new(),
+        }))
+    }
+}
+
+/// One shard's records into a sink, checkpointed once confirmed.
+pub struct SinkProcessor {
+    sink: Arc<dyn Sink>,
+    policy: CheckpointPolicy,
+    /// The last record the sink confirmed.
+    confirmed: Option<ExtendedSequenceNumber>,
+    /// Records confirmed since the last checkpoint written.
+    unwritten: u64,
+    last_write: Instant,
+    stop: CancellationToken,
+    shard_id: String,
+}
+
+impl SinkProcessor {
+    fn due(&self) -> bool {
+        self.unwritten > 0
+            && (self.unwritten >= self.policy.max_records
+                || self.last_write.elapsed() >= self.policy.interval)
+    }
+
+    /// Writes the confirmed position. A lost lease is left to the
+    /// lifecycle (the lease layer stops the shard); an unavailable table
+    /// is tried again at the next due time, while reading goes on.
+    async fn write(&mut self, cp: &mut Checkpointer<'_>) -> Result<(), ProcessorError> {
+        let Some(position) = self.confirmed.clone() else {
+            return Ok(());
+        };
+        match cp.checkpoint(Some(Checkpoint::At(position))).await {
+            Ok(()) => {
+                self.unwritten = 0;
+                self.last_write = Instant::now();
+                Ok(())
+            }
+            Err(CheckpointFailure::LeaseLost) => Ok(()),
+            Err(CheckpointFailure::Fatal(e)) => Err(ProcessorError::Fatal(Error::Aws(e))),
+            Err(e) => {
+                tracing::warn!(shard = %self.shard_id, "checkpoint not written, retrying later: {e}");
+                self.last_write = Instant::now();
+                Ok(())
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ShardProcessor for SinkProcessor {
+    async fn initialize(&mut self, shard: &ShardInfo<'_>) -> Result<(), ProcessorError> {
+        self.stop = shard.stop.clone();
+        self.shard_id = shard.shard_id.to_owned();
+        Ok(())
+    }
+
+    async fn process_records(
+        &mut self,
+        batch: &Batch,
+        cp: &mut Checkpointer<'_>,
+    ) -> Result<(), ProcessorError> {
+        let confirmed = deliver(&*self.sink, batch, &self.stop).await?;
+        if confirmed > 0 {
+            self.confirmed = Some(batch.records[confirmed - 1].position());
+            self.unwritten += confirmed as u64;
+        }
+        if confirmed < batch.records.len() {
+            // Stopped before the application took the rest: it is neither
+            // confirmed nor checkpointed, and is read again by whoever
+            // holds the lease next.
+            return Ok(());
+        }
+        if self.due() {
+            self.write(cp).await?;
+        }
+        Ok(())
+    }
+
+    fn idle_interval(&self) -> Option<Duration> {
+        Some(self.policy.interval)
+    }
+
+    async fn idle(&mut self, cp: &mut Checkpointer<'_>) -> Result<(), ProcessorError> {
+        if self.due() {
+            self.write(cp).await?;
+        }
+        Ok(())
+    }
+
+    fn batching(&self) -> Option<(usize, Duration)> {
+        self.policy.batching
+    }
+
+    /// SHARD_END, retried while the lease table is unavailable; a lost
+    /// lease leaves the end to the next owner (it reads the shard's tail
+    /// again).
+    async fn shard_ended(&mut self, cp: &mut Checkpointer<'_>) -> Result<(), ProcessorError> {
+        let mut attempt = 0u32;
+        loop {
+            match cp.checkpoint(None).await {
+                Ok(()) | Err(CheckpointFailure::LeaseLost) => return Ok(()),
+                Err(CheckpointFailure::Fatal(e)) => {
+                    return Err(ProcessorError::Fatal(Error::Aws(e)))
+                }
+                Err(e) => {
+                    attempt = attempt.saturating_add(1);
+                    if attempt == 1 || attempt.is_power_of_two() {
+                        tracing::warn!(shard = %self.shard_id, "SHARD_END checkpoint not written, retrying: {e}");
+                    }
+                    let wait = Duration::from_millis((200u64 << attempt.min(6)).min(10_000));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.stop.cancelled() => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The final checkpoint: what was confirmed and not yet written. It
+    /// also completes a handoff to another worker.
+    async fn shutdown_requested(
+        &mut self,
+        cp: &mut Checkpointer<'_>,
+    ) -> Result<(), ProcessorError> {
+        if self.unwritten == 0 {
+            return Ok(());
+        }
+        match self.write(cp).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Offers the batch until the sink confirms it. While the application is
+/// down the same batch is offered again after a growing pause, and nothing
+/// is checkpointed; shutdown does not interrupt a delivery already started
+/// unless the sink itself is retrying. Returns how many records of the batch
+/// are confirmed: all of them, or a prefix when the lease was lost (or
+/// shutdown began) first.
+async fn deliver(
+    sink: &dyn Sink,
+    batch: &Batch,
+    stop: &CancellationToken,
+) -> Result<usize, ProcessorError> {
+    let mut attempt = 0u32;
+    loop {
+        match sink.deliver(batch, stop).await {
+            Ok(()) => return Ok(batch.records.len()),
+            Err(SinkError::Stopped { confirmed }) => return Ok(confirmed.min(batch.records.len())),
+            Err(SinkError::Fatal(e)) => {
+                metrics::counter!("kcld_sink_failures_total", "shard" => batch.shard_id.to_string()).increment(1);
+                return Err(ProcessorError::Fatal(Error::Sink(e)));
+            }
+            Err(SinkError::Retry(e)) => {
+                metrics::counter!("kcld_sink_retries_total", "shard" => batch.shard_id.to_string())
+                    .increment(1);
+                attempt = attempt.saturating_add(1);
+                let wait = Duration::from_millis((100u64 << attempt.min(8)).min(30_000));
+                if attempt == 1 || attempt.is_power_of_two() {
+                    tracing::warn!(shard = %batch.shard_id, attempt, "{e}; offering the batch again in {wait:?}");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => return Ok(0),
+                }
+            }
+        }
+    }
+}
