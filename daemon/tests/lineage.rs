@@ -9,7 +9,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::types::Shard;
 use kcld_testkit::fault::{Fault, FaultProxy};
 use kcld_testkit::{metric_sum, unique_name, Delivered, Kcld, Stack};
 use tokio::sync::Mutex;
@@ -67,51 +66,6 @@ impl Producer {
             })
             .collect()
     }
-}
-
-async fn shards(stack: &Stack, arn: &str) -> Vec<Shard> {
-    stack
-        .producer_kinesis()
-        .await
-        .list_shards()
-        .stream_arn(arn)
-        .send()
-        .await
-        .unwrap()
-        .shards
-        .unwrap_or_default()
-}
-
-/// Splits every open shard in two, and waits until the stream is ACTIVE.
-async fn split_all(stack: &Stack, arn: &str) {
-    let producer = stack.producer_kinesis().await;
-    for shard in shards(stack, arn).await {
-        let closed = shard
-            .sequence_number_range()
-            .and_then(|r| r.ending_sequence_number())
-            .is_some();
-        if closed {
-            continue;
-        }
-        let range = shard.hash_key_range().unwrap();
-        let start: u128 = range.starting_hash_key().parse().unwrap();
-        let end: u128 = range.ending_hash_key().parse().unwrap();
-        loop {
-            let split = producer
-                .split_shard()
-                .stream_arn(arn)
-                .shard_to_split(shard.shard_id())
-                .new_starting_hash_key((start + (end - start) / 2 + 1).to_string())
-                .send()
-                .await;
-            match split {
-                Ok(_) => break,
-                // The previous split is still being applied.
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
 /// Reads until every record of `want` arrived, then `quiet` longer; every
@@ -205,7 +159,7 @@ async fn a_stream_resharded_twice_is_read_once_by_one_new_and_old_applications()
     let mut written = Vec::new();
     for generation in 0..3 {
         if generation > 0 {
-            split_all(&stack, &arn).await;
+            stack.split_open_shards(&arn).await.unwrap();
         }
         let w = producer.wave(120);
         stack.put_records(&arn, &w).await.unwrap();
@@ -339,8 +293,8 @@ async fn a_shard_that_no_longer_exists_ends_and_its_children_are_read() {
     let mut producer = Producer::new(8);
     let parent_records = producer.wave(40);
     stack.put_records(&arn, &parent_records).await.unwrap();
-    let parent = shards(&stack, &arn).await[0].shard_id().to_owned();
-    split_all(&stack, &arn).await;
+    let parent = stack.shards(&arn).await.unwrap()[0].shard_id().to_owned();
+    stack.split_open_shards(&arn).await.unwrap();
     let child_records = producer.wave(60);
     stack.put_records(&arn, &child_records).await.unwrap();
 
@@ -433,7 +387,7 @@ async fn a_lease_table_call_stuck_on_one_lease_leaves_the_others_held_and_read()
     .await;
 
     // Every write of one lease is held for three failover times.
-    let stuck = shards(&stack, &arn).await[0].shard_id().to_owned();
+    let stuck = stack.shards(&arn).await.unwrap()[0].shard_id().to_owned();
     proxy.hold_matching(
         "DynamoDB_20120810.UpdateItem",
         &stuck,

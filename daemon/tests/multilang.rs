@@ -593,26 +593,7 @@ async fn a_processor_that_dies_after_its_shard_end_checkpoint_leaves_the_shard_f
 
     // Split the shard: the parent ends, its processor checkpoints SHARD_END
     // and dies before answering.
-    let producer = stack.producer_kinesis().await;
-    let shard = &producer
-        .list_shards()
-        .stream_arn(&arn)
-        .send()
-        .await
-        .unwrap()
-        .shards
-        .unwrap()[0];
-    let range = shard.hash_key_range().unwrap();
-    let start: u128 = range.starting_hash_key().parse().unwrap();
-    let end: u128 = range.ending_hash_key().parse().unwrap();
-    producer
-        .split_shard()
-        .stream_arn(&arn)
-        .shard_to_split(shard.shard_id())
-        .new_starting_hash_key((start + (end - start) / 2).to_string())
-        .send()
-        .await
-        .unwrap();
+    stack.split_open_shards(&arn).await.unwrap();
     wait_until(
         "the death after SHARD_END",
         &kcld,

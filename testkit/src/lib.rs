@@ -14,6 +14,7 @@ pub mod cut;
 pub mod fault;
 pub mod h2relay;
 pub mod private;
+pub mod reshard;
 pub mod sts;
 
 use anyhow::{anyhow, bail, Context, Result};

@@ -1,0 +1,152 @@
+//! Kinesis errors, classified into what the caller should do about them;
+//! access and not-found errors name the action, the resource and who fixes
+//! it.
+
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_types::error::display::DisplayErrorContext;
+use kcld_config::StreamArn;
+
+use crate::error::Error;
+use crate::policy;
+
+/// What a failed Kinesis call means for the caller.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum KinesisError {
+    #[error("{message}")]
+    AccessDenied {
+        action: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    /// ProvisionedThroughputExceeded or LimitExceeded: wait and retry.
+    #[error("throttled: {0}")]
+    Throttled(String),
+    /// The shard iterator is older than five minutes: get a new one.
+    #[error("shard iterator expired")]
+    ExpiredIterator,
+    /// ResourceInUseException: another subscription to the shard is still
+    /// open, or the consumer is being created or deleted: wait and retry.
+    #[error("in use: {0}")]
+    InUse(String),
+    /// No connection to the endpoint, or it timed out.
+    #[error("cannot reach Kinesis: {0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl KinesisError {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KinesisError::AccessDenied { .. } => "access_denied",
+            KinesisError::NotFound(_) => "not_found",
+            KinesisError::Throttled(_) => "throttled",
+            KinesisError::ExpiredIterator => "expired_iterator",
+            KinesisError::InUse(_) => "in_use",
+            KinesisError::Unreachable(_) => "unreachable",
+            KinesisError::Other(_) => "other",
+        }
+    }
+
+    /// True for errors worth retrying in place.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            KinesisError::Throttled(_)
+                | KinesisError::Unreachable(_)
+                | KinesisError::InUse(_)
+                | KinesisError::Other(_)
+        )
+    }
+
+    pub(crate) fn classify<E, R>(
+        err: SdkError<E, R>,
+        stream: &StreamArn,
+        action: &'static str,
+    ) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let detail = DisplayErrorContext(&err).to_string();
+        match &err {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                return KinesisError::Unreachable(detail)
+            }
+            _ => {}
+        }
+        let code = err.code().unwrap_or_default().to_owned();
+        let message = err.message().unwrap_or_default().to_owned();
+        match code.as_str() {
+            "AccessDeniedException" | "AccessDenied" | "UnauthorizedOperation" => {
+                KinesisError::AccessDenied {
+                    action,
+                    message: policy::access_denied_message(stream, action, &message),
+                }
+            }
+            "KMSAccessDeniedException" => KinesisError::AccessDenied {
+                action,
+                message: format!(
+                    "{action} on {stream}: the stream is encrypted and this role may not use its \
+                     KMS key ({message}); the owner must share a customer-managed key and allow \
+                     kms:Decrypt to this consumer's role"
+                ),
+            },
+            "ResourceNotFoundException" => KinesisError::NotFound(format!(
+                "{action} on {stream}: not found ({message}); check stream_arn: the owner's \
+                 account and region are part of the ARN"
+            )),
+            "ProvisionedThroughputExceededException"
+            | "LimitExceededException"
+            | "ThrottlingException" => KinesisError::Throttled(format!("{action}: {code}")),
+            "ExpiredIteratorException" => KinesisError::ExpiredIterator,
+            "ResourceInUseException" => KinesisError::InUse(format!("{action}: {message}")),
+            "" => KinesisError::Other(format!("{action}: {detail}")),
+            _ => KinesisError::Other(format!("{action}: {code}: {message}")),
+        }
+    }
+}
+
+impl KinesisError {
+    /// [`KinesisError::classify`] for calls on an enhanced fan-out consumer:
+    /// access and not-found errors name the consumer and who must act.
+    pub(crate) fn classify_consumer<E, R>(
+        err: SdkError<E, R>,
+        stream: &StreamArn,
+        consumer: &str,
+        action: &'static str,
+    ) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let detail = err.message().unwrap_or_default().to_owned();
+        match KinesisError::classify(err, stream, action) {
+            KinesisError::AccessDenied { .. } => KinesisError::AccessDenied {
+                action,
+                message: policy::consumer_access_denied_message(stream, consumer, action, &detail),
+            },
+            KinesisError::NotFound(_) => KinesisError::NotFound(format!(
+                "{action}: consumer {consumer} not found ({detail}); check consumer_arn: the \
+                 stream owner (account {owner}) registers it with `aws kinesis \
+                 register-stream-consumer --stream-arn {stream} --consumer-name <name>` and shares \
+                 it with a consumer resource policy (`kcld policy --consumer-arn` prints it)",
+                owner = stream.account,
+            )),
+            other => other,
+        }
+    }
+}
+
+impl From<KinesisError> for Error {
+    fn from(e: KinesisError) -> Self {
+        match e {
+            KinesisError::Unreachable(detail) => Error::Aws(format!(
+                "cannot reach Kinesis ({detail}); check aws.kinesis_endpoint / AWS_ENDPOINT_URL_KINESIS and the network"
+            )),
+            other => Error::Aws(other.to_string()),
+        }
+    }
+}

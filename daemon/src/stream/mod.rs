@@ -1,0 +1,279 @@
+//! The shared stream, addressed by ARN on every call: describe it, list its
+//! shards, get iterators and records ([`consumer`]: the fan-out calls).
+//! [`error`] classifies Kinesis errors into what the caller should do about
+//! them; [`capture`] hands GetRecords bodies to kcld's own decoder.
+
+use std::time::Duration;
+
+use kcld_records::getrecords;
+
+use aws_sdk_kinesis::types::{Shard, ShardIteratorType};
+use kcld_config::StreamArn;
+use kcld_lease::ShardSpec;
+
+mod capture;
+mod consumer;
+mod error;
+
+use capture::CaptureBody;
+pub use consumer::{ConsumerInfo, Subscription};
+pub use error::KinesisError;
+
+/// Where to start reading a shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    TrimHorizon,
+    Latest,
+    AtTimestamp { epoch_millis: i64 },
+    AtSequence(String),
+    AfterSequence(String),
+}
+
+impl std::fmt::Display for StartAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartAt::TrimHorizon => f.write_str("TRIM_HORIZON"),
+            StartAt::Latest => f.write_str("LATEST"),
+            StartAt::AtTimestamp { epoch_millis } => write!(f, "AT_TIMESTAMP {epoch_millis} ms"),
+            StartAt::AtSequence(seq) => write!(f, "sequence number {seq}"),
+            StartAt::AfterSequence(seq) => write!(f, "after sequence number {seq}"),
+        }
+    }
+}
+
+/// A summary of the stream for logs and readiness.
+#[derive(Clone, Debug)]
+pub struct StreamSummary {
+    pub status: String,
+    pub open_shards: i32,
+    pub encryption: String,
+    pub retention_hours: i32,
+    /// When the stream was created, in epoch seconds (the KCL's
+    /// `creationEpoch` in multi-stream lease keys).
+    pub creation_epoch: Option<u64>,
+}
+
+/// The stream and the client that reads it.
+#[derive(Clone, Debug)]
+pub struct Stream {
+    client: aws_sdk_kinesis::Client,
+    arn: StreamArn,
+    arn_text: String,
+}
+
+impl Stream {
+    pub fn new(client: aws_sdk_kinesis::Client, arn: StreamArn) -> Self {
+        let arn_text = arn.to_string();
+        Stream {
+            client,
+            arn,
+            arn_text,
+        }
+    }
+
+    pub fn arn(&self) -> &StreamArn {
+        &self.arn
+    }
+
+    pub fn client(&self) -> &aws_sdk_kinesis::Client {
+        &self.client
+    }
+
+    /// DescribeStreamSummary, retried while throttled (its limit, 20 calls
+    /// per second per account, is shared with every other reader).
+    pub async fn describe(&self) -> Result<StreamSummary, KinesisError> {
+        let mut throttled = 0u32;
+        let out = loop {
+            let result = self
+                .client
+                .describe_stream_summary()
+                .stream_arn(&self.arn_text)
+                .send()
+                .await
+                .map_err(|e| KinesisError::classify(e, &self.arn, "kinesis:DescribeStreamSummary"));
+            match result {
+                Ok(out) => break out,
+                Err(KinesisError::Throttled(_)) if throttled < 10 => {
+                    throttled += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(throttled))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let d = out.stream_description_summary;
+        Ok(StreamSummary {
+            status: d
+                .as_ref()
+                .map(|d| d.stream_status.as_str().to_owned())
+                .unwrap_or_default(),
+            open_shards: d.as_ref().map(|d| d.open_shard_count).unwrap_or(0),
+            encryption: d
+                .as_ref()
+                .and_then(|d| d.encryption_type.as_ref())
+                .map(|e| e.as_str().to_owned())
+                .unwrap_or_else(|| "NONE".into()),
+            retention_hours: d.as_ref().map(|d| d.retention_period_hours).unwrap_or(0),
+            creation_epoch: d
+                .as_ref()
+                .and_then(|d| u64::try_from(d.stream_creation_timestamp.secs()).ok()),
+        })
+    }
+
+    /// Every shard the stream still has (open and closed), following
+    /// pagination. `page_size` is ListShards' MaxResults (1 to 10,000).
+    pub async fn list_shards(&self, page_size: i32) -> Result<Vec<ShardSpec>, KinesisError> {
+        let mut shards = Vec::new();
+        let mut next: Option<String> = None;
+        let mut throttled = 0u32;
+        loop {
+            // Pages are chained with ExclusiveStartShardId rather than
+            // NextToken: that keeps the stream ARN (what a cross-account
+            // caller is authorised against) on every call, which the API
+            // forbids beside a NextToken.
+            let request = self
+                .client
+                .list_shards()
+                .stream_arn(&self.arn_text)
+                .set_exclusive_start_shard_id(next.clone());
+            let out = match request.max_results(page_size).send().await {
+                Ok(out) => out,
+                Err(e) => match KinesisError::classify(e, &self.arn, "kinesis:ListShards") {
+                    // ListShards allows 1000 calls/s per account, shared with
+                    // every other reader of the stream: wait, then retry.
+                    KinesisError::Throttled(_) if throttled < 10 => {
+                        throttled += 1;
+                        tokio::time::sleep(Duration::from_millis(200 * u64::from(throttled))).await;
+                        continue;
+                    }
+                    other => return Err(other),
+                },
+            };
+            let page = out.shards.unwrap_or_default();
+            shards.extend(page.iter().map(shard_spec));
+            match (out.next_token, page.last()) {
+                (Some(token), Some(last)) if !token.is_empty() => {
+                    next = Some(last.shard_id().to_owned())
+                }
+                _ => break,
+            }
+        }
+        Ok(shards)
+    }
+
+    pub async fn shard_iterator(
+        &self,
+        shard_id: &str,
+        at: &StartAt,
+    ) -> Result<String, KinesisError> {
+        let mut req = self
+            .client
+            .get_shard_iterator()
+            .stream_arn(&self.arn_text)
+            .shard_id(shard_id);
+        req = match at {
+            StartAt::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            StartAt::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
+            StartAt::AtTimestamp { epoch_millis } => req
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(aws_smithy_types::DateTime::from_millis(*epoch_millis)),
+            StartAt::AtSequence(seq) => req
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                .starting_sequence_number(seq),
+            StartAt::AfterSequence(seq) => req
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(seq),
+        };
+        let out = req
+            .send()
+            .await
+            .map_err(|e| KinesisError::classify(e, &self.arn, "kinesis:GetShardIterator"))?;
+        out.shard_iterator.ok_or_else(|| {
+            KinesisError::NotFound(format!("{shard_id}: GetShardIterator returned no iterator (the shard is closed and trimmed)"))
+        })
+    }
+
+    /// GetRecords through the SDK (credentials, signing, endpoint, retries,
+    /// errors), with the successful body decoded by kcld's own decoder: the
+    /// SDK's deserializer gets an empty body instead of the real one.
+    pub async fn get_records(
+        &self,
+        iterator: &str,
+        limit: i32,
+    ) -> Result<getrecords::Response, KinesisError> {
+        let capture = CaptureBody::default();
+        self.client
+            .get_records()
+            .stream_arn(&self.arn_text)
+            .shard_iterator(iterator)
+            .limit(limit)
+            .customize()
+            .interceptor(capture.clone())
+            .send()
+            .await
+            .map_err(|e| KinesisError::classify(e, &self.arn, "kinesis:GetRecords"))?;
+        let body = capture.take().ok_or_else(|| {
+            KinesisError::Other("GetRecords: the response body was not captured".into())
+        })?;
+        let bytes = aws_smithy_types::byte_stream::ByteStream::new(body)
+            .collect()
+            .await
+            .map_err(|e| {
+                KinesisError::Unreachable(format!("GetRecords: reading the response: {e}"))
+            })?
+            .into_bytes();
+        getrecords::decode(bytes).map_err(|e| KinesisError::Other(e.to_string()))
+    }
+}
+
+#[async_trait::async_trait]
+impl kcld_lease::ShardLister for Stream {
+    async fn list_shards(&self) -> Result<Vec<ShardSpec>, String> {
+        Stream::list_shards(self, 1000)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn shard_spec(shard: &Shard) -> ShardSpec {
+    let parents = [shard.parent_shard_id(), shard.adjacent_parent_shard_id()]
+        .into_iter()
+        .flatten()
+        .map(str::to_owned)
+        .collect();
+    let closed = shard
+        .sequence_number_range()
+        .and_then(|r| r.ending_sequence_number())
+        .is_some();
+    spec(shard.shard_id(), parents, shard.hash_key_range(), closed)
+}
+
+/// A shard as the lease layer sees it, from the SDK's parts.
+pub(crate) fn spec(
+    shard_id: &str,
+    parents: Vec<String>,
+    range: Option<&aws_sdk_kinesis::types::HashKeyRange>,
+    closed: bool,
+) -> ShardSpec {
+    ShardSpec {
+        shard_id: shard_id.to_owned(),
+        parents,
+        starting_hash_key: range
+            .map(|r| r.starting_hash_key().to_owned())
+            .unwrap_or_default(),
+        ending_hash_key: range
+            .map(|r| r.ending_hash_key().to_owned())
+            .unwrap_or_default(),
+        closed,
+    }
+}
+
+/// A child shard as announced by GetRecords at the end of its parent.
+pub fn child_spec(child: getrecords::ChildShard) -> ShardSpec {
+    ShardSpec {
+        shard_id: child.shard_id,
+        parents: child.parent_shards,
+        starting_hash_key: child.starting_hash_key,
+        ending_hash_key: child.ending_hash_key,
+        closed: false,
+    }
+}
