@@ -1,0 +1,208 @@
+//! Validated settings: what the rest of kcld reads.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::arn::{ConsumerArn, StreamArn};
+
+/// Where a shard with no checkpoint starts reading.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InitialPosition {
+    TrimHorizon,
+    Latest,
+    /// Records that arrived at or after this time (RFC 3339, kept as given
+    /// and as epoch milliseconds).
+    AtTimestamp {
+        rfc3339: String,
+        epoch_millis: i64,
+    },
+}
+
+/// Validated settings; see `config/kcld.example.toml` for each key.
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    pub application_name: String,
+    pub stream_arn: StreamArn,
+    pub lease_table: String,
+    pub worker_id: String,
+    pub initial_position: InitialPosition,
+    /// After SIGTERM/SIGINT: time to finish in-flight batches, write final
+    /// checkpoints and release leases.
+    pub shutdown_timeout_ms: u64,
+    /// Enhanced fan-out (SubscribeToShard) instead of polling, when a
+    /// consumer is configured.
+    pub fan_out: Option<FanOutSettings>,
+    pub aws: AwsSettings,
+    pub lease: LeaseSettings,
+    pub checkpoint: CheckpointSettings,
+    pub polling: PollingSettings,
+    pub sink: SinkSettings,
+    pub log: LogSettings,
+    pub ops: OpsSettings,
+}
+
+/// Which enhanced fan-out consumer to read through.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FanOutConsumer {
+    /// Registered by the stream owner and shared with this account.
+    Arn(ConsumerArn),
+    /// Looked up by name on the stream; registered when missing, which
+    /// only the stream's own account may do.
+    Name(String),
+}
+
+/// Reading through an enhanced fan-out consumer with SubscribeToShard.
+#[derive(Clone, Debug, Serialize)]
+pub struct FanOutSettings {
+    pub consumer: FanOutConsumer,
+    /// A subscription with no event for this long is restarted.
+    pub stall_timeout_ms: u64,
+    /// A subscription is renewed after this long, before the service ends
+    /// it at 5 minutes.
+    pub subscription_max_age_ms: u64,
+    /// How long to wait for a registered consumer to become ACTIVE.
+    pub registration_timeout_ms: u64,
+    /// While caught up, how often to check with GetRecords whether the
+    /// shard was closed and fully read; 0 = only the service's own
+    /// end-of-shard event.
+    pub end_check_interval_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OpsSettings {
+    /// Where /metrics, /healthz and /readyz are served; `None` = off.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AwsSettings {
+    /// Resolved: `aws.kinesis_endpoint`, else `AWS_ENDPOINT_URL_KINESIS`,
+    /// else `aws.endpoint`, else `AWS_ENDPOINT_URL`, else the AWS default.
+    pub kinesis_endpoint: Option<String>,
+    pub dynamodb_endpoint: Option<String>,
+    pub sts_endpoint: Option<String>,
+    /// Region of the lease table; the stream's region unless set.
+    pub dynamodb_region: String,
+    pub ca_file: Option<PathBuf>,
+    pub assume_role: Option<AssumeRole>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AssumeRole {
+    pub role_arn: String,
+    pub session_name: String,
+    pub external_id: Option<String>,
+}
+
+/// Where leases and checkpoints are kept.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseStore {
+    /// The KCL-compatible DynamoDB lease table: shared, durable.
+    Dynamodb,
+    /// In memory: one instance reads every shard; positions are lost at exit.
+    Memory,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LeaseSettings {
+    pub store: LeaseStore,
+    pub failover_time_ms: u64,
+    pub take_interval_ms: u64,
+    pub shard_sync_interval_ms: u64,
+    /// 0 = no limit.
+    pub max_leases_per_worker: u64,
+    pub max_leases_to_steal: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckpointSettings {
+    /// Checkpoint confirmed records at least this often...
+    pub interval_ms: u64,
+    /// ...and whenever this many records were confirmed since the last one.
+    pub max_records: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PollingSettings {
+    /// `Limit` of each GetRecords call, 1 to 10,000.
+    pub max_records: i32,
+    /// Wait after an empty GetRecords before the next call on that shard;
+    /// it doubles with every further empty read, up to `max_idle_time_ms`.
+    pub idle_time_between_reads_ms: u64,
+    pub max_idle_time_ms: u64,
+    /// Record data read ahead of the sink, per shard...
+    pub prefetch_bytes: u64,
+    /// ...and for all shards of this worker together.
+    pub prefetch_total_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    Stdout,
+    /// POST batches in the Lambda Kinesis event shape to `sink.url`.
+    Http,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SinkSettings {
+    #[serde(rename = "type")]
+    pub kind: SinkKind,
+    /// `invokeIdentityArn` of each record; empty when not configured.
+    pub invoke_identity_arn: String,
+    pub http: Option<HttpSinkSettings>,
+}
+
+/// The HTTP sink, with the semantics of a Lambda event source mapping.
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpSinkSettings {
+    pub url: String,
+    /// Records per request, 1 to 10,000.
+    pub batch_size: usize,
+    /// Attempts per record before it goes to the failure file; `None` =
+    /// until the application takes it.
+    pub max_retry_attempts: Option<u32>,
+    /// Age past which a failing record goes to the failure file.
+    pub max_record_age_seconds: Option<u64>,
+    /// On an error, split the batch in two and retry each half.
+    pub bisect_on_error: bool,
+    /// Where records that exhausted their retries are written (JSON lines)
+    /// before they are checkpointed past.
+    pub on_failure_file: Option<PathBuf>,
+    pub timeout_ms: u64,
+    /// Requests in flight per shard, 1 to 10; records of one partition key
+    /// always go through the same one, in order.
+    pub parallelization_factor: usize,
+    /// Wait up to this long for a full batch before sending a smaller one.
+    pub batching_window_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. `info` or `kcld=debug,info`.
+    pub level: String,
+}
+
+impl Settings {
+    /// The effective configuration as TOML, for `kcld check-config`.
+    pub fn to_toml(&self) -> String {
+        let body =
+            toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        format!(
+            "# stream {} in account {}, region {} (from stream_arn)\n{body}",
+            self.stream_arn.stream_name, self.stream_arn.account, self.stream_arn.region
+        )
+    }
+}

@@ -1,0 +1,590 @@
+//! Raw configuration into [`Settings`]: every value checked, every derived
+//! value resolved; each error names the key and the fix.
+
+use std::collections::HashMap;
+
+use crate::raw::*;
+use crate::*;
+
+pub(crate) fn validate(
+    raw: RawSettings,
+    env: &HashMap<String, String>,
+) -> Result<Settings, ConfigError> {
+    let application_name = non_empty(raw.application_name).ok_or_else(|| {
+        ConfigError::key(
+            "application_name",
+            "is missing",
+            "set it in the config file or KCLD_APPLICATION_NAME; it names the lease table, as in the KCL",
+        )
+    })?;
+    check_table_name("application_name", &application_name)?;
+
+    let arn_text = non_empty(raw.stream_arn).ok_or_else(|| {
+        ConfigError::key(
+            "stream_arn",
+            "is missing",
+            "set it in the config file or KCLD_STREAM_ARN, e.g. arn:aws:kinesis:us-east-1:111111111111:stream/orders",
+        )
+    })?;
+    let stream_arn: StreamArn = arn_text.parse().map_err(|e: ArnError| {
+        ConfigError::key(
+            "stream_arn",
+            e.to_string(),
+            "copy the ARN from the stream owner's console or `aws kinesis describe-stream-summary`",
+        )
+    })?;
+
+    let lease_table = non_empty(raw.lease_table).unwrap_or_else(|| application_name.clone());
+    check_table_name("lease_table", &lease_table)?;
+
+    let worker_id = non_empty(raw.worker_id).unwrap_or_else(default_worker_id);
+
+    let initial_position = match non_empty(raw.initial_position)
+        .unwrap_or_else(|| "LATEST".into())
+        .to_ascii_uppercase()
+        .as_str()
+    {
+        "TRIM_HORIZON" => InitialPosition::TrimHorizon,
+        "LATEST" => InitialPosition::Latest,
+        "AT_TIMESTAMP" => {
+            let ts = non_empty(raw.initial_timestamp).ok_or_else(|| {
+                ConfigError::key(
+                    "initial_timestamp",
+                    "is required when initial_position is AT_TIMESTAMP",
+                    "set an RFC 3339 time such as 2026-11-22T06:00:00Z",
+                )
+            })?;
+            let parsed = aws_smithy_types::DateTime::from_str(
+                &ts,
+                aws_smithy_types::date_time::Format::DateTime,
+            )
+            .map_err(|e| {
+                ConfigError::key(
+                    "initial_timestamp",
+                    format!("{ts:?} is not an RFC 3339 time ({e})"),
+                    "write it like 2026-11-22T06:00:00Z or 2026-11-22T07:00:00+01:00",
+                )
+            })?;
+            let epoch_millis = parsed.to_millis().map_err(|e| {
+                ConfigError::key(
+                    "initial_timestamp",
+                    format!("{ts:?} is out of range ({e})"),
+                    "use a time after 1970",
+                )
+            })?;
+            InitialPosition::AtTimestamp {
+                rfc3339: ts,
+                epoch_millis,
+            }
+        }
+        other => {
+            return Err(ConfigError::key(
+                "initial_position",
+                format!("{other:?} is not a position"),
+                "use TRIM_HORIZON, LATEST or AT_TIMESTAMP (with initial_timestamp)",
+            ))
+        }
+    };
+
+    let aws = validate_aws(raw.aws, &stream_arn, env)?;
+
+    let ms = in_range;
+    let shutdown_timeout_ms = ms(
+        "shutdown_timeout_ms",
+        raw.shutdown_timeout_ms,
+        20_000,
+        1_000,
+        3_600_000,
+    )?;
+    let fan_out = validate_fan_out(
+        non_empty(raw.consumer_arn),
+        non_empty(raw.consumer_name),
+        &raw.fan_out,
+        &stream_arn,
+    )?;
+    let store = match non_empty(raw.lease.store)
+        .unwrap_or_else(|| "dynamodb".into())
+        .as_str()
+    {
+        "dynamodb" => LeaseStore::Dynamodb,
+        "memory" => LeaseStore::Memory,
+        other => {
+            return Err(ConfigError::key(
+                "lease.store",
+                format!("{other:?} is not a lease store"),
+                "use dynamodb (shared, KCL-compatible) or memory (one instance, no table)",
+            ))
+        }
+    };
+    let failover_time_ms = ms(
+        "lease.failover_time_ms",
+        raw.lease.failover_time_ms,
+        10_000,
+        1_000,
+        3_600_000,
+    )?;
+    let lease = LeaseSettings {
+        store,
+        failover_time_ms,
+        take_interval_ms: ms(
+            "lease.take_interval_ms",
+            raw.lease.take_interval_ms,
+            1_000,
+            100,
+            3_600_000,
+        )?,
+        shard_sync_interval_ms: ms(
+            "lease.shard_sync_interval_ms",
+            raw.lease.shard_sync_interval_ms,
+            60_000,
+            1_000,
+            86_400_000,
+        )?,
+        max_leases_per_worker: ms(
+            "lease.max_leases_per_worker",
+            raw.lease.max_leases_per_worker,
+            0,
+            0,
+            1_000_000,
+        )?,
+        max_leases_to_steal: ms(
+            "lease.max_leases_to_steal",
+            raw.lease.max_leases_to_steal,
+            1,
+            0,
+            1_000_000,
+        )?,
+    };
+    let max_idle_time_ms = ms(
+        "polling.max_idle_time_ms",
+        raw.polling.max_idle_time_ms,
+        5_000,
+        0,
+        300_000,
+    )?;
+    let prefetch_bytes = ms(
+        "polling.prefetch_bytes",
+        raw.polling.prefetch_bytes,
+        8 << 20,
+        1 << 16,
+        1 << 32,
+    )?;
+    let prefetch_total_bytes = ms(
+        "polling.prefetch_total_bytes",
+        raw.polling.prefetch_total_bytes,
+        256 << 20,
+        1 << 20,
+        1 << 40,
+    )?;
+    let checkpoint = CheckpointSettings {
+        interval_ms: ms(
+            "checkpoint.interval_ms",
+            raw.checkpoint.interval_ms,
+            5_000,
+            0,
+            3_600_000,
+        )?,
+        max_records: ms(
+            "checkpoint.max_records",
+            raw.checkpoint.max_records,
+            10_000,
+            1,
+            1_000_000_000,
+        )?,
+    };
+
+    let max_records = raw.polling.max_records.unwrap_or(10_000);
+    if !(1..=10_000).contains(&max_records) {
+        return Err(ConfigError::key(
+            "polling.max_records",
+            format!("{max_records} is out of range"),
+            "GetRecords takes 1 to 10000 records per call",
+        ));
+    }
+    let idle = raw.polling.idle_time_between_reads_ms.unwrap_or(1_000);
+    if !(0..=300_000).contains(&idle) {
+        return Err(ConfigError::key(
+            "polling.idle_time_between_reads_ms",
+            format!("{idle} is out of range"),
+            "use 0 to 300000 milliseconds",
+        ));
+    }
+
+    let kind = match non_empty(raw.sink.kind.clone())
+        .unwrap_or_else(|| "stdout".into())
+        .as_str()
+    {
+        "stdout" => SinkKind::Stdout,
+        "http" => SinkKind::Http,
+        other => {
+            return Err(ConfigError::key(
+                "sink.type",
+                format!("{other:?} is not a sink"),
+                "use stdout or http",
+            ))
+        }
+    };
+    let http = if kind == SinkKind::Http {
+        Some(validate_http_sink(&raw.sink)?)
+    } else {
+        None
+    };
+    let invoke_identity_arn = non_empty(raw.sink.invoke_identity_arn)
+        .or_else(|| aws.assume_role.as_ref().map(|r| r.role_arn.clone()))
+        .unwrap_or_default();
+
+    let format = match non_empty(raw.log.format)
+        .unwrap_or_else(|| "text".into())
+        .as_str()
+    {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(ConfigError::key(
+                "log.format",
+                format!("{other:?} is not a log format"),
+                "use text or json",
+            ))
+        }
+    };
+    let level = non_empty(raw.log.level).unwrap_or_else(|| "info".into());
+    let listen = match raw.ops.listen.map(|s| s.trim().to_owned()) {
+        None => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9898))),
+        Some(s) if s.is_empty() || s == "off" => None,
+        Some(s) => Some(s.parse().map_err(|_| {
+            ConfigError::key(
+                "ops.listen",
+                format!("{s:?} is not an address and port"),
+                "write it like 127.0.0.1:9898 (0.0.0.0:9898 for a sidecar probe), or off",
+            )
+        })?),
+    };
+
+    Ok(Settings {
+        application_name,
+        stream_arn,
+        lease_table,
+        worker_id,
+        initial_position,
+        shutdown_timeout_ms,
+        fan_out,
+        aws,
+        lease,
+        checkpoint,
+        polling: PollingSettings {
+            max_records: max_records as i32,
+            idle_time_between_reads_ms: idle as u64,
+            max_idle_time_ms,
+            prefetch_bytes,
+            prefetch_total_bytes,
+        },
+        sink: SinkSettings {
+            kind,
+            invoke_identity_arn,
+            http,
+        },
+        log: LogSettings { format, level },
+        ops: OpsSettings { listen },
+    })
+}
+
+fn validate_aws(
+    raw: RawAws,
+    stream: &StreamArn,
+    env: &HashMap<String, String>,
+) -> Result<AwsSettings, ConfigError> {
+    let env_value = |name: &str| non_empty(env.get(name).cloned());
+    let all = non_empty(raw.endpoint);
+    let resolve = |key: &str, own: Option<String>, service_env: &str| {
+        let chosen = own
+            .map(|v| (key.to_owned(), v))
+            .or_else(|| env_value(service_env).map(|v| (service_env.to_owned(), v)))
+            .or_else(|| all.clone().map(|v| ("aws.endpoint".to_owned(), v)))
+            .or_else(|| env_value("AWS_ENDPOINT_URL").map(|v| ("AWS_ENDPOINT_URL".to_owned(), v)));
+        match chosen {
+            None => Ok(None),
+            Some((from, url)) if url.starts_with("http://") || url.starts_with("https://") => {
+                let _ = from;
+                Ok(Some(url))
+            }
+            Some((from, url)) => Err(ConfigError::key(
+                &from,
+                format!("{url:?} is not an endpoint URL"),
+                "write it with its scheme, e.g. http://127.0.0.1:4566 or https://kinesis.us-east-1.amazonaws.com",
+            )),
+        }
+    };
+    let kinesis_endpoint = resolve(
+        "aws.kinesis_endpoint",
+        non_empty(raw.kinesis_endpoint),
+        "AWS_ENDPOINT_URL_KINESIS",
+    )?;
+    let dynamodb_endpoint = resolve(
+        "aws.dynamodb_endpoint",
+        non_empty(raw.dynamodb_endpoint),
+        "AWS_ENDPOINT_URL_DYNAMODB",
+    )?;
+    let sts_endpoint = resolve(
+        "aws.sts_endpoint",
+        non_empty(raw.sts_endpoint),
+        "AWS_ENDPOINT_URL_STS",
+    )?;
+
+    let ca_file = non_empty(raw.ca_file).map(PathBuf::from);
+    if let Some(path) = &ca_file {
+        if !path.is_file() {
+            return Err(ConfigError::key(
+                "aws.ca_file",
+                format!("{} does not exist", path.display()),
+                "point it at a PEM file of the CA that signed the endpoint's certificate, or remove it",
+            ));
+        }
+    }
+
+    let assume_role = match non_empty(raw.assume_role_arn) {
+        None => None,
+        Some(role_arn) => {
+            if arn::role_account(&role_arn).is_none() {
+                return Err(ConfigError::key(
+                    "aws.assume_role_arn",
+                    format!("{role_arn:?} is not an IAM role ARN"),
+                    "use arn:aws:iam::<account>:role/<name>, or remove it to use the default credentials for Kinesis",
+                ));
+            }
+            Some(AssumeRole {
+                role_arn,
+                session_name: non_empty(raw.assume_role_session_name)
+                    .unwrap_or_else(|| "kcld".into()),
+                external_id: non_empty(raw.assume_role_external_id),
+            })
+        }
+    };
+
+    Ok(AwsSettings {
+        kinesis_endpoint,
+        dynamodb_endpoint,
+        sts_endpoint,
+        dynamodb_region: non_empty(raw.dynamodb_region).unwrap_or_else(|| stream.region.clone()),
+        ca_file,
+        assume_role,
+    })
+}
+
+/// A whole number setting: `default` when unset, else within `min..=max`.
+fn in_range(
+    key: &str,
+    v: Option<i64>,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<u64, ConfigError> {
+    let v = v.unwrap_or(default);
+    if (min..=max).contains(&v) {
+        Ok(v as u64)
+    } else {
+        Err(ConfigError::key(
+            key,
+            format!("{v} is out of range"),
+            format!("use {min} to {max}"),
+        ))
+    }
+}
+
+/// `consumer_arn` or `consumer_name` (not both) turn fan-out on; the
+/// consumer ARN must belong to `stream_arn`.
+fn validate_fan_out(
+    consumer_arn: Option<String>,
+    consumer_name: Option<String>,
+    raw: &RawFanOut,
+    stream: &StreamArn,
+) -> Result<Option<FanOutSettings>, ConfigError> {
+    let ms = in_range;
+    let consumer = match (consumer_arn, consumer_name) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::key(
+                "consumer_name",
+                "is set together with consumer_arn",
+                "set only consumer_arn (a consumer the stream owner registered and shared) or only consumer_name (kcld registers it in the stream's own account)",
+            ))
+        }
+        (Some(text), None) => {
+            let arn: ConsumerArn = text.parse().map_err(|e: ArnError| {
+                ConfigError::key(
+                    "consumer_arn",
+                    e.to_string(),
+                    "copy the ConsumerARN the stream owner got from `aws kinesis register-stream-consumer` or `describe-stream-consumer`",
+                )
+            })?;
+            if arn.stream != *stream {
+                return Err(ConfigError::key(
+                    "consumer_arn",
+                    format!("belongs to stream {}, not to stream_arn {stream}", arn.stream),
+                    "use a consumer registered on the stream that stream_arn names (`aws kinesis list-stream-consumers --stream-arn <stream_arn>` in the owner's account lists them)",
+                ));
+            }
+            FanOutConsumer::Arn(arn)
+        }
+        (None, Some(name)) => {
+            if !arn::valid_name(&name) {
+                return Err(ConfigError::key(
+                    "consumer_name",
+                    format!("{name:?} cannot name a consumer"),
+                    "use 1 to 128 characters of a-z, A-Z, 0-9, '_', '.', '-'",
+                ));
+            }
+            FanOutConsumer::Name(name)
+        }
+    };
+    Ok(Some(FanOutSettings {
+        consumer,
+        stall_timeout_ms: ms(
+            "fan_out.stall_timeout_ms",
+            raw.stall_timeout_ms,
+            60_000,
+            1_000,
+            3_600_000,
+        )?,
+        subscription_max_age_ms: ms(
+            "fan_out.subscription_max_age_ms",
+            raw.subscription_max_age_ms,
+            290_000,
+            1_000,
+            300_000,
+        )?,
+        registration_timeout_ms: ms(
+            "fan_out.registration_timeout_ms",
+            raw.registration_timeout_ms,
+            120_000,
+            1_000,
+            3_600_000,
+        )?,
+        end_check_interval_ms: ms(
+            "fan_out.end_check_interval_ms",
+            raw.end_check_interval_ms,
+            30_000,
+            0,
+            3_600_000,
+        )?,
+    }))
+}
+
+fn validate_http_sink(raw: &RawSink) -> Result<HttpSinkSettings, ConfigError> {
+    let url = non_empty(raw.url.clone()).ok_or_else(|| {
+        ConfigError::key(
+            "sink.url",
+            "is required with sink.type = \"http\"",
+            "set the application's endpoint, e.g. http://127.0.0.1:8080/kinesis",
+        )
+    })?;
+    if !url.starts_with("http://") {
+        return Err(ConfigError::key(
+            "sink.url",
+            format!("{url:?} is not an http:// URL"),
+            "the HTTP sink talks to an application beside it, over plain HTTP: use http://127.0.0.1:<port>/<path>",
+        ));
+    }
+    let batch_size = raw.batch_size.unwrap_or(100);
+    if !(1..=10_000).contains(&batch_size) {
+        return Err(ConfigError::key(
+            "sink.batch_size",
+            format!("{batch_size} is out of range"),
+            "use 1 to 10000",
+        ));
+    }
+    let max_retry_attempts = match raw.max_retry_attempts.unwrap_or(-1) {
+        -1 => None,
+        n if (0..=10_000).contains(&n) => Some(n as u32),
+        n => {
+            return Err(ConfigError::key(
+                "sink.max_retry_attempts",
+                format!("{n} is out of range"),
+                "use -1 (retry until taken) or 0 to 10000",
+            ))
+        }
+    };
+    let max_record_age_seconds = match raw.max_record_age_seconds.unwrap_or(-1) {
+        -1 => None,
+        n if (1..=604_800).contains(&n) => Some(n as u64),
+        n => {
+            return Err(ConfigError::key(
+                "sink.max_record_age_seconds",
+                format!("{n} is out of range"),
+                "use -1 (no limit) or 1 to 604800",
+            ))
+        }
+    };
+    let on_failure_file = non_empty(raw.on_failure_file.clone()).map(PathBuf::from);
+    if (max_retry_attempts.is_some() || max_record_age_seconds.is_some())
+        && on_failure_file.is_none()
+    {
+        return Err(ConfigError::key(
+            "sink.on_failure_file",
+            "is required when sink.max_retry_attempts or sink.max_record_age_seconds limits retries",
+            "name a file for records that exhaust their retries; without it they would be lost",
+        ));
+    }
+    let timeout_ms = raw.timeout_ms.unwrap_or(30_000);
+    if !(100..=900_000).contains(&timeout_ms) {
+        return Err(ConfigError::key(
+            "sink.timeout_ms",
+            format!("{timeout_ms} is out of range"),
+            "use 100 to 900000",
+        ));
+    }
+    let parallelization_factor = raw.parallelization_factor.unwrap_or(1);
+    if !(1..=10).contains(&parallelization_factor) {
+        return Err(ConfigError::key(
+            "sink.parallelization_factor",
+            format!("{parallelization_factor} is out of range"),
+            "use 1 to 10",
+        ));
+    }
+    let batching_window_ms = raw.batching_window_ms.unwrap_or(0);
+    if !(0..=300_000).contains(&batching_window_ms) {
+        return Err(ConfigError::key(
+            "sink.batching_window_ms",
+            format!("{batching_window_ms} is out of range"),
+            "use 0 to 300000 (five minutes)",
+        ));
+    }
+    Ok(HttpSinkSettings {
+        url,
+        parallelization_factor: parallelization_factor as usize,
+        batching_window_ms: batching_window_ms as u64,
+        batch_size: batch_size as usize,
+        max_retry_attempts,
+        max_record_age_seconds,
+        bisect_on_error: raw.bisect_on_error.unwrap_or(false),
+        on_failure_file,
+        timeout_ms: timeout_ms as u64,
+    })
+}
+
+/// DynamoDB table names: 3 to 255 characters of a-z, A-Z, 0-9, '_', '-', '.'.
+fn check_table_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = (3..=255).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::key(
+            key,
+            format!("{name:?} cannot name a DynamoDB lease table"),
+            "use 3 to 255 characters of a-z, A-Z, 0-9, '_', '-', '.'",
+        ))
+    }
+}
+
+/// `<hostname>-<uuid>`: unique per process, and says which host it runs on.
+fn default_worker_id() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let host = if host.is_empty() {
+        "kcld".to_owned()
+    } else {
+        host
+    };
+    format!("{host}-{}", uuid::Uuid::new_v4())
+}
