@@ -51,8 +51,21 @@ impl Clients {
 /// Builds the clients and resolves credentials once, so that missing
 /// credentials are reported at start rather than on the first call.
 pub async fn connect(settings: &Settings) -> Result<Clients> {
+    connect_with(settings, None).await
+}
+
+/// [`connect`] with `credentials` in place of the default chain (an
+/// embedding application's own).
+pub async fn connect_with(
+    settings: &Settings,
+    credentials: Option<SharedCredentialsProvider>,
+) -> Result<Clients> {
     let http = http_client(settings)?;
-    let base = aws_config::defaults(BehaviorVersion::latest())
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(provider) = credentials {
+        loader = loader.credentials_provider(provider);
+    }
+    let base = loader
         .http_client(http)
         .region(Region::new(settings.stream_arn.region.clone()))
         .timeout_config(

@@ -4,6 +4,7 @@
 //! See ARCHITECTURE.md at the repository root for the codemap.
 
 pub mod aws;
+pub mod builder;
 pub mod cli;
 pub mod doctor;
 pub mod error;
@@ -20,4 +21,5 @@ pub mod status;
 pub mod stream;
 pub mod worker;
 
+pub use builder::{Consumer, ConsumerBuilder};
 pub use error::{Error, Result};

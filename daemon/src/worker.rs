@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_credential_types::provider::SharedCredentialsProvider;
 use futures::FutureExt;
 use kcld_checkpoint::Checkpoint;
 use kcld_config::multilang::MultiLangSettings;
@@ -38,6 +39,9 @@ pub enum Delivery {
     /// To MultiLang record processor processes, one per shard, which
     /// checkpoint for themselves (`kcld multilang`).
     MultiLang(Arc<MultiLangSettings>),
+    /// To an application's own processors, which checkpoint when they
+    /// choose (see [`crate::Consumer`]).
+    Processors(Arc<dyn ProcessorFactory>),
 }
 
 /// Runs the consumer until `shutdown` fires or a fatal error, delivering to
@@ -63,6 +67,17 @@ pub async fn run_with(
     delivery: Delivery,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    run_embedded(settings, delivery, shutdown, None).await
+}
+
+/// The same, calling AWS with `credentials` when given (else the default
+/// chain, or the configured role).
+pub(crate) async fn run_embedded(
+    settings: Settings,
+    delivery: Delivery,
+    shutdown: CancellationToken,
+    credentials: Option<SharedCredentialsProvider>,
+) -> Result<()> {
     let health = Arc::new(Health::default());
     // The ops listener outlives the shard consumers: it stops last.
     let ops_stop = CancellationToken::new();
@@ -73,7 +88,7 @@ pub async fn run_with(
     }
     ops::systemd::spawn_watchdog(ops_stop.clone());
 
-    let clients = aws::connect(&settings).await?;
+    let clients = aws::connect_with(&settings, credentials).await?;
     health.credentials_resolved();
     let stream = Stream::new(clients.kinesis.clone(), settings.stream_arn.clone());
     let summary = stream.describe().await?;
@@ -176,6 +191,7 @@ pub async fn run_with(
     let processors: Arc<dyn ProcessorFactory> = match delivery {
         Delivery::Sink(sink) => Arc::new(SinkProcessors { sink, policy }),
         Delivery::MultiLang(ml) => Arc::new(multilang::Processors::new(ml)),
+        Delivery::Processors(factory) => factory,
     };
     drive(
         leases,
