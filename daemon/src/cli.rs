@@ -225,23 +225,12 @@ async fn run_multilang(args: &MultiLangArgs, cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-/// A fan-out registration error in the properties file's words: the KCL's
-/// DEFAULT retrieval mode chooses fan-out when no polling property is set.
+/// A fan-out registration refused on another account's stream, in the
+/// properties file's words.
 fn in_properties_terms(e: crate::Error) -> crate::Error {
-    use kcld_config::ConfigError;
     match e {
-        crate::Error::Config(ConfigError::Key { key, problem, fix }) if key == "consumer_name" => {
-            crate::Error::Config(ConfigError::Key {
-                key: "consumerName (properties file; applicationName when unset)".into(),
-                problem,
-                fix: format!(
-                    "{}; in the properties file: consumerArn = <that ARN>, or retrievalMode = POLLING \
-                     to poll instead (with retrievalMode DEFAULT, fan-out is chosen when no polling \
-                     property such as maxRecords is set, as in the KCL)",
-                    fix.replace("set consumer_arn to it instead of consumer_name", "")
-                        .trim_end_matches([',', ' ', ':'])
-                ),
-            })
+        crate::Error::ForeignRegistration(refused) => {
+            crate::Error::Config(refused.properties_error())
         }
         other => other,
     }

@@ -282,7 +282,12 @@ async fn fan_out_checks(
             }
             Ok(None) => {
                 let detail = match caller {
-                    Some(caller) => policy::cross_account_registration_error(&settings.stream_arn, name, caller).to_string(),
+                    Some(caller) => policy::ForeignRegistration {
+                        stream: settings.stream_arn.clone(),
+                        name: name.to_owned(),
+                        caller_account: caller.to_owned(),
+                    }
+                    .to_string(),
                     None => format!("no consumer {name:?} on the stream, and this account is unknown (see caller identity)"),
                 };
                 return report.fail("DescribeStreamConsumer", detail, None);

@@ -8,6 +8,10 @@ pub enum Error {
     /// Bad configuration: exit code 2.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// Fan-out by consumer name on another account's stream, where kcld
+    /// may not register the consumer: a configuration error (exit code 2).
+    #[error("{}", .0.config_error())]
+    ForeignRegistration(Box<crate::policy::ForeignRegistration>),
     /// An AWS call failed in a way retrying will not fix (access denied, no
     /// such stream, no credentials, endpoint unreachable): exit code 1.
     #[error("{0}")]
@@ -23,7 +27,7 @@ impl Error {
     /// The process exit code: 2 for configuration errors, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) => 2,
+            Error::Config(_) | Error::ForeignRegistration(_) => 2,
             _ => 1,
         }
     }

@@ -4,6 +4,7 @@
 //! See ARCHITECTURE.md at the repository root for the codemap.
 
 pub mod aws;
+pub mod backoff;
 pub mod builder;
 pub mod cli;
 pub mod doctor;

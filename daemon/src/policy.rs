@@ -78,31 +78,78 @@ pub fn consumer_access_denied_message(
     )
 }
 
-/// Why kcld does not register a consumer on another account's stream, and
-/// what the owner does instead, as a configuration error on
-/// `consumer_name`.
-pub fn cross_account_registration_error(
-    stream: &StreamArn,
-    name: &str,
-    caller_account: &str,
-) -> kcld_config::ConfigError {
-    let principal = role_placeholder(Some(caller_account));
-    let consumer = format!("{stream}/consumer/{name}:<creation-timestamp>");
-    let statement = consumer_read_statement(&consumer, &principal);
-    kcld_config::ConfigError::Key {
-        key: "consumer_name".into(),
-        problem: format!(
+/// kcld found no consumer of the configured name on another account's
+/// stream: only the stream's own account can register one, so kcld does
+/// not. Rendered in the daemon's keys ([`ForeignRegistration::config_error`])
+/// or the MultiLang properties file's ([`ForeignRegistration::properties_error`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForeignRegistration {
+    pub stream: StreamArn,
+    pub name: String,
+    pub caller_account: String,
+}
+
+impl ForeignRegistration {
+    fn problem(&self) -> String {
+        format!(
             "no consumer {name:?} on stream {stream}, which belongs to account {owner} while \
-             this is account {caller_account}; only the stream's own account can register a \
-             consumer, so kcld does not",
-            owner = stream.account
-        ),
-        fix: format!(
+             this is account {caller}; only the stream's own account can register a consumer, \
+             so kcld does not",
+            name = self.name,
+            stream = self.stream,
+            owner = self.stream.account,
+            caller = self.caller_account,
+        )
+    }
+
+    /// What the stream's owner does, up to handing over the consumer ARN.
+    fn owner_steps(&self) -> String {
+        let principal = role_placeholder(Some(&self.caller_account));
+        let consumer = format!(
+            "{}/consumer/{}:<creation-timestamp>",
+            self.stream, self.name
+        );
+        let statement = consumer_read_statement(&consumer, &principal);
+        format!(
             "the stream owner runs `aws kinesis register-stream-consumer --stream-arn {stream} \
              --consumer-name {name}`, attaches this statement to the consumer's resource policy: \
-             {statement}, and gives you the ConsumerARN: set consumer_arn to it instead of \
-             consumer_name"
-        ),
+             {statement}, and gives you the ConsumerARN",
+            stream = self.stream,
+            name = self.name,
+        )
+    }
+
+    /// The error on `consumer_name` (kcld's configuration).
+    pub fn config_error(&self) -> kcld_config::ConfigError {
+        kcld_config::ConfigError::Key {
+            key: "consumer_name".into(),
+            problem: self.problem(),
+            fix: format!(
+                "{}: set consumer_arn to it instead of consumer_name",
+                self.owner_steps()
+            ),
+        }
+    }
+
+    /// The same in a MultiLang properties file's terms: the KCL's DEFAULT
+    /// retrieval mode chooses fan-out when no polling property is set.
+    pub fn properties_error(&self) -> kcld_config::ConfigError {
+        kcld_config::ConfigError::Key {
+            key: "consumerName (properties file; applicationName when unset)".into(),
+            problem: self.problem(),
+            fix: format!(
+                "{}; in the properties file: consumerArn = <that ARN>, or retrievalMode = POLLING \
+                 to poll instead (with retrievalMode DEFAULT, fan-out is chosen when no polling \
+                 property such as maxRecords is set, as in the KCL)",
+                self.owner_steps()
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for ForeignRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.config_error())
     }
 }
 

@@ -31,6 +31,7 @@ use kcld_checkpoint::{Checkpoint, CheckpointError, ExtendedSequenceNumber};
 use kcld_lease::{Grant, ShardSpec};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::record::Batch;
 use crate::retrieval::prefetch::{ByteBudget, Prefetch};
@@ -322,7 +323,8 @@ pub async fn run(
     }
     let opened_at = SystemTime::now();
     let mut resume = Resume::After(grant.start.clone());
-    let mut restarts = 0u32;
+    // A processor that keeps failing is restarted ever more slowly.
+    let mut restarts = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         let mut processor = processors.create(&grant.shard)?;
         tracing::info!(shard = %shard_id, start = %resume, "reading shard");
@@ -330,7 +332,7 @@ pub async fn run(
         let source = sources.open(&resume);
         let result = drive(&grant, &mut positions, &mut *processor, source, &budget).await;
         if started.elapsed() > Duration::from_secs(60) {
-            restarts = 0;
+            restarts.reset();
         }
         match result {
             Ok(Finish::ShardEnded) => {
@@ -365,12 +367,8 @@ pub async fn run(
         if grant.stop.is_cancelled() {
             return stopped(&grant).await;
         }
-        // A processor that keeps failing is restarted ever more slowly.
-        restarts = restarts.saturating_add(1);
-        let wait = Duration::from_millis((250u64 << restarts.min(7)).min(30_000));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = grant.stop.cancelled() => return stopped(&grant).await,
+        if !Backoff::sleep(restarts.next_wait(), &grant.stop).await {
+            return stopped(&grant).await;
         }
         resume = positions.resume(opened_at);
         positions.largest = positions.last.clone();
@@ -551,21 +549,19 @@ async fn stopped(grant: &Grant) -> Result<Outcome, Error> {
 /// on): SHARD_END again, so the children are made and the lease let go.
 /// Retried while the lease table is unavailable.
 async fn end_again(grant: &Grant) -> Result<Outcome, Error> {
-    let mut attempt = 0u32;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match grant.lease.shard_ended(&[]).await {
             Ok(()) => return Ok(Outcome::ShardEnded),
             Err(CheckpointError::LeaseLost { .. }) => return Ok(Outcome::Stopped),
             Err(CheckpointError::Fatal(e)) => return Err(Error::Aws(e)),
             Err(e) => {
-                attempt = attempt.saturating_add(1);
-                if attempt == 1 || attempt.is_power_of_two() {
+                let wait = backoff.next_wait();
+                if backoff.worth_logging() {
                     tracing::warn!(shard = %grant.shard.shard_id, "SHARD_END checkpoint not written, retrying: {e}");
                 }
-                let wait = Duration::from_millis((200u64 << attempt.min(6)).min(10_000));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = grant.stop.cancelled() => return Ok(Outcome::Stopped),
+                if !Backoff::sleep(wait, &grant.stop).await {
+                    return Ok(Outcome::Stopped);
                 }
             }
         }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     CheckpointFailure, Checkpointer, ProcessorError, ProcessorFactory, ShardInfo, ShardProcessor,
 };
+use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::record::Batch;
 use crate::sink::{Sink, SinkError};
@@ -153,7 +154,7 @@ impl ShardProcessor for SinkProcessor {
     /// lease leaves the end to the next owner (it reads the shard's tail
     /// again).
     async fn shard_ended(&mut self, cp: &mut Checkpointer<'_>) -> Result<(), ProcessorError> {
-        let mut attempt = 0u32;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             match cp.checkpoint(None).await {
                 Ok(()) | Err(CheckpointFailure::LeaseLost) => return Ok(()),
@@ -161,14 +162,12 @@ impl ShardProcessor for SinkProcessor {
                     return Err(ProcessorError::Fatal(Error::Aws(e)))
                 }
                 Err(e) => {
-                    attempt = attempt.saturating_add(1);
-                    if attempt == 1 || attempt.is_power_of_two() {
+                    let wait = backoff.next_wait();
+                    if backoff.worth_logging() {
                         tracing::warn!(shard = %self.shard_id, "SHARD_END checkpoint not written, retrying: {e}");
                     }
-                    let wait = Duration::from_millis((200u64 << attempt.min(6)).min(10_000));
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = self.stop.cancelled() => return Ok(()),
+                    if !Backoff::sleep(wait, &self.stop).await {
+                        return Ok(());
                     }
                 }
             }
@@ -202,7 +201,7 @@ async fn deliver(
     batch: &Batch,
     stop: &CancellationToken,
 ) -> Result<usize, ProcessorError> {
-    let mut attempt = 0u32;
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
     loop {
         match sink.deliver(batch, stop).await {
             Ok(()) => return Ok(batch.records.len()),
@@ -214,14 +213,12 @@ async fn deliver(
             Err(SinkError::Retry(e)) => {
                 metrics::counter!("kcld_sink_retries_total", "shard" => batch.shard_id.to_string())
                     .increment(1);
-                attempt = attempt.saturating_add(1);
-                let wait = Duration::from_millis((100u64 << attempt.min(8)).min(30_000));
-                if attempt == 1 || attempt.is_power_of_two() {
-                    tracing::warn!(shard = %batch.shard_id, attempt, "{e}; offering the batch again in {wait:?}");
+                let wait = backoff.next_wait();
+                if backoff.worth_logging() {
+                    tracing::warn!(shard = %batch.shard_id, attempt = backoff.failures(), "{e}; offering the batch again in {wait:?}");
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => return Ok(0),
+                if !Backoff::sleep(wait, stop).await {
+                    return Ok(0);
                 }
             }
         }

@@ -11,7 +11,6 @@ use std::time::Duration;
 use kcld_checkpoint::{Checkpoint, ExtendedSequenceNumber};
 use kcld_lease::ShardSpec;
 use kcld_records::kpl::{self, HashRange};
-use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::record::{Batch, Record};
@@ -199,26 +198,23 @@ async fn shard_gone(
     Ok(Fetched::ShardEnd { children })
 }
 
-/// Waiting after transient errors of one shard's reader: jittered waits
-/// that double from `base` up to 10 s, logged at the first failure of a
-/// burst and then at the 2nd, 4th, 8th... (never once per retry), counted
-/// as throttles when they are.
+/// Waiting after transient errors of one shard's reader: the shared
+/// [`crate::backoff::Backoff`] (up to 10 s), with the shard named in the
+/// log and throttles counted.
 pub(crate) struct Backoff {
-    failures: u32,
-    base_ms: u64,
+    inner: crate::backoff::Backoff,
 }
 
 impl Backoff {
     pub(crate) fn new(base: Duration) -> Self {
         Backoff {
-            failures: 0,
-            base_ms: base.as_millis().max(1) as u64,
+            inner: crate::backoff::Backoff::new(base, Duration::from_secs(10)),
         }
     }
 
     /// A call succeeded: the next failure starts a new burst.
     pub(crate) fn reset(&mut self) {
-        self.failures = 0;
+        self.inner.reset();
     }
 
     /// Counts one more failure of `shard` and waits before `retrying`
@@ -230,25 +226,20 @@ impl Backoff {
         retrying: &str,
         cancel: &CancellationToken,
     ) -> bool {
-        self.failures = self.failures.saturating_add(1);
-        let cap_ms = (self.base_ms << self.failures.min(7)).min(10_000);
-        let wait = Duration::from_millis(rand::rng().random_range(cap_ms / 2..=cap_ms));
-        let first = self.failures == 1;
+        let wait = self.inner.next_wait();
+        let failures = self.inner.failures();
         if matches!(error, KinesisError::InUse(_)) {
-            if first {
+            if failures == 1 {
                 tracing::info!(shard = %shard.shard_id, "another subscription to this shard is still open; waiting for it to end");
             }
-        } else if first || self.failures.is_power_of_two() {
-            tracing::warn!(shard = %shard.shard_id, failures = self.failures, "{error}; {retrying} in {wait:?}");
+        } else if self.inner.worth_logging() {
+            tracing::warn!(shard = %shard.shard_id, failures, "{error}; {retrying} in {wait:?}");
         }
         if matches!(error, KinesisError::Throttled(_)) {
             metrics::counter!("kcld_throttles_total", "shard" => shard.shard_label.clone())
                 .increment(1);
         }
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => true,
-            _ = cancel.cancelled() => false,
-        }
+        crate::backoff::Backoff::sleep(wait, cancel).await
     }
 }
 

@@ -65,13 +65,13 @@ where
                         if let Some(ask) = caller_account.take() {
                             let caller = ask().await?;
                             if caller != stream.arn().account {
-                                return Err(Error::Config(
-                                    policy::cross_account_registration_error(
-                                        stream.arn(),
-                                        name,
-                                        &caller,
-                                    ),
-                                ));
+                                return Err(Error::ForeignRegistration(Box::new(
+                                    policy::ForeignRegistration {
+                                        stream: stream.arn().clone(),
+                                        name: name.to_owned(),
+                                        caller_account: caller,
+                                    },
+                                )));
                             }
                         }
                         match stream.register_consumer(name).await {

@@ -16,6 +16,7 @@
 //!   then count as confirmed. Without limits, records are retried until the
 //!   application takes them: nothing is ever skipped silently.
 
+use crate::backoff::Backoff;
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -275,16 +276,19 @@ impl HttpSink {
             .map(|s| s..(s + size).min(records.len()))
             .collect();
         let mut attempts = 0u32;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
         while let Some(mut range) = queue.pop_front() {
             loop {
                 let reason = match self.post(shard, &records[range.clone()]).await {
                     Outcome::Taken => {
                         attempts = 0;
+                        backoff.reset();
                         break;
                     }
                     Outcome::FailedFrom(i) => {
                         if i > 0 {
                             attempts = 0;
+                            backoff.reset();
                         }
                         range.start += i;
                         "the application reported a batch item failure".to_owned()
@@ -321,10 +325,11 @@ impl HttpSink {
                     )
                     .await?;
                     attempts = 0;
+                    backoff.reset();
                     break;
                 }
-                let wait = Duration::from_millis((100u64 << attempts.min(8)).min(30_000));
-                if attempts == 1 || attempts.is_power_of_two() {
+                let wait = backoff.next_wait();
+                if backoff.worth_logging() {
                     tracing::warn!(
                         shard,
                         attempts,
@@ -332,9 +337,10 @@ impl HttpSink {
                         range.len()
                     );
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => return Err(SinkError::Stopped { confirmed: range.start }),
+                if !Backoff::sleep(wait, stop).await {
+                    return Err(SinkError::Stopped {
+                        confirmed: range.start,
+                    });
                 }
             }
         }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use kcld_records::getrecords;
 
+use crate::backoff::{Backoff, CONTROL_PLANE_RETRIES};
+
 use aws_sdk_kinesis::types::{Shard, ShardIteratorType};
 use kcld_config::StreamArn;
 use kcld_lease::ShardSpec;
@@ -82,7 +84,7 @@ impl Stream {
     /// DescribeStreamSummary, retried while throttled (its limit, 20 calls
     /// per second per account, is shared with every other reader).
     pub async fn describe(&self) -> Result<StreamSummary, KinesisError> {
-        let mut throttled = 0u32;
+        let mut throttled = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let out = loop {
             let result = self
                 .client
@@ -93,9 +95,8 @@ impl Stream {
                 .map_err(|e| KinesisError::classify(e, &self.arn, "kinesis:DescribeStreamSummary"));
             match result {
                 Ok(out) => break out,
-                Err(KinesisError::Throttled(_)) if throttled < 10 => {
-                    throttled += 1;
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(throttled))).await;
+                Err(KinesisError::Throttled(_)) if throttled.failures() < CONTROL_PLANE_RETRIES => {
+                    tokio::time::sleep(throttled.next_wait()).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -124,7 +125,7 @@ impl Stream {
     pub async fn list_shards(&self, page_size: i32) -> Result<Vec<ShardSpec>, KinesisError> {
         let mut shards = Vec::new();
         let mut next: Option<String> = None;
-        let mut throttled = 0u32;
+        let mut throttled = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             // Pages are chained with ExclusiveStartShardId rather than
             // NextToken: that keeps the stream ARN (what a cross-account
@@ -140,9 +141,8 @@ impl Stream {
                 Err(e) => match KinesisError::classify(e, &self.arn, "kinesis:ListShards") {
                     // ListShards allows 1000 calls/s per account, shared with
                     // every other reader of the stream: wait, then retry.
-                    KinesisError::Throttled(_) if throttled < 10 => {
-                        throttled += 1;
-                        tokio::time::sleep(Duration::from_millis(200 * u64::from(throttled))).await;
+                    KinesisError::Throttled(_) if throttled.failures() < CONTROL_PLANE_RETRIES => {
+                        tokio::time::sleep(throttled.next_wait()).await;
                         continue;
                     }
                     other => return Err(other),
