@@ -7,6 +7,8 @@
 //! and writes the very same values so that a lease table can move between the
 //! KCL and kcld in both directions.
 
+#![deny(missing_docs)]
+
 use std::fmt;
 
 mod sequence;
@@ -17,11 +19,15 @@ pub use sequence::{ParseSequenceError, SequenceNumber};
 /// aggregate. Plain records have sub-sequence number 0.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ExtendedSequenceNumber {
+    /// The Kinesis sequence number of the record, or of the aggregate it came
+    /// from.
     pub sequence: SequenceNumber,
+    /// The sub-record's index inside its KPL aggregate; 0 for plain records.
     pub sub_sequence: u64,
 }
 
 impl ExtendedSequenceNumber {
+    /// Pairs a sequence number with a sub-sequence number.
     pub fn new(sequence: SequenceNumber, sub_sequence: u64) -> Self {
         Self {
             sequence,
@@ -57,9 +63,17 @@ pub enum Checkpoint {
 }
 
 impl Checkpoint {
+    /// The `checkpoint` string the lease table stores for
+    /// [`Checkpoint::TrimHorizon`].
     pub const TRIM_HORIZON: &'static str = "TRIM_HORIZON";
+    /// The `checkpoint` string the lease table stores for
+    /// [`Checkpoint::Latest`].
     pub const LATEST: &'static str = "LATEST";
+    /// The `checkpoint` string the lease table stores for
+    /// [`Checkpoint::AtTimestamp`].
     pub const AT_TIMESTAMP: &'static str = "AT_TIMESTAMP";
+    /// The `checkpoint` string the lease table stores for
+    /// [`Checkpoint::ShardEnd`].
     pub const SHARD_END: &'static str = "SHARD_END";
 
     /// Reads a checkpoint as the lease table stores it: the `checkpoint`
@@ -138,7 +152,10 @@ pub enum CheckpointError {
     /// Another worker holds the lease now (or it expired): the shard must stop
     /// and nothing may be written on its behalf.
     #[error("the lease on {shard_id} was lost; the checkpoint was not written")]
-    LeaseLost { shard_id: String },
+    LeaseLost {
+        /// The shard whose lease was lost.
+        shard_id: String,
+    },
     /// The store could not be reached or refused for another reason; the
     /// checkpoint may be retried.
     #[error("checkpoint store unavailable: {0}")]
@@ -149,7 +166,12 @@ pub enum CheckpointError {
     Fatal(String),
     /// A checkpoint that would move backwards or past what was delivered.
     #[error("invalid checkpoint for {shard_id}: {reason}")]
-    Invalid { shard_id: String, reason: String },
+    Invalid {
+        /// The shard the checkpoint was meant for.
+        shard_id: String,
+        /// Why the checkpoint was refused.
+        reason: String,
+    },
 }
 
 /// Writes the confirmed position of one leased shard.

@@ -18,6 +18,8 @@ pub struct SequenceNumber(Bytes);
 /// The longest sequence number the Kinesis API allows (`0|([1-9]\d{0,128})`).
 const MAX_DIGITS: usize = 129;
 
+/// A string that is not a valid Kinesis sequence number; holds the rejected
+/// input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not a Kinesis sequence number: {0:?} (expected 1 to 129 decimal digits)")]
 pub struct ParseSequenceError(pub String);
@@ -45,6 +47,7 @@ impl SequenceNumber {
         Ok(SequenceNumber(digits.slice(start..)))
     }
 
+    /// The sequence number as its decimal digits, without leading zeros.
     pub fn as_str(&self) -> &str {
         // SAFETY: `from_bytes` is the only constructor and admits ASCII
         // digits only, which are valid UTF-8.

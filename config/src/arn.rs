@@ -7,9 +7,13 @@ use std::str::FromStr;
 /// A parsed Kinesis data stream ARN.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamArn {
+    /// The AWS partition, e.g. `aws` or `aws-cn`.
     pub partition: String,
+    /// The region the stream lives in, e.g. `us-east-1`.
     pub region: String,
+    /// The 12-digit id of the account that owns the stream.
     pub account: String,
+    /// The stream's name, the part after `stream/`.
     pub stream_name: String,
 }
 
@@ -81,7 +85,9 @@ impl FromStr for StreamArn {
 /// `<stream ARN>/consumer/<name>:<creation timestamp>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsumerArn {
+    /// The stream the consumer is registered on.
     pub stream: StreamArn,
+    /// The consumer's name, as given at registration.
     pub consumer_name: String,
     /// The registration time, epoch seconds, as the ARN spells it.
     pub created: String,

@@ -9,6 +9,8 @@
 //! value (lease table, worker id, region, endpoints) resolved, so the rest of
 //! kcld never handles raw configuration. Every error names the key and the fix.
 
+#![deny(missing_docs)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -27,14 +29,25 @@ use validate::validate;
 /// A configuration problem: the key, what is wrong, and what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// One key is unknown, missing or has a value kcld cannot use.
     #[error("config key `{key}`: {problem}; {fix}")]
     Key {
+        /// The key at fault, e.g. `lease.failover_time_ms`.
         key: String,
+        /// What is wrong with the value.
         problem: String,
+        /// What to change to fix it.
         fix: String,
     },
+    /// A configuration file is missing or cannot be read or parsed.
     #[error("config file {path}: {problem}")]
-    File { path: PathBuf, problem: String },
+    File {
+        /// The file that was named.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Any other problem, as the configuration loader describes it.
     #[error("configuration: {0}; every key and its default are in config/kcld.example.toml")]
     Other(String),
 }

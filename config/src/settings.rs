@@ -10,12 +10,16 @@ use crate::arn::{ConsumerArn, StreamArn};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum InitialPosition {
+    /// The oldest record still in the shard (the KCL's `TRIM_HORIZON`).
     TrimHorizon,
+    /// Only records that arrive after the shard is first read (`LATEST`).
     Latest,
     /// Records that arrived at or after this time (RFC 3339, kept as given
     /// and as epoch milliseconds).
     AtTimestamp {
+        /// The time as configured.
         rfc3339: String,
+        /// The same time in milliseconds since the Unix epoch.
         epoch_millis: i64,
     },
 }
@@ -23,10 +27,18 @@ pub enum InitialPosition {
 /// Validated settings; see `config/kcld.example.toml` for each key.
 #[derive(Clone, Debug, Serialize)]
 pub struct Settings {
+    /// Names this consumer; the lease table is named after it unless set, as in
+    /// the KCL.
     pub application_name: String,
+    /// The stream to read; its account and region come from here.
     pub stream_arn: StreamArn,
+    /// The DynamoDB table for leases and checkpoints; `application_name` unless
+    /// set.
     pub lease_table: String,
+    /// This worker's id in the lease table (`leaseOwner`); `<hostname>-<uuid>`,
+    /// new at every start, unless set.
     pub worker_id: String,
+    /// Where a shard with no checkpoint starts reading.
     pub initial_position: InitialPosition,
     /// After SIGTERM/SIGINT: time to finish in-flight batches, write final
     /// checkpoints and release leases.
@@ -34,12 +46,19 @@ pub struct Settings {
     /// Enhanced fan-out (SubscribeToShard) instead of polling, when a
     /// consumer is configured.
     pub fan_out: Option<FanOutSettings>,
+    /// AWS endpoints, regions and credentials.
     pub aws: AwsSettings,
+    /// How leases are kept, taken and balanced.
     pub lease: LeaseSettings,
+    /// How often confirmed records are checkpointed.
     pub checkpoint: CheckpointSettings,
+    /// How shards are read with GetRecords.
     pub polling: PollingSettings,
+    /// Where records are delivered.
     pub sink: SinkSettings,
+    /// Log format and level.
     pub log: LogSettings,
+    /// The metrics and health endpoint.
     pub ops: OpsSettings,
 }
 
@@ -57,6 +76,7 @@ pub enum FanOutConsumer {
 /// Reading through an enhanced fan-out consumer with SubscribeToShard.
 #[derive(Clone, Debug, Serialize)]
 pub struct FanOutSettings {
+    /// The consumer to subscribe through.
     pub consumer: FanOutConsumer,
     /// A subscription with no event for this long is restarted.
     pub stall_timeout_ms: u64,
@@ -71,29 +91,44 @@ pub struct FanOutSettings {
     pub end_check_interval_ms: u64,
 }
 
+/// The operations endpoint: Prometheus metrics and health probes.
 #[derive(Clone, Debug, Serialize)]
 pub struct OpsSettings {
     /// Where /metrics, /healthz and /readyz are served; `None` = off.
     pub listen: Option<std::net::SocketAddr>,
 }
 
+/// AWS endpoints, regions and credentials, with every default resolved.
 #[derive(Clone, Debug, Serialize)]
 pub struct AwsSettings {
     /// Resolved: `aws.kinesis_endpoint`, else `AWS_ENDPOINT_URL_KINESIS`,
     /// else `aws.endpoint`, else `AWS_ENDPOINT_URL`, else the AWS default.
     pub kinesis_endpoint: Option<String>,
+    /// Resolved like `kinesis_endpoint`, from `aws.dynamodb_endpoint` and
+    /// `AWS_ENDPOINT_URL_DYNAMODB`.
     pub dynamodb_endpoint: Option<String>,
+    /// Resolved like `kinesis_endpoint`, from `aws.sts_endpoint` and
+    /// `AWS_ENDPOINT_URL_STS`.
     pub sts_endpoint: Option<String>,
     /// Region of the lease table; the stream's region unless set.
     pub dynamodb_region: String,
+    /// A PEM CA certificate to trust besides the system's; `None` = the
+    /// system's only.
     pub ca_file: Option<PathBuf>,
+    /// A role to assume for Kinesis calls; `None` = Kinesis uses the default
+    /// credentials too.
     pub assume_role: Option<AssumeRole>,
 }
 
+/// A role assumed through STS for the Kinesis calls only; DynamoDB keeps the
+/// default credentials.
 #[derive(Clone, Debug, Serialize)]
 pub struct AssumeRole {
+    /// The ARN of the role to assume.
     pub role_arn: String,
+    /// The role session name; `kcld` unless set.
     pub session_name: String,
+    /// The external id the role's trust policy requires; `None` = none is sent.
     pub external_id: Option<String>,
 }
 
@@ -107,17 +142,28 @@ pub enum LeaseStore {
     Memory,
 }
 
+/// How leases are kept, taken and balanced; the timings mirror the KCL's.
 #[derive(Clone, Debug, Serialize)]
 pub struct LeaseSettings {
+    /// Where leases and checkpoints are kept.
     pub store: LeaseStore,
+    /// A lease whose counter has not moved for this long, in milliseconds, may
+    /// be taken by another worker (the KCL's `failoverTimeMillis`).
     pub failover_time_ms: u64,
+    /// How often the lease table is scanned for leases to take, in
+    /// milliseconds.
     pub take_interval_ms: u64,
+    /// How often shards are listed to add leases for new shards and remove
+    /// finished parents, in milliseconds.
     pub shard_sync_interval_ms: u64,
     /// 0 = no limit.
     pub max_leases_per_worker: u64,
+    /// The most leases taken from a busier worker in one scan (the KCL's
+    /// `maxLeasesToStealAtOneTime`).
     pub max_leases_to_steal: u64,
 }
 
+/// When confirmed records are checkpointed.
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckpointSettings {
     /// Checkpoint confirmed records at least this often...
@@ -126,6 +172,7 @@ pub struct CheckpointSettings {
     pub max_records: u64,
 }
 
+/// Reading shards with GetRecords.
 #[derive(Clone, Debug, Serialize)]
 pub struct PollingSettings {
     /// `Limit` of each GetRecords call, 1 to 10,000.
@@ -133,6 +180,7 @@ pub struct PollingSettings {
     /// Wait after an empty GetRecords before the next call on that shard;
     /// it doubles with every further empty read, up to `max_idle_time_ms`.
     pub idle_time_between_reads_ms: u64,
+    /// The longest wait between reads of an idle shard, in milliseconds.
     pub max_idle_time_ms: u64,
     /// Record data read ahead of the sink, per shard...
     pub prefetch_bytes: u64,
@@ -140,26 +188,34 @@ pub struct PollingSettings {
     pub prefetch_total_bytes: u64,
 }
 
+/// Which sink records are delivered to (the `sink.type` key).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SinkKind {
+    /// One JSON object per record and line on stdout, in the shape of a Lambda
+    /// Kinesis event record.
     Stdout,
     /// POST batches in the Lambda Kinesis event shape to `sink.url`.
     Http,
 }
 
+/// Where and how records are delivered.
 #[derive(Clone, Debug, Serialize)]
 pub struct SinkSettings {
+    /// The sink in use.
     #[serde(rename = "type")]
     pub kind: SinkKind,
     /// `invokeIdentityArn` of each record; empty when not configured.
     pub invoke_identity_arn: String,
+    /// The HTTP sink's settings; present exactly when `kind` is
+    /// [`SinkKind::Http`].
     pub http: Option<HttpSinkSettings>,
 }
 
 /// The HTTP sink, with the semantics of a Lambda event source mapping.
 #[derive(Clone, Debug, Serialize)]
 pub struct HttpSinkSettings {
+    /// The application's endpoint the batches are POSTed to.
     pub url: String,
     /// Records per request, 1 to 10,000.
     pub batch_size: usize,
@@ -173,6 +229,7 @@ pub struct HttpSinkSettings {
     /// Where records that exhausted their retries are written (JSON lines)
     /// before they are checkpointed past.
     pub on_failure_file: Option<PathBuf>,
+    /// How long one request may take, in milliseconds.
     pub timeout_ms: u64,
     /// Requests in flight per shard, 1 to 10; records of one partition key
     /// always go through the same one, in order.
@@ -181,15 +238,20 @@ pub struct HttpSinkSettings {
     pub batching_window_ms: u64,
 }
 
+/// How log lines are written to stderr.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Plain lines for people.
     Text,
+    /// One JSON object per line, for log shippers.
     Json,
 }
 
+/// Logging to stderr.
 #[derive(Clone, Debug, Serialize)]
 pub struct LogSettings {
+    /// How each line is written.
     pub format: LogFormat,
     /// A tracing filter directive, e.g. `info` or `kcld=debug,info`.
     pub level: String,

@@ -19,7 +19,10 @@ use crate::error::{Error, Result};
 /// The clients kcld talks to, configured for the stream's region.
 #[derive(Clone, Debug)]
 pub struct Clients {
+    /// Kinesis in the stream's region, with the assumed role's credentials when
+    /// one is configured.
     pub kinesis: aws_sdk_kinesis::Client,
+    /// DynamoDB in the lease table's region, with the default credentials.
     pub dynamodb: aws_sdk_dynamodb::Client,
     /// STS with the default credentials, for the caller's identity.
     pub sts: aws_sdk_sts::Client,

@@ -35,16 +35,21 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormatArg>,
 
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The values of `--log-format`, as for `log.format`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormatArg {
+    /// Plain lines for people.
     Text,
+    /// One JSON object per line, for log shippers.
     Json,
 }
 
+/// What kcld is asked to do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Read the stream and deliver its records until SIGTERM or SIGINT.
@@ -86,6 +91,7 @@ pub enum Command {
     },
 }
 
+/// The arguments of `kcld multilang`, as the KCL's MultiLangDaemon takes them.
 #[derive(Debug, clap::Args)]
 pub struct MultiLangArgs {
     /// The MultiLangDaemon properties file (executableName, applicationName,
@@ -101,6 +107,7 @@ pub struct MultiLangArgs {
     pub log_configuration: Option<PathBuf>,
 }
 
+/// The arguments of `kcld policy`.
 #[derive(Debug, clap::Args)]
 pub struct PolicyArgs {
     /// The consumer's IAM role ARN: the principal of the resource policies.

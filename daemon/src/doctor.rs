@@ -12,17 +12,24 @@ use crate::stream::{KinesisError, StartAt, Stream};
 /// One row of the report.
 #[derive(Debug, serde::Serialize)]
 pub struct Check {
+    /// What was checked, e.g. `caller identity`.
     pub check: String,
+    /// Whether the check passed.
     pub ok: bool,
+    /// What was found, or the error on failure.
     pub detail: String,
     /// For an access failure: what to add, and where.
     pub fix: Option<Fix>,
 }
 
+/// How to grant a permission a check found missing.
 #[derive(Debug, serde::Serialize)]
 pub struct Fix {
+    /// The IAM action that was denied, e.g. `kinesis:GetRecords`.
     pub missing_action: String,
+    /// Who must add the statement, and to which policy.
     pub fixed_by: String,
+    /// The policy statement to add, as JSON.
     pub statement: serde_json::Value,
 }
 

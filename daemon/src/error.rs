@@ -19,6 +19,8 @@ pub enum Error {
     /// The record sink failed for good (stdout closed, ...): exit code 1.
     #[error("sink: {0}")]
     Sink(String),
+    /// Anything else that stops kcld (TLS or metrics setup, a bad sink URL,
+    /// ...): exit code 1.
     #[error("{0}")]
     Other(String),
 }
@@ -33,4 +35,5 @@ impl Error {
     }
 }
 
+/// A result whose error defaults to [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

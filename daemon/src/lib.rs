@@ -3,6 +3,8 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the codemap.
 
+#![deny(missing_docs)]
+
 pub mod aws;
 pub mod backoff;
 pub mod builder;

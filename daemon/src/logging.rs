@@ -4,6 +4,8 @@
 use kcld_config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
+/// Installs the global log subscriber on stderr in `format`, filtered by
+/// `KCLD_LOG` if set and valid, else by `level`, else `info`.
 pub fn init(format: &LogFormat, level: &str) {
     let filter = std::env::var("KCLD_LOG")
         .ok()

@@ -33,10 +33,12 @@ pub struct Health {
 }
 
 impl Health {
+    /// Credentials were resolved from the default chain.
     pub fn credentials_resolved(&self) {
         self.credentials.store(true, Ordering::Release);
     }
 
+    /// The stream was described (it exists and this account may read it).
     pub fn stream_described(&self) {
         self.stream.store(true, Ordering::Release);
     }
@@ -156,10 +158,12 @@ pub mod systemd {
     use sd_notify::NotifyState;
     use tokio_util::sync::CancellationToken;
 
+    /// Tells systemd the service is up (READY=1).
     pub fn ready() {
         let _ = sd_notify::notify(&[NotifyState::Ready]);
     }
 
+    /// Tells systemd the service is shutting down (STOPPING=1).
     pub fn stopping() {
         let _ = sd_notify::notify(&[NotifyState::Stopping]);
     }

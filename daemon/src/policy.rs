@@ -84,8 +84,12 @@ pub fn consumer_access_denied_message(
 /// or the MultiLang properties file's ([`ForeignRegistration::properties_error`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ForeignRegistration {
+    /// The other account's stream the consumer was looked up on.
     pub stream: StreamArn,
+    /// The consumer name that was not found.
     pub name: String,
+    /// The account kcld runs as, which may not register a consumer on the
+    /// stream.
     pub caller_account: String,
 }
 
@@ -166,12 +170,18 @@ pub const LEASE_TABLE_ACTIONS: [&str; 7] = [
 
 /// Everything `kcld policy` prints.
 pub struct PolicyRequest<'a> {
+    /// The shared stream to read.
     pub stream: &'a StreamArn,
     /// The consumer's IAM role ARN (the principal).
     pub role_arn: &'a str,
+    /// An enhanced fan-out consumer to read through; `None` = polling only, no
+    /// consumer policy.
     pub consumer_arn: Option<&'a str>,
+    /// The stream's customer-managed KMS key; `None` = no decrypt statements.
     pub kms_key_arn: Option<&'a str>,
+    /// The lease table's name.
     pub lease_table: &'a str,
+    /// The lease table's region, for its ARN.
     pub lease_table_region: &'a str,
 }
 

@@ -13,15 +13,24 @@ use crate::error::{Error, Result};
 /// One lease as `status` shows it.
 #[derive(Debug, Serialize)]
 pub struct LeaseStatus {
+    /// The shard the lease is for.
     pub shard_id: String,
+    /// The lease's `leaseKey` as stored.
     pub lease_key: String,
+    /// The worker holding the lease (`leaseOwner`); `None` = nobody.
     pub owner: Option<String>,
+    /// The `checkpoint` string: a sequence number or a sentinel such as
+    /// `SHARD_END`.
     pub checkpoint: String,
+    /// The `checkpointSubSequenceNumber` beside it.
     pub checkpoint_sub_sequence_number: u64,
+    /// The `leaseCounter`, which the owner increments at every renewal.
     pub lease_counter: i64,
     /// The counter moved while `status` watched: the owner is alive.
     pub renewing: bool,
+    /// The shards this one was split or merged from.
     pub parents: Vec<String>,
+    /// The shards that continue this one.
     pub children: Vec<String>,
     /// A KCL 3 handoff (or a kcld graceful steal) in progress.
     pub checkpoint_owner: Option<String>,

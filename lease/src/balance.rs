@@ -65,6 +65,7 @@ pub struct Plan {
     pub steal: Vec<String>,
     /// The target this worker aimed for, and the live workers counted.
     pub target: usize,
+    /// The live workers counted, this one included.
     pub workers: usize,
 }
 

@@ -8,17 +8,26 @@
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum LeaseKey {
     /// The shard id alone.
-    Single { shard_id: String },
+    Single {
+        /// The shard id, which is the whole `leaseKey`.
+        shard_id: String,
+    },
     /// `account:stream:creationEpoch:shardId`.
     Multi {
+        /// The 12-digit id of the account that owns the stream.
         account: String,
+        /// The stream's name.
         stream: String,
+        /// The stream's creation time in epoch seconds, as written in the key.
         creation_epoch: String,
+        /// The shard the lease is for.
         shard_id: String,
     },
 }
 
 impl LeaseKey {
+    /// Reads a `leaseKey`: multi-stream when it has four `:`-separated parts
+    /// with a 12-digit account and a numeric epoch, else a shard id.
     pub fn parse(key: &str) -> Self {
         let parts: Vec<&str> = key.split(':').collect();
         match parts.as_slice() {
@@ -42,6 +51,7 @@ impl LeaseKey {
         }
     }
 
+    /// The shard the lease is for, in either format.
     pub fn shard_id(&self) -> &str {
         match self {
             LeaseKey::Single { shard_id } | LeaseKey::Multi { shard_id, .. } => shard_id,
@@ -98,7 +108,9 @@ impl LeaseKey {
 /// The stream kcld reads: which leases of a table are its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamScope {
+    /// The 12-digit id of the account that owns the stream.
     pub account: String,
+    /// The stream's name.
     pub stream_name: String,
     /// The stream's creation time in epoch seconds (the KCL's
     /// `creationEpoch`), when known. A stream deleted and created again

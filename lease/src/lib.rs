@@ -9,6 +9,8 @@
 //! instance ([`memory::MemoryLeases`]); a DynamoDB source with the KCL's
 //! schema plugs in behind the same trait.
 
+#![deny(missing_docs)]
+
 use std::sync::Arc;
 
 use kcld_checkpoint::{Checkpoint, CheckpointError, Checkpointer};
@@ -20,12 +22,14 @@ pub mod memory;
 /// What the lease layer needs to know of a shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardSpec {
+    /// The shard's id, e.g. `shardId-000000000000`.
     pub shard_id: String,
     /// The shard's parents: one after a split, two after a merge, none for an
     /// original shard. A child is read only once every parent has ended.
     pub parents: Vec<String>,
     /// The hash key range, as the decimal strings the lease table stores.
     pub starting_hash_key: String,
+    /// The range's last hash key, included.
     pub ending_hash_key: String,
     /// The shard has an ending sequence number: it takes no new records.
     pub closed: bool,
@@ -34,6 +38,7 @@ pub struct ShardSpec {
 /// A shard this worker may read until `lost` fires.
 #[derive(Clone)]
 pub struct Grant {
+    /// The shard granted.
     pub shard: ShardSpec,
     /// Where to resume: a sentinel for a shard never checkpointed, else the
     /// last confirmed position (records at or before it are skipped).
@@ -102,6 +107,8 @@ pub trait LeaseSource: Send {
 /// Lists the shards of the stream, for lease sources that create leases.
 #[async_trait::async_trait]
 pub trait ShardLister: Send + Sync {
+    /// Every shard of the stream, open and closed; the error says why they
+    /// could not be listed.
     async fn list_shards(&self) -> Result<Vec<ShardSpec>, String>;
 }
 

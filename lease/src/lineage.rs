@@ -22,7 +22,9 @@ use crate::ShardSpec;
 /// A lease as lineage sees it: its shard and that shard's parents.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Leased {
+    /// The shard the lease is for.
     pub shard_id: String,
+    /// The shard's parents, from the lease's `parentShardId`s.
     pub parents: Vec<String>,
 }
 
@@ -40,6 +42,8 @@ pub struct Lineage {
 }
 
 impl Lineage {
+    /// Joins a ListShards result with the table's leases; where both name a
+    /// shard's parents, ListShards wins.
     pub fn new(listed: &[ShardSpec], leased: &[Leased]) -> Self {
         let mut parents: HashMap<String, Vec<String>> = leased
             .iter()

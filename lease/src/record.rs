@@ -14,22 +14,44 @@ pub type Item = HashMap<String, AttributeValue>;
 
 /// The attribute names of the KCL's lease table.
 pub mod attr {
+    /// The item's key: the shard id, or `account:stream:creationEpoch:shardId`
+    /// for a multi-stream lease.
     pub const LEASE_KEY: &str = "leaseKey";
+    /// The worker id of the holder; absent when nobody holds the lease.
     pub const LEASE_OWNER: &str = "leaseOwner";
+    /// Incremented by every write of the owner; conditional writes check it.
     pub const LEASE_COUNTER: &str = "leaseCounter";
+    /// How often the lease changed owner since its last checkpoint.
     pub const OWNER_SWITCHES: &str = "ownerSwitchesSinceCheckpoint";
+    /// The confirmed position: a sequence number or a sentinel such as
+    /// `SHARD_END`.
     pub const CHECKPOINT: &str = "checkpoint";
+    /// The sub-sequence number beside `checkpoint`.
     pub const CHECKPOINT_SUB: &str = "checkpointSubSequenceNumber";
+    /// A checkpoint prepared but not yet committed (the KCL's two-phase
+    /// checkpoint).
     pub const PENDING_CHECKPOINT: &str = "pendingCheckpoint";
+    /// The sub-sequence number beside `pendingCheckpoint`.
     pub const PENDING_CHECKPOINT_SUB: &str = "pendingCheckpointSubSequenceNumber";
+    /// The application state the KCL stores with a prepared checkpoint.
     pub const PENDING_CHECKPOINT_STATE: &str = "pendingCheckpointState";
+    /// The ids of the shard's parents, a string set.
     pub const PARENT_SHARD_ID: &str = "parentShardId";
+    /// The ids of the shard's children, a string set written when the shard
+    /// ended.
     pub const CHILD_SHARD_IDS: &str = "childShardIds";
+    /// The first hash key of the shard's range, as a decimal string.
     pub const STARTING_HASH_KEY: &str = "startingHashKey";
+    /// The last hash key of the shard's range, included, as a decimal string.
     pub const ENDING_HASH_KEY: &str = "endingHashKey";
+    /// KCL 3 graceful handoff: the worker that still checkpoints while
+    /// `leaseOwner` already names the next one.
     pub const CHECKPOINT_OWNER: &str = "checkpointOwner";
+    /// What an item is; KCL 3 keeps items other than leases in the same table.
     pub const ENTITY_TYPE: &str = "entityType";
+    /// `account:stream:creationEpoch` of a multi-stream lease.
     pub const STREAM_NAME: &str = "streamName";
+    /// The shard id of a multi-stream lease.
     pub const SHARD_ID: &str = "shardId";
     /// `entityType` of a lease; items of any other type are not leases.
     pub const ENTITY_LEASE: &str = "LEASE";
@@ -42,19 +64,30 @@ const NON_LEASE_KEYS: [&str; 3] = ["Leader", "Migration3.0", "TableMigration3.5"
 /// A lease as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseRecord {
+    /// The `leaseKey`, parsed.
     pub key: LeaseKey,
     /// Absent: nobody holds the lease.
     pub owner: Option<String>,
     /// Bumped by every write of the owner; a counter that stops moving for
     /// the failover time means the owner is gone.
     pub counter: i64,
+    /// The last confirmed position (`checkpoint` and
+    /// `checkpointSubSequenceNumber`).
     pub checkpoint: Checkpoint,
     /// A checkpoint the KCL prepared but did not commit; kept, never acted on.
     pub pending_checkpoint: Option<Checkpoint>,
+    /// `ownerSwitchesSinceCheckpoint`: how often the lease changed owner since
+    /// the last checkpoint.
     pub owner_switches: i64,
+    /// `parentShardId`: the shards this one was split or merged from.
     pub parents: Vec<String>,
+    /// `childShardIds`: the shards that follow this one, recorded once it
+    /// ended.
     pub children: Vec<String>,
+    /// `startingHashKey`, a decimal string; absent when the lease does not
+    /// record its range.
     pub starting_hash_key: Option<String>,
+    /// `endingHashKey`, included in the range; absent like `starting_hash_key`.
     pub ending_hash_key: Option<String>,
     /// KCL 3 graceful handoff: the old owner still checkpoints.
     pub checkpoint_owner: Option<String>,
@@ -87,6 +120,7 @@ impl LeaseRecord {
         }
     }
 
+    /// The shard the lease is for.
     pub fn shard_id(&self) -> &str {
         self.key.shard_id()
     }

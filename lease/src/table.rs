@@ -23,15 +23,20 @@ pub enum TableError {
     /// gone). For a renewal or checkpoint this means the lease was lost.
     #[error("conditional check failed")]
     ConditionFailed,
+    /// A table of that name exists with another key schema than `leaseKey`
+    /// alone; says what to do.
     #[error("{0}")]
     WrongSchema(String),
+    /// The role may not make the call; names the actions the IAM role needs.
     #[error("{0}")]
     AccessDenied(String),
+    /// The table does not exist; holds its name.
     #[error("lease table {0} does not exist")]
     NotFound(String),
     /// Throttled, unreachable, or a server error: try again later.
     #[error("lease table unavailable: {0}")]
     Unavailable(String),
+    /// Any other error of the call, with its code and message.
     #[error("{0}")]
     Other(String),
 }
@@ -74,6 +79,7 @@ impl TableError {
 /// One scan of the table.
 #[derive(Debug, Default)]
 pub struct Scan {
+    /// Every lease item that could be read, of any stream in the table.
     pub leases: Vec<LeaseRecord>,
     /// Lease items that could not be read (a bad checkpoint, say).
     pub unreadable: Vec<Unreadable>,
@@ -84,6 +90,7 @@ pub struct Scan {
 pub struct Unreadable {
     /// Its `leaseKey` (empty if it has none).
     pub key: String,
+    /// Why it could not be read.
     pub error: String,
 }
 
@@ -95,6 +102,7 @@ pub struct LeaseTable {
 }
 
 impl LeaseTable {
+    /// The table `name`, reached through `client`.
     pub fn new(client: aws_sdk_dynamodb::Client, name: impl Into<String>) -> Self {
         LeaseTable {
             client,
@@ -102,6 +110,7 @@ impl LeaseTable {
         }
     }
 
+    /// The table's name.
     pub fn name(&self) -> &str {
         &self.name
     }

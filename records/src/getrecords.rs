@@ -19,31 +19,52 @@ use crate::{ByteStr, Encryption, Record};
 /// A decoded GetRecords response: every field the API returns.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Response {
+    /// The records, in shard order, as Kinesis stored them (KPL aggregates not
+    /// yet split).
     pub records: Vec<Record>,
     /// `None` once the shard is closed and read to its end.
     pub next_shard_iterator: Option<String>,
+    /// `MillisBehindLatest`: how far this read was behind the tip of the shard,
+    /// in milliseconds.
     pub millis_behind_latest: Option<i64>,
     /// Present at the end of a closed shard.
     pub child_shards: Option<Vec<ChildShard>>,
 }
 
+/// A shard that continues a closed one, as `ChildShards` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChildShard {
+    /// The child's shard id.
     pub shard_id: String,
+    /// The shards it continues: one after a split, two after a merge.
     pub parent_shards: Vec<String>,
+    /// The first hash key of its range, as a decimal string.
     pub starting_hash_key: String,
+    /// The last hash key of its range, included, as a decimal string.
     pub ending_hash_key: String,
 }
 
 /// Why a body could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// The body is not JSON of the GetRecords shape.
     #[error("GetRecords response is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// A record's `Data` is not valid base64.
     #[error("GetRecords record {index}: Data is not base64")]
-    Base64 { index: usize },
+    Base64 {
+        /// The record's position in `Records`, from 0.
+        index: usize,
+    },
+    /// A record's field has a value that cannot be used (a bad sequence number
+    /// or arrival time).
     #[error("GetRecords record {index}: {message}")]
-    Field { index: usize, message: String },
+    Field {
+        /// The record's position in `Records`, from 0.
+        index: usize,
+        /// What is wrong with the field.
+        message: String,
+    },
 }
 
 /// A string borrowed from the body where it has no escapes. (serde borrows

@@ -62,6 +62,7 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Adds `other`'s counts to these.
     pub fn add(&mut self, other: &Stats) {
         self.plain += other.plain;
         self.aggregates += other.aggregates;
@@ -74,7 +75,9 @@ impl Stats {
 /// An inclusive hash key range of a shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HashRange {
+    /// The lowest hash key in the range.
     pub start: u128,
+    /// The highest hash key in the range, included.
     pub end: u128,
 }
 
@@ -87,6 +90,7 @@ impl HashRange {
         })
     }
 
+    /// Whether `hash` lies in the range, either end included.
     pub fn contains(&self, hash: u128) -> bool {
         (self.start..=self.end).contains(&hash)
     }

@@ -7,6 +7,8 @@
 //!
 //! Nothing here does I/O, so both are fuzzed and benchmarked on their own.
 
+#![deny(missing_docs)]
+
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -29,12 +31,14 @@ impl ByteStr {
         Ok(ByteStr(bytes))
     }
 
+    /// The string, borrowed.
     pub fn as_str(&self) -> &str {
         // SAFETY: every constructor checks (or receives a `str`), and the
         // bytes are immutable afterwards.
         unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 
+    /// The underlying bytes, shared rather than copied.
     pub fn as_bytes(&self) -> &Bytes {
         &self.0
     }
@@ -74,11 +78,14 @@ impl fmt::Debug for ByteStr {
 /// Server-side encryption of a record, as GetRecords reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Encryption {
+    /// The record is not encrypted.
     None,
+    /// The record is encrypted with a KMS key.
     Kms,
 }
 
 impl Encryption {
+    /// The name GetRecords uses: `NONE` or `KMS`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Encryption::None => "NONE",
@@ -90,17 +97,25 @@ impl Encryption {
 /// One record of a shard, or one user record of a KPL aggregate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
+    /// The record's sequence number; the user records of one KPL aggregate
+    /// share it.
     pub sequence_number: SequenceNumber,
     /// Index inside a KPL aggregate; 0 for a plain record.
     pub sub_sequence_number: u64,
     /// True for a user record taken out of a KPL aggregate (it shares its
     /// sequence number with its siblings).
     pub aggregated: bool,
+    /// The key Kinesis routes the record by; for a KPL user record, its own
+    /// key.
     pub partition_key: ByteStr,
+    /// The explicit hash key of a KPL user record that has one; `None` for
+    /// records as GetRecords returns them.
     pub explicit_hash_key: Option<ByteStr>,
+    /// The record's payload (of a KPL user record: its own data).
     pub data: Bytes,
     /// When Kinesis accepted the record, in milliseconds since the epoch.
     pub approximate_arrival_ms: i64,
+    /// `EncryptionType`; `None` when GetRecords did not report it.
     pub encryption: Option<Encryption>,
 }
 
@@ -114,7 +129,9 @@ impl Record {
 /// Consecutive records of one shard, in shard order.
 #[derive(Clone, Debug)]
 pub struct Batch {
+    /// The shard the records are from.
     pub shard_id: Arc<str>,
+    /// The records, in shard order.
     pub records: Vec<Record>,
     /// How far the read was behind the tip of the shard, when known.
     pub millis_behind_latest: Option<i64>,

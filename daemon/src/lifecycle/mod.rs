@@ -63,6 +63,7 @@ impl RecordSource for Reader {
 /// Opens a shard's source at a position: once at the start, and again
 /// whenever a processor is replaced.
 pub trait Sources: Send {
+    /// A source that reads the shard from `at` on.
     fn open(&mut self, at: &Resume) -> Box<dyn RecordSource>;
 }
 
@@ -89,6 +90,7 @@ pub enum ProcessorError {
 
 /// What a processor is told at `initialize`.
 pub struct ShardInfo<'a> {
+    /// The shard this processor is given.
     pub shard_id: &'a str,
     /// The last checkpoint: records after it follow.
     pub checkpoint: &'a Checkpoint,
@@ -101,6 +103,8 @@ pub struct ShardInfo<'a> {
 /// `initialize` and `lease_lost` may checkpoint.
 #[async_trait::async_trait]
 pub trait ShardProcessor: Send {
+    /// Called once before the first records, with the shard and its last
+    /// checkpoint (the KCL's `initialize`).
     async fn initialize(&mut self, _shard: &ShardInfo<'_>) -> Result<(), ProcessorError> {
         Ok(())
     }
@@ -158,6 +162,8 @@ pub trait ShardProcessor: Send {
 
 /// Makes the processor of a shard (a new one after a failure).
 pub trait ProcessorFactory: Send + Sync {
+    /// A new processor for `shard`; an error stops the shard's consumer and is
+    /// returned from [`run`].
     fn create(&self, shard: &ShardSpec) -> Result<Box<dyn ShardProcessor>, Error>;
 }
 
@@ -209,8 +215,11 @@ pub enum CheckpointFailure {
     /// Before the last checkpoint or past the last record delivered.
     #[error("{position} is outside (last checkpoint {last}, last record delivered {largest}]")]
     OutOfRange {
+        /// The position the processor asked to checkpoint.
         position: Checkpoint,
+        /// The last checkpoint written.
         last: Checkpoint,
+        /// The last record delivered to the processor.
         largest: Checkpoint,
     },
     /// The lease is no longer this worker's.

@@ -24,7 +24,9 @@ use crate::sink::{Sink, SinkError};
 /// When confirmed records are checkpointed, and how batches are gathered.
 #[derive(Clone, Copy, Debug)]
 pub struct CheckpointPolicy {
+    /// Checkpoint confirmed records at least this often...
     pub interval: Duration,
+    /// ...and whenever this many were confirmed since the last checkpoint.
     pub max_records: u64,
     /// Gather up to this many records for up to this long before delivering
     /// (a batching window); `None` delivers each read as it comes.
@@ -43,7 +45,9 @@ impl From<&CheckpointSettings> for CheckpointPolicy {
 
 /// Makes a [`SinkProcessor`] per shard, all delivering to one sink.
 pub struct SinkProcessors {
+    /// Where every shard's records are delivered.
     pub sink: Arc<dyn Sink>,
+    /// When each shard's confirmed records are checkpointed.
     pub policy: CheckpointPolicy,
 }
 

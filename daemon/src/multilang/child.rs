@@ -16,10 +16,14 @@ use super::protocol::{self, FromChild};
 /// shard is read again from its last checkpoint by a new one.
 #[derive(Debug, thiserror::Error)]
 pub enum ChildError {
+    /// The process exited or its pipes closed; says how, with its exit
+    /// status when known.
     #[error("the record processor exited ({0})")]
     Exited(String),
+    /// No answer within `timeoutInSeconds` (the limit given).
     #[error("the record processor gave no answer within {0:?} (timeoutInSeconds)")]
     TimedOut(Duration),
+    /// It answered out of turn (a status for another action); says how.
     #[error("the record processor broke the protocol: {0}")]
     Protocol(String),
 }

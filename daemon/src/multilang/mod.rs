@@ -44,6 +44,7 @@ pub struct Processors {
 }
 
 impl Processors {
+    /// Starts processors as the properties file describes.
     pub fn new(settings: Arc<MultiLangSettings>) -> Self {
         Processors { settings }
     }

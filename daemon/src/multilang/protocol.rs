@@ -19,14 +19,21 @@ use crate::record::Batch;
 /// The actions kcld sends; a status names one of them in `responseFor`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
+    /// Tells the processor which shard it reads and where reading resumes.
     Initialize,
+    /// Delivers a batch of records.
     ProcessRecords,
+    /// Tells the processor the lease is gone; it may not checkpoint.
     LeaseLost,
+    /// Tells the processor the shard was read to its end; it must checkpoint.
     ShardEnded,
+    /// Tells the processor the worker is shutting down or handing the lease
+    /// over; its last chance to checkpoint.
     ShutdownRequested,
 }
 
 impl Action {
+    /// The action's name on the wire, as in `action` and `responseFor`.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Initialize => "initialize",
@@ -141,7 +148,10 @@ pub fn checkpoint_reply(request: &CheckpointRequest, error: Option<CheckpointRef
 /// last record delivered (at shard end: SHARD_END).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointRequest {
+    /// The sequence number to checkpoint at; `None` = the last record delivered
+    /// (SHARD_END at the shard's end).
     pub sequence_number: Option<String>,
+    /// The sub-sequence number within a KPL aggregate; `None` = 0.
     pub sub_sequence_number: Option<u64>,
     /// Why the request cannot name a position (a `subSequenceNumber` that
     /// is not a whole number, say): refused with IllegalArgumentException,
@@ -166,6 +176,7 @@ pub enum CheckpointRefusal {
 }
 
 impl CheckpointRefusal {
+    /// The KCL exception's class name, sent in the reply's `error` field.
     pub fn as_str(self) -> &'static str {
         match self {
             CheckpointRefusal::InvalidState => "InvalidStateException",
@@ -182,8 +193,10 @@ impl CheckpointRefusal {
 pub enum FromChild {
     /// It finished the action named.
     Status {
+        /// The action it finished, from `responseFor`.
         response_for: String,
     },
+    /// It asks for a checkpoint (`"action":"checkpoint"`).
     Checkpoint(CheckpointRequest),
     /// Not a message kcld acts on (empty, not JSON, another action): the
     /// Java daemon skips these too. Carries the line for the log.

@@ -27,13 +27,18 @@ pub enum Fetched {
     /// Records, in shard order, none of them covered by the starting checkpoint.
     Records(Batch),
     /// The shard is closed and every record was read; these shards follow it.
-    ShardEnd { children: Vec<ShardSpec> },
+    ShardEnd {
+        /// The child shards: two after a split, one after a merge.
+        children: Vec<ShardSpec>,
+    },
 }
 
 /// One shard's reader, by the configured strategy (boxed: made once per
 /// shard, moved into its fetch task).
 pub enum Reader {
+    /// Reads with GetRecords.
     Polling(Box<polling::PollingReader>),
+    /// Reads through an enhanced fan-out subscription (SubscribeToShard).
     FanOut(Box<fanout::FanOutReader>),
 }
 
@@ -267,6 +272,9 @@ pub struct Unpacker {
 }
 
 impl Unpacker {
+    /// An unpacker for `shard_id` that drops what `start` says was read before;
+    /// `range` is the shard's hash key range, when known, for counting
+    /// out-of-range user records.
     pub fn new(shard_id: &str, start: &Resume, range: Option<HashRange>) -> Self {
         Unpacker {
             shard_id: Arc::from(shard_id),

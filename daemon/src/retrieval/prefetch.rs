@@ -74,6 +74,7 @@ impl ByteBudget {
 /// A batch read ahead, holding its share of the prefetch budget until the
 /// consumer is done with it.
 pub struct Prefetched {
+    /// What the read produced.
     pub fetched: Fetched,
     _budget: Option<BudgetHeld>,
 }

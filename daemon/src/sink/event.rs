@@ -10,12 +10,16 @@ use crate::record::Record;
 /// What every record of this consumer shares.
 #[derive(Clone, Debug)]
 pub struct EventContext {
+    /// `awsRegion` of each record: the stream's region.
     pub aws_region: String,
+    /// `eventSourceARN` of each record: the stream's ARN.
     pub event_source_arn: String,
+    /// `invokeIdentityArn` of each record; empty when not configured.
     pub invoke_identity_arn: String,
 }
 
 impl EventContext {
+    /// The context for the configured stream and `sink.invoke_identity_arn`.
     pub fn from_settings(settings: &Settings) -> Self {
         EventContext {
             aws_region: settings.stream_arn.region.clone(),

@@ -36,6 +36,8 @@ use super::{Sink, SinkError};
 use crate::error::Error;
 use crate::record::{Batch, Record};
 
+/// POSTs each shard's batches to `sink.url` as Lambda Kinesis events, retrying
+/// as a Lambda event source mapping does.
 pub struct HttpSink {
     context: EventContext,
     settings: HttpSinkSettings,
@@ -56,6 +58,8 @@ enum Outcome {
 }
 
 impl HttpSink {
+    /// A sink for `settings`; fails when `sink.url` is not a URL or
+    /// `on_failure_file` cannot be opened for appending.
     pub fn new(context: EventContext, settings: HttpSinkSettings) -> Result<Self, Error> {
         let uri: hyper::Uri = settings
             .url

@@ -26,7 +26,10 @@ pub enum SinkError {
     /// `stop` fired while the application still had records to take: the
     /// first `confirmed` records of the batch are confirmed, the rest not.
     #[error("stopped with {confirmed} records of the batch confirmed")]
-    Stopped { confirmed: usize },
+    Stopped {
+        /// How many records at the start of the batch are confirmed.
+        confirmed: usize,
+    },
 }
 
 /// Delivers batches of one shard's records to the application.

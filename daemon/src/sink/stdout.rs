@@ -11,12 +11,16 @@ use super::event::{write_record, EventContext};
 use super::{Sink, SinkError};
 use crate::record::Batch;
 
+/// Writes every record as one line of JSON to stdout, in the Lambda Kinesis
+/// event record shape.
 pub struct StdoutSink {
     context: EventContext,
     out: Mutex<tokio::io::Stdout>,
 }
 
 impl StdoutSink {
+    /// A sink on this process's stdout; `context` fills each record's shared
+    /// fields.
     pub fn new(context: EventContext) -> Self {
         StdoutSink {
             context,

@@ -9,6 +9,7 @@ use super::{KinesisError, StartAt, Stream};
 /// An enhanced fan-out consumer as DescribeStreamConsumer reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsumerInfo {
+    /// The consumer's ARN, with its registration timestamp.
     pub arn: String,
     /// CREATING, ACTIVE or DELETING.
     pub status: String,

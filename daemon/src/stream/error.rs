@@ -12,11 +12,16 @@ use crate::policy;
 /// What a failed Kinesis call means for the caller.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum KinesisError {
+    /// The caller may not make the call (IAM, resource policy or KMS key): a
+    /// person must fix it.
     #[error("{message}")]
     AccessDenied {
+        /// The API action that was refused, e.g. `kinesis:GetRecords`.
         action: &'static str,
+        /// What was refused and who can fix it.
         message: String,
     },
+    /// The stream, shard or consumer does not exist; says what to check.
     #[error("{0}")]
     NotFound(String),
     /// ProvisionedThroughputExceeded or LimitExceeded: wait and retry.
@@ -32,6 +37,7 @@ pub enum KinesisError {
     /// No connection to the endpoint, or it timed out.
     #[error("cannot reach Kinesis: {0}")]
     Unreachable(String),
+    /// Any other failure; retried like a transient one.
     #[error("{0}")]
     Other(String),
 }

@@ -24,10 +24,18 @@ pub use error::KinesisError;
 /// Where to start reading a shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StartAt {
+    /// At the oldest record still in the shard (`TRIM_HORIZON`).
     TrimHorizon,
+    /// After the newest record at the time of the call (`LATEST`).
     Latest,
-    AtTimestamp { epoch_millis: i64 },
+    /// At the first record that arrived at or after a time (`AT_TIMESTAMP`).
+    AtTimestamp {
+        /// The time, in milliseconds since the Unix epoch.
+        epoch_millis: i64,
+    },
+    /// At this sequence number (`AT_SEQUENCE_NUMBER`).
     AtSequence(String),
+    /// Just after this sequence number (`AFTER_SEQUENCE_NUMBER`).
     AfterSequence(String),
 }
 
@@ -46,9 +54,13 @@ impl std::fmt::Display for StartAt {
 /// A summary of the stream for logs and readiness.
 #[derive(Clone, Debug)]
 pub struct StreamSummary {
+    /// `StreamStatus`: CREATING, ACTIVE, UPDATING or DELETING.
     pub status: String,
+    /// How many shards are open.
     pub open_shards: i32,
+    /// `EncryptionType`: NONE or KMS.
     pub encryption: String,
+    /// How long records are kept, in hours.
     pub retention_hours: i32,
     /// When the stream was created, in epoch seconds (the KCL's
     /// `creationEpoch` in multi-stream lease keys).
@@ -64,6 +76,7 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// The stream at `arn`, read with `client`.
     pub fn new(client: aws_sdk_kinesis::Client, arn: StreamArn) -> Self {
         let arn_text = arn.to_string();
         Stream {
@@ -73,10 +86,12 @@ impl Stream {
         }
     }
 
+    /// The stream's ARN.
     pub fn arn(&self) -> &StreamArn {
         &self.arn
     }
 
+    /// The Kinesis client every call goes through.
     pub fn client(&self) -> &aws_sdk_kinesis::Client {
         &self.client
     }
@@ -160,6 +175,8 @@ impl Stream {
         Ok(shards)
     }
 
+    /// GetShardIterator: an iterator for `shard_id` starting `at`, valid for
+    /// five minutes. Errors are returned, not retried.
     pub async fn shard_iterator(
         &self,
         shard_id: &str,

@@ -44,6 +44,7 @@ use sync::Known;
 /// How this worker takes part in the lease protocol.
 #[derive(Clone, Debug)]
 pub struct LeaseSettings {
+    /// This worker's id, written as `leaseOwner` on the leases it holds.
     pub worker_id: String,
     /// A lease whose counter has not moved for this long is expired.
     pub failover: Duration,
@@ -54,7 +55,10 @@ pub struct LeaseSettings {
     /// How often shards are listed to add missing leases and remove
     /// finished ones.
     pub shard_sync_interval: Duration,
+    /// Never hold more than this many leases; `usize::MAX` = no limit.
     pub max_leases: usize,
+    /// Steal at most this many leases in one scan (the KCL's
+    /// `maxLeasesToStealAtOneTime`).
     pub max_steal: usize,
     /// Where shards start when the table has no lease of this stream yet.
     pub initial: Checkpoint,
