@@ -166,18 +166,7 @@ pub(crate) async fn run_embedded(
 
     health.leases_started();
     ops::systemd::ready();
-    let mut policy = CheckpointPolicy::from(&settings.checkpoint);
-    if let Some(http) = settings
-        .sink
-        .http
-        .as_ref()
-        .filter(|h| h.batching_window_ms > 0)
-    {
-        policy.batching = Some((
-            http.batch_size,
-            Duration::from_millis(http.batching_window_ms),
-        ));
-    }
+    let policy = CheckpointPolicy::from(&settings.checkpoint);
     let budget = Duration::from_millis(settings.shutdown_timeout_ms);
     let prefetch_bytes = settings.polling.prefetch_bytes as usize;
     let total_bytes = settings.polling.prefetch_total_bytes as usize;

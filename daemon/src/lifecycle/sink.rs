@@ -21,16 +21,13 @@ use crate::error::Error;
 use crate::record::Batch;
 use crate::sink::{Sink, SinkError};
 
-/// When confirmed records are checkpointed, and how batches are gathered.
+/// When confirmed records are checkpointed.
 #[derive(Clone, Copy, Debug)]
 pub struct CheckpointPolicy {
     /// Checkpoint confirmed records at least this often...
     pub interval: Duration,
     /// ...and whenever this many were confirmed since the last checkpoint.
     pub max_records: u64,
-    /// Gather up to this many records for up to this long before delivering
-    /// (a batching window); `None` delivers each read as it comes.
-    pub batching: Option<(usize, Duration)>,
 }
 
 impl From<&CheckpointSettings> for CheckpointPolicy {
@@ -38,7 +35,6 @@ impl From<&CheckpointSettings> for CheckpointPolicy {
         CheckpointPolicy {
             interval: Duration::from_millis(s.interval_ms),
             max_records: s.max_records,
-            batching: None,
         }
     }
 }
@@ -150,8 +146,10 @@ impl ShardProcessor for SinkProcessor {
         Ok(())
     }
 
+    /// The sink's own batching window (the HTTP sink's, as a Lambda event
+    /// source mapping gathers records).
     fn batching(&self) -> Option<(usize, Duration)> {
-        self.policy.batching
+        self.sink.batching_window()
     }
 
     /// SHARD_END, retried while the lease table is unavailable; a lost

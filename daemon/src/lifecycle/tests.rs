@@ -584,7 +584,6 @@ async fn the_sink_processor_checkpoints_only_the_confirmed_prefix() {
         policy: CheckpointPolicy {
             interval: Duration::from_secs(3600),
             max_records: 1000,
-            batching: None,
         },
     });
     let outcome = run_to_end(g, &shard, processors).await.unwrap();

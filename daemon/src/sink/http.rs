@@ -220,6 +220,17 @@ impl Sink for HttpSink {
     /// partition key into that many streams sent side by side, each in
     /// order; when stopped, the confirmed prefix in shard order is what
     /// every stream confirmed.
+    /// `batch_size` records or `batching_window_ms`, whichever comes first
+    /// (Lambda's MaximumBatchingWindowInSeconds); off at 0.
+    fn batching_window(&self) -> Option<(usize, Duration)> {
+        (self.settings.batching_window_ms > 0).then(|| {
+            (
+                self.settings.batch_size,
+                Duration::from_millis(self.settings.batching_window_ms),
+            )
+        })
+    }
+
     async fn deliver(&self, batch: &Batch, stop: &CancellationToken) -> Result<(), SinkError> {
         let shard = &*batch.shard_id;
         let factor = self.settings.parallelization_factor.max(1);

@@ -44,6 +44,13 @@ pub trait Sink: Send + Sync {
     /// went to a failure destination). A sink that retries should watch
     /// `stop` and return [`SinkError::Stopped`] with the confirmed prefix.
     async fn deliver(&self, batch: &Batch, stop: &CancellationToken) -> Result<(), SinkError>;
+
+    /// Gather up to this many records for up to this long before calling
+    /// `deliver` (a batching window); `None` delivers each read as it
+    /// comes.
+    fn batching_window(&self) -> Option<(usize, std::time::Duration)> {
+        None
+    }
 }
 
 /// The sink the configuration names.
