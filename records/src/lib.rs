@@ -4,6 +4,8 @@
 //!   data are slices of one buffer and whose strings are slices of the body:
 //!   per response a handful of allocations, none per record.
 //! - [`kpl`] splits KPL aggregates into their user records, again as slices.
+//! - [`lambda`] writes records in a Lambda Kinesis event's shape into a
+//!   reused buffer, for the sinks.
 //!
 //! Nothing here does I/O, so both are fuzzed and benchmarked on their own.
 
@@ -18,6 +20,7 @@ use kcld_checkpoint::{ExtendedSequenceNumber, SequenceNumber};
 
 pub mod getrecords;
 pub mod kpl;
+pub mod lambda;
 
 /// A UTF-8 string kept as a shared byte slice (of a response body or a KPL
 /// aggregate), so that partition keys cost no allocation.

@@ -31,7 +31,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::event::{write_record, EventContext};
+use super::event::{encoded_len, write_record, EventContext};
 use super::{Sink, SinkError};
 use crate::error::Error;
 use crate::record::{Batch, Record};
@@ -91,7 +91,11 @@ impl HttpSink {
     }
 
     async fn post(&self, shard_id: &str, records: &[Record]) -> Outcome {
-        let mut body = Vec::with_capacity(records.len() * 600 + 16);
+        let size: usize = records
+            .iter()
+            .map(|r| encoded_len(&self.context, shard_id, r) + 1)
+            .sum();
+        let mut body = Vec::with_capacity(size + 16);
         body.extend_from_slice(b"{\"Records\":[");
         for (i, r) in records.iter().enumerate() {
             if i > 0 {

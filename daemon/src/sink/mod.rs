@@ -55,7 +55,7 @@ pub trait Sink: Send + Sync {
 
 /// The sink the configuration names.
 pub fn from_settings(settings: &Settings) -> Result<Arc<dyn Sink>, crate::Error> {
-    let context = event::EventContext::from_settings(settings);
+    let context = event::context(settings);
     Ok(match (&settings.sink.kind, &settings.sink.http) {
         (SinkKind::Http, Some(http)) => Arc::new(http::HttpSink::new(context, http.clone())?),
         _ => Arc::new(stdout::StdoutSink::new(context)),

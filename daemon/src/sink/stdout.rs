@@ -7,7 +7,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::event::{write_record, EventContext};
+use super::event::{encoded_len, write_record, EventContext};
 use super::{Sink, SinkError};
 use crate::record::Batch;
 
@@ -32,7 +32,13 @@ impl StdoutSink {
 #[async_trait::async_trait]
 impl Sink for StdoutSink {
     async fn deliver(&self, batch: &Batch, _stop: &CancellationToken) -> Result<(), SinkError> {
-        let mut buf = Vec::with_capacity(batch.records.len() * 512);
+        // Sized once for the whole batch: no growing and copying.
+        let size = batch
+            .records
+            .iter()
+            .map(|r| encoded_len(&self.context, &batch.shard_id, r) + 1)
+            .sum();
+        let mut buf = Vec::with_capacity(size);
         for record in &batch.records {
             write_record(&mut buf, &self.context, &batch.shard_id, record);
             buf.push(b'\n');
