@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub mod arn;
+mod keys;
 pub mod multilang;
 mod raw;
 mod settings;
@@ -72,11 +73,10 @@ pub fn load(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Settings, ConfigError> {
     let env: HashMap<String, String> = env.into_iter().collect();
-    let kcld_vars: config::Map<String, String> = env
-        .iter()
-        .filter(|(k, _)| k.starts_with("KCLD_") && !NOT_KEYS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    // Unknown KCLD_ variables are warnings: a wrapper script's own
+    // variables must not stop kcld.
+    let (known_vars, warnings) = keys::known_env(&env, NOT_KEYS);
+    let kcld_vars: config::Map<String, String> = known_vars.into_iter().collect();
 
     let mut builder = config::Config::builder();
     if let Some(path) = file {
@@ -86,6 +86,7 @@ pub fn load(
                 problem: "no such file; pass an existing TOML file with --config or KCLD_CONFIG (see config/kcld.example.toml)".into(),
             });
         }
+        keys::check_file(path)?;
         builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
     }
     builder = builder.add_source(
@@ -99,7 +100,19 @@ pub fn load(
         .build()
         .and_then(|c| c.try_deserialize())
         .map_err(|e| translate(e, file))?;
-    validate(raw, &env)
+    let mut settings = validate(raw, &env)?;
+    settings.warnings = warnings;
+    Ok(settings)
+}
+
+/// Whether `key` (dotted, as in the file: `polling.max_records`) is a kcld
+/// setting; if not, the error names the closest one and its variable.
+pub fn check_key(key: &str) -> Result<(), ConfigError> {
+    if keys::known().contains(key) {
+        Ok(())
+    } else {
+        Err(keys::unknown_key(key))
+    }
 }
 
 /// Turns the config crate's errors into ones that name the key and the fix.
@@ -107,12 +120,19 @@ fn translate(e: config::ConfigError, file: Option<&Path>) -> ConfigError {
     let text = e.to_string();
     if let Some(rest) = text.split("unknown field `").nth(1) {
         let field = rest.split('`').next().unwrap_or_default();
-        let env = format!("KCLD_{}", field.to_ascii_uppercase());
+        return keys::unknown_key(field);
+    }
+    // A value of the wrong type: "invalid type: ..., expected ... for key
+    // `polling.max_records` ...".
+    if let Some((problem, rest)) = text.split_once(" for key `") {
+        let key = rest.split('`').next().unwrap_or_default();
         return ConfigError::key(
-            field,
-            "is not a kcld setting",
+            key,
+            problem.trim(),
             format!(
-                "check its spelling and section against config/kcld.example.toml (or unset {env})"
+                "give it a value of its type ({}, or {} in the file; see config/kcld.example.toml)",
+                keys::env_name(key),
+                key
             ),
         );
     }

@@ -1,9 +1,9 @@
 //! The configuration as written: every key optional, unknown keys refused.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The file as written: every key optional, defaults applied by serde.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawSettings {
     pub(crate) application_name: Option<String>,
@@ -25,7 +25,7 @@ pub(crate) struct RawSettings {
     pub(crate) ops: RawOps,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawFanOut {
     pub(crate) stall_timeout_ms: Option<i64>,
@@ -34,13 +34,13 @@ pub(crate) struct RawFanOut {
     pub(crate) end_check_interval_ms: Option<i64>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawOps {
     pub(crate) listen: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawAws {
     pub(crate) endpoint: Option<String>,
@@ -54,7 +54,7 @@ pub(crate) struct RawAws {
     pub(crate) assume_role_external_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawLease {
     pub(crate) store: Option<String>,
@@ -65,14 +65,14 @@ pub(crate) struct RawLease {
     pub(crate) max_leases_to_steal: Option<i64>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawCheckpoint {
     pub(crate) interval_ms: Option<i64>,
     pub(crate) max_records: Option<i64>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawPolling {
     pub(crate) max_records: Option<i64>,
@@ -82,7 +82,7 @@ pub(crate) struct RawPolling {
     pub(crate) prefetch_total_bytes: Option<i64>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawSink {
     #[serde(rename = "type")]
@@ -99,7 +99,7 @@ pub(crate) struct RawSink {
     pub(crate) batching_window_ms: Option<i64>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawLog {
     pub(crate) format: Option<String>,

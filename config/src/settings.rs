@@ -27,6 +27,10 @@ pub enum InitialPosition {
 /// Validated settings; see `config/kcld.example.toml` for each key.
 #[derive(Clone, Debug, Serialize)]
 pub struct Settings {
+    /// What loading noticed but did not refuse (unknown `KCLD_` variables,
+    /// say): the caller logs them once logging is set up.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
     /// Names this consumer; the lease table is named after it unless set, as in
     /// the KCL.
     pub application_name: String,

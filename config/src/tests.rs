@@ -161,14 +161,6 @@ fn each_bad_value_names_its_key() {
             &[
                 ("KCLD_APPLICATION_NAME", "app"),
                 ("KCLD_STREAM_ARN", ARN),
-                ("KCLD_STREAM_ARM", ARN),
-            ],
-            "stream_arm",
-        ),
-        (
-            &[
-                ("KCLD_APPLICATION_NAME", "app"),
-                ("KCLD_STREAM_ARN", ARN),
                 ("AWS_ENDPOINT_URL_KINESIS", "localhost:4566"),
             ],
             "AWS_ENDPOINT_URL_KINESIS",
@@ -280,4 +272,28 @@ fn a_consumer_turns_fan_out_on_and_must_belong_to_the_stream() {
     ])
     .unwrap_err();
     assert_eq!(err_key(e), "fan_out.subscription_max_age_ms");
+}
+
+#[test]
+fn a_variable_naming_no_setting_is_a_warning_with_the_nearest_one() {
+    // Not fatal: a wrapper script's own KCLD_ variables must not stop kcld.
+    let settings = load(
+        None,
+        env(&[
+            ("KCLD_APPLICATION_NAME", "app"),
+            ("KCLD_STREAM_ARN", ARN),
+            ("KCLD_STREAM_ARM", ARN),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(settings.warnings.len(), 1, "{:?}", settings.warnings);
+    assert!(settings.warnings[0].contains("KCLD_STREAM_ARM"));
+    assert!(settings.warnings[0].contains("did you mean KCLD_STREAM_ARN"));
+}
+
+#[test]
+fn keys_are_checked_by_name() {
+    assert!(check_key("polling.max_records").is_ok());
+    let e = check_key("polling.max_recrds").unwrap_err().to_string();
+    assert!(e.contains("did you mean `polling.max_records`"), "{e}");
 }

@@ -261,6 +261,7 @@ pub(crate) fn validate(
     };
 
     Ok(Settings {
+        warnings: Vec::new(),
         application_name,
         stream_arn,
         lease_table,

@@ -173,6 +173,9 @@ impl ConsumerBuilder {
     /// Validates the configuration. Errors name the key and the fix, as
     /// the daemon's do.
     pub fn build(self) -> Result<Consumer> {
+        for key in self.options.keys() {
+            kcld_config::check_key(key)?;
+        }
         // The AWS SDK's own variables (AWS_REGION, AWS_ENDPOINT_URL_*) count
         // as they do for the daemon; KCLD_ variables of the process do not:
         // the application configures kcld here.

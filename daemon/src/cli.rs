@@ -137,6 +137,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         return run_multilang(args, &cli).await;
     }
     let mut settings: Settings = kcld_config::load(cli.config.as_deref(), std::env::vars())?;
+    if !matches!(cli.command, Command::Run) {
+        // No logger yet for the one-shot commands: straight to stderr.
+        for warning in &settings.warnings {
+            eprintln!("kcld: warning: {warning}");
+        }
+    }
     if let Some(format) = cli.log_format {
         settings.log.format = match format {
             LogFormatArg::Text => LogFormat::Text,
@@ -185,6 +191,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Run => {
             logging::init(&settings.log.format, &settings.log.level);
+            for warning in &settings.warnings {
+                tracing::warn!("{warning}");
+            }
             let token = CancellationToken::new();
             shutdown::on_signal(token.clone());
             worker::run(settings, token).await?;
@@ -209,6 +218,9 @@ async fn run_multilang(args: &MultiLangArgs, cli: &Cli) -> Result<()> {
         };
     }
     logging::init(&settings.log.format, &settings.log.level);
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     if let Some(logback) = &args.log_configuration {
         tracing::info!(file = %logback.display(), "--log-configuration is the Java daemon's logback file: ignored; kcld logs by log.level and --log-format");
     }

@@ -12,9 +12,16 @@ pub fn init(format: &LogFormat, level: &str) {
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    // Quieten the SDK's own chatter unless asked for.
+    // Quieten the SDK's own chatter unless asked for. The credential
+    // chain's per-provider failures (with their debug dumps) are left out:
+    // kcld says in one line when no provider had credentials.
     let mut filter = filter;
-    for quiet in ["aws_config=warn", "aws_smithy_runtime=warn"] {
+    for quiet in [
+        "aws_config=warn",
+        "aws_smithy_runtime=warn",
+        "aws_config::meta::credentials::chain=error",
+        "aws_config::imds=error",
+    ] {
         if let Ok(directive) = quiet.parse() {
             filter = filter.add_directive(directive);
         }

@@ -113,15 +113,6 @@ async fn configuration_errors_exit_2_naming_the_key() {
             env(&[]),
             "/nonexistent/kcld.toml",
         ),
-        (
-            vec!["run"],
-            env(&[
-                ("KCLD_APPLICATION_NAME", "app"),
-                ("KCLD_STREAM_ARN", ARN),
-                ("KCLD_INITAL_POSITION", "LATEST"),
-            ]),
-            "inital_position",
-        ),
     ];
     for (args, vars, key) in cases {
         let (code, out, err) = run(&args, vars).await;
@@ -179,6 +170,9 @@ async fn missing_credentials_exit_1_and_say_how_to_provide_them() {
         line.contains("credentials") && line.contains("AWS_ACCESS_KEY_ID"),
         "{line}"
     );
+    // The SDK's per-provider failures, with their debug dumps, stay out.
+    assert!(!err.contains("ProviderError("), "{err}");
+    assert!(!err.contains("provider failed to provide"), "{err}");
 }
 
 #[tokio::test]
@@ -349,4 +343,97 @@ async fn policy_for_fan_out_and_an_encrypted_stream() {
     .await;
     assert_eq!(code, 2);
     assert!(one_error_line(&err).contains("consumer-role-arn"), "{err}");
+}
+
+#[tokio::test]
+async fn a_stray_kcld_variable_is_one_warning_not_a_stop() {
+    let (code, out, err) = run(
+        &["check-config"],
+        env(&[
+            ("KCLD_APPLICATION_NAME", "orders-app"),
+            ("KCLD_STREAM_ARN", ARN),
+            ("KCLD_WRAPPER_MODE", "1"),
+            ("KCLD_POLING__MAX_RECORDS", "5"),
+        ]),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.is_empty());
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 2, "{err}");
+    assert!(
+        warnings.iter().any(|w| w.contains("KCLD_WRAPPER_MODE")),
+        "{err}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("KCLD_POLING__MAX_RECORDS")
+                && w.contains("KCLD_POLLING__MAX_RECORDS")),
+        "the closest variable is suggested: {err}"
+    );
+}
+
+#[tokio::test]
+async fn a_mistyped_key_in_a_section_is_named_with_its_section_and_the_nearest_key() {
+    let dir = std::env::temp_dir().join(unique_name("kcld-cli"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("kcld.toml");
+    std::fs::write(
+        &path,
+        format!("application_name = \"a\"\nstream_arn = \"{ARN}\"\n[polling]\nmax_record = 5\n"),
+    )
+    .unwrap();
+    let (code, _, err) = run(
+        &["check-config", "--config", path.to_str().unwrap()],
+        env(&[]),
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    let line = one_error_line(&err);
+    for part in [
+        "polling.max_record",
+        "[polling]",
+        "`polling.max_records`",
+        "KCLD_POLLING__MAX_RECORDS",
+    ] {
+        assert!(line.contains(part), "{part} missing from: {line}");
+    }
+
+    // A syntax error: one line with the place.
+    std::fs::write(
+        &path,
+        "application_name = \"a\"\n[polling\nmax_records = 5\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(
+        &["check-config", "--config", path.to_str().unwrap()],
+        env(&[]),
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    let line = one_error_line(&err);
+    assert!(line.contains("line 2, column"), "{line}");
+    assert_eq!(err.trim().lines().count(), 1, "one line only:\n{err}");
+
+    // A value of the wrong type names the key and its variable.
+    std::fs::write(
+        &path,
+        format!(
+            "application_name = \"a\"\nstream_arn = \"{ARN}\"\n[polling]\nmax_records = \"many\"\n"
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run(
+        &["check-config", "--config", path.to_str().unwrap()],
+        env(&[]),
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    let line = one_error_line(&err);
+    assert!(
+        line.contains("polling.max_records") && line.contains("KCLD_POLLING__MAX_RECORDS"),
+        "{line}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

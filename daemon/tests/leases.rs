@@ -843,3 +843,31 @@ async fn a_deleted_lease_table_stops_kcld_with_a_clear_error() {
     );
     assert!(!text.contains("panicked"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stopping_signal_but_sigkill_releases_the_leases() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("signals"), 2)
+        .await
+        .unwrap();
+    for signal in ["HUP", "INT", "QUIT", "TERM"] {
+        let app = unique_name("signals-app");
+        let k = Kcld::spawn(KCLD, &["run"], &env(&stack, &arn, &app, "worker-s", &[])).unwrap();
+        wait_for(&stack, &app, Duration::from_secs(30), |l| {
+            l.get("worker-s") == Some(&2)
+        })
+        .await;
+        let log = k.stderr.clone();
+        let status = k.signal(signal, Duration::from_secs(25)).await.unwrap();
+        let log = log.lock().unwrap().clone();
+        assert!(status.success(), "SIG{signal}: {status:?}\n{log}");
+        assert!(log.contains(&format!("SIG{signal}")), "{log}");
+        let owners = stack.lease_owners(&app).await.unwrap();
+        assert!(
+            owners.values().all(Option::is_none),
+            "SIG{signal} left leases owned: {owners:?}"
+        );
+    }
+}

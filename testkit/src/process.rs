@@ -126,18 +126,27 @@ impl Kcld {
     }
 
     /// Sends SIGTERM and waits for the exit status.
-    pub async fn terminate(mut self, within: Duration) -> Result<std::process::ExitStatus> {
+    pub async fn terminate(self, within: Duration) -> Result<std::process::ExitStatus> {
+        self.signal("TERM", within).await
+    }
+
+    /// Sends signal `name` (`TERM`, `HUP`, ...) and waits up to `within`
+    /// for the process to exit (killing it after that).
+    pub async fn signal(
+        mut self,
+        name: &str,
+        within: Duration,
+    ) -> Result<std::process::ExitStatus> {
         if let Some(pid) = self.child.id() {
-            // SAFETY-free: plain kill(2) through the shell tool.
             let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
+                .args([&format!("-{name}"), &pid.to_string()])
                 .status();
         }
         match tokio::time::timeout(within, self.child.wait()).await {
             Ok(status) => Ok(status?),
             Err(_) => {
                 let _ = self.child.kill().await;
-                bail!("kcld did not exit within {within:?} of SIGTERM")
+                bail!("kcld did not exit within {within:?} of SIG{name}")
             }
         }
     }
