@@ -437,3 +437,39 @@ async fn a_mistyped_key_in_a_section_is_named_with_its_section_and_the_nearest_k
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn an_unusable_kms_key_is_one_error_naming_what_the_owner_does() {
+    use kcld_testkit::fault::{Fault, FaultProxy};
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("kms"), 1)
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(&stack.kinesis_endpoint).await.unwrap();
+    for (code, says) in [
+        ("KMSDisabledException", "enable-key"),
+        ("KMSNotFoundException", "start-stream-encryption"),
+        ("KMSInvalidStateException", "cancel-key-deletion"),
+        ("KMSOptInRequired", "opts in"),
+    ] {
+        proxy.fail(
+            "Kinesis_20131202.GetRecords",
+            Fault {
+                status: 400,
+                error_type: code.into(),
+                message: "The request was rejected because of the key".into(),
+            },
+        );
+        let mut vars = stack.consumer_env();
+        vars.insert("AWS_ENDPOINT_URL_KINESIS".into(), proxy.url());
+        vars.insert("KCLD_APPLICATION_NAME".into(), unique_name("kms-app"));
+        vars.insert("KCLD_STREAM_ARN".into(), arn.clone());
+        vars.insert("KCLD_LEASE__STORE".into(), "memory".into());
+        // Retried as transient, this would never exit.
+        let (code_out, _, err) = run(&["run"], vars).await;
+        assert_eq!(code_out, 1, "{code}: {err}");
+        let line = one_error_line(&err);
+        assert!(line.contains(code) && line.contains(says), "{code}: {line}");
+    }
+}

@@ -204,11 +204,34 @@ impl Stream {
                 E::InternalFailureException(_) => {
                     return KinesisError::Other(format!("{action}: {text}"))
                 }
-                E::KmsAccessDeniedException(_)
-                | E::KmsDisabledException(_)
-                | E::KmsInvalidStateException(_)
-                | E::KmsNotFoundException(_)
-                | E::KmsOptInRequired(_) => {
+                E::KmsDisabledException(_) => {
+                    return super::error::kms_unusable(
+                        "KMSDisabledException",
+                        &self.arn,
+                        action,
+                        &text,
+                    )
+                }
+                E::KmsNotFoundException(_) => {
+                    return super::error::kms_unusable(
+                        "KMSNotFoundException",
+                        &self.arn,
+                        action,
+                        &text,
+                    )
+                }
+                E::KmsInvalidStateException(_) => {
+                    return super::error::kms_unusable(
+                        "KMSInvalidStateException",
+                        &self.arn,
+                        action,
+                        &text,
+                    )
+                }
+                E::KmsOptInRequired(_) => {
+                    return super::error::kms_unusable("KMSOptInRequired", &self.arn, action, &text)
+                }
+                E::KmsAccessDeniedException(_) => {
                     return KinesisError::AccessDenied {
                         action: "kms:Decrypt",
                         message: format!(

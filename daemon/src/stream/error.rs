@@ -34,6 +34,11 @@ pub enum KinesisError {
     /// open, or the consumer is being created or deleted: wait and retry.
     #[error("in use: {0}")]
     InUse(String),
+    /// The stream's KMS key cannot be used (disabled, not found, pending
+    /// deletion, the owner's account not opted in): its owner must act;
+    /// retrying does not help.
+    #[error("{0}")]
+    Kms(String),
     /// No connection to the endpoint, or it timed out.
     #[error("cannot reach Kinesis: {0}")]
     Unreachable(String),
@@ -51,6 +56,7 @@ impl KinesisError {
             KinesisError::Throttled(_) => "throttled",
             KinesisError::ExpiredIterator => "expired_iterator",
             KinesisError::InUse(_) => "in_use",
+            KinesisError::Kms(_) => "kms",
             KinesisError::Unreachable(_) => "unreachable",
             KinesisError::Other(_) => "other",
         }
@@ -92,6 +98,11 @@ impl KinesisError {
                     message: policy::access_denied_message(stream, action, &message),
                 }
             }
+            "KMSDisabledException"
+            | "KMSNotFoundException"
+            | "KMSInvalidStateException"
+            | "KMSOptInRequired" => kms_unusable(&code, stream, action, &message),
+            "KMSThrottlingException" => KinesisError::Throttled(format!("{action}: {code}")),
             "KMSAccessDeniedException" => KinesisError::AccessDenied {
                 action,
                 message: format!(
@@ -113,6 +124,38 @@ impl KinesisError {
             _ => KinesisError::Other(format!("{action}: {code}: {message}")),
         }
     }
+}
+
+/// The stream's KMS key cannot be used, by the service's error code: what is
+/// wrong with the key, and what its owner does.
+pub(crate) fn kms_unusable(
+    code: &str,
+    stream: &StreamArn,
+    action: &str,
+    message: &str,
+) -> KinesisError {
+    let owner = &stream.account;
+    let (what, fix) = match code {
+        "KMSDisabledException" => (
+            "the stream's KMS key is disabled",
+            format!("the key's owner (the stream owner, account {owner}) enables it: `aws kms enable-key --key-id <key>`"),
+        ),
+        "KMSNotFoundException" => (
+            "the stream's KMS key was not found (deleted, or in another region)",
+            format!("the stream owner (account {owner}) encrypts the stream with a key that exists: `aws kinesis start-stream-encryption --stream-arn {stream} --encryption-type KMS --key-id <key>`"),
+        ),
+        "KMSInvalidStateException" => (
+            "the stream's KMS key is not in a usable state (pending deletion, or pending import)",
+            format!("the key's owner (account {owner}) cancels its deletion (`aws kms cancel-key-deletion`, then `enable-key`) or completes the key material import"),
+        ),
+        _ => (
+            "the stream owner's account is not subscribed to AWS KMS",
+            format!("the stream owner (account {owner}) opts in to AWS KMS for the account"),
+        ),
+    };
+    KinesisError::Kms(format!(
+        "{action} on {stream}: {what} ({code}: {message}); kcld cannot read the stream until {fix}"
+    ))
 }
 
 impl KinesisError {
