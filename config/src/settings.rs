@@ -114,8 +114,12 @@ pub struct AwsSettings {
     /// Resolved like `kinesis_endpoint`, from `aws.sts_endpoint` and
     /// `AWS_ENDPOINT_URL_STS`.
     pub sts_endpoint: Option<String>,
-    /// Region of the lease table; the stream's region unless set.
+    /// Region of the lease table, in the consumer's account: the key, else
+    /// `AWS_REGION` / `AWS_DEFAULT_REGION`, else the stream's region.
     pub dynamodb_region: String,
+    /// Where `dynamodb_region` came from, for `check-config`.
+    #[serde(skip)]
+    pub dynamodb_region_from: String,
     /// A PEM CA certificate to trust besides the system's; `None` = the
     /// system's only.
     pub ca_file: Option<PathBuf>,
@@ -267,8 +271,14 @@ impl Settings {
         let body =
             toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
         format!(
-            "# stream {} in account {}, region {} (from stream_arn)\n{body}",
-            self.stream_arn.stream_name, self.stream_arn.account, self.stream_arn.region
+            "# stream {} in account {}, region {} (from stream_arn)\n\
+             # lease table {} in region {} (from {})\n{body}",
+            self.stream_arn.stream_name,
+            self.stream_arn.account,
+            self.stream_arn.region,
+            self.lease_table,
+            self.aws.dynamodb_region,
+            self.aws.dynamodb_region_from
         )
     }
 }

@@ -297,3 +297,34 @@ fn keys_are_checked_by_name() {
     let e = check_key("polling.max_recrds").unwrap_err().to_string();
     assert!(e.contains("did you mean `polling.max_records`"), "{e}");
 }
+
+#[test]
+fn the_lease_table_is_in_the_consumers_region() {
+    let base = [("KCLD_APPLICATION_NAME", "app"), ("KCLD_STREAM_ARN", ARN)];
+    let with = |extra: &[(&str, &str)]| {
+        let mut all = base.to_vec();
+        all.extend_from_slice(extra);
+        load(None, env(&all))
+    };
+    // The stream is in us-east-1 (its ARN); the consumer runs in eu-west-1.
+    let s = with(&[("AWS_REGION", "eu-west-1")]).unwrap();
+    assert_eq!(s.aws.dynamodb_region, "eu-west-1");
+    assert!(s
+        .to_toml()
+        .contains("in region eu-west-1 (from AWS_REGION)"));
+    let s = with(&[("AWS_DEFAULT_REGION", "ap-south-1")]).unwrap();
+    assert_eq!(s.aws.dynamodb_region, "ap-south-1");
+    let s = with(&[]).unwrap();
+    assert_eq!(s.aws.dynamodb_region, "us-east-1");
+    assert!(s.to_toml().contains("(from the stream's ARN)"));
+    let s = with(&[
+        ("AWS_REGION", "eu-west-1"),
+        ("KCLD_AWS__DYNAMODB_REGION", "us-gov-west-1"),
+    ])
+    .unwrap();
+    assert_eq!(s.aws.dynamodb_region, "us-gov-west-1");
+    for bad in ["EU-WEST-1", "euwest1", "eu-west-x", "eu--1"] {
+        let e = with(&[("KCLD_AWS__DYNAMODB_REGION", bad)]).unwrap_err();
+        assert_eq!(err_key(e), "aws.dynamodb_region", "{bad}");
+    }
+}

@@ -361,14 +361,47 @@ fn validate_aws(
         }
     };
 
+    // The lease table lives in the consumer's region: the key, else the
+    // SDK's region variables, else (nothing says where the consumer runs)
+    // the stream's region.
+    let (dynamodb_region, dynamodb_region_from) = match non_empty(raw.dynamodb_region) {
+        Some(r) => (r, "aws.dynamodb_region".to_owned()),
+        None => match env_value("AWS_REGION").or_else(|| env_value("AWS_DEFAULT_REGION")) {
+            Some(r) if env_value("AWS_REGION").is_some() => (r, "AWS_REGION".to_owned()),
+            Some(r) => (r, "AWS_DEFAULT_REGION".to_owned()),
+            None => (stream.region.clone(), "the stream's ARN".to_owned()),
+        },
+    };
+    if !is_region(&dynamodb_region) {
+        return Err(ConfigError::key(
+            &dynamodb_region_from,
+            format!("{dynamodb_region:?} is not an AWS region"),
+            "write it like us-east-1 or eu-west-2 (the lease table's region, in the consumer's account)",
+        ));
+    }
+
     Ok(AwsSettings {
         kinesis_endpoint,
         dynamodb_endpoint,
         sts_endpoint,
-        dynamodb_region: non_empty(raw.dynamodb_region).unwrap_or_else(|| stream.region.clone()),
+        dynamodb_region,
+        dynamodb_region_from,
         ca_file,
         assume_role,
     })
+}
+
+/// An AWS region name: lowercase words and a number joined by hyphens
+/// (`us-east-1`, `us-gov-west-1`, `cn-north-1`).
+fn is_region(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('-').collect();
+    parts.len() >= 3
+        && name.len() <= 25
+        && parts[..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit())
+        && !parts[parts.len() - 1].is_empty()
 }
 
 /// A whole number setting: `default` when unset, else within `min..=max`.
