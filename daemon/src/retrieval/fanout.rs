@@ -186,19 +186,9 @@ impl FanOutReader {
         cancel: &CancellationToken,
     ) -> Result<Option<Fetched>, KinesisError> {
         self.subscription = None;
-        let last = match &self.continuation {
-            Some(seq) => format!("after sequence number {seq}"),
-            None => self.start.to_string(),
-        };
-        super::end_if_gone(
-            &self.stream,
-            &self.unpacker,
-            &mut self.backoff,
-            &last,
-            err,
-            cancel,
-        )
-        .await
+        let last = (self.continuation.as_deref(), &self.start);
+        let (stream, unpacker) = (&self.stream, &self.unpacker);
+        super::end_if_gone(stream, unpacker, &mut self.backoff, last, err, cancel).await
     }
 
     /// Takes one event: its records (deaggregated, filtered), its

@@ -138,7 +138,8 @@ pub(crate) fn pin_latest(at: &StartAt, taken_at: std::time::SystemTime) -> Start
 
 /// After a ResourceNotFound on a shard-level call: if the stream is there
 /// and the shard is not, the shard expired (past the retention period, so
-/// records after `last` that were never read are lost) and its end is
+/// records after the last one read (or the reader's start) that were never
+/// read are lost) and its end is
 /// reported with the children ListShards names, after one error line and
 /// the `kcld_shards_lost_total` metric. Otherwise `err` stands: the stream
 /// (or the fan-out consumer) is gone, which stops kcld.
@@ -149,10 +150,15 @@ pub(crate) async fn end_if_gone(
     stream: &Stream,
     unpacker: &Unpacker,
     backoff: &mut Backoff,
-    last: &str,
+    (last_read, start): (Option<&str>, &StartAt),
     err: KinesisError,
     cancel: &CancellationToken,
 ) -> Result<Option<Fetched>, KinesisError> {
+    let last = match last_read {
+        Some(seq) => format!("sequence number {seq}"),
+        None => start.to_string(),
+    };
+    let last = last.as_str();
     loop {
         match shard_gone(stream, unpacker, last, err.clone()).await {
             Ok(end) => return Ok(Some(end)),

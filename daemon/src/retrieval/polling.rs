@@ -97,7 +97,6 @@ impl PollingReader {
                 Some(it) => it,
                 None => match self.position().await {
                     Ok(it) => it,
-                    Err(e @ KinesisError::NotFound(_)) => return self.gone(e, cancel).await,
                     Err(e) if e.is_transient() => {
                         if !self
                             .backoff
@@ -108,7 +107,7 @@ impl PollingReader {
                         }
                         continue;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return self.give_up(e, cancel).await,
                 },
             };
             let started = Instant::now();
@@ -131,7 +130,6 @@ impl PollingReader {
                     }
                     r
                 }
-                Err(e @ KinesisError::NotFound(_)) => return self.gone(e, cancel).await,
                 Err(KinesisError::ExpiredIterator) => {
                     tracing::info!(shard = %self.unpacker.shard_id, "shard iterator expired; renewing after the last record read");
                     self.iterator = None;
@@ -147,7 +145,7 @@ impl PollingReader {
                     }
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return self.give_up(e, cancel).await,
             };
 
             self.iterator = response.next_shard_iterator;
@@ -182,26 +180,20 @@ impl PollingReader {
         }
     }
 
-    /// A ResourceNotFound for this shard: its end if the shard expired
-    /// (see [`super::end_if_gone`]), else the error.
-    async fn gone(
+    /// An error retrying does not fix. A ResourceNotFound for this shard
+    /// is its end when the shard expired (see [`super::end_if_gone`]);
+    /// anything else is returned.
+    async fn give_up(
         &mut self,
         err: KinesisError,
         cancel: &CancellationToken,
     ) -> Result<Option<Fetched>, KinesisError> {
-        let last = match &self.last_sequence {
-            Some(seq) => format!("sequence number {seq}"),
-            None => self.start.to_string(),
-        };
-        super::end_if_gone(
-            &self.stream,
-            &self.unpacker,
-            &mut self.backoff,
-            &last,
-            err,
-            cancel,
-        )
-        .await
+        if !matches!(err, KinesisError::NotFound(_)) {
+            return Err(err);
+        }
+        let last = (self.last_sequence.as_deref(), &self.start);
+        let (stream, unpacker) = (&self.stream, &self.unpacker);
+        super::end_if_gone(stream, unpacker, &mut self.backoff, last, err, cancel).await
     }
 
     async fn position(&mut self) -> Result<String, KinesisError> {

@@ -187,6 +187,16 @@ impl Stream {
         let action = "kinesis:SubscribeToShard";
         if let Some(service) = e.as_service_error() {
             let text = service.to_string();
+            let kms = match service {
+                E::KmsDisabledException(_) => Some("KMSDisabledException"),
+                E::KmsNotFoundException(_) => Some("KMSNotFoundException"),
+                E::KmsInvalidStateException(_) => Some("KMSInvalidStateException"),
+                E::KmsOptInRequired(_) => Some("KMSOptInRequired"),
+                _ => None,
+            };
+            if let Some(code) = kms {
+                return super::error::kms_unusable(code, &self.arn, action, &text);
+            }
             match service {
                 E::ResourceInUseException(_) => {
                     return KinesisError::InUse(format!("{action}: {text}"))
@@ -203,33 +213,6 @@ impl Stream {
                 }
                 E::InternalFailureException(_) => {
                     return KinesisError::Other(format!("{action}: {text}"))
-                }
-                E::KmsDisabledException(_) => {
-                    return super::error::kms_unusable(
-                        "KMSDisabledException",
-                        &self.arn,
-                        action,
-                        &text,
-                    )
-                }
-                E::KmsNotFoundException(_) => {
-                    return super::error::kms_unusable(
-                        "KMSNotFoundException",
-                        &self.arn,
-                        action,
-                        &text,
-                    )
-                }
-                E::KmsInvalidStateException(_) => {
-                    return super::error::kms_unusable(
-                        "KMSInvalidStateException",
-                        &self.arn,
-                        action,
-                        &text,
-                    )
-                }
-                E::KmsOptInRequired(_) => {
-                    return super::error::kms_unusable("KMSOptInRequired", &self.arn, action, &text)
                 }
                 E::KmsAccessDeniedException(_) => {
                     return KinesisError::AccessDenied {

@@ -95,39 +95,25 @@ impl DynamoLease {
     ) -> Result<(), TableError> {
         let me = self.inner.me();
         let timeout = self.inner.call_timeout();
-        if state.handoff {
-            // At a shard's end this writes SHARD_END and the children: the
-            // new owner goes straight on to them.
-            self.inner
-                .timed(
-                    timeout,
-                    self.inner.table.finish_handoff(
-                        &self.held.key,
-                        state.counter,
-                        me,
-                        position,
-                        children,
-                    ),
-                )
-                .await
-        } else {
-            let Some(position) = position else {
-                // Unreachable by `write`'s early return; writes nothing.
-                return Err(TableError::Other("no checkpoint to write".into()));
-            };
-            self.inner
-                .timed(
-                    timeout,
-                    self.inner.table.checkpoint(
-                        &self.held.key,
-                        state.counter,
-                        me,
-                        position,
-                        children,
-                    ),
-                )
-                .await
-        }
+        let table = &self.inner.table;
+        let write = async {
+            if state.handoff {
+                // At a shard's end this writes SHARD_END and the children:
+                // the new owner goes straight on to them.
+                table
+                    .finish_handoff(&self.held.key, state.counter, me, position, children)
+                    .await
+            } else {
+                let Some(position) = position else {
+                    // Unreachable by `write`'s early return; writes nothing.
+                    return Err(TableError::Other("no checkpoint to write".into()));
+                };
+                table
+                    .checkpoint(&self.held.key, state.counter, me, position, children)
+                    .await
+            }
+        };
+        self.inner.timed(timeout, write).await
     }
 }
 
