@@ -9,6 +9,9 @@ use kcld_lease::table::LeaseTable;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::stream::{StartAt, Stream};
+use futures::StreamExt;
+use kcld_checkpoint::Checkpoint;
 
 /// One lease as `status` shows it.
 #[derive(Debug, Serialize)]
@@ -34,6 +37,12 @@ pub struct LeaseStatus {
     pub children: Vec<String>,
     /// A KCL 3 handoff (or a kcld graceful steal) in progress.
     pub checkpoint_owner: Option<String>,
+    /// How far the checkpoint is behind the tip of the shard, in
+    /// milliseconds of arrival time (the service's MillisBehindLatest for a
+    /// read just after the checkpoint); 0 when nothing is left to read;
+    /// `None` when unknown (a LATEST or AT_TIMESTAMP lease not read yet, a
+    /// finished shard, or the read failed).
+    pub lag_ms: Option<i64>,
 }
 
 /// Reads the table twice, `sample` apart, to see which leases are renewed.
@@ -62,7 +71,34 @@ pub async fn collect(settings: &Settings, sample: Duration) -> Result<Vec<LeaseS
         .map(|l| status_of(l, first.iter().find(|f| f.key == l.key)))
         .collect();
     out.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
+    let stream = Stream::new(clients.kinesis, settings.stream_arn.clone());
+    let lags: Vec<Option<i64>> = futures::stream::iter(out.iter())
+        .map(|l| lag(&stream, l))
+        .buffered(8)
+        .collect()
+        .await;
+    for (status, lag) in out.iter_mut().zip(lags) {
+        status.lag_ms = lag;
+    }
     Ok(out)
+}
+
+/// One cheap read just after the lease's checkpoint: the service says how
+/// far behind the tip that is. Two calls per shard (an iterator and one
+/// record); `None` when it cannot tell.
+async fn lag(stream: &Stream, lease: &LeaseStatus) -> Option<i64> {
+    let at = match lease.checkpoint.as_str() {
+        Checkpoint::TRIM_HORIZON => StartAt::TrimHorizon,
+        Checkpoint::SHARD_END | Checkpoint::LATEST | Checkpoint::AT_TIMESTAMP => return None,
+        seq => StartAt::AfterSequence(seq.to_owned()),
+    };
+    let iterator = stream.shard_iterator(&lease.shard_id, &at).await.ok()?;
+    let response = stream.get_records(&iterator, 1).await.ok()?;
+    if response.records.is_empty() {
+        // Nothing after the checkpoint: caught up (or read to the end).
+        return Some(0);
+    }
+    response.millis_behind_latest
 }
 
 fn status_of(lease: &LeaseRecord, before: Option<&LeaseRecord>) -> LeaseStatus {
@@ -77,6 +113,24 @@ fn status_of(lease: &LeaseRecord, before: Option<&LeaseRecord>) -> LeaseStatus {
         parents: lease.parents.clone(),
         children: lease.children.clone(),
         checkpoint_owner: lease.checkpoint_owner.clone(),
+        lag_ms: None,
+    }
+}
+
+/// A lag for people: `-` unknown, `0s`, `1.5s`, `3m20s`, `2h05m`.
+fn render_lag(lag_ms: Option<i64>) -> String {
+    match lag_ms {
+        None => "-".into(),
+        Some(ms) if ms < 60_000 => {
+            let tenths = (ms + 50) / 100;
+            if tenths % 10 == 0 {
+                format!("{}s", tenths / 10)
+            } else {
+                format!("{}.{}s", tenths / 10, tenths % 10)
+            }
+        }
+        Some(ms) if ms < 3_600_000 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
+        Some(ms) => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
     }
 }
 
@@ -87,10 +141,11 @@ pub fn render(leases: &[LeaseStatus]) -> String {
         "OWNER",
         "RENEWING",
         "CHECKPOINT",
+        "LAG",
         "PARENTS",
         "CHILDREN",
     ];
-    let rows: Vec<[String; 6]> = leases
+    let rows: Vec<[String; 7]> = leases
         .iter()
         .map(|l| {
             let checkpoint = match l.checkpoint_sub_sequence_number {
@@ -107,6 +162,7 @@ pub fn render(leases: &[LeaseStatus]) -> String {
                 owner,
                 if l.renewing { "yes" } else { "no" }.into(),
                 checkpoint,
+                render_lag(l.lag_ms),
                 join(&l.parents),
                 join(&l.children),
             ]
@@ -141,5 +197,27 @@ fn join(ids: &[String]) -> String {
         "-".into()
     } else {
         ids.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render_lag;
+
+    #[test]
+    fn lags_read_as_a_person_says_them() {
+        let got: Vec<String> = [
+            None,
+            Some(0),
+            Some(40),
+            Some(1_500),
+            Some(59_990),
+            Some(200_000),
+            Some(7_500_000),
+        ]
+        .into_iter()
+        .map(render_lag)
+        .collect();
+        assert_eq!(got, ["-", "0s", "0s", "1.5s", "60s", "3m20s", "2h05m"]);
     }
 }

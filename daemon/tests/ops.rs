@@ -245,13 +245,42 @@ async fn status_shows_every_lease() {
         );
     }
 
+    for lease in leases {
+        assert_eq!(lease["lag_ms"], 0, "everything read: caught up: {lease}");
+    }
+
     let mut table = Kcld::spawn(KCLD, &["status", "--sample-ms", "100"], &vars).unwrap();
     let text = table.drain_for(Duration::from_secs(30)).await.join("\n");
     assert!(text.starts_with("SHARD"), "{text}");
+    assert!(text.lines().next().unwrap().contains("LAG"), "{text}");
     for id in ["shardId-000000000000", "shardId-000000000001"] {
         assert!(text.contains(id), "{text}");
     }
     kcld.terminate(Duration::from_secs(25)).await.unwrap();
+
+    // With the reader stopped, a record two seconds older than the newest
+    // one is waiting on a shard: its lag shows it.
+    let placed = stack
+        .put_records(&arn, &[("lag-key".into(), b"older".to_vec())])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack
+        .put_records(&arn, &[("lag-key".into(), b"newer".to_vec())])
+        .await
+        .unwrap();
+    let behind = &placed[0].0;
+    let mut status = Kcld::spawn(KCLD, &["status", "--json", "--sample-ms", "100"], &vars).unwrap();
+    let out = status.drain_for(Duration::from_secs(30)).await.join("\n");
+    let leases: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for lease in leases.as_array().unwrap() {
+        let lag = lease["lag_ms"].as_i64().unwrap();
+        if lease["shard_id"] == behind.as_str() {
+            assert!(lag >= 1500, "the shard with unread records: {lease}");
+        } else {
+            assert_eq!(lag, 0, "{lease}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
