@@ -42,7 +42,7 @@ impl Clients {
             Error::Aws(format!(
                 "cannot tell which account this is (sts:GetCallerIdentity: {}); check \
                  aws.sts_endpoint / AWS_ENDPOINT_URL_STS and the network",
-                aws_smithy_types::error::display::DisplayErrorContext(&e)
+                kcld_lease::table::plain_error(&e)
             ))
         })?;
         out.account
@@ -246,7 +246,7 @@ async fn check_credentials(provider: &SharedCredentialsProvider, source: &str) -
     provider.provide_credentials().await.map(|_| ()).map_err(|e| {
         // The chain's report spans lines (one per provider tried); keep the
         // message to one line.
-        let detail = aws_smithy_types::error::display::DisplayErrorContext(&e).to_string();
+        let detail = kcld_lease::table::plain_error(&e);
         let detail = detail
             .split(" (")
             .next()

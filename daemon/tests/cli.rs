@@ -147,6 +147,12 @@ async fn an_unreachable_endpoint_exits_1_and_says_where() {
         line.contains("cannot reach Kinesis") && line.contains("AWS_ENDPOINT_URL_KINESIS"),
         "{line}"
     );
+    // The cause in plain words, no Rust debug dump.
+    assert!(line.contains("Connection refused"), "{line}");
+    assert!(
+        !line.contains("DispatchFailure(") && !line.contains("ConnectorError {"),
+        "{line}"
+    );
 }
 
 #[tokio::test]

@@ -11,10 +11,28 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType, TableStatus,
 };
-use aws_smithy_types::error::display::DisplayErrorContext;
 use kcld_checkpoint::Checkpoint;
 
 use crate::record::{attr, n, s, Item, LeaseRecord};
+
+/// An error and its causes in plain words, each cause once, joined by
+/// ": " (`dispatch failure: io error: tcp connect error: Connection
+/// refused`). Unlike the SDK's `DisplayErrorContext`, no `Debug` dump of the
+/// innermost error is appended: messages are read by people.
+pub fn plain_error(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        let text = text.trim();
+        // A cause often repeats its wrapper's words; keep what is new.
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(text)) {
+            parts.push(text.to_owned());
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
 
 /// Why a lease table call failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +63,7 @@ impl TableError {
     fn classify<E, R>(err: SdkError<E, R>, table: &str, action: &str) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
+        R: std::fmt::Debug + 'static,
     {
         if matches!(
             err,
@@ -53,7 +71,7 @@ impl TableError {
         ) {
             return TableError::Unavailable(format!(
                 "cannot reach DynamoDB ({}); check aws.dynamodb_endpoint / AWS_ENDPOINT_URL_DYNAMODB and the network",
-                DisplayErrorContext(&err)
+                plain_error(&err)
             ));
         }
         let code = err.code().unwrap_or_default().to_owned();
@@ -70,7 +88,7 @@ impl TableError {
             | "InternalServerError" | "ServiceUnavailable" => {
                 TableError::Unavailable(format!("{action}: {code}: {message}"))
             }
-            "" => TableError::Unavailable(format!("{action}: {}", DisplayErrorContext(&err))),
+            "" => TableError::Unavailable(format!("{action}: {}", plain_error(&err))),
             _ => TableError::Other(format!("{action} on lease table {table}: {code}: {message}")),
         }
     }

@@ -3,7 +3,6 @@
 //! it.
 
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
-use aws_smithy_types::error::display::DisplayErrorContext;
 use kcld_config::StreamArn;
 
 use crate::error::Error;
@@ -80,9 +79,9 @@ impl KinesisError {
     ) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
+        R: std::fmt::Debug + 'static,
     {
-        let detail = DisplayErrorContext(&err).to_string();
+        let detail = kcld_lease::table::plain_error(&err);
         match &err {
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
                 return KinesisError::Unreachable(detail)
@@ -169,7 +168,7 @@ impl KinesisError {
     ) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
+        R: std::fmt::Debug + 'static,
     {
         let detail = err.message().unwrap_or_default().to_owned();
         match KinesisError::classify(err, stream, action) {
