@@ -73,7 +73,7 @@ pub(crate) fn unknown_key(key: &str) -> ConfigError {
 /// Checks a configuration file before loading it: a syntax error is one
 /// line with the line and column, and a key kcld does not know is an error
 /// naming it (see [`unknown_key`]).
-pub(crate) fn check_file(path: &Path) -> Result<(), ConfigError> {
+pub(crate) fn check_file(path: &Path) -> Result<BTreeSet<String>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
         path: path.to_owned(),
         problem: format!("cannot read it ({e})"),
@@ -92,16 +92,25 @@ pub(crate) fn check_file(path: &Path) -> Result<(), ConfigError> {
         }
     })?;
     let known = known();
+    let mut found = BTreeSet::new();
     for (name, value) in &table {
         let keys: Vec<String> = match value {
             toml::Value::Table(section) => section.keys().map(|k| format!("{name}.{k}")).collect(),
             _ => vec![name.clone()],
         };
-        if let Some(unknown) = keys.into_iter().find(|k| !known.contains(k)) {
-            return Err(unknown_key(&unknown));
+        for key in keys {
+            if !known.contains(&key) {
+                return Err(unknown_key(&key));
+            }
+            found.insert(key);
         }
     }
-    Ok(())
+    Ok(found)
+}
+
+/// The key a kept `KCLD_` variable sets.
+pub(crate) fn env_key(var: &str) -> Option<String> {
+    key_of_env(var)
 }
 
 /// 1-based line and column of byte `offset` in `text`.

@@ -18,6 +18,7 @@ pub mod arn;
 mod keys;
 pub mod multilang;
 mod raw;
+mod render;
 mod settings;
 mod validate;
 
@@ -76,6 +77,12 @@ pub fn load(
     // Unknown KCLD_ variables are warnings: a wrapper script's own
     // variables must not stop kcld.
     let (known_vars, warnings) = keys::known_env(&env, NOT_KEYS);
+    let mut origins = std::collections::BTreeMap::new();
+    for var in known_vars.keys() {
+        if let Some(key) = keys::env_key(var) {
+            origins.insert(key, format!("variable {var}"));
+        }
+    }
     let kcld_vars: config::Map<String, String> = known_vars.into_iter().collect();
 
     let mut builder = config::Config::builder();
@@ -86,7 +93,12 @@ pub fn load(
                 problem: "no such file; pass an existing TOML file with --config or KCLD_CONFIG (see config/kcld.example.toml)".into(),
             });
         }
-        keys::check_file(path)?;
+        for key in keys::check_file(path)? {
+            // A variable wins over the file.
+            origins
+                .entry(key)
+                .or_insert_with(|| format!("file {}", path.display()));
+        }
         builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
     }
     builder = builder.add_source(
@@ -102,6 +114,35 @@ pub fn load(
         .map_err(|e| translate(e, file))?;
     let mut settings = validate(raw, &env)?;
     settings.warnings = warnings;
+    // Values resolved from the SDK's own variables.
+    for (key, value, var) in [
+        (
+            "aws.kinesis_endpoint",
+            &settings.aws.kinesis_endpoint,
+            "AWS_ENDPOINT_URL_KINESIS",
+        ),
+        (
+            "aws.dynamodb_endpoint",
+            &settings.aws.dynamodb_endpoint,
+            "AWS_ENDPOINT_URL_DYNAMODB",
+        ),
+        (
+            "aws.sts_endpoint",
+            &settings.aws.sts_endpoint,
+            "AWS_ENDPOINT_URL_STS",
+        ),
+    ] {
+        if value.is_some() && !origins.contains_key(key) {
+            origins.insert(key.to_owned(), format!("{var} or AWS_ENDPOINT_URL"));
+        }
+    }
+    if !origins.contains_key("aws.dynamodb_region") {
+        origins.insert(
+            "aws.dynamodb_region".to_owned(),
+            settings.aws.dynamodb_region_from.clone(),
+        );
+    }
+    settings.origins = origins;
     Ok(settings)
 }
 

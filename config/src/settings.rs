@@ -31,6 +31,10 @@ pub struct Settings {
     /// say): the caller logs them once logging is set up.
     #[serde(skip)]
     pub warnings: Vec<String>,
+    /// Where each key set by the file or a variable came from (dotted key
+    /// -> "file ...", "variable KCLD_..."); keys absent took their default.
+    #[serde(skip)]
+    pub origins: std::collections::BTreeMap<String, String>,
     /// Names this consumer; the lease table is named after it unless set, as in
     /// the KCL.
     pub application_name: String,
@@ -268,17 +272,6 @@ pub struct LogSettings {
 impl Settings {
     /// The effective configuration as TOML, for `kcld check-config`.
     pub fn to_toml(&self) -> String {
-        let body =
-            toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
-        format!(
-            "# stream {} in account {}, region {} (from stream_arn)\n\
-             # lease table {} in region {} (from {})\n{body}",
-            self.stream_arn.stream_name,
-            self.stream_arn.account,
-            self.stream_arn.region,
-            self.lease_table,
-            self.aws.dynamodb_region,
-            self.aws.dynamodb_region_from
-        )
+        crate::render::render(self)
     }
 }

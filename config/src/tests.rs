@@ -328,3 +328,62 @@ fn the_lease_table_is_in_the_consumers_region() {
         assert_eq!(err_key(e), "aws.dynamodb_region", "{bad}");
     }
 }
+
+#[test]
+fn check_config_prints_a_file_that_loads_back_to_the_same_settings() {
+    let consumer = format!("{ARN}/consumer/reader:1700000000");
+    let source = file(&format!(
+        "application_name = \"app\"\nstream_arn = \"{ARN}\"\nworker_id = \"w-1\"\n\
+         initial_position = \"AT_TIMESTAMP\"\ninitial_timestamp = \"2026-11-01T10:00:00Z\"\n\
+         consumer_arn = \"{consumer}\"\n[fan_out]\nstall_timeout_ms = 30000\n\
+         [sink]\ntype = \"http\"\nurl = \"http://127.0.0.1:9000/events\"\nmax_retry_attempts = 3\n\
+         on_failure_file = \"/tmp/failed.jsonl\"\n[aws]\nassume_role_arn = \"arn:aws:iam::222222222222:role/r\"\n\
+         assume_role_external_id = \"ext\"\n[ops]\nlisten = \"off\"\n"
+    ));
+    let original = load(
+        Some(source.path()),
+        env(&[
+            ("KCLD_POLLING__MAX_RECORDS", "500"),
+            ("KCLD_LEASE__STORE", "memory"),
+            ("KCLD_LOG__FORMAT", "json"),
+        ]),
+    )
+    .unwrap();
+    let printed = original.to_toml();
+    // Every value says where it came from.
+    assert!(
+        printed.contains("max_records = 500  # variable KCLD_POLLING__MAX_RECORDS"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("stall_timeout_ms = 30000  # file "),
+        "{printed}"
+    );
+    assert!(printed.contains("batch_size = 100  # default"), "{printed}");
+    let again = file(&printed);
+    let reloaded = load(Some(again.path()), env(&[])).unwrap();
+    let comparable = |s: &Settings| {
+        let mut s = s.clone();
+        s.origins.clear();
+        s.warnings.clear();
+        s.aws.dynamodb_region_from.clear();
+        format!("{s:?}")
+    };
+    assert_eq!(comparable(&original), comparable(&reloaded));
+
+    // An id left to its default is a note, not a value that would pin it.
+    let defaults = load(
+        None,
+        env(&[("KCLD_APPLICATION_NAME", "app"), ("KCLD_STREAM_ARN", ARN)]),
+    )
+    .unwrap();
+    let printed = defaults.to_toml();
+    assert!(
+        printed.contains("# worker_id: unset: a new id at every start"),
+        "{printed}"
+    );
+    let parsed: toml::Table = toml::from_str(&printed).unwrap();
+    assert!(!parsed.contains_key("worker_id"));
+    let reloaded = load(Some(file(&printed).path()), env(&[])).unwrap();
+    assert_eq!(reloaded.lease_table, "app");
+}

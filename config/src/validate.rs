@@ -262,6 +262,7 @@ pub(crate) fn validate(
 
     Ok(Settings {
         warnings: Vec::new(),
+        origins: Default::default(),
         application_name,
         stream_arn,
         lease_table,

@@ -1,0 +1,228 @@
+//! `kcld check-config`: the effective configuration as a file that loads
+//! back to the same settings, in the keys and sections of
+//! `config/kcld.example.toml`, each value with where it came from (the
+//! file, a variable, or the default).
+
+use std::fmt::Write;
+
+use toml::Value;
+
+use crate::settings::{FanOutConsumer, InitialPosition, LeaseStore, LogFormat, Settings, SinkKind};
+
+/// One line of the rendered file: a key and its value, or a note when the
+/// key is left unset on purpose.
+enum Line {
+    Set(&'static str, Value),
+    Unset(&'static str, String),
+}
+
+fn s(v: impl Into<String>) -> Value {
+    Value::String(v.into())
+}
+
+fn n(v: impl TryInto<i64>) -> Value {
+    Value::Integer(v.try_into().unwrap_or(i64::MAX))
+}
+
+/// The whole file.
+pub(crate) fn render(settings: &Settings) -> String {
+    let st = settings;
+    let mut top = vec![
+        Line::Set("application_name", s(&st.application_name)),
+        Line::Set("stream_arn", s(st.stream_arn.to_string())),
+        Line::Set("lease_table", s(&st.lease_table)),
+    ];
+    top.push(if st.origins.contains_key("worker_id") {
+        Line::Set("worker_id", s(&st.worker_id))
+    } else {
+        Line::Unset(
+            "worker_id",
+            format!(
+                "unset: a new id at every start (this run: {:?}); set one for an id that stays",
+                st.worker_id
+            ),
+        )
+    });
+    match &st.initial_position {
+        InitialPosition::TrimHorizon => top.push(Line::Set("initial_position", s("TRIM_HORIZON"))),
+        InitialPosition::Latest => top.push(Line::Set("initial_position", s("LATEST"))),
+        InitialPosition::AtTimestamp { rfc3339, .. } => {
+            top.push(Line::Set("initial_position", s("AT_TIMESTAMP")));
+            top.push(Line::Set("initial_timestamp", s(rfc3339)));
+        }
+    }
+    top.push(Line::Set("shutdown_timeout_ms", n(st.shutdown_timeout_ms)));
+    match st.fan_out.as_ref().map(|f| &f.consumer) {
+        Some(FanOutConsumer::Arn(arn)) => top.push(Line::Set("consumer_arn", s(arn.to_string()))),
+        Some(FanOutConsumer::Name(name)) => top.push(Line::Set("consumer_name", s(name))),
+        None => top.push(Line::Unset(
+            "consumer_arn",
+            "unset: polling (set consumer_arn or consumer_name for enhanced fan-out)".into(),
+        )),
+    }
+
+    let fan_out = match &st.fan_out {
+        Some(f) => vec![
+            Line::Set("stall_timeout_ms", n(f.stall_timeout_ms)),
+            Line::Set("subscription_max_age_ms", n(f.subscription_max_age_ms)),
+            Line::Set("registration_timeout_ms", n(f.registration_timeout_ms)),
+            Line::Set("end_check_interval_ms", n(f.end_check_interval_ms)),
+        ],
+        None => vec![],
+    };
+
+    let a = &st.aws;
+    let opt = |v: &Option<String>| s(v.clone().unwrap_or_default());
+    let mut aws = vec![
+        Line::Set("kinesis_endpoint", opt(&a.kinesis_endpoint)),
+        Line::Set("dynamodb_endpoint", opt(&a.dynamodb_endpoint)),
+        Line::Set("sts_endpoint", opt(&a.sts_endpoint)),
+        Line::Set("dynamodb_region", s(&a.dynamodb_region)),
+        Line::Set(
+            "ca_file",
+            s(a.ca_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()),
+        ),
+    ];
+    if let Some(role) = &a.assume_role {
+        aws.push(Line::Set("assume_role_arn", s(&role.role_arn)));
+        aws.push(Line::Set("assume_role_session_name", s(&role.session_name)));
+        aws.push(Line::Set("assume_role_external_id", opt(&role.external_id)));
+    }
+
+    let l = &st.lease;
+    let lease = vec![
+        Line::Set(
+            "store",
+            s(match l.store {
+                LeaseStore::Dynamodb => "dynamodb",
+                LeaseStore::Memory => "memory",
+            }),
+        ),
+        Line::Set("failover_time_ms", n(l.failover_time_ms)),
+        Line::Set("take_interval_ms", n(l.take_interval_ms)),
+        Line::Set("shard_sync_interval_ms", n(l.shard_sync_interval_ms)),
+        Line::Set("max_leases_per_worker", n(l.max_leases_per_worker)),
+        Line::Set("max_leases_to_steal", n(l.max_leases_to_steal)),
+    ];
+    let checkpoint = vec![
+        Line::Set("interval_ms", n(st.checkpoint.interval_ms)),
+        Line::Set("max_records", n(st.checkpoint.max_records)),
+    ];
+    let p = &st.polling;
+    let polling = vec![
+        Line::Set("max_records", n(p.max_records)),
+        Line::Set(
+            "idle_time_between_reads_ms",
+            n(p.idle_time_between_reads_ms),
+        ),
+        Line::Set("max_idle_time_ms", n(p.max_idle_time_ms)),
+        Line::Set("prefetch_bytes", n(p.prefetch_bytes)),
+        Line::Set("prefetch_total_bytes", n(p.prefetch_total_bytes)),
+    ];
+    let mut sink = vec![
+        Line::Set(
+            "type",
+            s(match st.sink.kind {
+                SinkKind::Stdout => "stdout",
+                SinkKind::Http => "http",
+            }),
+        ),
+        Line::Set("invoke_identity_arn", s(&st.sink.invoke_identity_arn)),
+    ];
+    if let Some(h) = &st.sink.http {
+        sink.extend([
+            Line::Set("url", s(&h.url)),
+            Line::Set("batch_size", n(h.batch_size)),
+            Line::Set(
+                "max_retry_attempts",
+                n(h.max_retry_attempts.map_or(-1, i64::from)),
+            ),
+            Line::Set(
+                "max_record_age_seconds",
+                n(h.max_record_age_seconds
+                    .map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX))),
+            ),
+            Line::Set("bisect_on_error", Value::Boolean(h.bisect_on_error)),
+            Line::Set(
+                "on_failure_file",
+                s(h.on_failure_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()),
+            ),
+            Line::Set("timeout_ms", n(h.timeout_ms)),
+            Line::Set("parallelization_factor", n(h.parallelization_factor)),
+            Line::Set("batching_window_ms", n(h.batching_window_ms)),
+        ]);
+    }
+    let log = vec![
+        Line::Set(
+            "format",
+            s(match st.log.format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            }),
+        ),
+        Line::Set("level", s(&st.log.level)),
+    ];
+    let ops = vec![Line::Set(
+        "listen",
+        s(st.ops.listen.map_or("off".to_owned(), |a| a.to_string())),
+    )];
+
+    let mut out = format!(
+        "# stream {} in account {}, region {} (from stream_arn)\n\
+         # lease table {} in region {} (from {})\n\
+         # Each value says where it came from: the file, a variable, or the default.\n",
+        st.stream_arn.stream_name,
+        st.stream_arn.account,
+        st.stream_arn.region,
+        st.lease_table,
+        st.aws.dynamodb_region,
+        st.aws.dynamodb_region_from
+    );
+    write_section(&mut out, st, None, &top);
+    for (name, lines) in [
+        ("fan_out", fan_out),
+        ("aws", aws),
+        ("lease", lease),
+        ("checkpoint", checkpoint),
+        ("polling", polling),
+        ("sink", sink),
+        ("log", log),
+        ("ops", ops),
+    ] {
+        if !lines.is_empty() {
+            write_section(&mut out, st, Some(name), &lines);
+        }
+    }
+    out
+}
+
+fn write_section(out: &mut String, st: &Settings, section: Option<&str>, lines: &[Line]) {
+    if let Some(name) = section {
+        let _ = write!(out, "\n[{name}]\n");
+    }
+    for line in lines {
+        match line {
+            Line::Set(key, value) => {
+                let dotted = match section {
+                    Some(name) => format!("{name}.{key}"),
+                    None => (*key).to_owned(),
+                };
+                let from = st
+                    .origins
+                    .get(&dotted)
+                    .map(String::as_str)
+                    .unwrap_or("default");
+                let _ = writeln!(out, "{key} = {value}  # {from}");
+            }
+            Line::Unset(key, note) => {
+                let _ = writeln!(out, "# {key}: {note}");
+            }
+        }
+    }
+}
