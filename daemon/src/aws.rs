@@ -88,18 +88,22 @@ pub async fn connect_with(
     let kinesis_credentials = match &settings.aws.assume_role {
         None => default_credentials,
         Some(role) => {
-            let mut sts_config = base.to_builder();
+            let mut sts_builder = base.to_builder();
             if let Some(url) = &settings.aws.sts_endpoint {
-                sts_config.set_endpoint_url(Some(url.clone()));
+                sts_builder.set_endpoint_url(Some(url.clone()));
             }
+            let sts_config = sts_builder.build();
             let mut builder = aws_config::sts::AssumeRoleProvider::builder(&role.role_arn)
                 .session_name(&role.session_name)
-                .configure(&sts_config.build());
+                .configure(&sts_config);
             if let Some(id) = &role.external_id {
                 builder = builder.external_id(id);
             }
             let provider = SharedCredentialsProvider::new(builder.build().await);
-            check_credentials(&provider, &format!("assuming {}", role.role_arn)).await?;
+            if let Err(e) = provider.provide_credentials().await {
+                let sts = aws_sdk_sts::Client::new(&sts_config);
+                return Err(assume_role_refused(role, &e, &sts).await);
+            }
             provider
         }
     };
@@ -240,6 +244,61 @@ fn no_credentials() -> Error {
          (AWS_PROFILE), a web identity token, or run with a container or instance role"
             .into(),
     )
+}
+
+/// A role that could not be assumed: the role, the trust policy statement
+/// its owner adds (with the external id when one is set), and the
+/// permission the caller needs, in one line.
+async fn assume_role_refused(
+    role: &kcld_config::AssumeRole,
+    err: &(dyn std::error::Error + 'static),
+    sts: &aws_sdk_sts::Client,
+) -> Error {
+    // The provider's error wraps the service's answer in layers; asking
+    // once more gives its code and message as the service wrote them.
+    let detail = match sts
+        .assume_role()
+        .role_arn(&role.role_arn)
+        .role_session_name(&role.session_name)
+        .set_external_id(role.external_id.clone())
+        .send()
+        .await
+    {
+        Err(e) => {
+            use aws_sdk_sts::error::ProvideErrorMetadata;
+            match (e.code(), e.message()) {
+                (Some(code), Some(message)) => format!("{code}: {message}"),
+                _ => kcld_lease::table::plain_error(&e),
+            }
+        }
+        Ok(_) => kcld_lease::table::plain_error(err),
+    };
+    // Who is asking, for the trust policy's principal (best effort).
+    let caller = match sts.get_caller_identity().send().await {
+        Ok(out) => out.arn.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let principal = if caller.is_empty() {
+        "<this process's role ARN>".to_owned()
+    } else {
+        caller.clone()
+    };
+    let mut statement = serde_json::json!({
+        "Effect": "Allow",
+        "Principal": { "AWS": principal },
+        "Action": "sts:AssumeRole",
+    });
+    if let Some(id) = &role.external_id {
+        statement["Condition"] = serde_json::json!({ "StringEquals": { "sts:ExternalId": id } });
+    }
+    let owner = kcld_config::arn::role_account(&role.role_arn).unwrap_or("the role's account");
+    Error::Aws(format!(
+        "cannot assume {role} (aws.assume_role_arn): {detail}; the role's owner (account {owner}) adds \
+         to the role's trust policy: {statement}, and {who} needs sts:AssumeRole on {role} in its own \
+         policy",
+        role = role.role_arn,
+        who = if caller.is_empty() { "this process's identity".to_owned() } else { caller },
+    ))
 }
 
 async fn check_credentials(provider: &SharedCredentialsProvider, source: &str) -> Result<()> {

@@ -21,6 +21,7 @@ pub fn init(format: &LogFormat, level: &str) {
         "aws_smithy_runtime=warn",
         "aws_config::meta::credentials::chain=error",
         "aws_config::imds=error",
+        "aws_config::sts=error",
     ] {
         if let Ok(directive) = quiet.parse() {
             filter = filter.add_directive(directive);

@@ -363,3 +363,69 @@ async fn doctor_passes_then_names_the_missing_action() {
         "{fix}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assumed_role_signs_kinesis_and_the_local_identity_the_lease_table() {
+    use kcld_testkit::fault::FaultProxy;
+    use kcld_testkit::sts::Identity;
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("role"), 1)
+        .await
+        .unwrap();
+    let records = sample_records(10, 3);
+    stack.put_records(&arn, &records).await.unwrap();
+    let sts = Identity::start().await.unwrap();
+    let kinesis = FaultProxy::start(&stack.kinesis_endpoint).await.unwrap();
+    let dynamodb = FaultProxy::start(&stack.dynamodb_endpoint).await.unwrap();
+    // A central account's process (333333333333) reads as a role of the
+    // consumer account (222222222222).
+    let role = "arn:aws:iam::222222222222:role/kcld-reader";
+    let mut vars = env(&stack, &arn);
+    vars.insert("AWS_ACCESS_KEY_ID".into(), "333333333333".into());
+    vars.insert("AWS_ENDPOINT_URL_STS".into(), sts.url());
+    vars.insert("AWS_ENDPOINT_URL_KINESIS".into(), kinesis.url());
+    vars.insert("AWS_ENDPOINT_URL_DYNAMODB".into(), dynamodb.url());
+    vars.insert("KCLD_AWS__ASSUME_ROLE_ARN".into(), role.into());
+    vars.insert("KCLD_AWS__ASSUME_ROLE_EXTERNAL_ID".into(), "ext-42".into());
+    let mut kcld = Kcld::spawn(KCLD, &["run"], &vars).unwrap();
+    let got = kcld.take_lines(10, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), 10, "{}", kcld.stderr_text());
+    kcld.terminate(Duration::from_secs(25)).await.unwrap();
+    let calls = sts.assumed();
+    assert!(!calls.is_empty());
+    assert!(calls.iter().all(|c| c.role_arn == role
+        && c.caller == "333333333333"
+        && c.external_id.as_deref() == Some("ext-42")));
+    assert_eq!(
+        kinesis.access_keys(),
+        ["222222222222"],
+        "Kinesis calls carry the role's keys"
+    );
+    assert_eq!(
+        dynamodb.access_keys(),
+        ["333333333333"],
+        "the lease table is the local identity's"
+    );
+
+    // Refused: one line naming the role, the trust statement with the
+    // external id, and the permission the caller needs.
+    sts.deny(role);
+    let kcld = Kcld::spawn(KCLD, &["run"], &vars).unwrap();
+    let log = kcld.stderr.clone();
+    let status = kcld.wait(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(status.code(), Some(1));
+    let text = log.lock().unwrap().clone();
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{text}");
+    for part in [
+        role,
+        "trust policy",
+        "sts:ExternalId",
+        "ext-42",
+        "sts:AssumeRole",
+        "arn:aws:iam::333333333333",
+    ] {
+        assert!(errors[0].contains(part), "{part} missing: {}", errors[0]);
+    }
+}

@@ -94,6 +94,8 @@ struct Rule {
 pub struct FaultProxy {
     pub addr: SocketAddr,
     rules: Arc<Mutex<Vec<Rule>>>,
+    /// The access key ids requests were signed with.
+    keys: Arc<Mutex<std::collections::BTreeSet<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -110,17 +112,31 @@ impl FaultProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let rules: Arc<Mutex<Vec<Rule>>> = Arc::default();
+        let keys: Arc<Mutex<std::collections::BTreeSet<String>>> = Arc::default();
+        let seen = keys.clone();
         let upstream: hyper::Uri = upstream.parse()?;
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let shared = rules.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let rules = shared.clone();
+                let seen = seen.clone();
                 let client = client.clone();
                 let upstream = upstream.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let rules = rules.clone();
+                        if let Some(key) = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|a| a.split("Credential=").nth(1))
+                            .and_then(|c| c.split('/').next())
+                        {
+                            if let Ok(mut k) = seen.lock() {
+                                k.insert(key.to_owned());
+                            }
+                        }
                         let client = client.clone();
                         let upstream = upstream.clone();
                         async move { handle(req, &rules, &client, &upstream).await }
@@ -131,7 +147,12 @@ impl FaultProxy {
                 });
             }
         });
-        Ok(FaultProxy { addr, rules, task })
+        Ok(FaultProxy {
+            addr,
+            rules,
+            keys,
+            task,
+        })
     }
 
     /// The endpoint URL to give kcld.
@@ -176,6 +197,14 @@ impl FaultProxy {
                 faulted: 0,
             });
         }
+    }
+
+    /// The access key ids the requests so far were signed with.
+    pub fn access_keys(&self) -> Vec<String> {
+        self.keys
+            .lock()
+            .map(|k| k.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Forwards every call again.
