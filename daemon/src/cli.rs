@@ -40,6 +40,19 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Whether the final error should be a JSON line like the logs:
+    /// `--log-format json`, or `KCLD_LOG__FORMAT=json` (read before the
+    /// configuration, which may be what failed).
+    pub fn json_errors(&self) -> bool {
+        match self.log_format {
+            Some(LogFormatArg::Json) => true,
+            Some(LogFormatArg::Text) => false,
+            None => std::env::var("KCLD_LOG__FORMAT").is_ok_and(|f| f.trim() == "json"),
+        }
+    }
+}
+
 /// The values of `--log-format`, as for `log.format`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormatArg {

@@ -7,6 +7,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = kcld::cli::Cli::parse();
+    let json = cli.json_errors();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -20,7 +21,18 @@ fn main() -> ExitCode {
     match runtime.block_on(kcld::cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kcld: error: {e}");
+            if json {
+                // One JSON line, as the logs are, for a log shipper.
+                let line = serde_json::json!({
+                    "level": "ERROR",
+                    "target": "kcld",
+                    "message": e.to_string(),
+                    "exit_code": e.exit_code(),
+                });
+                eprintln!("{line}");
+            } else {
+                eprintln!("kcld: error: {e}");
+            }
             ExitCode::from(e.exit_code() as u8)
         }
     }

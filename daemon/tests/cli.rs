@@ -479,3 +479,32 @@ async fn an_unusable_kms_key_is_one_error_naming_what_the_owner_does() {
         assert!(line.contains(code) && line.contains(says), "{code}: {line}");
     }
 }
+
+#[tokio::test]
+async fn with_json_logs_the_final_error_is_json_too() {
+    for (args, vars) in [
+        (
+            vec!["--log-format", "json", "check-config"],
+            env(&[("KCLD_STREAM_ARN", ARN)]),
+        ),
+        (
+            vec!["check-config"],
+            env(&[("KCLD_STREAM_ARN", ARN), ("KCLD_LOG__FORMAT", "json")]),
+        ),
+    ] {
+        let (code, _, err) = run(&args, vars).await;
+        assert_eq!(code, 2, "{err}");
+        let last = err.trim().lines().last().unwrap_or_default();
+        let line: serde_json::Value =
+            serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {err}"));
+        assert_eq!(line["level"], "ERROR");
+        assert_eq!(line["exit_code"], 2);
+        assert!(
+            line["message"]
+                .as_str()
+                .unwrap()
+                .contains("application_name"),
+            "{line}"
+        );
+    }
+}
