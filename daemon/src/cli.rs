@@ -281,17 +281,33 @@ fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<(
         ));
     }
     let mut consumer_arn = args.consumer_arn.clone();
+    let mut notes: Vec<String> = Vec::new();
     let (stream, table, table_region) = match &args.stream_arn {
         Some(arn) => {
             let stream: StreamArn = arn.parse().map_err(|e: kcld_config::ArnError| {
                 bad("stream-arn", e.to_string(), "pass the stream's ARN")
             })?;
-            let region = stream.region.clone();
-            (
-                stream,
-                args.lease_table.clone().unwrap_or_else(|| "kcld".into()),
-                region,
-            )
+            // The lease table is in the consumer's region.
+            let region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                .iter()
+                .find_map(|v| std::env::var(v).ok().filter(|r| !r.trim().is_empty()))
+                .unwrap_or_else(|| stream.region.clone());
+            let table = args.lease_table.clone().unwrap_or_else(|| {
+                notes.push(
+                    "consumer_role_policy names the lease table <application_name>: replace it \
+                     with the application's name (or pass --lease-table)"
+                        .into(),
+                );
+                "<application_name>".into()
+            });
+            (stream, table, region)
+        }
+        None if config.is_none() && std::env::var("KCLD_STREAM_ARN").is_err() => {
+            return Err(bad(
+                "stream-arn",
+                "missing: the policies are for one shared stream".into(),
+                "pass --stream-arn arn:aws:kinesis:<region>:<owner-account>:stream/<name>, or a configuration with stream_arn",
+            ));
         }
         None => {
             let settings = kcld_config::load(config, std::env::vars())?;
@@ -321,7 +337,7 @@ fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<(
             ));
         }
     }
-    let doc = crate::policy::policies(&crate::policy::PolicyRequest {
+    let mut doc = crate::policy::policies(&crate::policy::PolicyRequest {
         stream: &stream,
         role_arn: &args.consumer_role_arn,
         consumer_arn: consumer_arn.as_deref(),
@@ -329,6 +345,9 @@ fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<(
         lease_table: &table,
         lease_table_region: &table_region,
     });
+    if !notes.is_empty() {
+        doc["notes"] = serde_json::json!(notes);
+    }
     println!(
         "{}",
         serde_json::to_string_pretty(&doc).map_err(|e| crate::Error::Other(e.to_string()))?

@@ -240,14 +240,20 @@ async fn policy_prints_every_action_the_seeds_require() {
             "{needed} missing from {actions:?}"
         );
     }
+    // No lease table named: a placeholder that says so, never a made-up name.
+    let table = doc["consumer_role_policy"]["Statement"][1]["Resource"]
+        .as_str()
+        .unwrap();
+    assert!(table.ends_with("table/<application_name>"), "{table}");
+    assert!(doc["notes"][0].as_str().unwrap().contains("--lease-table"));
     assert!(
         doc.get("consumer_resource_policy").is_none(),
         "no fan-out asked for"
     );
     let role_policy = doc["consumer_role_policy"]["Statement"].as_array().unwrap();
-    assert!(role_policy
-        .iter()
-        .any(|s| s["Resource"] == "arn:aws:dynamodb:us-east-1:222222222222:table/kcld"));
+    assert!(role_policy.iter().any(
+        |s| s["Resource"] == "arn:aws:dynamodb:us-east-1:222222222222:table/<application_name>"
+    ));
     let accounts: Vec<&str> = doc["commands"]
         .as_array()
         .unwrap()
@@ -507,4 +513,24 @@ async fn with_json_logs_the_final_error_is_json_too() {
             "{line}"
         );
     }
+}
+
+#[tokio::test]
+async fn policy_without_a_stream_names_the_missing_stream_arn() {
+    // The README's own example, without a stream anywhere.
+    let (code, _, err) = run(
+        &[
+            "policy",
+            "--consumer-role-arn",
+            "arn:aws:iam::222222222222:role/kcld-consumer",
+        ],
+        env(&[]),
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    let line = one_error_line(&err);
+    assert!(
+        line.contains("--stream-arn") && !line.contains("application_name"),
+        "{line}"
+    );
 }
