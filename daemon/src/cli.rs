@@ -282,6 +282,7 @@ fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<(
     }
     let mut consumer_arn = args.consumer_arn.clone();
     let mut notes: Vec<String> = Vec::new();
+    let mut assumed: Option<kcld_config::AssumeRole> = None;
     let (stream, table, table_region) = match &args.stream_arn {
         Some(arn) => {
             let stream: StreamArn = arn.parse().map_err(|e: kcld_config::ArnError| {
@@ -317,6 +318,7 @@ fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<(
                 consumer_arn.get_or_insert_with(|| arn.to_string());
             }
             let table = args.lease_table.clone().unwrap_or(settings.lease_table);
+            assumed = settings.aws.assume_role.clone();
             (settings.stream_arn, table, settings.aws.dynamodb_region)
         }
     };
@@ -344,6 +346,7 @@ fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<(
         kms_key_arn: args.kms_key_arn.as_deref(),
         lease_table: &table,
         lease_table_region: &table_region,
+        assumed_with_external_id: assumed.as_ref().map(|r| r.external_id.as_deref()),
     });
     if !notes.is_empty() {
         doc["notes"] = serde_json::json!(notes);

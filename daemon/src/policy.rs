@@ -183,6 +183,9 @@ pub struct PolicyRequest<'a> {
     pub lease_table: &'a str,
     /// The lease table's region, for its ARN.
     pub lease_table_region: &'a str,
+    /// `aws.assume_role_external_id` when kcld assumes the consumer role
+    /// (`aws.assume_role_arn`): the role's trust policy must allow it.
+    pub assumed_with_external_id: Option<Option<&'a str>>,
 }
 
 pub use kcld_config::arn::role_account;
@@ -233,6 +236,21 @@ pub fn policies(req: &PolicyRequest<'_>) -> serde_json::Value {
         "consumer_role_policy".into(),
         serde_json::json!({ "Version": "2012-10-17", "Statement": statements }),
     );
+    if let Some(external_id) = req.assumed_with_external_id {
+        // kcld runs as another identity and assumes the consumer role.
+        let mut trust = serde_json::json!({
+            "Effect": "Allow",
+            "Principal": { "AWS": "<the identity kcld runs as (kcld doctor shows it)>" },
+            "Action": "sts:AssumeRole",
+        });
+        if let Some(id) = external_id {
+            trust["Condition"] = serde_json::json!({ "StringEquals": { "sts:ExternalId": id } });
+        }
+        out.insert(
+            "consumer_role_trust_policy".into(),
+            serde_json::json!({ "Version": "2012-10-17", "Statement": [trust] }),
+        );
+    }
     // Each command names the account to run it in and the field of this
     // document to save as its policy file.
     let step = |account: &str, who: &str, saves: &str, command: String| serde_json::json!({ "account": account, "run_by": who, "save_field_as_file": saves, "command": command });
@@ -266,6 +284,14 @@ pub fn policies(req: &PolicyRequest<'_>) -> serde_json::Value {
         "consumer_role_policy -> role-policy.json",
         format!("aws iam put-role-policy --role-name {role_name} --policy-name kcld --policy-document file://role-policy.json"),
     ));
+    if req.assumed_with_external_id.is_some() {
+        commands.push(step(
+            consumer_account,
+            "consumer",
+            "consumer_role_trust_policy -> trust-policy.json",
+            format!("aws iam update-assume-role-policy --role-name {role_name} --policy-document file://trust-policy.json"),
+        ));
+    }
     out.insert("commands".into(), serde_json::json!(commands));
     serde_json::Value::Object(out)
 }

@@ -534,3 +534,31 @@ async fn policy_without_a_stream_names_the_missing_stream_arn() {
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn policy_for_an_assumed_role_includes_its_trust_statement() {
+    let role = "arn:aws:iam::222222222222:role/kcld-consumer";
+    let (code, out, err) = run(
+        &["policy", "--consumer-role-arn", role],
+        env(&[
+            ("KCLD_APPLICATION_NAME", "orders-reader"),
+            ("KCLD_STREAM_ARN", ARN),
+            ("KCLD_AWS__ASSUME_ROLE_ARN", role),
+            ("KCLD_AWS__ASSUME_ROLE_EXTERNAL_ID", "ext-7"),
+        ]),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out.join("\n")).unwrap();
+    let trust = &doc["consumer_role_trust_policy"]["Statement"][0];
+    assert_eq!(trust["Action"], "sts:AssumeRole");
+    assert_eq!(
+        trust["Condition"]["StringEquals"]["sts:ExternalId"],
+        "ext-7"
+    );
+    let commands = doc["commands"].to_string();
+    assert!(
+        commands.contains("update-assume-role-policy --role-name kcld-consumer"),
+        "{commands}"
+    );
+}
