@@ -6,6 +6,9 @@ use std::collections::HashMap;
 use crate::raw::*;
 use crate::*;
 
+mod sink;
+use sink::validate_http_sink;
+
 pub(crate) fn validate(
     raw: RawSettings,
     env: &HashMap<String, String>,
@@ -502,98 +505,6 @@ fn validate_fan_out(
             3_600_000,
         )?,
     }))
-}
-
-fn validate_http_sink(raw: &RawSink) -> Result<HttpSinkSettings, ConfigError> {
-    let url = non_empty(raw.url.clone()).ok_or_else(|| {
-        ConfigError::key(
-            "sink.url",
-            "is required with sink.type = \"http\"",
-            "set the application's endpoint, e.g. http://127.0.0.1:8080/kinesis",
-        )
-    })?;
-    if !url.starts_with("http://") {
-        return Err(ConfigError::key(
-            "sink.url",
-            format!("{url:?} is not an http:// URL"),
-            "the HTTP sink talks to an application beside it, over plain HTTP: use http://127.0.0.1:<port>/<path>",
-        ));
-    }
-    let batch_size = raw.batch_size.unwrap_or(100);
-    if !(1..=10_000).contains(&batch_size) {
-        return Err(ConfigError::key(
-            "sink.batch_size",
-            format!("{batch_size} is out of range"),
-            "use 1 to 10000",
-        ));
-    }
-    let max_retry_attempts = match raw.max_retry_attempts.unwrap_or(-1) {
-        -1 => None,
-        n if (0..=10_000).contains(&n) => Some(n as u32),
-        n => {
-            return Err(ConfigError::key(
-                "sink.max_retry_attempts",
-                format!("{n} is out of range"),
-                "use -1 (retry until taken) or 0 to 10000",
-            ))
-        }
-    };
-    let max_record_age_seconds = match raw.max_record_age_seconds.unwrap_or(-1) {
-        -1 => None,
-        n if (1..=604_800).contains(&n) => Some(n as u64),
-        n => {
-            return Err(ConfigError::key(
-                "sink.max_record_age_seconds",
-                format!("{n} is out of range"),
-                "use -1 (no limit) or 1 to 604800",
-            ))
-        }
-    };
-    let on_failure_file = non_empty(raw.on_failure_file.clone()).map(PathBuf::from);
-    if (max_retry_attempts.is_some() || max_record_age_seconds.is_some())
-        && on_failure_file.is_none()
-    {
-        return Err(ConfigError::key(
-            "sink.on_failure_file",
-            "is required when sink.max_retry_attempts or sink.max_record_age_seconds limits retries",
-            "name a file for records that exhaust their retries; without it they would be lost",
-        ));
-    }
-    let timeout_ms = raw.timeout_ms.unwrap_or(30_000);
-    if !(100..=900_000).contains(&timeout_ms) {
-        return Err(ConfigError::key(
-            "sink.timeout_ms",
-            format!("{timeout_ms} is out of range"),
-            "use 100 to 900000",
-        ));
-    }
-    let parallelization_factor = raw.parallelization_factor.unwrap_or(1);
-    if !(1..=10).contains(&parallelization_factor) {
-        return Err(ConfigError::key(
-            "sink.parallelization_factor",
-            format!("{parallelization_factor} is out of range"),
-            "use 1 to 10",
-        ));
-    }
-    let batching_window_ms = raw.batching_window_ms.unwrap_or(0);
-    if !(0..=300_000).contains(&batching_window_ms) {
-        return Err(ConfigError::key(
-            "sink.batching_window_ms",
-            format!("{batching_window_ms} is out of range"),
-            "use 0 to 300000 (five minutes)",
-        ));
-    }
-    Ok(HttpSinkSettings {
-        url,
-        parallelization_factor: parallelization_factor as usize,
-        batching_window_ms: batching_window_ms as u64,
-        batch_size: batch_size as usize,
-        max_retry_attempts,
-        max_record_age_seconds,
-        bisect_on_error: raw.bisect_on_error.unwrap_or(false),
-        on_failure_file,
-        timeout_ms: timeout_ms as u64,
-    })
 }
 
 /// DynamoDB table names: 3 to 255 characters of a-z, A-Z, 0-9, '_', '-', '.'.
