@@ -451,6 +451,12 @@ async fn drive(
         };
         processor.process_records(&batch, &mut cp).await?;
         record_delivery(shard_id, &batch);
+        if grant.stop.is_cancelled() {
+            // The lease went while the processor had the batch: it may not
+            // have taken all of it, so the shard's end (gathered with the
+            // batch) is the next owner's to reach.
+            return goodbye(grant, positions, processor).await;
+        }
         if let Some(children) = children {
             return shard_end(grant, positions, processor, &children).await;
         }

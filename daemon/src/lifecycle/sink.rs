@@ -156,6 +156,17 @@ impl ShardProcessor for SinkProcessor {
     /// lease leaves the end to the next owner (it reads the shard's tail
     /// again).
     async fn shard_ended(&mut self, cp: &mut Checkpointer<'_>) -> Result<(), ProcessorError> {
+        let delivered = cp.largest();
+        let all_confirmed = match (&self.confirmed, delivered) {
+            (Some(confirmed), Checkpoint::At(last)) => confirmed == last,
+            // Nothing was delivered since the last checkpoint.
+            (_, largest) => !matches!(largest, Checkpoint::At(_)) || *largest == *cp.last(),
+        };
+        if !all_confirmed {
+            // SHARD_END would pass records the sink did not confirm: leave
+            // the end to be read again.
+            return Ok(());
+        }
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             match cp.checkpoint(None).await {

@@ -664,3 +664,44 @@ proptest! {
         prop_assert_eq!(seen, (1..=n).collect::<Vec<_>>());
     }
 }
+
+/// Confirms a prefix and stops, with a batching window so that a read's
+/// records and the shard's end are gathered together.
+struct PrefixGathering {
+    take: usize,
+}
+
+#[async_trait::async_trait]
+impl Sink for PrefixGathering {
+    async fn deliver(&self, batch: &Batch, stop: &CancellationToken) -> Result<(), SinkError> {
+        Prefix { take: self.take }.deliver(batch, stop).await
+    }
+
+    fn batching_window(&self) -> Option<(usize, Duration)> {
+        Some((100, Duration::from_millis(10)))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shard_end_gathered_with_an_unconfirmed_batch_is_not_checkpointed() {
+    // The last records and the end arrive together; the application takes
+    // only three of four before the lease goes: SHARD_END would skip the
+    // fourth.
+    let (g, lease) = grant(Checkpoint::TrimHorizon);
+    let shard = Shard::new(4, true, 4);
+    let processors = Arc::new(SinkProcessors {
+        sink: Arc::new(PrefixGathering { take: 3 }),
+        policy: CheckpointPolicy {
+            interval: Duration::from_secs(3600),
+            max_records: 1000,
+        },
+    });
+    let outcome = run_to_end(g, &shard, processors).await.unwrap();
+    assert_eq!(outcome, Outcome::Stopped);
+    assert_eq!(
+        *lease.writes.lock().unwrap(),
+        [at(3)],
+        "record 4 was not confirmed"
+    );
+    assert!(lease.children.lock().unwrap().is_empty());
+}
