@@ -85,9 +85,10 @@ pub fn encoded_len(ctx: &EventContext, shard_id: &str, record: &Record) -> usize
 }
 
 /// Appends `record` as one Lambda event record (JSON, no newline) to `out`.
+/// The sinks size `out` once per batch with [`encoded_len`]; nothing is
+/// reserved here, so that the size is not worked out twice per record.
 pub fn write_record(out: &mut Vec<u8>, ctx: &EventContext, shard_id: &str, record: &Record) {
     let seq = record.sequence_number.as_str();
-    out.reserve(encoded_len(ctx, shard_id, record));
     out.extend_from_slice(br#"{"kinesis":{"kinesisSchemaVersion":"1.0","partitionKey":""#);
     escape_into(out, record.partition_key.as_str());
     out.extend_from_slice(br#"","sequenceNumber":""#);
