@@ -147,7 +147,7 @@ impl From<ExtendedSequenceNumber> for Checkpoint {
 }
 
 /// Why a checkpoint was not written.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CheckpointError {
     /// Another worker holds the lease now (or it expired): the shard must stop
     /// and nothing may be written on its behalf.

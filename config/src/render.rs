@@ -24,6 +24,10 @@ fn n(v: impl TryInto<i64>) -> Value {
     Value::Integer(v.try_into().unwrap_or(i64::MAX))
 }
 
+fn ms(d: std::time::Duration) -> Value {
+    n(d.as_millis())
+}
+
 /// The whole file.
 pub(crate) fn render(settings: &Settings) -> String {
     let st = settings;
@@ -51,7 +55,7 @@ pub(crate) fn render(settings: &Settings) -> String {
             top.push(Line::Set("initial_timestamp", s(rfc3339)));
         }
     }
-    top.push(Line::Set("shutdown_timeout_ms", n(st.shutdown_timeout_ms)));
+    top.push(Line::Set("shutdown_timeout_ms", ms(st.shutdown_timeout)));
     match st.fan_out.as_ref().map(|f| &f.consumer) {
         Some(FanOutConsumer::Arn(arn)) => top.push(Line::Set("consumer_arn", s(arn.to_string()))),
         Some(FanOutConsumer::Name(name)) => top.push(Line::Set("consumer_name", s(name))),
@@ -63,10 +67,10 @@ pub(crate) fn render(settings: &Settings) -> String {
 
     let fan_out = match &st.fan_out {
         Some(f) => vec![
-            Line::Set("stall_timeout_ms", n(f.stall_timeout_ms)),
-            Line::Set("subscription_max_age_ms", n(f.subscription_max_age_ms)),
-            Line::Set("registration_timeout_ms", n(f.registration_timeout_ms)),
-            Line::Set("end_check_interval_ms", n(f.end_check_interval_ms)),
+            Line::Set("stall_timeout_ms", ms(f.stall_timeout)),
+            Line::Set("subscription_max_age_ms", ms(f.subscription_max_age)),
+            Line::Set("registration_timeout_ms", ms(f.registration_timeout)),
+            Line::Set("end_check_interval_ms", ms(f.end_check_interval)),
         ],
         None => vec![],
     };
@@ -101,24 +105,21 @@ pub(crate) fn render(settings: &Settings) -> String {
                 LeaseStore::Memory => "memory",
             }),
         ),
-        Line::Set("failover_time_ms", n(l.failover_time_ms)),
-        Line::Set("take_interval_ms", n(l.take_interval_ms)),
-        Line::Set("shard_sync_interval_ms", n(l.shard_sync_interval_ms)),
+        Line::Set("failover_time_ms", ms(l.failover_time)),
+        Line::Set("take_interval_ms", ms(l.take_interval)),
+        Line::Set("shard_sync_interval_ms", ms(l.shard_sync_interval)),
         Line::Set("max_leases_per_worker", n(l.max_leases_per_worker)),
         Line::Set("max_leases_to_steal", n(l.max_leases_to_steal)),
     ];
     let checkpoint = vec![
-        Line::Set("interval_ms", n(st.checkpoint.interval_ms)),
+        Line::Set("interval_ms", ms(st.checkpoint.interval)),
         Line::Set("max_records", n(st.checkpoint.max_records)),
     ];
     let p = &st.polling;
     let polling = vec![
         Line::Set("max_records", n(p.max_records)),
-        Line::Set(
-            "idle_time_between_reads_ms",
-            n(p.idle_time_between_reads_ms),
-        ),
-        Line::Set("max_idle_time_ms", n(p.max_idle_time_ms)),
+        Line::Set("idle_time_between_reads_ms", ms(p.idle_time_between_reads)),
+        Line::Set("max_idle_time_ms", ms(p.max_idle_time)),
         Line::Set("prefetch_bytes", n(p.prefetch_bytes)),
         Line::Set("prefetch_total_bytes", n(p.prefetch_total_bytes)),
     ];
@@ -142,8 +143,8 @@ pub(crate) fn render(settings: &Settings) -> String {
             ),
             Line::Set(
                 "max_record_age_seconds",
-                n(h.max_record_age_seconds
-                    .map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX))),
+                n(h.max_record_age
+                    .map_or(-1, |v| i64::try_from(v.as_secs()).unwrap_or(i64::MAX))),
             ),
             Line::Set("bisect_on_error", Value::Boolean(h.bisect_on_error)),
             Line::Set(
@@ -153,9 +154,9 @@ pub(crate) fn render(settings: &Settings) -> String {
                     .map(|p| p.display().to_string())
                     .unwrap_or_default()),
             ),
-            Line::Set("timeout_ms", n(h.timeout_ms)),
+            Line::Set("timeout_ms", ms(h.timeout)),
             Line::Set("parallelization_factor", n(h.parallelization_factor)),
-            Line::Set("batching_window_ms", n(h.batching_window_ms)),
+            Line::Set("batching_window_ms", ms(h.batching_window)),
         ]);
     }
     let log = vec![

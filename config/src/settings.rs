@@ -1,6 +1,7 @@
 //! Validated settings: what the rest of kcld reads.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -50,7 +51,8 @@ pub struct Settings {
     pub initial_position: InitialPosition,
     /// After SIGTERM/SIGINT: time to finish in-flight batches, write final
     /// checkpoints and release leases.
-    pub shutdown_timeout_ms: u64,
+    #[serde(serialize_with = "millis")]
+    pub shutdown_timeout: Duration,
     /// Enhanced fan-out (SubscribeToShard) instead of polling, when a
     /// consumer is configured.
     pub fan_out: Option<FanOutSettings>,
@@ -87,16 +89,20 @@ pub struct FanOutSettings {
     /// The consumer to subscribe through.
     pub consumer: FanOutConsumer,
     /// A subscription with no event for this long is restarted.
-    pub stall_timeout_ms: u64,
+    #[serde(serialize_with = "millis")]
+    pub stall_timeout: Duration,
     /// A subscription is renewed after this long, before the service ends
     /// it at 5 minutes.
-    pub subscription_max_age_ms: u64,
+    #[serde(serialize_with = "millis")]
+    pub subscription_max_age: Duration,
     /// How long to wait for a registered consumer to become ACTIVE.
-    pub registration_timeout_ms: u64,
+    #[serde(serialize_with = "millis")]
+    pub registration_timeout: Duration,
     /// While caught up, how often to check with GetRecords whether the
     /// shard was closed and fully read; 0 = only the service's own
     /// end-of-shard event.
-    pub end_check_interval_ms: u64,
+    #[serde(serialize_with = "millis")]
+    pub end_check_interval: Duration,
 }
 
 /// The operations endpoint: Prometheus metrics and health probes.
@@ -159,15 +165,18 @@ pub enum LeaseStore {
 pub struct LeaseSettings {
     /// Where leases and checkpoints are kept.
     pub store: LeaseStore,
-    /// A lease whose counter has not moved for this long, in milliseconds, may
+    /// A lease whose counter has not moved for this long, may
     /// be taken by another worker (the KCL's `failoverTimeMillis`).
-    pub failover_time_ms: u64,
+    #[serde(serialize_with = "millis")]
+    pub failover_time: Duration,
     /// How often the lease table is scanned for leases to take, in
     /// milliseconds.
-    pub take_interval_ms: u64,
+    #[serde(serialize_with = "millis")]
+    pub take_interval: Duration,
     /// How often shards are listed to add leases for new shards and remove
     /// finished parents, in milliseconds.
-    pub shard_sync_interval_ms: u64,
+    #[serde(serialize_with = "millis")]
+    pub shard_sync_interval: Duration,
     /// 0 = no limit.
     pub max_leases_per_worker: u64,
     /// The most leases taken from a busier worker in one scan (the KCL's
@@ -179,7 +188,8 @@ pub struct LeaseSettings {
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckpointSettings {
     /// Checkpoint confirmed records at least this often...
-    pub interval_ms: u64,
+    #[serde(serialize_with = "millis")]
+    pub interval: Duration,
     /// ...and whenever this many records were confirmed since the last one.
     pub max_records: u64,
 }
@@ -191,9 +201,11 @@ pub struct PollingSettings {
     pub max_records: i32,
     /// Wait after an empty GetRecords before the next call on that shard;
     /// it doubles with every further empty read, up to `max_idle_time_ms`.
-    pub idle_time_between_reads_ms: u64,
+    #[serde(serialize_with = "millis")]
+    pub idle_time_between_reads: Duration,
     /// The longest wait between reads of an idle shard, in milliseconds.
-    pub max_idle_time_ms: u64,
+    #[serde(serialize_with = "millis")]
+    pub max_idle_time: Duration,
     /// Record data read ahead of the sink, per shard...
     pub prefetch_bytes: u64,
     /// ...and for all shards of this worker together.
@@ -235,19 +247,22 @@ pub struct HttpSinkSettings {
     /// until the application takes it.
     pub max_retry_attempts: Option<u32>,
     /// Age past which a failing record goes to the failure file.
-    pub max_record_age_seconds: Option<u64>,
+    #[serde(serialize_with = "seconds")]
+    pub max_record_age: Option<Duration>,
     /// On an error, split the batch in two and retry each half.
     pub bisect_on_error: bool,
     /// Where records that exhausted their retries are written (JSON lines)
     /// before they are checkpointed past.
     pub on_failure_file: Option<PathBuf>,
     /// How long one request may take, in milliseconds.
-    pub timeout_ms: u64,
+    #[serde(serialize_with = "millis")]
+    pub timeout: Duration,
     /// Requests in flight per shard, 1 to 10; records of one partition key
     /// always go through the same one, in order.
     pub parallelization_factor: usize,
     /// Wait up to this long for a full batch before sending a smaller one.
-    pub batching_window_ms: u64,
+    #[serde(serialize_with = "millis")]
+    pub batching_window: Duration,
 }
 
 /// How log lines are written to stderr.
@@ -273,5 +288,18 @@ impl Settings {
     /// The effective configuration as TOML, for `kcld check-config`.
     pub fn to_toml(&self) -> String {
         crate::render::render(self)
+    }
+}
+
+/// Durations are written as whole milliseconds, as the keys that set them.
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `sink.max_record_age_seconds` is written in whole seconds.
+fn seconds<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs()),
+        None => s.serialize_none(),
     }
 }

@@ -1,5 +1,6 @@
 use super::*;
 use std::io::Write;
+use std::time::Duration;
 
 const ARN: &str = "arn:aws:kinesis:us-east-1:111111111111:stream/orders";
 
@@ -247,8 +248,8 @@ fn a_consumer_turns_fan_out_on_and_must_belong_to_the_stream() {
     .unwrap();
     let fan_out = s.fan_out.unwrap();
     assert_eq!(fan_out.consumer, FanOutConsumer::Arn(arn.parse().unwrap()));
-    assert_eq!(fan_out.stall_timeout_ms, 5000);
-    assert_eq!(fan_out.subscription_max_age_ms, 290_000);
+    assert_eq!(fan_out.stall_timeout, Duration::from_millis(5000));
+    assert_eq!(fan_out.subscription_max_age, Duration::from_millis(290_000));
 
     let s = with(&[("KCLD_CONSUMER_NAME", "orders-efo")]).unwrap();
     assert_eq!(

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
 use aws_smithy_types::retry::RetryConfig;
@@ -39,15 +40,14 @@ impl Clients {
             return Ok(account.clone());
         }
         let out = self.sts.get_caller_identity().send().await.map_err(|e| {
-            Error::Aws(format!(
-                "cannot tell which account this is (sts:GetCallerIdentity: {}); check \
-                 aws.sts_endpoint / AWS_ENDPOINT_URL_STS and the network",
-                kcld_lease::table::plain_error(&e)
-            ))
+            IdentityError::CallerUnknown {
+                detail: kcld_lease::table::plain_error(&e),
+                source: Box::new(e),
+            }
         })?;
         out.account
             .filter(|a| !a.is_empty())
-            .ok_or_else(|| Error::Aws("sts:GetCallerIdentity returned no account".into()))
+            .ok_or_else(|| IdentityError::NoAccount.into())
     }
 }
 
@@ -82,7 +82,9 @@ pub async fn connect_with(
         .load()
         .await;
 
-    let default_credentials = base.credentials_provider().ok_or_else(no_credentials)?;
+    let default_credentials = base
+        .credentials_provider()
+        .ok_or(IdentityError::NoProvider)?;
     check_credentials(&default_credentials, "the default credential chain").await?;
 
     let kinesis_credentials = match &settings.aws.assume_role {
@@ -102,7 +104,7 @@ pub async fn connect_with(
             let provider = SharedCredentialsProvider::new(builder.build().await);
             if let Err(e) = provider.provide_credentials().await {
                 let sts = aws_sdk_sts::Client::new(&sts_config);
-                return Err(assume_role_refused(role, &e, &sts).await);
+                return Err(assume_role_refused(role, e, &sts).await.into());
             }
             provider
         }
@@ -153,33 +155,33 @@ fn http_client(
     let mut trust = TrustStore::default();
     if let Some(path) = &settings.aws.ca_file {
         let pem = std::fs::read(path).map_err(|e| {
-            Error::Other(format!(
-                "aws.ca_file {}: cannot read it ({e})",
-                path.display()
-            ))
+            Error::setup(format!("aws.ca_file {}: cannot read it", path.display()), e)
         })?;
         // The HTTP client panics on a bad certificate later, so check now.
         use rustls_pki_types::{pem::PemObject, CertificateDer};
         let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<_, _>>()
             .map_err(|e| {
-                Error::Other(format!(
-                    "aws.ca_file {}: not a PEM certificate ({e}); point it at the CA's .pem file",
-                    path.display()
-                ))
+                Error::setup(
+                    format!(
+                        "aws.ca_file {}: not a PEM certificate; point it at the CA's .pem file",
+                        path.display()
+                    ),
+                    e.to_string(),
+                )
             })?;
         if certs.is_empty() {
-            return Err(Error::Other(format!(
-                "aws.ca_file {}: holds no certificate; point it at the CA's .pem file",
-                path.display()
-            )));
+            return Err(Error::setup(
+                format!("aws.ca_file {}", path.display()),
+                "holds no certificate; point it at the CA's .pem file",
+            ));
         }
         trust = trust.with_pem_certificate(pem);
     }
     let context = TlsContext::builder()
         .with_trust_store(trust)
         .build()
-        .map_err(|e| Error::Other(format!("TLS setup: {e}")))?;
+        .map_err(|e| Error::setup("TLS setup", e.to_string()))?;
     Ok(aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
         .tls_context(context)
@@ -238,12 +240,66 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for CountAttemptErr
     }
 }
 
-fn no_credentials() -> Error {
-    Error::Aws(
+/// Why kcld has no usable identity: each message says what to set.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The SDK found no credential provider at all.
+    #[error(
         "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile \
          (AWS_PROFILE), a web identity token, or run with a container or instance role"
-            .into(),
-    )
+    )]
+    NoProvider,
+    /// The credential chain gave no credentials.
+    #[error(
+        "no AWS credentials from {from} ({detail}); set AWS_ACCESS_KEY_ID and \
+         AWS_SECRET_ACCESS_KEY, a profile (AWS_PROFILE), a web identity token, or run with a \
+         container or instance role"
+    )]
+    NoCredentials {
+        /// Which provider was asked.
+        from: &'static str,
+        /// The provider's reason, on one line.
+        detail: String,
+        /// The provider's error.
+        #[source]
+        source: CredentialsError,
+    },
+    /// `aws.assume_role_arn` could not be assumed.
+    #[error(
+        "cannot assume {role} (aws.assume_role_arn): {detail}; the role's owner (account \
+         {owner}) adds to the role's trust policy: {statement}, and {who} needs sts:AssumeRole \
+         on {role} in its own policy"
+    )]
+    AssumeRoleRefused {
+        /// The role's ARN.
+        role: String,
+        /// STS's code and message.
+        detail: String,
+        /// The account that owns the role.
+        owner: String,
+        /// The trust policy statement the role's owner adds, as JSON.
+        statement: String,
+        /// Who asked: this process's identity.
+        who: String,
+        /// The credential provider's error.
+        #[source]
+        source: CredentialsError,
+    },
+    /// sts:GetCallerIdentity failed.
+    #[error(
+        "cannot tell which account this is (sts:GetCallerIdentity: {detail}); check \
+         aws.sts_endpoint / AWS_ENDPOINT_URL_STS and the network"
+    )]
+    CallerUnknown {
+        /// The call's error on one line.
+        detail: String,
+        /// The call's error.
+        #[source]
+        source: crate::error::BoxError,
+    },
+    /// sts:GetCallerIdentity answered without an account.
+    #[error("sts:GetCallerIdentity returned no account")]
+    NoAccount,
 }
 
 /// A role that could not be assumed: the role, the trust policy statement
@@ -251,9 +307,9 @@ fn no_credentials() -> Error {
 /// permission the caller needs, in one line.
 async fn assume_role_refused(
     role: &kcld_config::AssumeRole,
-    err: &(dyn std::error::Error + 'static),
+    err: CredentialsError,
     sts: &aws_sdk_sts::Client,
-) -> Error {
+) -> IdentityError {
     // The provider's error wraps the service's answer in layers; asking
     // once more gives its code and message as the service wrote them.
     let detail = match sts
@@ -271,7 +327,7 @@ async fn assume_role_refused(
                 _ => kcld_lease::table::plain_error(&e),
             }
         }
-        Ok(_) => kcld_lease::table::plain_error(err),
+        Ok(_) => kcld_lease::table::plain_error(&err),
     };
     // Who is asking, for the trust policy's principal (best effort).
     let caller = match sts.get_caller_identity().send().await {
@@ -291,31 +347,45 @@ async fn assume_role_refused(
     if let Some(id) = &role.external_id {
         statement["Condition"] = serde_json::json!({ "StringEquals": { "sts:ExternalId": id } });
     }
-    let owner = kcld_config::arn::role_account(&role.role_arn).unwrap_or("the role's account");
-    Error::Aws(format!(
-        "cannot assume {role} (aws.assume_role_arn): {detail}; the role's owner (account {owner}) adds \
-         to the role's trust policy: {statement}, and {who} needs sts:AssumeRole on {role} in its own \
-         policy",
-        role = role.role_arn,
-        who = if caller.is_empty() { "this process's identity".to_owned() } else { caller },
-    ))
+    IdentityError::AssumeRoleRefused {
+        role: role.role_arn.clone(),
+        detail,
+        owner: kcld_config::arn::role_account(&role.role_arn)
+            .unwrap_or("the role's account")
+            .to_owned(),
+        statement: statement.to_string(),
+        who: if caller.is_empty() {
+            "this process's identity".to_owned()
+        } else {
+            caller
+        },
+        source: err,
+    }
 }
 
-async fn check_credentials(provider: &SharedCredentialsProvider, source: &str) -> Result<()> {
-    provider.provide_credentials().await.map(|_| ()).map_err(|e| {
-        // The chain's report spans lines (one per provider tried); keep the
-        // message to one line.
-        let detail = kcld_lease::table::plain_error(&e);
-        let detail = detail
-            .split(" (")
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
-        Error::Aws(format!(
-            "no AWS credentials from {source} ({detail}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
-             a profile (AWS_PROFILE), a web identity token, or run with a container or instance role"
-        ))
-    })
+async fn check_credentials(
+    provider: &SharedCredentialsProvider,
+    from: &'static str,
+) -> Result<(), IdentityError> {
+    provider
+        .provide_credentials()
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            // The chain's report spans lines (one per provider tried); keep the
+            // message to one line.
+            let detail = kcld_lease::table::plain_error(&e);
+            let detail = detail
+                .split(" (")
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            IdentityError::NoCredentials {
+                from,
+                detail,
+                source: e,
+            }
+        })
 }

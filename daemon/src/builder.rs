@@ -187,9 +187,7 @@ impl ConsumerBuilder {
             }));
         let settings = kcld_config::load(self.file.as_deref(), env).map_err(Error::Config)?;
         let delivery = self.delivery.ok_or_else(|| {
-            Error::Other(
-                "no processor: call ConsumerBuilder::processors (or sink) before build".into(),
-            )
+            Error::Usage("no processor: call ConsumerBuilder::processors (or sink) before build")
         })?;
         Ok(Consumer {
             settings,

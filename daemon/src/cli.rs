@@ -174,16 +174,14 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&checks)
-                        .map_err(|e| crate::Error::Other(e.to_string()))?
+                        .map_err(|e| crate::Error::setup("JSON output", e))?
                 );
             } else {
                 print!("{}", crate::doctor::render(&checks));
             }
             let failed = checks.iter().filter(|c| !c.ok).count();
             if failed > 0 {
-                return Err(crate::Error::Aws(format!(
-                    "doctor: {failed} check(s) failed"
-                )));
+                return Err(crate::Error::ChecksFailed { failed });
             }
             Ok(())
         }
@@ -195,7 +193,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&leases)
-                        .map_err(|e| crate::Error::Other(e.to_string()))?
+                        .map_err(|e| crate::Error::setup("JSON output", e))?
                 );
             } else {
                 print!("{}", crate::status::render(&leases));
@@ -353,7 +351,7 @@ fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<(
     }
     println!(
         "{}",
-        serde_json::to_string_pretty(&doc).map_err(|e| crate::Error::Other(e.to_string()))?
+        serde_json::to_string_pretty(&doc).map_err(|e| crate::Error::setup("JSON output", e))?
     );
     Ok(())
 }

@@ -89,9 +89,9 @@ pub fn install_metrics(stream_arn: &str) -> Result<PrometheusHandle> {
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ],
         )
-        .map_err(|e| Error::Other(format!("metrics: {e}")))?
+        .map_err(|e| Error::setup("metrics", e))?
         .install_recorder()
-        .map_err(|e| Error::Other(format!("metrics: {e}")))?;
+        .map_err(|e| Error::setup("metrics", e))?;
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
@@ -110,13 +110,16 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-        Error::Other(format!(
-            "ops.listen {listen}: cannot listen ({e}); choose a free port or set ops.listen = \"off\""
-        ))
+        Error::setup(
+            format!(
+                "ops.listen {listen}: cannot listen (choose a free port or set ops.listen = \"off\")"
+            ),
+            e,
+        )
     })?;
     let bound = listener
         .local_addr()
-        .map_err(|e| Error::Other(format!("ops.listen: {e}")))?;
+        .map_err(|e| Error::setup("ops.listen", e))?;
     let app = Router::new()
         .route(
             "/metrics",

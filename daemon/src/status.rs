@@ -60,7 +60,7 @@ pub async fn collect(settings: &Settings, sample: Duration) -> Result<Vec<LeaseS
         table
             .scan()
             .await
-            .map_err(|e| Error::Aws(format!("lease table {}: {e}", settings.lease_table)))
+            .map_err(|e| Error::lease_table(&settings.lease_table, e))
     };
     let first = read().await?;
     tokio::time::sleep(sample).await;

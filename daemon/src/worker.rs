@@ -126,13 +126,13 @@ pub(crate) async fn run_embedded(
             Box::new(MemoryLeases::new(shards, initial, shutdown.child_token()))
         }
         LeaseStore::Dynamodb => {
-            let failover = Duration::from_millis(settings.lease.failover_time_ms);
+            let failover = settings.lease.failover_time;
             let lease_settings = LeaseSettings {
                 worker_id: settings.worker_id.clone(),
                 failover,
                 renew_interval: LeaseSettings::kcl_renew_interval(failover),
-                take_interval: Duration::from_millis(settings.lease.take_interval_ms),
-                shard_sync_interval: Duration::from_millis(settings.lease.shard_sync_interval_ms),
+                take_interval: settings.lease.take_interval,
+                shard_sync_interval: settings.lease.shard_sync_interval,
                 max_leases: match settings.lease.max_leases_per_worker {
                     0 => usize::MAX,
                     n => n as usize,
@@ -154,10 +154,10 @@ pub(crate) async fn run_embedded(
                 shutdown.child_token(),
             )
             .await
-            .map_err(|e| Error::Aws(format!("lease table {}: {e}", settings.lease_table)))?;
+            .map_err(|e| Error::lease_table(&settings.lease_table, e))?;
             health.watch_table(
                 leases.health(),
-                failover.max(3 * Duration::from_millis(settings.lease.take_interval_ms)),
+                failover.max(3 * settings.lease.take_interval),
             );
             tracing::info!(table = %settings.lease_table, "lease table ready");
             Box::new(leases)
@@ -167,7 +167,7 @@ pub(crate) async fn run_embedded(
     health.leases_started();
     ops::systemd::ready();
     let policy = CheckpointPolicy::from(&settings.checkpoint);
-    let budget = Duration::from_millis(settings.shutdown_timeout_ms);
+    let budget = settings.shutdown_timeout;
     let prefetch_bytes = settings.polling.prefetch_bytes as usize;
     let total_bytes = settings.polling.prefetch_total_bytes as usize;
     let worker_budget = ByteBudget::worker(total_bytes);
@@ -290,7 +290,7 @@ where
         );
     }
     if failure.is_none() {
-        failure = leases.failure().map(Error::Aws);
+        failure = leases.failure().map(Error::Leases);
     }
     match failure {
         Some(e) => Err(e),
@@ -303,6 +303,6 @@ fn task_error(done: std::result::Result<Result<Outcome>, tokio::task::JoinError>
         Ok(Ok(_)) => None,
         Ok(Err(e)) => Some(e),
         Err(join) if join.is_cancelled() => None,
-        Err(join) => Some(Error::Other(format!("a shard consumer crashed: {join}"))),
+        Err(join) => Some(Error::Crashed(join)),
     }
 }

@@ -99,9 +99,25 @@ pub trait LeaseSource: Send {
 
     /// Why the source closed by itself, if it did (the lease table was
     /// deleted, say): the worker stops with this as its error.
-    fn failure(&self) -> Option<String> {
+    fn failure(&self) -> Option<LeaseFailure> {
         None
     }
+}
+
+/// Why a lease source closed by itself.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseFailure {
+    /// The lease table was deleted under a running worker: its checkpoints
+    /// are gone, and reading on would re-read or skip without a record.
+    #[error(
+        "lease table {table} was deleted while kcld ran; its checkpoints are gone. Restart kcld \
+         to create it anew (shards start again at initial_position), or restore the table from a \
+         backup first"
+    )]
+    TableDeleted {
+        /// The table's name.
+        table: String,
+    },
 }
 
 /// Lists the shards of the stream, for lease sources that create leases.

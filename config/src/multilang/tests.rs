@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 const ARN: &str = "arn:aws:kinesis:us-east-1:111111111111:stream/orders";
 
@@ -78,8 +79,11 @@ fn polling_properties_and_the_rest_map_by_meaning() {
     assert_eq!(m.timeout, Some(Duration::from_secs(30)));
     assert!(s.fan_out.is_none(), "a polling property chooses polling");
     assert_eq!(s.polling.max_records, 500);
-    assert_eq!(s.polling.idle_time_between_reads_ms, 250);
-    assert_eq!(s.lease.failover_time_ms, 20_000);
+    assert_eq!(
+        s.polling.idle_time_between_reads,
+        Duration::from_millis(250)
+    );
+    assert_eq!(s.lease.failover_time, Duration::from_millis(20_000));
     assert_eq!(s.lease.max_leases_per_worker, 4);
     assert_eq!(s.worker_id, "w-1");
     assert_eq!(s.lease_table, "leases");

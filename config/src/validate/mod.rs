@@ -2,6 +2,7 @@
 //! value resolved; each error names the key and the fix.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use crate::raw::*;
 use crate::*;
@@ -92,7 +93,7 @@ pub(crate) fn validate(
     let aws = validate_aws(raw.aws, &stream_arn, env)?;
 
     let ms = in_range;
-    let shutdown_timeout_ms = ms(
+    let shutdown_timeout = millis(
         "shutdown_timeout_ms",
         raw.shutdown_timeout_ms,
         20_000,
@@ -119,7 +120,7 @@ pub(crate) fn validate(
             ))
         }
     };
-    let failover_time_ms = ms(
+    let failover_time = millis(
         "lease.failover_time_ms",
         raw.lease.failover_time_ms,
         10_000,
@@ -128,15 +129,15 @@ pub(crate) fn validate(
     )?;
     let lease = LeaseSettings {
         store,
-        failover_time_ms,
-        take_interval_ms: ms(
+        failover_time,
+        take_interval: millis(
             "lease.take_interval_ms",
             raw.lease.take_interval_ms,
             1_000,
             100,
             3_600_000,
         )?,
-        shard_sync_interval_ms: ms(
+        shard_sync_interval: millis(
             "lease.shard_sync_interval_ms",
             raw.lease.shard_sync_interval_ms,
             60_000,
@@ -158,7 +159,7 @@ pub(crate) fn validate(
             1_000_000,
         )?,
     };
-    let max_idle_time_ms = ms(
+    let max_idle_time = millis(
         "polling.max_idle_time_ms",
         raw.polling.max_idle_time_ms,
         5_000,
@@ -180,7 +181,7 @@ pub(crate) fn validate(
         1 << 40,
     )?;
     let checkpoint = CheckpointSettings {
-        interval_ms: ms(
+        interval: millis(
             "checkpoint.interval_ms",
             raw.checkpoint.interval_ms,
             5_000,
@@ -271,15 +272,15 @@ pub(crate) fn validate(
         lease_table,
         worker_id,
         initial_position,
-        shutdown_timeout_ms,
+        shutdown_timeout,
         fan_out,
         aws,
         lease,
         checkpoint,
         polling: PollingSettings {
             max_records: max_records as i32,
-            idle_time_between_reads_ms: idle as u64,
-            max_idle_time_ms,
+            idle_time_between_reads: Duration::from_millis(idle as u64),
+            max_idle_time,
             prefetch_bytes,
             prefetch_total_bytes,
         },
@@ -428,6 +429,17 @@ fn in_range(
     }
 }
 
+/// [`in_range`] for a key in milliseconds.
+fn millis(
+    key: &str,
+    v: Option<i64>,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<Duration, ConfigError> {
+    in_range(key, v, default, min, max).map(Duration::from_millis)
+}
+
 /// `consumer_arn` or `consumer_name` (not both) turn fan-out on; the
 /// consumer ARN must belong to `stream_arn`.
 fn validate_fan_out(
@@ -436,7 +448,6 @@ fn validate_fan_out(
     raw: &RawFanOut,
     stream: &StreamArn,
 ) -> Result<Option<FanOutSettings>, ConfigError> {
-    let ms = in_range;
     let consumer = match (consumer_arn, consumer_name) {
         (None, None) => return Ok(None),
         (Some(_), Some(_)) => {
@@ -476,28 +487,28 @@ fn validate_fan_out(
     };
     Ok(Some(FanOutSettings {
         consumer,
-        stall_timeout_ms: ms(
+        stall_timeout: millis(
             "fan_out.stall_timeout_ms",
             raw.stall_timeout_ms,
             60_000,
             1_000,
             3_600_000,
         )?,
-        subscription_max_age_ms: ms(
+        subscription_max_age: millis(
             "fan_out.subscription_max_age_ms",
             raw.subscription_max_age_ms,
             290_000,
             1_000,
             300_000,
         )?,
-        registration_timeout_ms: ms(
+        registration_timeout: millis(
             "fan_out.registration_timeout_ms",
             raw.registration_timeout_ms,
             120_000,
             1_000,
             3_600_000,
         )?,
-        end_check_interval_ms: ms(
+        end_check_interval: millis(
             "fan_out.end_check_interval_ms",
             raw.end_check_interval_ms,
             30_000,

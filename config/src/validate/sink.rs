@@ -2,6 +2,7 @@
 //! mapping (batch size, retries, age limit, bisection, failure file).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::non_empty;
 use crate::raw::RawSink;
@@ -89,12 +90,12 @@ pub(super) fn validate_http_sink(raw: &RawSink) -> Result<HttpSinkSettings, Conf
     Ok(HttpSinkSettings {
         url,
         parallelization_factor: parallelization_factor as usize,
-        batching_window_ms: batching_window_ms as u64,
+        batching_window: Duration::from_millis(batching_window_ms as u64),
         batch_size: batch_size as usize,
         max_retry_attempts,
-        max_record_age_seconds,
+        max_record_age: max_record_age_seconds.map(Duration::from_secs),
         bisect_on_error: raw.bisect_on_error.unwrap_or(false),
         on_failure_file,
-        timeout_ms: timeout_ms as u64,
+        timeout: Duration::from_millis(timeout_ms as u64),
     })
 }

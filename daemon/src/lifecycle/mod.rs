@@ -228,9 +228,10 @@ pub enum CheckpointFailure {
     /// The lease table did not answer; try again later.
     #[error("lease table unavailable: {0}")]
     Unavailable(String),
-    /// The lease table refused for good (access, schema).
-    #[error("{0}")]
-    Fatal(String),
+    /// The lease table refused for good (access, schema), or the store
+    /// judged the checkpoint invalid.
+    #[error(transparent)]
+    Fatal(CheckpointError),
 }
 
 /// Checkpoints a shard for its processor, judged as the KCL's checkpointer
@@ -296,9 +297,8 @@ impl Checkpointer<'_> {
                 Ok(())
             }
             Err(CheckpointError::LeaseLost { .. }) => Err(CheckpointFailure::LeaseLost),
-            Err(CheckpointError::Fatal(e)) => Err(CheckpointFailure::Fatal(e)),
-            Err(CheckpointError::Invalid { reason, .. }) => Err(CheckpointFailure::Fatal(reason)),
             Err(CheckpointError::Unavailable(e)) => Err(CheckpointFailure::Unavailable(e)),
+            Err(e) => Err(CheckpointFailure::Fatal(e)),
         }
     }
 }
@@ -555,7 +555,7 @@ fn record_delivery(shard_id: &str, batch: &Batch) {
 /// processor's.
 async fn stopped(grant: &Grant) -> Result<Outcome, Error> {
     match grant.lease.stopped(None).await {
-        Err(CheckpointError::Fatal(e)) => Err(Error::Aws(e)),
+        Err(e @ CheckpointError::Fatal(_)) => Err(e.into()),
         _ => Ok(Outcome::Stopped),
     }
 }
@@ -569,7 +569,7 @@ async fn end_again(grant: &Grant) -> Result<Outcome, Error> {
         match grant.lease.shard_ended(&[]).await {
             Ok(()) => return Ok(Outcome::ShardEnded),
             Err(CheckpointError::LeaseLost { .. }) => return Ok(Outcome::Stopped),
-            Err(CheckpointError::Fatal(e)) => return Err(Error::Aws(e)),
+            Err(e @ CheckpointError::Fatal(_)) => return Err(e.into()),
             Err(e) => {
                 let wait = backoff.next_wait();
                 if backoff.worth_logging() {

@@ -33,7 +33,7 @@ pub struct CheckpointPolicy {
 impl From<&CheckpointSettings> for CheckpointPolicy {
     fn from(s: &CheckpointSettings) -> Self {
         CheckpointPolicy {
-            interval: Duration::from_millis(s.interval_ms),
+            interval: s.interval,
             max_records: s.max_records,
         }
     }
@@ -95,7 +95,7 @@ impl SinkProcessor {
                 Ok(())
             }
             Err(CheckpointFailure::LeaseLost) => Ok(()),
-            Err(CheckpointFailure::Fatal(e)) => Err(ProcessorError::Fatal(Error::Aws(e))),
+            Err(CheckpointFailure::Fatal(e)) => Err(ProcessorError::Fatal(e.into())),
             Err(e) => {
                 tracing::warn!(shard = %self.shard_id, "checkpoint not written, retrying later: {e}");
                 self.last_write = Instant::now();
@@ -171,9 +171,7 @@ impl ShardProcessor for SinkProcessor {
         loop {
             match cp.checkpoint(None).await {
                 Ok(()) | Err(CheckpointFailure::LeaseLost) => return Ok(()),
-                Err(CheckpointFailure::Fatal(e)) => {
-                    return Err(ProcessorError::Fatal(Error::Aws(e)))
-                }
+                Err(CheckpointFailure::Fatal(e)) => return Err(ProcessorError::Fatal(e.into())),
                 Err(e) => {
                     let wait = backoff.next_wait();
                     if backoff.worth_logging() {
@@ -221,7 +219,7 @@ async fn deliver(
             Err(SinkError::Stopped { confirmed }) => return Ok(confirmed.min(batch.records.len())),
             Err(SinkError::Fatal(e)) => {
                 metrics::counter!("kcld_sink_failures_total", "shard" => batch.shard_id.to_string()).increment(1);
-                return Err(ProcessorError::Fatal(Error::Sink(e)));
+                return Err(ProcessorError::Fatal(Error::Sink(SinkError::Fatal(e))));
             }
             Err(SinkError::Retry(e)) => {
                 metrics::counter!("kcld_sink_retries_total", "shard" => batch.shard_id.to_string())

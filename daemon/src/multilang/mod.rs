@@ -165,7 +165,7 @@ async fn checkpoint(
             tracing::warn!(shard = %shard_id, "checkpoint not written: {e}");
             Ok(Some(CheckpointRefusal::Throttling))
         }
-        Err(CheckpointFailure::Fatal(e)) => Err(ProcessorError::Fatal(Error::Aws(e))),
+        Err(CheckpointFailure::Fatal(e)) => Err(ProcessorError::Fatal(e.into())),
     }
 }
 

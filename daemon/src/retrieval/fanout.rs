@@ -79,10 +79,9 @@ impl FanOutReader {
             subscription: None,
             subscriptions: 0,
             last_subscribe: None,
-            stall_timeout: Duration::from_millis(settings.stall_timeout_ms),
-            max_age: Duration::from_millis(settings.subscription_max_age_ms),
-            end_check: Some(Duration::from_millis(settings.end_check_interval_ms))
-                .filter(|d| !d.is_zero()),
+            stall_timeout: settings.stall_timeout,
+            max_age: settings.subscription_max_age,
+            end_check: Some(settings.end_check_interval).filter(|d| !d.is_zero()),
             last_end_check: Instant::now(),
             pending_end: None,
             backoff: Backoff::new(Duration::from_millis(250)),
@@ -386,10 +385,10 @@ mod tests {
             .unwrap();
         let settings = FanOutSettings {
             consumer: kcld_config::FanOutConsumer::Name("c".into()),
-            stall_timeout_ms: 60_000,
-            subscription_max_age_ms: 290_000,
-            registration_timeout_ms: 1_000,
-            end_check_interval_ms: 0,
+            stall_timeout: Duration::from_millis(60_000),
+            subscription_max_age: Duration::from_millis(290_000),
+            registration_timeout: Duration::from_millis(1_000),
+            end_check_interval: Duration::from_millis(0),
         };
         FanOutReader::new(
             Stream::new(client, arn),

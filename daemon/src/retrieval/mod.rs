@@ -21,6 +21,8 @@ pub mod polling;
 pub mod prefetch;
 pub mod registration;
 
+pub use registration::RegistrationError;
+
 /// What one read of a shard produced.
 #[derive(Debug)]
 pub enum Fetched {

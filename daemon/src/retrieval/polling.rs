@@ -55,7 +55,7 @@ impl PollingReader {
         range: Option<HashRange>,
         settings: &PollingSettings,
     ) -> Self {
-        let idle_min = Duration::from_millis(settings.idle_time_between_reads_ms);
+        let idle_min = settings.idle_time_between_reads;
         PollingReader {
             stream,
             unpacker: Unpacker::new(shard_id, start, range),
@@ -64,7 +64,7 @@ impl PollingReader {
             last_sequence: None,
             max_records: settings.max_records,
             idle_min,
-            idle_max: Duration::from_millis(settings.max_idle_time_ms).max(idle_min),
+            idle_max: settings.max_idle_time.max(idle_min),
             idle: Duration::ZERO,
             last_call: None,
             pending_end: None,

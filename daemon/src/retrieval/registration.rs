@@ -14,6 +14,35 @@ use crate::error::{Error, Result};
 use crate::policy;
 use crate::stream::{ConsumerInfo, KinesisError, Stream};
 
+/// Why the fan-out consumer cannot be used; each says who acts.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistrationError {
+    /// The shared consumer is being deleted by the stream's owner.
+    #[error(
+        "consumer_arn {arn} is being deleted by the stream owner (account {owner}); ask them for \
+         a consumer that stays registered"
+    )]
+    Deleting {
+        /// The consumer's ARN.
+        arn: String,
+        /// The stream owner's account.
+        owner: String,
+    },
+    /// The consumer did not become ACTIVE within the registration timeout.
+    #[error(
+        "consumer {consumer} did not become ACTIVE within {waited:?} (last status {status}); \
+         raise fan_out.registration_timeout or check the consumer in the stream owner's account"
+    )]
+    NotActive {
+        /// The consumer, as configured.
+        consumer: String,
+        /// How long kcld waited.
+        waited: Duration,
+        /// Its last status.
+        status: String,
+    },
+}
+
 /// How often a consumer that is not ACTIVE yet is described again.
 const POLL: Duration = Duration::from_secs(1);
 /// How often waiting is logged.
@@ -30,7 +59,7 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<String>>,
 {
-    let deadline = Instant::now() + Duration::from_millis(settings.registration_timeout_ms);
+    let deadline = Instant::now() + settings.registration_timeout;
     match &settings.consumer {
         FanOutConsumer::Arn(arn) => {
             let arn = arn.to_string();
@@ -40,11 +69,11 @@ where
                 match info.status.as_str() {
                     "ACTIVE" => return Ok(info.arn),
                     "DELETING" => {
-                        return Err(Error::Aws(format!(
-                            "consumer_arn {arn} is being deleted by the stream owner (account {}); \
-                             ask them for a consumer that stays registered",
-                            stream.arn().account
-                        )))
+                        return Err(RegistrationError::Deleting {
+                            arn,
+                            owner: stream.arn().account.clone(),
+                        }
+                        .into())
                     }
                     status => waiting.wait(status).await?,
                 }
@@ -129,12 +158,12 @@ impl<'a> Waiting<'a> {
     async fn wait(&mut self, status: &str) -> Result<()> {
         let now = Instant::now();
         if now + POLL > self.deadline {
-            return Err(Error::Aws(format!(
-                "consumer {} did not become ACTIVE within {:?} (last status {status}); raise \
-                 fan_out.registration_timeout_ms or check the consumer in the stream owner's account",
-                self.what,
-                self.deadline - self.started
-            )));
+            return Err(RegistrationError::NotActive {
+                consumer: self.what.to_owned(),
+                waited: self.deadline - self.started,
+                status: status.to_owned(),
+            }
+            .into());
         }
         if self.logged.is_none_or(|at| now - at >= LOG_EVERY) {
             tracing::info!(

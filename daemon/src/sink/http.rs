@@ -64,7 +64,7 @@ impl HttpSink {
         let uri: hyper::Uri = settings
             .url
             .parse()
-            .map_err(|e| Error::Other(format!("sink.url {:?}: {e}", settings.url)))?;
+            .map_err(|e| Error::setup(format!("sink.url {:?}", settings.url), e))?;
         let failures = match &settings.on_failure_file {
             None => None,
             Some(path) => {
@@ -73,10 +73,13 @@ impl HttpSink {
                     .append(true)
                     .open(path)
                     .map_err(|e| {
-                        Error::Other(format!(
-                            "sink.on_failure_file {}: cannot open it for appending ({e})",
-                            path.display()
-                        ))
+                        Error::setup(
+                            format!(
+                                "sink.on_failure_file {}: cannot open it for appending",
+                                path.display()
+                            ),
+                            e,
+                        )
                     })?;
                 Some(Mutex::new(tokio::fs::File::from_std(file)))
             }
@@ -111,7 +114,7 @@ impl HttpSink {
             Ok(r) => r,
             Err(e) => return Outcome::Error(format!("building the request: {e}")),
         };
-        let timeout = Duration::from_millis(self.settings.timeout_ms);
+        let timeout = self.settings.timeout;
         let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
             Err(_) => return Outcome::Error(format!("no answer within {timeout:?}")),
             Ok(Err(e)) => return Outcome::Error(format!("request failed: {e}")),
@@ -173,14 +176,14 @@ impl HttpSink {
     }
 
     fn too_old(&self, record: &Record) -> bool {
-        let Some(max) = self.settings.max_record_age_seconds else {
+        let Some(max) = self.settings.max_record_age else {
             return false;
         };
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        now_ms - record.approximate_arrival_ms > (max as i64) * 1000
+        now_ms - record.approximate_arrival_ms > i64::try_from(max.as_millis()).unwrap_or(i64::MAX)
     }
 }
 
@@ -227,12 +230,8 @@ impl Sink for HttpSink {
     /// `batch_size` records or `batching_window_ms`, whichever comes first
     /// (Lambda's MaximumBatchingWindowInSeconds); off at 0.
     fn batching_window(&self) -> Option<(usize, Duration)> {
-        (self.settings.batching_window_ms > 0).then(|| {
-            (
-                self.settings.batch_size,
-                Duration::from_millis(self.settings.batching_window_ms),
-            )
-        })
+        (!self.settings.batching_window.is_zero())
+            .then_some((self.settings.batch_size, self.settings.batching_window))
     }
 
     async fn deliver(&self, batch: &Batch, stop: &CancellationToken) -> Result<(), SinkError> {

@@ -5,7 +5,6 @@
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use kcld_config::StreamArn;
 
-use crate::error::Error;
 use crate::policy;
 
 /// What a failed Kinesis call means for the caller.
@@ -39,7 +38,10 @@ pub enum KinesisError {
     #[error("{0}")]
     Kms(String),
     /// No connection to the endpoint, or it timed out.
-    #[error("cannot reach Kinesis: {0}")]
+    #[error(
+        "cannot reach Kinesis ({0}); check aws.kinesis_endpoint / AWS_ENDPOINT_URL_KINESIS and \
+         the network"
+    )]
     Unreachable(String),
     /// Any other failure; retried like a transient one.
     #[error("{0}")]
@@ -184,17 +186,6 @@ impl KinesisError {
                 owner = stream.account,
             )),
             other => other,
-        }
-    }
-}
-
-impl From<KinesisError> for Error {
-    fn from(e: KinesisError) -> Self {
-        match e {
-            KinesisError::Unreachable(detail) => Error::Aws(format!(
-                "cannot reach Kinesis ({detail}); check aws.kinesis_endpoint / AWS_ENDPOINT_URL_KINESIS and the network"
-            )),
-            other => Error::Aws(other.to_string()),
         }
     }
 }

@@ -37,7 +37,7 @@ use crate::balance::Observations;
 use crate::key::{LeaseKey, StreamScope};
 use crate::record::LeaseRecord;
 use crate::table::{LeaseTable, TableError};
-use crate::{Grant, LeaseSource, ShardLister, ShardSpec};
+use crate::{Grant, LeaseFailure, LeaseSource, ShardLister, ShardSpec};
 use handle::DynamoLease;
 use sync::Known;
 
@@ -122,7 +122,7 @@ struct Inner {
     held: StdMutex<HashMap<String, Arc<Held>>>,
     health: Arc<TableHealth>,
     /// Set when the source had to close by itself.
-    failure: StdMutex<Option<String>>,
+    failure: StdMutex<Option<LeaseFailure>>,
     /// Steals this worker started whose old owner has not handed over yet.
     pending: StdMutex<HashMap<String, PendingSteal>>,
     /// The key format of this stream's leases (single or multi-stream).
@@ -252,7 +252,7 @@ impl LeaseSource for DynamoLeases {
         }
     }
 
-    fn failure(&self) -> Option<String> {
+    fn failure(&self) -> Option<LeaseFailure> {
         lock(&self.inner.failure).clone()
     }
 

@@ -12,6 +12,7 @@ use super::{lock, Held, Inner, PendingSteal};
 use crate::balance::{self, Observations, TakeLimits};
 use crate::record::LeaseRecord;
 use crate::table::TableError;
+use crate::LeaseFailure;
 
 impl Inner {
     /// One scan, then the takes and steals it calls for.
@@ -33,10 +34,7 @@ impl Inner {
                 // Deleted under a running worker: its checkpoints are gone.
                 // Stop every shard (their renewals fail too) and exit with
                 // the reason rather than read on without checkpoints.
-                *lock(&self.failure) = Some(format!(
-                    "lease table {table} was deleted while kcld ran; its checkpoints are gone. Restart kcld to create \
-                     it anew (shards start again at initial_position), or restore the table from a backup first"
-                ));
+                *lock(&self.failure) = Some(LeaseFailure::TableDeleted { table });
                 self.shutdown.cancel();
                 return;
             }
