@@ -170,15 +170,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Policy(_) | Command::Multilang(_) => Ok(()),
         Command::Doctor { json } => {
             let checks = crate::doctor::run(&settings).await;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&checks)
-                        .map_err(|e| crate::Error::setup("JSON output", e))?
-                );
-            } else {
-                print!("{}", crate::doctor::render(&checks));
-            }
+            print_as(json, checks.as_slice(), crate::doctor::render)?;
             let failed = checks.iter().filter(|c| !c.ok).count();
             if failed > 0 {
                 return Err(crate::Error::ChecksFailed { failed });
@@ -189,15 +181,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let leases =
                 crate::status::collect(&settings, std::time::Duration::from_millis(sample_ms))
                     .await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&leases)
-                        .map_err(|e| crate::Error::setup("JSON output", e))?
-                );
-            } else {
-                print!("{}", crate::status::render(&leases));
-            }
+            print_as(json, leases.as_slice(), crate::status::render)?;
             Ok(())
         }
         Command::Run => {
@@ -349,9 +333,27 @@ fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<(
     if !notes.is_empty() {
         doc["notes"] = serde_json::json!(notes);
     }
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&doc).map_err(|e| crate::Error::setup("JSON output", e))?
-    );
+    print_json(&doc)?;
+    Ok(())
+}
+
+/// Prints `value` as pretty JSON with `--json`, else as `render` writes it.
+fn print_as<T: serde::Serialize + ?Sized>(
+    json: bool,
+    value: &T,
+    render: impl FnOnce(&T) -> String,
+) -> Result<()> {
+    if json {
+        print_json(value)
+    } else {
+        print!("{}", render(value));
+        Ok(())
+    }
+}
+
+fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<()> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| crate::Error::setup("JSON output", e))?;
+    println!("{text}");
     Ok(())
 }

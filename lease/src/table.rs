@@ -34,6 +34,17 @@ pub fn plain_error(err: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// What [`LeaseTable::update_owned`] changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnedChange {
+    /// Renewal: counter + 1, unless a handoff is pending (the KCL's
+    /// `checkpointOwner` is set).
+    Renew,
+    /// Release: no owner, counter + 1, so that another worker takes the
+    /// lease at its next scan instead of waiting for expiry.
+    Release,
+}
+
 /// Why a lease table call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
@@ -141,42 +152,26 @@ impl LeaseTable {
         let mut created = false;
         let mut warned = false;
         loop {
-            match self
-                .client
-                .describe_table()
-                .table_name(&self.name)
-                .send()
-                .await
-            {
-                Ok(out) => {
-                    let Some(table) = out.table else {
-                        return Err(TableError::Other(format!(
-                            "DescribeTable {} returned no table",
-                            self.name
-                        )));
-                    };
-                    self.check_schema(&table)?;
-                    if table.table_status == Some(TableStatus::Active) {
-                        if created {
-                            tracing::info!(table = %self.name, "lease table created");
-                        }
-                        return Ok(());
+            match self.describe().await {
+                Ok(Some(TableStatus::Active)) => {
+                    if created {
+                        tracing::info!(table = %self.name, "lease table created");
+                    }
+                    return Ok(());
+                }
+                Ok(Some(_)) => {}
+                Ok(None) if !created => {
+                    self.create().await?;
+                    created = true;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(TableError::Unavailable(e)) => {
+                    if !std::mem::replace(&mut warned, true) {
+                        tracing::warn!(table = %self.name, "lease table not reachable yet, retrying: {e}");
                     }
                 }
-                Err(e) => match TableError::classify(e, &self.name, "dynamodb:DescribeTable") {
-                    TableError::NotFound(_) if !created => {
-                        self.create().await?;
-                        created = true;
-                        continue;
-                    }
-                    TableError::NotFound(_) => {}
-                    TableError::Unavailable(e) => {
-                        if !std::mem::replace(&mut warned, true) {
-                            tracing::warn!(table = %self.name, "lease table not reachable yet, retrying: {e}");
-                        }
-                    }
-                    other => return Err(other),
-                },
+                Err(other) => return Err(other),
             }
             if Instant::now() > deadline {
                 return Err(TableError::Unavailable(format!(
@@ -189,24 +184,25 @@ impl LeaseTable {
     }
 
     async fn create(&self) -> Result<(), TableError> {
+        // `leaseKey` (S) as the only key, as the KCL creates it.
+        let schema = || -> Result<_, aws_sdk_dynamodb::error::BuildError> {
+            let definition = AttributeDefinition::builder()
+                .attribute_name(attr::LEASE_KEY)
+                .attribute_type(ScalarAttributeType::S)
+                .build()?;
+            let key = KeySchemaElement::builder()
+                .attribute_name(attr::LEASE_KEY)
+                .key_type(KeyType::Hash)
+                .build()?;
+            Ok((definition, key))
+        };
+        let (definition, key) = schema().map_err(|e| TableError::Other(e.to_string()))?;
         let result = self
             .client
             .create_table()
             .table_name(&self.name)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(attr::LEASE_KEY)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .map_err(|e| TableError::Other(e.to_string()))?,
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name(attr::LEASE_KEY)
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .map_err(|e| TableError::Other(e.to_string()))?,
-            )
+            .attribute_definitions(definition)
+            .key_schema(key)
             .billing_mode(BillingMode::PayPerRequest)
             .send()
             .await;
@@ -246,6 +242,12 @@ impl LeaseTable {
 
     /// Whether the table exists (and has the lease table's key).
     pub async fn exists(&self) -> Result<bool, TableError> {
+        self.describe().await.map(|status| status.is_some())
+    }
+
+    /// DescribeTable: the table's status, `None` when there is no such
+    /// table; refuses a table with another key schema.
+    async fn describe(&self) -> Result<Option<TableStatus>, TableError> {
         match self
             .client
             .describe_table()
@@ -254,13 +256,17 @@ impl LeaseTable {
             .await
         {
             Ok(out) => {
-                if let Some(table) = out.table {
-                    self.check_schema(&table)?;
-                }
-                Ok(true)
+                let Some(table) = out.table else {
+                    return Err(TableError::Other(format!(
+                        "DescribeTable {} returned no table",
+                        self.name
+                    )));
+                };
+                self.check_schema(&table)?;
+                Ok(Some(table.table_status.unwrap_or(TableStatus::Creating)))
             }
             Err(e) => match TableError::classify(e, &self.name, "dynamodb:DescribeTable") {
-                TableError::NotFound(_) => Ok(false),
+                TableError::NotFound(_) => Ok(None),
                 other => Err(other),
             },
         }
@@ -408,18 +414,29 @@ impl LeaseTable {
             .map_err(|e| TableError::classify(e, &self.name, "dynamodb:UpdateItem"))
     }
 
-    /// Renewal: counter + 1, if the counter and owner are as expected and no
-    /// handoff is pending.
-    pub async fn renew(
+    /// A counted update of a lease `owner` holds, if its counter is still
+    /// `counter` and its owner still `owner`: a renewal or a release.
+    pub async fn update_owned(
         &self,
         lease_key: &str,
         counter: i64,
         owner: &str,
+        change: OwnedChange,
     ) -> Result<(), TableError> {
+        let (update, condition) = match change {
+            OwnedChange::Renew => (
+                "SET #c = :next",
+                "#c = :expected AND #o = :owner AND attribute_not_exists(#co)",
+            ),
+            OwnedChange::Release => (
+                "SET #c = :next REMOVE #o, #co",
+                "#c = :expected AND #o = :owner",
+            ),
+        };
         let req = self
             .counter_update(lease_key, counter, Some(owner))
-            .update_expression("SET #c = :next")
-            .condition_expression("#c = :expected AND #o = :owner AND attribute_not_exists(#co)")
+            .update_expression(update)
+            .condition_expression(condition)
             .expression_attribute_names("#co", attr::CHECKPOINT_OWNER);
         self.send(req).await
     }
@@ -539,22 +556,6 @@ impl LeaseTable {
             }
             None => req.update_expression("SET #c = :next REMOVE #co"),
         };
-        self.send(req).await
-    }
-
-    /// Release: no owner, counter + 1, so that another worker takes the
-    /// lease at its next scan instead of waiting for expiry.
-    pub async fn release(
-        &self,
-        lease_key: &str,
-        counter: i64,
-        owner: &str,
-    ) -> Result<(), TableError> {
-        let req = self
-            .counter_update(lease_key, counter, Some(owner))
-            .update_expression("SET #c = :next REMOVE #o, #co")
-            .condition_expression("#c = :expected AND #o = :owner")
-            .expression_attribute_names("#co", attr::CHECKPOINT_OWNER);
         self.send(req).await
     }
 

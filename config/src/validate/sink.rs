@@ -63,39 +63,31 @@ pub(super) fn validate_http_sink(raw: &RawSink) -> Result<HttpSinkSettings, Conf
             "name a file for records that exhaust their retries; without it they would be lost",
         ));
     }
-    let timeout_ms = raw.timeout_ms.unwrap_or(30_000);
-    if !(100..=900_000).contains(&timeout_ms) {
-        return Err(ConfigError::key(
-            "sink.timeout_ms",
-            format!("{timeout_ms} is out of range"),
-            "use 100 to 900000",
-        ));
-    }
-    let parallelization_factor = raw.parallelization_factor.unwrap_or(1);
-    if !(1..=10).contains(&parallelization_factor) {
-        return Err(ConfigError::key(
-            "sink.parallelization_factor",
-            format!("{parallelization_factor} is out of range"),
-            "use 1 to 10",
-        ));
-    }
-    let batching_window_ms = raw.batching_window_ms.unwrap_or(0);
-    if !(0..=300_000).contains(&batching_window_ms) {
-        return Err(ConfigError::key(
-            "sink.batching_window_ms",
-            format!("{batching_window_ms} is out of range"),
-            "use 0 to 300000 (five minutes)",
-        ));
-    }
+    let timeout = super::millis("sink.timeout_ms", raw.timeout_ms, 30_000, 100, 900_000)?;
+    let parallelization_factor = super::in_range(
+        "sink.parallelization_factor",
+        raw.parallelization_factor,
+        1,
+        1,
+        10,
+    )?;
+    // Lambda's MaximumBatchingWindowInSeconds goes up to five minutes.
+    let batching_window = super::millis(
+        "sink.batching_window_ms",
+        raw.batching_window_ms,
+        0,
+        0,
+        300_000,
+    )?;
     Ok(HttpSinkSettings {
         url,
         parallelization_factor: parallelization_factor as usize,
-        batching_window: Duration::from_millis(batching_window_ms as u64),
+        batching_window,
         batch_size: batch_size as usize,
         max_retry_attempts,
         max_record_age: max_record_age_seconds.map(Duration::from_secs),
         bisect_on_error: raw.bisect_on_error.unwrap_or(false),
         on_failure_file,
-        timeout: Duration::from_millis(timeout_ms as u64),
+        timeout,
     })
 }

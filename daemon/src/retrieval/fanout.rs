@@ -54,7 +54,7 @@ pub struct FanOutReader {
     last_end_check: Instant,
     /// The last event closed the shard but carried records: report the end
     /// (with these children) on the next call.
-    pending_end: Option<Vec<ShardSpec>>,
+    pub(super) pending_end: super::PendingEnd,
     backoff: Backoff,
 }
 
@@ -83,21 +83,22 @@ impl FanOutReader {
             max_age: settings.subscription_max_age,
             end_check: Some(settings.end_check_interval).filter(|d| !d.is_zero()),
             last_end_check: Instant::now(),
-            pending_end: None,
             backoff: Backoff::new(Duration::from_millis(250)),
+            pending_end: Default::default(),
         }
     }
 
-    /// The next non-empty batch, or the shard's end. `Ok(None)` when `cancel`
-    /// fired first. Transient errors are retried here; the ones returned
-    /// need a person (access denied, consumer or stream gone).
-    pub async fn next(
+    /// The next event's records (subscribing first when no subscription is
+    /// open), or the shard's end. `Ok(None)` when `cancel` fired first.
+    /// Stalls, the service's own end of a subscription and transient errors
+    /// subscribe again here; the errors returned need a person (access
+    /// denied, consumer or stream gone).
+    /// A shard end met with records is held in `pending_end` and handed
+    /// on by [`super::Reader::next`].
+    pub async fn read(
         &mut self,
         cancel: &CancellationToken,
     ) -> Result<Option<Fetched>, KinesisError> {
-        if let Some(children) = self.pending_end.take() {
-            return Ok(Some(Fetched::ShardEnd { children }));
-        }
         loop {
             let Some((subscription, opened)) = self.subscription.as_mut() else {
                 match self.subscribe(cancel).await {
@@ -105,14 +106,7 @@ impl FanOutReader {
                     Ok(false) => return Ok(None),
                     Err(e @ KinesisError::NotFound(_)) => return self.gone(e, cancel).await,
                     Err(e) if e.is_transient() => {
-                        if !self
-                            .backoff
-                            .wait(&e, &self.unpacker, "subscribing again", cancel)
-                            .await
-                        {
-                            return Ok(None);
-                        }
-                        continue;
+                        back_off_then_continue!(self, &e, "subscribing again", cancel);
                     }
                     Err(e) => return Err(e),
                 }
@@ -142,14 +136,7 @@ impl FanOutReader {
                     metrics::counter!("kcld_kinesis_errors_total", "operation" => "SubscribeToShard", "kind" => e.kind())
                         .increment(1);
                     if e.is_transient() {
-                        if !self
-                            .backoff
-                            .wait(&e, &self.unpacker, "subscribing again", cancel)
-                            .await
-                        {
-                            return Ok(None);
-                        }
-                        continue;
+                        back_off_then_continue!(self, &e, "subscribing again", cancel);
                     }
                     if matches!(e, KinesisError::NotFound(_)) {
                         return self.gone(e, cancel).await;
@@ -193,7 +180,7 @@ impl FanOutReader {
     /// Takes one event: its records (deaggregated, filtered), its
     /// continuation, and whether it ends the shard. No I/O. Returns what
     /// to hand on, if anything; a shard end that comes with records is
-    /// handed on by the next call of [`FanOutReader::next`].
+    /// handed on by the next call of [`super::Reader::next`].
     fn on_event(
         &mut self,
         event: aws_sdk_kinesis::types::SubscribeToShardEvent,
@@ -218,20 +205,14 @@ impl FanOutReader {
         }
         if ended {
             self.subscription = None;
-            let children = children.iter().map(child_spec).collect();
-            if records.is_empty() {
-                return Ok(Some(Fetched::ShardEnd { children }));
-            }
-            self.pending_end = Some(children);
         }
-        if records.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(Fetched::Records(Batch {
+        let end = ended.then(|| children.iter().map(child_spec).collect());
+        let batch = Batch {
             shard_id: self.unpacker.shard_id.clone(),
             records,
             millis_behind_latest: Some(event.millis_behind_latest),
-        })))
+        };
+        Ok(self.pending_end.hand_on(batch, end))
     }
 
     /// Where the next subscription starts: after the last continuation,
@@ -475,6 +456,7 @@ mod tests {
         assert!(matches!(last, Fetched::Records(_)), "records first");
         assert_eq!(ids(&last), ["200"]);
         // The end comes next, before any new subscription (no I/O).
+        let mut r = super::super::Reader::FanOut(Box::new(r));
         let end = r.next(&CancellationToken::new()).await.unwrap().unwrap();
         assert!(matches!(end, Fetched::ShardEnd { .. }));
         assert_eq!(ids(&end), ["shardId-000000000001", "shardId-000000000002"]);

@@ -16,6 +16,22 @@ use tokio_util::sync::CancellationToken;
 use crate::record::{Batch, Record};
 use crate::stream::{KinesisError, StartAt, Stream};
 
+/// In a reader's loop, after the transient error `$err`: wait out the
+/// reader's back-off, then `continue` the loop; `return Ok(None)` when
+/// `$cancel` fires first. Both readers retry the same way.
+macro_rules! back_off_then_continue {
+    ($reader:ident, $err:expr, $what:expr, $cancel:expr) => {
+        if !$reader
+            .backoff
+            .wait($err, &$reader.unpacker, $what, $cancel)
+            .await
+        {
+            return Ok(None);
+        }
+        continue;
+    };
+}
+
 pub mod fanout;
 pub mod polling;
 pub mod prefetch;
@@ -52,9 +68,44 @@ impl Reader {
         &mut self,
         cancel: &CancellationToken,
     ) -> Result<Option<Fetched>, KinesisError> {
+        let pending = match self {
+            Reader::Polling(r) => r.pending_end.take(),
+            Reader::FanOut(r) => r.pending_end.take(),
+        };
+        if pending.is_some() {
+            return Ok(pending);
+        }
         match self {
-            Reader::Polling(r) => r.next(cancel).await,
-            Reader::FanOut(r) => r.next(cancel).await,
+            Reader::Polling(r) => r.read(cancel).await,
+            Reader::FanOut(r) => r.read(cancel).await,
+        }
+    }
+}
+
+/// A closed shard's end met together with its last records: the records
+/// are handed on first, the end at the next call. Both readers meet ends
+/// this way.
+#[derive(Debug, Default)]
+pub(crate) struct PendingEnd(Option<Vec<ShardSpec>>);
+
+impl PendingEnd {
+    /// The end held back by the last read, to hand on now.
+    pub(crate) fn take(&mut self) -> Option<Fetched> {
+        self.0.take().map(|children| Fetched::ShardEnd { children })
+    }
+
+    /// What to hand on for `batch`, read from a shard that `end` says
+    /// closed with these children: the end at once when the batch is
+    /// empty, else the batch now and the end at the next call; `None` when
+    /// there is nothing to hand on (no records, not ended).
+    pub(crate) fn hand_on(&mut self, batch: Batch, end: Option<Vec<ShardSpec>>) -> Option<Fetched> {
+        match (batch.records.is_empty(), end) {
+            (true, None) => None,
+            (true, Some(children)) => Some(Fetched::ShardEnd { children }),
+            (false, end) => {
+                self.0 = end;
+                Some(Fetched::Records(batch))
+            }
         }
     }
 }

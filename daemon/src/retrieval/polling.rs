@@ -39,7 +39,7 @@ pub struct PollingReader {
     last_call: Option<Instant>,
     /// The last response closed the shard but carried records: report the
     /// end (with these children) on the next call.
-    pending_end: Option<Vec<kcld_lease::ShardSpec>>,
+    pub(super) pending_end: super::PendingEnd,
     backoff: Backoff,
 }
 
@@ -67,7 +67,7 @@ impl PollingReader {
             idle_max: settings.max_idle_time.max(idle_min),
             idle: Duration::ZERO,
             last_call: None,
-            pending_end: None,
+            pending_end: Default::default(),
             backoff: Backoff::new(Duration::from_millis(100)),
         }
     }
@@ -75,13 +75,12 @@ impl PollingReader {
     /// The next non-empty batch, or the shard's end. `Ok(None)` when `cancel`
     /// fired first. Transient errors are retried here; the ones returned
     /// need a person (access denied, stream gone).
-    pub async fn next(
+    /// A shard end met with records is held in `pending_end` and handed
+    /// on by [`super::Reader::next`].
+    pub async fn read(
         &mut self,
         cancel: &CancellationToken,
     ) -> Result<Option<Fetched>, KinesisError> {
-        if let Some(children) = self.pending_end.take() {
-            return Ok(Some(Fetched::ShardEnd { children }));
-        }
         loop {
             // Pacing: the idle wait after an empty read, and never more than
             // 5 calls a second.
@@ -98,14 +97,7 @@ impl PollingReader {
                 None => match self.position().await {
                     Ok(it) => it,
                     Err(e) if e.is_transient() => {
-                        if !self
-                            .backoff
-                            .wait(&e, &self.unpacker, "retrying", cancel)
-                            .await
-                        {
-                            return Ok(None);
-                        }
-                        continue;
+                        back_off_then_continue!(self, &e, "retrying", cancel);
                     }
                     Err(e) => return self.give_up(e, cancel).await,
                 },
@@ -136,14 +128,7 @@ impl PollingReader {
                     continue;
                 }
                 Err(e) if e.is_transient() => {
-                    if !self
-                        .backoff
-                        .wait(&e, &self.unpacker, "retrying", cancel)
-                        .await
-                    {
-                        return Ok(None);
-                    }
-                    continue;
+                    back_off_then_continue!(self, &e, "retrying", cancel);
                 }
                 Err(e) => return self.give_up(e, cancel).await,
             };
@@ -154,29 +139,26 @@ impl PollingReader {
             }
             let records = self.unpacker.unpack(response.records.into_iter());
 
-            let ended = self.iterator.is_none();
-            if ended {
-                let children = response
+            let end = self.iterator.is_none().then(|| {
+                response
                     .child_shards
                     .unwrap_or_default()
                     .into_iter()
                     .map(child_spec)
-                    .collect();
-                if records.is_empty() {
-                    return Ok(Some(Fetched::ShardEnd { children }));
-                }
-                self.pending_end = Some(children);
-            }
-            if records.is_empty() {
-                self.idle = next_idle(self.idle, self.idle_min, self.idle_max);
-                continue;
-            }
-            self.idle = Duration::ZERO;
-            return Ok(Some(Fetched::Records(Batch {
+                    .collect()
+            });
+            let batch = Batch {
                 shard_id: self.unpacker.shard_id.clone(),
                 records,
                 millis_behind_latest: response.millis_behind_latest,
-            })));
+            };
+            match self.pending_end.hand_on(batch, end) {
+                Some(fetched) => {
+                    self.idle = Duration::ZERO;
+                    return Ok(Some(fetched));
+                }
+                None => self.idle = next_idle(self.idle, self.idle_min, self.idle_max),
+            }
         }
     }
 

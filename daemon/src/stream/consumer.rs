@@ -1,7 +1,7 @@
 //! Enhanced fan-out calls on the stream: the consumer (describe, find,
 //! register) and its SubscribeToShard event streams.
 
-use aws_sdk_kinesis::error::SdkError;
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::types::ShardIteratorType;
 
 use super::{KinesisError, StartAt, Stream};
@@ -38,6 +38,19 @@ pub struct Subscription {
 }
 
 impl Stream {
+    /// Classifies a failed call on the fan-out consumer `consumer_arn`.
+    fn consumer_error<'a, E, R>(
+        &'a self,
+        consumer_arn: &'a str,
+        action: &'static str,
+    ) -> impl FnOnce(SdkError<E, R>) -> KinesisError + 'a
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug + 'static,
+    {
+        move |e| KinesisError::classify_consumer(e, &self.arn, consumer_arn, action)
+    }
+
     /// DescribeStreamConsumer by consumer ARN.
     pub async fn describe_consumer(
         &self,
@@ -49,14 +62,7 @@ impl Stream {
             .consumer_arn(consumer_arn)
             .send()
             .await
-            .map_err(|e| {
-                KinesisError::classify_consumer(
-                    e,
-                    &self.arn,
-                    consumer_arn,
-                    "kinesis:DescribeStreamConsumer",
-                )
-            })?;
+            .map_err(self.consumer_error(consumer_arn, "kinesis:DescribeStreamConsumer"))?;
         ConsumerInfo::from_description(out.consumer_description)
     }
 
@@ -136,14 +142,7 @@ impl Stream {
             .starting_position(position)
             .send()
             .await
-            .map_err(|e| {
-                KinesisError::classify_consumer(
-                    e,
-                    &self.arn,
-                    consumer_arn,
-                    "kinesis:SubscribeToShard",
-                )
-            })?;
+            .map_err(self.consumer_error(consumer_arn, "kinesis:SubscribeToShard"))?;
         Ok(Subscription {
             events: out.event_stream,
         })

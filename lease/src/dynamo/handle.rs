@@ -9,7 +9,7 @@ use kcld_checkpoint::{Checkpoint, CheckpointError, Checkpointer};
 
 use super::{lock, Held, HeldState, Inner};
 use crate::record::LeaseRecord;
-use crate::table::TableError;
+use crate::table::{OwnedChange, TableError};
 use crate::{LeaseHandle, ShardSpec};
 
 /// The lease side of one grant.
@@ -177,7 +177,12 @@ impl LeaseHandle for DynamoLease {
             if let Err(e) = self
                 .inner
                 .table
-                .release(&self.held.key, state.counter, self.inner.me())
+                .update_owned(
+                    &self.held.key,
+                    state.counter,
+                    self.inner.me(),
+                    OwnedChange::Release,
+                )
                 .await
             {
                 tracing::debug!(shard = %self.held.shard_id, "finished lease not released: {e}");

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::balance::Observations;
 use crate::key::{LeaseKey, StreamScope};
 use crate::record::LeaseRecord;
-use crate::table::{LeaseTable, TableError};
+use crate::table::{LeaseTable, OwnedChange, TableError};
 use crate::{Grant, LeaseFailure, LeaseSource, ShardLister, ShardSpec};
 use handle::DynamoLease;
 use sync::Known;
@@ -444,7 +444,10 @@ impl Inner {
                 match self.table.get(&key).await {
                     Ok(Some(lease)) if lease.owner.as_deref() == Some(self.me()) => {
                         if lease.checkpoint_owner.is_none() || Instant::now() >= deadline {
-                            if let Err(e) = self.table.release(&key, lease.counter, self.me()).await
+                            if let Err(e) = self
+                                .table
+                                .update_owned(&key, lease.counter, self.me(), OwnedChange::Release)
+                                .await
                             {
                                 tracing::debug!(lease = %key, "requested lease not released: {e}");
                             }
@@ -466,7 +469,11 @@ impl Inner {
             if state.handoff {
                 continue;
             }
-            match self.table.release(&h.key, state.counter, self.me()).await {
+            match self
+                .table
+                .update_owned(&h.key, state.counter, self.me(), OwnedChange::Release)
+                .await
+            {
                 Ok(()) => tracing::info!(shard = %h.shard_id, "lease released"),
                 Err(e) => {
                     tracing::warn!(shard = %h.shard_id, "cannot release lease (others take it after expiry): {e}")

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{interval, lock, Held, Inner};
-use crate::table::TableError;
+use crate::table::{OwnedChange, TableError};
 
 impl Inner {
     /// How long one lease table call may take before it counts as failed:
@@ -65,7 +65,11 @@ impl Inner {
         }
         let sent = Instant::now();
         let result = self
-            .timed(timeout, self.table.renew(&h.key, state.counter, self.me()))
+            .timed(
+                timeout,
+                self.table
+                    .update_owned(&h.key, state.counter, self.me(), OwnedChange::Renew),
+            )
             .await;
         self.health
             .record(matches!(result, Ok(()) | Err(TableError::ConditionFailed)));

@@ -11,7 +11,7 @@ use kcld_checkpoint::Checkpoint;
 use super::{lock, Held, Inner, PendingSteal};
 use crate::balance::{self, Observations, TakeLimits};
 use crate::record::LeaseRecord;
-use crate::table::TableError;
+use crate::table::{OwnedChange, TableError};
 use crate::LeaseFailure;
 
 impl Inner {
@@ -213,7 +213,11 @@ impl Inner {
     async fn complete_steal(self: &Arc<Self>, lease: &LeaseRecord) {
         let key = lease.key.render();
         if lease.checkpoint == Checkpoint::ShardEnd {
-            if let Err(e) = self.table.release(&key, lease.counter, self.me()).await {
+            if let Err(e) = self
+                .table
+                .update_owned(&key, lease.counter, self.me(), OwnedChange::Release)
+                .await
+            {
                 tracing::debug!(lease = %key, "finished lease not released: {e}");
             }
             tracing::info!(shard = %lease.shard_id(), "handed over at its end; its children follow");
@@ -221,7 +225,11 @@ impl Inner {
             return;
         }
         let sent = Instant::now();
-        match self.table.renew(&key, lease.counter, self.me()).await {
+        match self
+            .table
+            .update_owned(&key, lease.counter, self.me(), OwnedChange::Renew)
+            .await
+        {
             Ok(()) => self.grant(lease, lease.counter + 1, sent),
             Err(TableError::ConditionFailed) if self.landed(lease, None).await => {
                 self.grant(lease, lease.counter + 1, sent)
