@@ -154,7 +154,10 @@ pub(crate) async fn run_embedded(
                 shutdown.child_token(),
             )
             .await
-            .map_err(|e| Error::lease_table(&settings.lease_table, e))?;
+            .map_err(|e| match e {
+                kcld_lease::table::TableError::Kcl3Fleet(fleet) => Error::Leases(fleet.into()),
+                e => Error::lease_table(&settings.lease_table, e),
+            })?;
             health.watch_table(
                 leases.health(),
                 failover.max(3 * settings.lease.take_interval),

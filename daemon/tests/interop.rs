@@ -567,3 +567,83 @@ async fn kcl2_workers_and_kcld_share_one_lease_table_and_fail_over_to_each_other
     assert!(again.is_empty(), "re-read after the takeover: {again:?}");
     eprintln!("kcld took its share after {kcld_share:?}; every lease was taken after {takeover:?}");
 }
+
+/// A running KCL 3.x fleet (its leader assigns the leases) and kcld never
+/// share a lease table: kcld refuses to start beside it, takes nothing, and
+/// says how to move; once the fleet stopped, kcld takes the table and reads
+/// on from the fleet's checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcld_refuses_a_running_kcl3_fleet_and_takes_over_once_it_stopped() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("kcl3-live"), 2)
+        .await
+        .unwrap();
+    let before = text_records("live", 10);
+    stack.put_records(&arn, &before).await.unwrap();
+    let app = unique_name("kcl3-live-app");
+    let dir = std::env::temp_dir().join(&app);
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = dir.join("kcl3.jsonl");
+    let mut java = KCL3.spawn(&stack, &arn, &app, "kcl3-worker", &output, &[]);
+    wait_for_output(&mut java, &output, before.len(), Duration::from_secs(180)).await;
+    assert_eq!(
+        read_output(&output).len(),
+        before.len(),
+        "the KCL 3.x application did not process the records:\n{}",
+        java.stderr_text()
+    );
+    let owners_before = stack.lease_owners(&app).await.unwrap();
+
+    let kcld = Kcld::spawn(KCLD, &["run"], &kcld_env(&stack, &arn, &app, "kcld-1")).unwrap();
+    let stderr = kcld.stderr.clone();
+    let status = kcld.wait(Duration::from_secs(60)).await;
+    let log = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+    assert!(
+        matches!(status, Ok(s) if s.code() == Some(1)),
+        "kcld did not refuse the running KCL 3.x fleet: {status:?}\n{log}"
+    );
+    assert!(
+        log.contains("running KCL 3.x fleet")
+            && log.contains("leader kcl3-worker")
+            && log.contains("CLIENT_VERSION_CONFIG_COMPATIBLE_WITH_2X"),
+        "the refusal names the fleet, its leader and the way out:\n{log}"
+    );
+    assert_eq!(
+        stack.lease_owners(&app).await.unwrap(),
+        owners_before,
+        "kcld took no lease from the KCL 3.x fleet"
+    );
+
+    // The fleet stops; kcld takes over from its checkpoints, and a second
+    // start (after kcld stopped) reads on from kcld's.
+    let _ = java.terminate(Duration::from_secs(60)).await;
+    for round in 0..2 {
+        let after = text_records(&format!("after{round}"), 6);
+        stack.put_records(&arn, &after).await.unwrap();
+        let mut kcld =
+            Kcld::spawn(KCLD, &["run"], &kcld_env(&stack, &arn, &app, "kcld-1")).unwrap();
+        let lines = kcld.take_lines(after.len(), Duration::from_secs(90)).await;
+        let extra = kcld.drain_for(Duration::from_secs(3)).await;
+        let got: Vec<String> = lines
+            .iter()
+            .chain(&extra)
+            .map(|l| String::from_utf8(Delivered::parse(l).unwrap().data).unwrap())
+            .collect();
+        let mut want: Vec<String> = after
+            .iter()
+            .map(|(_, d)| String::from_utf8(d.clone()).unwrap())
+            .collect();
+        let mut sorted = got.clone();
+        sorted.sort();
+        want.sort();
+        assert_eq!(
+            sorted,
+            want,
+            "round {round}: kcld reads exactly what came after the last checkpoints:\n{}",
+            kcld.stderr_text()
+        );
+        kcld.stop_cleanly(Duration::from_secs(30)).await;
+    }
+}

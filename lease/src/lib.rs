@@ -118,6 +118,10 @@ pub enum LeaseFailure {
         /// The table's name.
         table: String,
     },
+    /// A KCL 3.x fleet whose leader assigns leases started on the table:
+    /// kcld stops rather than compete with that leader.
+    #[error(transparent)]
+    Kcl3Fleet(#[from] kcl3::Kcl3Fleet),
 }
 
 /// Lists the shards of the stream, for lease sources that create leases.
@@ -129,6 +133,7 @@ pub trait ShardLister: Send + Sync {
 }
 
 pub mod balance;
+pub mod kcl3;
 pub mod key;
 pub mod lineage;
 pub mod record;

@@ -13,6 +13,7 @@ use aws_sdk_dynamodb::types::{
 };
 use kcld_checkpoint::Checkpoint;
 
+use crate::kcl3::Coordination;
 use crate::record::{attr, n, s, Item, LeaseRecord};
 
 /// An error and its causes in plain words, each cause once, joined by
@@ -68,6 +69,9 @@ pub enum TableError {
     /// Any other error of the call, with its code and message.
     #[error("{0}")]
     Other(String),
+    /// A live KCL 3.x fleet assigns the table's leases through its leader.
+    #[error(transparent)]
+    Kcl3Fleet(crate::kcl3::Kcl3Fleet),
 }
 
 impl TableError {
@@ -112,6 +116,8 @@ pub struct Scan {
     pub leases: Vec<LeaseRecord>,
     /// Lease items that could not be read (a bad checkpoint, say).
     pub unreadable: Vec<Unreadable>,
+    /// What the KCL 3.x coordinator items in the table say.
+    pub coordination: Coordination,
 }
 
 /// A lease item kcld cannot read.
@@ -320,7 +326,7 @@ impl LeaseTable {
             for item in out.items() {
                 match LeaseRecord::from_item(item) {
                     Ok(Some(lease)) => scan.leases.push(lease),
-                    Ok(None) => {}
+                    Ok(None) => scan.coordination.observe(item),
                     Err(e) => {
                         let key = item
                             .get(attr::LEASE_KEY)
@@ -334,6 +340,51 @@ impl LeaseTable {
             match out.last_evaluated_key {
                 Some(key) if !key.is_empty() => start = Some(key),
                 _ => return Ok(scan),
+            }
+        }
+    }
+
+    /// What the coordinator tables of KCL 3.0 to 3.4 (`<table>-CoordinatorState`,
+    /// `<table>-WorkerMetricStats`) say, added to `into`. Tables that do not
+    /// exist or cannot be read add nothing: they are only looked at to refuse
+    /// sharing the table with a live KCL 3.x fleet.
+    pub async fn read_kcl3_coordinator_tables(&self, into: &mut Coordination) {
+        let state = format!("{}-CoordinatorState", self.name);
+        for item in self.scan_other(&state).await {
+            into.observe(&item);
+        }
+        let metrics = format!("{}-WorkerMetricStats", self.name);
+        for item in self.scan_other(&metrics).await {
+            into.observe_worker_metrics(&item);
+        }
+    }
+
+    /// Every item of another table, or none when it cannot be read.
+    async fn scan_other(&self, table: &str) -> Vec<Item> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = match self
+                .client
+                .scan()
+                .table_name(table)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                Err(e) => {
+                    let e = TableError::classify(e, table, "dynamodb:Scan");
+                    if !matches!(e, TableError::NotFound(_)) {
+                        tracing::debug!("cannot read {table}: {e}");
+                    }
+                    return items;
+                }
+            };
+            items.extend(out.items().iter().cloned());
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return items,
             }
         }
     }

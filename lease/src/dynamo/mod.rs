@@ -217,7 +217,18 @@ impl DynamoLeases {
         // The first sync must succeed: without leases there is nothing to do.
         let scan = inner.table.scan_all().await;
         inner.health.record(scan.is_ok());
-        let scan = scan?;
+        let mut scan = scan?;
+        // Never beside a live KCL 3.x fleet whose leader assigns leases.
+        inner
+            .table
+            .read_kcl3_coordinator_tables(&mut scan.coordination)
+            .await;
+        if let Some(fleet) = scan
+            .coordination
+            .live_assigning_fleet(inner.table.name(), epoch_seconds())
+        {
+            return Err(TableError::Kcl3Fleet(fleet));
+        }
         inner.learn_template(&scan.leases);
         let unreadable = inner.unreadable_shards(&scan.unreadable);
         inner
@@ -263,6 +274,14 @@ impl LeaseSource for DynamoLeases {
             let _ = task.await;
         }
     }
+}
+
+/// Now, in epoch seconds (as KCL 3.x's worker metrics write it).
+pub(crate) fn epoch_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl Drop for DynamoLeases {

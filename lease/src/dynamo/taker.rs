@@ -28,6 +28,16 @@ impl Inner {
                 if std::mem::take(scan_failing) {
                     tracing::info!("lease table reachable again");
                 }
+                if let Some(fleet) = scan
+                    .coordination
+                    .live_assigning_fleet(self.table.name(), super::epoch_seconds())
+                {
+                    // A KCL 3.x leader now assigns these leases: stop (the
+                    // leases are released) rather than take them back.
+                    *lock(&self.failure) = Some(LeaseFailure::Kcl3Fleet(fleet));
+                    self.shutdown.cancel();
+                    return;
+                }
                 (scan.leases, self.unreadable_shards(&scan.unreadable))
             }
             Err(TableError::NotFound(table)) => {

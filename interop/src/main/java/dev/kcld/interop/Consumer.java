@@ -234,6 +234,12 @@ public final class Consumer {
                     ok = app.allSettled();
                     log.warn("kcl-interop: the KCL's shutdown is still under way; every written record {}",
                             ok ? "is checkpointed" : "is NOT checkpointed");
+                    // Stop the scheduler outright (bounded), so that a KCL 3.x leader gives up its lock as it
+                    // does at a clean stop, instead of leaving it to expire.
+                    Thread hard = new Thread(scheduler::shutdown, "kcl-interop-hard-stop");
+                    hard.setDaemon(true);
+                    hard.start();
+                    hard.join(10_000);
                 } else {
                     ok = graceful[0] || app.allSettled();
                 }
