@@ -647,3 +647,188 @@ async fn kcld_refuses_a_running_kcl3_fleet_and_takes_over_once_it_stopped() {
         kcld.stop_cleanly(Duration::from_secs(30)).await;
     }
 }
+
+/// The leases kcld wrote, read by the KCL's own lease serializer (3.x and
+/// 2.x), say what the raw items say: owner, counter, checkpoints with
+/// sub-sequence numbers, SHARD_END, parents, children and hash ranges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kcl_reads_the_leases_kcld_wrote_as_kcld_wrote_them() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("schema"), 1)
+        .await
+        .unwrap();
+    stack
+        .put_records(&arn, &text_records("p", 5))
+        .await
+        .unwrap();
+    let parent = stack.shards(&arn).await.unwrap();
+    stack.split_shard(&arn, &parent[0]).await.unwrap();
+    // Ten records and then an aggregate, all into the lower child, so
+    // that its checkpoint ends inside the aggregate while the upper child
+    // stays at TRIM_HORIZON (which keeps the finished parent's lease, with
+    // SHARD_END and its children, in the table).
+    let split_at: u128 = {
+        let range = parent[0].hash_key_range().expect("hash key range");
+        let (start, end): (u128, u128) = (
+            range.starting_hash_key().parse().unwrap(),
+            range.ending_hash_key().parse().unwrap(),
+        );
+        start + (end - start) / 2 + 1
+    };
+    let lower = |key: &str| {
+        use md5::Digest;
+        u128::from_be_bytes(md5::Md5::digest(key.as_bytes()).into()) < split_at
+    };
+    let mut keys = (0..).map(|i| format!("low-{i}")).filter(|k| lower(k));
+    let mut later: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|i| (keys.next().unwrap(), format!("q-{i}").into_bytes()))
+        .collect();
+    let (_, agg) = aggregate(10);
+    later.push((keys.next().unwrap(), agg));
+    stack.put_records(&arn, &later).await.unwrap();
+
+    let app = unique_name("schema-app");
+    let mut env = kcld_env(&stack, &arn, &app, "kcld-writer");
+    env.insert("KCLD_CHECKPOINT__INTERVAL_MS".into(), "0".into());
+    let mut kcld = Kcld::spawn(KCLD, &["run"], &env).unwrap();
+    let lines = kcld.take_lines(25, Duration::from_secs(90)).await;
+    assert_eq!(lines.len(), 25, "{}", kcld.stderr_text());
+    // The last checkpoints land, then the owner dies holding its leases.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    kcld.kill9().await;
+
+    let raw: BTreeMap<String, kcld_testkit::Item> = stack
+        .scan_table(&app)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|item| (item["leaseKey"].as_s().unwrap().clone(), item))
+        .collect();
+    let parent_id = parent[0].shard_id().to_owned();
+    let children: Vec<String> = raw.keys().filter(|k| **k != parent_id).cloned().collect();
+    assert_eq!(
+        (children.len(), raw.contains_key(&parent_id)),
+        (2, true),
+        "the parent and both children have leases: {raw:?}"
+    );
+
+    for kcl in [KCL3, KCL2] {
+        let mut env = stack.consumer_env();
+        env.insert("MODE".into(), "dump-leases".into());
+        env.insert("APPLICATION_NAME".into(), app.clone());
+        let jar = kcl.jar();
+        let mut java = Kcld::spawn("java", &["-jar", &jar.display().to_string()], &env).unwrap();
+        let dumped = java.take_lines(usize::MAX, Duration::from_secs(60)).await;
+        let log = java.stderr_text();
+        let _ = java.wait(Duration::from_secs(10)).await;
+        let read: BTreeMap<String, serde_json::Value> = dumped
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| (v["leaseKey"].as_str().unwrap_or_default().to_owned(), v))
+            .collect();
+        assert_eq!(
+            read.keys().collect::<Vec<_>>(),
+            raw.keys().collect::<Vec<_>>(),
+            "{}: the KCL reads every lease kcld wrote: {dumped:?}\n{log}",
+            kcl.name
+        );
+        for (key, lease) in &read {
+            assert!(
+                lease.get("error").is_none(),
+                "{}: the KCL's serializer refused {key}: {lease}",
+                kcl.name
+            );
+            let item = &raw[key];
+            let s = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+            let n = |name: &str| {
+                item.get(name)
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse::<i64>().ok())
+            };
+            let set = |name: &str| {
+                let mut v = item
+                    .get(name)
+                    .and_then(|v| v.as_ss().ok())
+                    .cloned()
+                    .unwrap_or_default();
+                v.sort();
+                v.join(",")
+            };
+            let what = format!("{}: lease {key}: {lease} against {item:?}", kcl.name);
+            assert_eq!(
+                lease["leaseOwner"].as_str().map(str::to_owned),
+                s("leaseOwner"),
+                "{what}"
+            );
+            // The finished parent was let go at its end; the children were held
+            // when the owner died.
+            let owner = if *key == parent_id {
+                None
+            } else {
+                Some("kcld-writer")
+            };
+            assert_eq!(lease["leaseOwner"].as_str(), owner, "{what}");
+            assert_eq!(lease["leaseCounter"].as_i64(), n("leaseCounter"), "{what}");
+            assert_eq!(
+                lease["checkpoint"].as_str().map(str::to_owned),
+                s("checkpoint"),
+                "{what}"
+            );
+            assert_eq!(
+                lease["checkpointSubSequenceNumber"].as_i64(),
+                Some(n("checkpointSubSequenceNumber").unwrap_or(0)),
+                "{what}"
+            );
+            assert_eq!(
+                lease["ownerSwitchesSinceCheckpoint"].as_i64(),
+                n("ownerSwitchesSinceCheckpoint"),
+                "{what}"
+            );
+            assert_eq!(
+                lease["parentShardIds"].as_str(),
+                Some(set("parentShardId").as_str()),
+                "{what}"
+            );
+            assert_eq!(
+                lease["childShardIds"].as_str(),
+                Some(set("childShardIds").as_str()),
+                "{what}"
+            );
+            assert_eq!(
+                lease["startingHashKey"].as_str().map(str::to_owned),
+                s("startingHashKey"),
+                "{what}"
+            );
+            assert_eq!(
+                lease["endingHashKey"].as_str().map(str::to_owned),
+                s("endingHashKey"),
+                "{what}"
+            );
+        }
+        // What it read is the lineage and the positions kcld reached.
+        let p = &read[&parent_id];
+        assert_eq!(p["checkpoint"], "SHARD_END", "{p}");
+        let mut want_children = children.clone();
+        want_children.sort();
+        assert_eq!(
+            p["childShardIds"].as_str(),
+            Some(want_children.join(",").as_str()),
+            "{p}"
+        );
+        for child in &children {
+            assert_eq!(
+                read[child]["parentShardIds"].as_str(),
+                Some(parent_id.as_str())
+            );
+        }
+        assert!(
+            children
+                .iter()
+                .any(|c| read[c]["checkpointSubSequenceNumber"].as_i64() == Some(9)),
+            "{}: one child's checkpoint is the aggregate's last user record: {read:?}",
+            kcl.name
+        );
+    }
+}

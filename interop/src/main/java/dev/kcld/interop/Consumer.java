@@ -310,7 +310,11 @@ public final class Consumer {
         int code;
         Consumer consumer = null;
         try {
-            consumer = new Consumer(new Env(), startNanos);
+            Env env = new Env();
+            if ("dump-leases".equals(env.get("MODE", "consume"))) {
+                System.exit(DumpLeases.run(env));
+            }
+            consumer = new Consumer(env, startNanos);
             code = consumer.run();
         } catch (Env.UsageException e) {
             System.err.println("kcl-interop: " + e.getMessage());
