@@ -94,16 +94,7 @@ impl Kcl {
 
 /// kcld's environment for the same application.
 fn kcld_env(stack: &Stack, arn: &str, app: &str, worker: &str) -> HashMap<String, String> {
-    let mut env = stack.consumer_env();
-    env.insert("KCLD_APPLICATION_NAME".into(), app.into());
-    env.insert("KCLD_STREAM_ARN".into(), arn.into());
-    env.insert("KCLD_WORKER_ID".into(), worker.into());
-    env.insert("KCLD_INITIAL_POSITION".into(), "TRIM_HORIZON".into());
-    env.insert(
-        "KCLD_POLLING__IDLE_TIME_BETWEEN_READS_MS".into(),
-        "200".into(),
-    );
-    env.insert("KCLD_POLLING__MAX_RECORDS".into(), "1000".into());
+    let mut env = stack.kcld_env(arn, app, worker);
     env.insert("KCLD_LEASE__SHARD_SYNC_INTERVAL_MS".into(), "2000".into());
     env
 }

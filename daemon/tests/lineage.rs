@@ -23,16 +23,8 @@ fn env(
     initial: &str,
     extra: &[(&str, &str)],
 ) -> HashMap<String, String> {
-    let mut env = stack.consumer_env();
-    env.insert("KCLD_APPLICATION_NAME".into(), app.into());
-    env.insert("KCLD_STREAM_ARN".into(), arn.into());
-    env.insert("KCLD_WORKER_ID".into(), format!("{app}-1"));
+    let mut env = stack.kcld_env(arn, app, &format!("{app}-1"));
     env.insert("KCLD_INITIAL_POSITION".into(), initial.into());
-    env.insert(
-        "KCLD_POLLING__IDLE_TIME_BETWEEN_READS_MS".into(),
-        "200".into(),
-    );
-    env.insert("KCLD_POLLING__MAX_RECORDS".into(), "1000".into());
     env.insert("KCLD_LEASE__SHARD_SYNC_INTERVAL_MS".into(), "1000".into());
     for (k, v) in extra {
         env.insert(k.to_string(), v.to_string());

@@ -142,6 +142,25 @@ impl Stack {
         ])
     }
 
+    /// kcld's environment as the consumer account for `app` (its lease
+    /// table) reading `arn` as `worker` from TRIM_HORIZON, polling paced for
+    /// tests (200 ms idle, at most 1,000 records a call: kinesis-local
+    /// stalls on larger reads). Callers add or override keys.
+    pub fn kcld_env(&self, arn: &str, app: &str, worker: &str) -> HashMap<String, String> {
+        let mut env = self.consumer_env();
+        for (k, v) in [
+            ("KCLD_APPLICATION_NAME", app),
+            ("KCLD_STREAM_ARN", arn),
+            ("KCLD_WORKER_ID", worker),
+            ("KCLD_INITIAL_POSITION", "TRIM_HORIZON"),
+            ("KCLD_POLLING__IDLE_TIME_BETWEEN_READS_MS", "200"),
+            ("KCLD_POLLING__MAX_RECORDS", "1000"),
+        ] {
+            env.insert(k.into(), v.into());
+        }
+        env
+    }
+
     /// Creates a stream in the producer account, waits until it is ACTIVE,
     /// and attaches the resource policy that shares it with the consumer
     /// role. Returns the stream ARN.
