@@ -209,12 +209,34 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
             ),
         ),
         Ok(true) => {
-            if dynamo(
+            let scan = table.scan_all().await;
+            let mut coordination = scan
+                .as_ref()
+                .map(|s| s.coordination.clone())
+                .unwrap_or_default();
+            let read = dynamo(
                 &mut report,
                 "lease table read (Scan)",
                 "dynamodb:Scan",
-                table.scan().await.map(|l| format!("{} lease(s)", l.len())),
-            ) {
+                scan.map(|s| format!("{} lease(s)", s.leases.len())),
+            );
+            if read {
+                table.read_kcl3_coordinator_tables(&mut coordination).await;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                match coordination.live_assigning_fleet(&settings.lease_table, now) {
+                    None => report.pass(
+                        "no running KCL 3.x leader",
+                        "no KCL 3.x fleet assigns this table's leases",
+                    ),
+                    Some(fleet) => {
+                        report.fail("no running KCL 3.x leader", fleet.to_string(), None)
+                    }
+                }
+            }
+            if read {
                 dynamo(
                     &mut report,
                     "lease table conditional write (UpdateItem)",

@@ -587,6 +587,21 @@ async fn kcld_refuses_a_running_kcl3_fleet_and_takes_over_once_it_stopped() {
     );
     let owners_before = stack.lease_owners(&app).await.unwrap();
 
+    // `kcld doctor` says so before anything starts.
+    let mut doctor =
+        Kcld::spawn(KCLD, &["doctor"], &kcld_env(&stack, &arn, &app, "kcld-1")).unwrap();
+    let report = doctor
+        .take_lines(usize::MAX, Duration::from_secs(60))
+        .await
+        .join("\n");
+    let status = doctor.wait(Duration::from_secs(10)).await;
+    assert!(
+        matches!(status, Ok(s) if !s.success())
+            && report.contains("no running KCL 3.x leader")
+            && report.contains("leader kcl3-worker"),
+        "kcld doctor names the running KCL 3.x fleet: {status:?}\n{report}"
+    );
+
     let kcld = Kcld::spawn(KCLD, &["run"], &kcld_env(&stack, &arn, &app, "kcld-1")).unwrap();
     let stderr = kcld.stderr.clone();
     let status = kcld.wait(Duration::from_secs(60)).await;
