@@ -222,11 +222,9 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
             );
             if read {
                 table.read_kcl3_coordinator_tables(&mut coordination).await;
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or(0);
-                match coordination.live_assigning_fleet(&settings.lease_table, now) {
+                match coordination
+                    .live_assigning_fleet(&settings.lease_table, kcld_lease::kcl3::now())
+                {
                     None => report.pass(
                         "no running KCL 3.x leader",
                         "no KCL 3.x fleet assigns this table's leases",

@@ -33,6 +33,14 @@ const ASSIGNING_MODES: [&str; 2] = ["CLIENT_VERSION_3X", "CLIENT_VERSION_3X_WITH
 /// running: three missed 30-second reports (and some clock skew).
 pub const WORKER_REPORT_WINDOW_SECS: i64 = 90;
 
+/// Now in epoch seconds, the unit of KCL 3.x's worker metrics (`lut`).
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// What the coordinator items of one table say.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Coordination {

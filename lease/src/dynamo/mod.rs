@@ -225,7 +225,7 @@ impl DynamoLeases {
             .await;
         if let Some(fleet) = scan
             .coordination
-            .live_assigning_fleet(inner.table.name(), epoch_seconds())
+            .live_assigning_fleet(inner.table.name(), crate::kcl3::now())
         {
             return Err(TableError::Kcl3Fleet(fleet));
         }
@@ -274,14 +274,6 @@ impl LeaseSource for DynamoLeases {
             let _ = task.await;
         }
     }
-}
-
-/// Now, in epoch seconds (as KCL 3.x's worker metrics write it).
-pub(crate) fn epoch_seconds() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 impl Drop for DynamoLeases {

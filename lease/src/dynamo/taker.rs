@@ -30,7 +30,7 @@ impl Inner {
                 }
                 if let Some(fleet) = scan
                     .coordination
-                    .live_assigning_fleet(self.table.name(), super::epoch_seconds())
+                    .live_assigning_fleet(self.table.name(), crate::kcl3::now())
                 {
                     // A KCL 3.x leader now assigns these leases: stop (the
                     // leases are released) rather than take them back.
