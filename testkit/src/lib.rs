@@ -166,6 +166,31 @@ impl Stack {
     /// role. Returns the stream ARN.
     pub async fn create_shared_stream(&self, name: &str, shards: i32) -> Result<String> {
         let kinesis = self.producer_kinesis().await;
+        let arn = Self::create_stream_as(&kinesis, &self.producer_account, name, shards).await?;
+        kinesis
+            .put_resource_policy()
+            .resource_arn(&arn)
+            .policy(self.stream_policy(&arn).to_string())
+            .send()
+            .await
+            .context("PutResourcePolicy")?;
+        Ok(arn)
+    }
+
+    /// Creates a stream in the consumer's own account (no policy needed),
+    /// for readers that cannot leave their account, such as the KCL's
+    /// MultiLangDaemon; waits until it is ACTIVE. Returns the stream ARN.
+    pub async fn create_own_stream(&self, name: &str, shards: i32) -> Result<String> {
+        let kinesis = self.consumer_kinesis().await;
+        Self::create_stream_as(&kinesis, &self.consumer_account, name, shards).await
+    }
+
+    async fn create_stream_as(
+        kinesis: &aws_sdk_kinesis::Client,
+        account: &str,
+        name: &str,
+        shards: i32,
+    ) -> Result<String> {
         kinesis
             .create_stream()
             .stream_name(name)
@@ -173,10 +198,7 @@ impl Stack {
             .send()
             .await
             .with_context(|| format!("CreateStream {name}"))?;
-        let arn = format!(
-            "arn:aws:kinesis:{REGION}:{}:stream/{name}",
-            self.producer_account
-        );
+        let arn = format!("arn:aws:kinesis:{REGION}:{account}:stream/{name}");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let summary = kinesis
@@ -198,13 +220,6 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        kinesis
-            .put_resource_policy()
-            .resource_arn(&arn)
-            .policy(self.stream_policy(&arn).to_string())
-            .send()
-            .await
-            .context("PutResourcePolicy")?;
         Ok(arn)
     }
 

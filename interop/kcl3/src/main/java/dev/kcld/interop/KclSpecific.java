@@ -1,42 +1,19 @@
 package dev.kcld.interop;
 
-import java.util.ArrayList;
-import java.util.List;
-
-import org.slf4j.Logger;
-import org.slf4j.LoggerFactory;
-import software.amazon.awssdk.core.SdkRequest;
-import software.amazon.awssdk.core.interceptor.Context;
-import software.amazon.awssdk.core.interceptor.ExecutionAttributes;
-import software.amazon.awssdk.core.interceptor.ExecutionInterceptor;
 import software.amazon.awssdk.services.dynamodb.DynamoDbAsyncClient;
 import software.amazon.awssdk.services.dynamodb.DynamoDbAsyncClientBuilder;
-import software.amazon.awssdk.services.dynamodb.model.AttributeDefinition;
-import software.amazon.awssdk.services.dynamodb.model.BillingMode;
-import software.amazon.awssdk.services.dynamodb.model.CreateTableRequest;
-import software.amazon.awssdk.services.dynamodb.model.GlobalSecondaryIndex;
-import software.amazon.awssdk.services.dynamodb.model.KeySchemaElement;
-import software.amazon.awssdk.services.dynamodb.model.KeyType;
-import software.amazon.awssdk.services.dynamodb.model.Projection;
-import software.amazon.awssdk.services.dynamodb.model.ProjectionType;
 import software.amazon.awssdk.services.dynamodb.model.ResourceNotFoundException;
-import software.amazon.awssdk.services.dynamodb.model.ScalarAttributeType;
 import software.amazon.awssdk.services.dynamodb.model.TableDescription;
 import software.amazon.kinesis.coordinator.CoordinatorConfig;
 import software.amazon.kinesis.coordinator.CoordinatorConfig.ClientVersionConfig;
 import software.amazon.kinesis.leases.LeaseManagementConfig;
 
 /**
- * KCL 3.x only: the client version, and the lease owner index that dynalite cannot add to an existing table.
- *
- * <p>KCL 3.x creates the lease table, then adds the GSI LeaseOwnerToLeaseKeyIndex with UpdateTable. dynalite
- * (4.0.0) has no GSI Create in UpdateTable (it answers a validation error for the missing ProvisionedThroughput,
- * and ignores the Create when one is given), so by default this app's DynamoDB client adds the same GSI to the
- * KCL's own CreateTable request of the lease table; the KCL then finds it and skips the UpdateTable.
+ * KCL 3.x only: the client version, and the lease owner index that dynalite cannot add to an existing table
+ * ({@link LeaseOwnerIndexAtCreate}, on by default).
  */
 final class KclSpecific {
-    private static final Logger log = LoggerFactory.getLogger(KclSpecific.class);
-    static final String GSI = "LeaseOwnerToLeaseKeyIndex";
+    static final String GSI = LeaseOwnerIndexAtCreate.GSI;
 
     private KclSpecific() {}
 
@@ -56,7 +33,7 @@ final class KclSpecific {
     /** Called before the DynamoDB client is built. */
     static void customizeDynamo(Env env, DynamoDbAsyncClientBuilder builder, String leaseTable) {
         if (env.flag("KCL3_GSI_AT_CREATE", true)) {
-            builder.overrideConfiguration(c -> c.addExecutionInterceptor(new GsiAtCreate(leaseTable)));
+            builder.overrideConfiguration(c -> c.addExecutionInterceptor(new LeaseOwnerIndexAtCreate(leaseTable)));
         }
     }
 
@@ -72,7 +49,7 @@ final class KclSpecific {
             table = dynamo.describeTable(b -> b.tableName(leaseTable)).get().table();
         } catch (java.util.concurrent.ExecutionException e) {
             if (e.getCause() instanceof ResourceNotFoundException) {
-                return; // the KCL creates it, with the GSI (GsiAtCreate)
+                return; // the KCL creates it, with the GSI (LeaseOwnerIndexAtCreate)
             }
             throw e;
         }
@@ -96,48 +73,5 @@ final class KclSpecific {
             extra = " leaseAssignmentInterval " + ms + " ms";
         }
         return "clientVersion " + version + extra;
-    }
-
-    /** Adds the lease owner GSI to the KCL's CreateTable request for the lease table. */
-    static final class GsiAtCreate implements ExecutionInterceptor {
-        private final String leaseTable;
-
-        GsiAtCreate(String leaseTable) {
-            this.leaseTable = leaseTable;
-        }
-
-        @Override
-        public SdkRequest modifyRequest(Context.ModifyRequest context, ExecutionAttributes attributes) {
-            SdkRequest request = context.request();
-            if (!(request instanceof CreateTableRequest)) {
-                return request;
-            }
-            CreateTableRequest create = (CreateTableRequest) request;
-            if (!leaseTable.equals(create.tableName()) || create.hasGlobalSecondaryIndexes()) {
-                return request;
-            }
-            List<AttributeDefinition> attributes2 = new ArrayList<>(create.attributeDefinitions());
-            if (attributes2.stream().noneMatch(a -> "leaseOwner".equals(a.attributeName()))) {
-                attributes2.add(AttributeDefinition.builder()
-                        .attributeName("leaseOwner")
-                        .attributeType(ScalarAttributeType.S)
-                        .build());
-            }
-            GlobalSecondaryIndex.Builder gsi = GlobalSecondaryIndex.builder()
-                    .indexName(GSI)
-                    .keySchema(
-                            KeySchemaElement.builder().attributeName("leaseOwner").keyType(KeyType.HASH).build(),
-                            KeySchemaElement.builder().attributeName("leaseKey").keyType(KeyType.RANGE).build())
-                    .projection(Projection.builder().projectionType(ProjectionType.KEYS_ONLY).build());
-            if (create.billingMode() != BillingMode.PAY_PER_REQUEST && create.provisionedThroughput() != null) {
-                gsi.provisionedThroughput(create.provisionedThroughput());
-            }
-            log.info("adding GSI {} to the CreateTable of lease table {} (dynalite cannot add it later)",
-                    GSI, leaseTable);
-            return create.toBuilder()
-                    .attributeDefinitions(attributes2)
-                    .globalSecondaryIndexes(gsi.build())
-                    .build();
-        }
     }
 }

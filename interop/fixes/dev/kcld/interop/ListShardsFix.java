@@ -22,8 +22,11 @@ import software.amazon.awssdk.services.kinesis.model.ShardFilterType;
  * their hash ranges never overlap; the KCL checks that and, on a resharded stream with an empty lease table,
  * fails its first shard sync for ever ("Hash range of shards returned for ... was incomplete after 3 retries").
  * This drops, from such answers, every shard whose parent or adjacent parent is in the same answer.
+ *
+ * <p>The MultiLangDaemon jar registers it as an SDK global interceptor (hence public, with the implicit
+ * no-argument constructor).
  */
-final class ListShardsFix implements ExecutionInterceptor {
+public final class ListShardsFix implements ExecutionInterceptor {
     private static final Logger log = LoggerFactory.getLogger(ListShardsFix.class);
 
     @Override
