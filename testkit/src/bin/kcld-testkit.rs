@@ -21,6 +21,10 @@ enum Cmd {
         name: String,
         #[arg(long, default_value_t = 4)]
         shards: i32,
+        /// Create it in the consumer's own account instead (no policy), for
+        /// readers that cannot leave their account (the KCL's MultiLangDaemon).
+        #[arg(long)]
+        own: bool,
     },
     /// Put sample records (as the producer account) into the stream.
     Put {
@@ -40,8 +44,12 @@ enum Cmd {
 async fn main() -> Result<()> {
     let stack = Stack::from_env()?;
     match Cli::parse().command {
-        Cmd::CreateStream { name, shards } => {
-            let arn = stack.create_shared_stream(&name, shards).await?;
+        Cmd::CreateStream { name, shards, own } => {
+            let arn = if own {
+                stack.create_own_stream(&name, shards).await?
+            } else {
+                stack.create_shared_stream(&name, shards).await?
+            };
             println!("{arn}");
         }
         Cmd::Put { arn, count } => {
