@@ -130,8 +130,13 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "ARN")]
     pub stream_arn: Option<String>,
     /// A shared enhanced fan-out consumer ARN, to read through fan-out.
-    #[arg(long, value_name = "ARN")]
+    #[arg(long, value_name = "ARN", conflicts_with = "consumer_name")]
     pub consumer_arn: Option<String>,
+    /// An enhanced fan-out consumer by name: kcld registers it on a stream
+    /// of its own account (the role then needs RegisterStreamConsumer); on
+    /// another account's stream its owner registers and shares it.
+    #[arg(long, value_name = "NAME")]
+    pub consumer_name: Option<String>,
     /// The stream's customer-managed KMS key, for an encrypted stream.
     #[arg(long, value_name = "ARN")]
     pub kms_key_arn: Option<String>,
@@ -263,6 +268,7 @@ fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<(
         ));
     }
     let mut consumer_arn = args.consumer_arn.clone();
+    let mut consumer_name = args.consumer_name.clone();
     let mut notes: Vec<String> = Vec::new();
     let mut assumed: Option<kcld_config::AssumeRole> = None;
     let (stream, table, table_region) = match &args.stream_arn {
@@ -294,16 +300,32 @@ fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<(
         }
         None => {
             let settings = kcld_config::load(config, std::env::vars())?;
-            if let Some(kcld_config::FanOutConsumer::Arn(arn)) =
-                settings.fan_out.as_ref().map(|f| &f.consumer)
-            {
-                consumer_arn.get_or_insert_with(|| arn.to_string());
+            if consumer_arn.is_none() && consumer_name.is_none() {
+                match settings.fan_out.as_ref().map(|f| &f.consumer) {
+                    Some(kcld_config::FanOutConsumer::Arn(arn)) => {
+                        consumer_arn = Some(arn.to_string())
+                    }
+                    Some(kcld_config::FanOutConsumer::Name(name)) => {
+                        consumer_name = Some(name.clone())
+                    }
+                    None => {}
+                }
             }
             let table = args.lease_table.clone().unwrap_or(settings.lease_table);
             assumed = settings.aws.assume_role.clone();
             (settings.stream_arn, table, settings.aws.dynamodb_region)
         }
     };
+    if let Some(name) = consumer_name
+        .as_deref()
+        .filter(|n| !kcld_config::arn::valid_name(n))
+    {
+        return Err(bad(
+            "consumer-name",
+            format!("{name:?} is not a Kinesis consumer name"),
+            "use 1 to 128 letters, digits, '_', '.' or '-'",
+        ));
+    }
     if let Some(text) = &consumer_arn {
         let parsed: kcld_config::ConsumerArn =
             text.parse().map_err(|e: kcld_config::ArnError| {
@@ -325,6 +347,7 @@ fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<(
         stream: &stream,
         role_arn: &args.consumer_role_arn,
         consumer_arn: consumer_arn.as_deref(),
+        consumer_name: consumer_name.as_deref(),
         kms_key_arn: args.kms_key_arn.as_deref(),
         lease_table: &table,
         lease_table_region: &table_region,

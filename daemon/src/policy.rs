@@ -177,6 +177,11 @@ pub struct PolicyRequest<'a> {
     /// An enhanced fan-out consumer to read through; `None` = polling only, no
     /// consumer policy.
     pub consumer_arn: Option<&'a str>,
+    /// An enhanced fan-out consumer given by name (`fan_out.consumer_name`):
+    /// kcld registers it when the stream is in the role's own account
+    /// (`RegisterStreamConsumer`), else the stream owner registers and
+    /// shares it. Ignored when `consumer_arn` is given.
+    pub consumer_name: Option<&'a str>,
     /// The stream's customer-managed KMS key; `None` = no decrypt statements.
     pub kms_key_arn: Option<&'a str>,
     /// The lease table's name.
@@ -189,6 +194,17 @@ pub struct PolicyRequest<'a> {
 }
 
 pub use kcld_config::arn::role_account;
+
+/// A fan-out consumer named in the configuration, before its ARN is known.
+struct ConsumerByName<'a> {
+    name: &'a str,
+    /// The stream is in the consumer role's account: kcld registers it.
+    same_account: bool,
+    /// Its ARN as the owner will see it after registering.
+    pending_arn: String,
+    /// Every ARN it can get (for the role's own policy).
+    any_arn: String,
+}
 
 /// The stream owner's resource policies, the consumer role's policy, and the
 /// CLI commands that attach them, as one JSON document.
@@ -203,6 +219,17 @@ pub fn policies(req: &PolicyRequest<'_>) -> serde_json::Value {
     );
     let mut read_actions: Vec<&str> = STREAM_READ_ACTIONS.to_vec();
     let mut read_resources = vec![stream.clone()];
+    // A consumer by name: its ARN ends with the registration's timestamp,
+    // unknown until it is registered.
+    let by_name = req
+        .consumer_name
+        .filter(|_| req.consumer_arn.is_none())
+        .map(|name| ConsumerByName {
+            name,
+            same_account: consumer_account == req.stream.account,
+            pending_arn: format!("{stream}/consumer/{name}:<creation-timestamp>"),
+            any_arn: format!("{stream}/consumer/{name}:*"),
+        });
     if let Some(consumer) = req.consumer_arn {
         out.insert(
             "consumer_resource_policy".into(),
@@ -210,6 +237,16 @@ pub fn policies(req: &PolicyRequest<'_>) -> serde_json::Value {
         );
         read_actions.extend(FAN_OUT_ACTIONS);
         read_resources.push(consumer.to_owned());
+    }
+    if let Some(c) = &by_name {
+        if !c.same_account {
+            out.insert(
+                "consumer_resource_policy".into(),
+                serde_json::json!({ "Version": "2012-10-17", "Statement": [consumer_read_statement(&c.pending_arn, req.role_arn)] }),
+            );
+        }
+        read_actions.extend(FAN_OUT_ACTIONS);
+        read_resources.push(c.any_arn.clone());
     }
     let table_arn = format!(
         "arn:{}:dynamodb:{}:{consumer_account}:table/{}",
@@ -219,6 +256,10 @@ pub fn policies(req: &PolicyRequest<'_>) -> serde_json::Value {
         serde_json::json!({ "Sid": "ReadSharedStream", "Effect": "Allow", "Action": read_actions, "Resource": read_resources }),
         serde_json::json!({ "Sid": "LeaseTable", "Effect": "Allow", "Action": LEASE_TABLE_ACTIONS, "Resource": table_arn }),
     ];
+    if by_name.as_ref().is_some_and(|c| c.same_account) {
+        // kcld registers the consumer when it finds none of that name.
+        statements.push(serde_json::json!({ "Sid": "RegisterConsumer", "Effect": "Allow", "Action": ["kinesis:RegisterStreamConsumer"], "Resource": stream }));
+    }
     if let Some(key) = req.kms_key_arn {
         statements.push(serde_json::json!({ "Sid": "DecryptSharedStream", "Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": key }));
         out.insert(
@@ -268,6 +309,21 @@ pub fn policies(req: &PolicyRequest<'_>) -> serde_json::Value {
             "stream owner",
             "consumer_resource_policy -> consumer-policy.json",
             format!("aws kinesis put-resource-policy --region {region} --resource-arn {consumer} --policy file://consumer-policy.json"),
+        ));
+    }
+    if let Some(c) = by_name.as_ref().filter(|c| !c.same_account) {
+        // Only the stream's account can register a consumer on it.
+        commands.push(step(
+            owner,
+            "stream owner",
+            "nothing: prints the ConsumerARN, which replaces <creation-timestamp> below and goes into kcld's fan_out.consumer_arn",
+            format!("aws kinesis register-stream-consumer --region {region} --stream-arn {stream} --consumer-name {}", c.name),
+        ));
+        commands.push(step(
+            owner,
+            "stream owner",
+            "consumer_resource_policy (with the ConsumerARN) -> consumer-policy.json",
+            format!("aws kinesis put-resource-policy --region {region} --resource-arn {} --policy file://consumer-policy.json", c.pending_arn),
         ));
     }
     if let Some(key) = req.kms_key_arn {

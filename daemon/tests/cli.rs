@@ -264,6 +264,103 @@ async fn policy_prints_every_action_the_seeds_require() {
 }
 
 #[tokio::test]
+async fn policy_for_a_consumer_by_name_registers_it_at_home_and_asks_the_owner_abroad() {
+    let role = "arn:aws:iam::222222222222:role/kcld-consumer";
+    let policy = |stream: &'static str| async move {
+        let (code, out, err) = run(
+            &[
+                "policy",
+                "--stream-arn",
+                stream,
+                "--consumer-role-arn",
+                role,
+                "--consumer-name",
+                "orders-reader",
+                "--lease-table",
+                "orders-reader",
+            ],
+            env(&[]),
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out.join("\n")).unwrap()
+    };
+
+    // The stream is in the role's own account: kcld registers the consumer
+    // when it finds none, so the role may; no resource policy is needed.
+    let home = "arn:aws:kinesis:us-east-1:222222222222:stream/orders";
+    let doc = policy(home).await;
+    let statements = doc["consumer_role_policy"]["Statement"].as_array().unwrap();
+    let register = statements
+        .iter()
+        .find(|s| s["Sid"] == "RegisterConsumer")
+        .unwrap_or_else(|| panic!("no RegisterStreamConsumer: {doc}"));
+    assert_eq!(
+        register["Action"],
+        serde_json::json!(["kinesis:RegisterStreamConsumer"])
+    );
+    assert_eq!(register["Resource"], home);
+    let read = doc["consumer_role_policy"]["Statement"][0].to_string();
+    for needed in ["kinesis:DescribeStreamConsumer", "kinesis:SubscribeToShard"] {
+        assert!(read.contains(needed), "{read}");
+    }
+    assert!(
+        read.contains(&format!("{home}/consumer/orders-reader:*")),
+        "{read}"
+    );
+    assert!(doc.get("consumer_resource_policy").is_none(), "{doc}");
+
+    // Another account's stream: only its owner can register the consumer;
+    // the owner's steps say how, and the role gets no RegisterStreamConsumer.
+    let abroad = "arn:aws:kinesis:us-east-1:111111111111:stream/orders";
+    let doc = policy(abroad).await;
+    assert!(
+        !doc["consumer_role_policy"]
+            .to_string()
+            .contains("RegisterStreamConsumer"),
+        "{doc}"
+    );
+    let shared = &doc["consumer_resource_policy"]["Statement"][0];
+    assert_eq!(shared["Principal"]["AWS"], role);
+    assert_eq!(
+        shared["Resource"],
+        format!("{abroad}/consumer/orders-reader:<creation-timestamp>")
+    );
+    let commands: Vec<&str> = doc["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["command"].as_str().unwrap())
+        .collect();
+    assert!(
+        commands
+            .iter()
+            .any(|c| c.starts_with("aws kinesis register-stream-consumer")
+                && c.contains("--consumer-name orders-reader")
+                && c.contains(abroad)),
+        "{commands:?}"
+    );
+
+    // A name Kinesis would refuse is one error naming the flag.
+    let (code, _, err) = run(
+        &[
+            "policy",
+            "--stream-arn",
+            home,
+            "--consumer-role-arn",
+            role,
+            "--consumer-name",
+            "no spaces",
+        ],
+        env(&[]),
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    let line = one_error_line(&err);
+    assert!(line.contains("--consumer-name"), "{line}");
+}
+
+#[tokio::test]
 async fn policy_for_fan_out_and_an_encrypted_stream() {
     let consumer =
         "arn:aws:kinesis:us-east-1:111111111111:stream/orders/consumer/shared:1700000000";

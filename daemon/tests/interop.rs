@@ -173,25 +173,6 @@ fn tally<'a>(all: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, usize> 
     counts
 }
 
-async fn checkpoints(stack: &Stack, table: &str) -> BTreeMap<String, (String, u64)> {
-    stack
-        .scan_table(table)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|item| {
-            let key = item.get("leaseKey")?.as_s().ok()?.clone();
-            let checkpoint = item.get("checkpoint")?.as_s().ok()?.clone();
-            let sub = item
-                .get("checkpointSubSequenceNumber")
-                .and_then(|v| v.as_n().ok())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            Some((key, (checkpoint, sub)))
-        })
-        .collect()
-}
-
 /// KCL reads part of a stream (stopping inside a KPL aggregate of a shard
 /// that was split), kcld takes the lease table and reads the rest, then
 /// the KCL takes the table back and reads what came after: every record
@@ -253,7 +234,7 @@ async fn migration_there_and_back(kcl: Kcl) {
     assert_eq!(first_run.len(), 15, "{first_run:?}");
     let last = &first_run[14];
     assert_eq!(last.data, "agg-4", "the KCL stopped inside the aggregate");
-    let table = checkpoints(&stack, &app).await;
+    let table = stack.checkpoints(&app).await;
     assert!(
         table
             .values()

@@ -194,30 +194,6 @@ async fn run(
     (dir, app)
 }
 
-/// shard lease -> (checkpoint, sub-sequence number); other items (KCL 3.x
-/// coordination) left out.
-async fn checkpoints(stack: &Stack, table: &str) -> BTreeMap<String, (String, String)> {
-    stack
-        .scan_table(table)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|item| {
-            let key = item.get("leaseKey")?.as_s().ok()?.clone();
-            if !key.starts_with("shardId-") {
-                return None;
-            }
-            let checkpoint = item.get("checkpoint")?.as_s().ok()?.clone();
-            let sub = item
-                .get("checkpointSubSequenceNumber")
-                .and_then(|v| v.as_n().ok())
-                .cloned()
-                .unwrap_or_default();
-            Some((key, (checkpoint, sub)))
-        })
-        .collect()
-}
-
 /// A trace with the record batches taken out: what is left is the
 /// lifecycle (initialize, the end of the shard or the shutdown, the
 /// checkpoints there and the answers), line by line.
@@ -410,8 +386,8 @@ async fn the_java_multilang_daemon_and_kcld_give_the_kclpy_sample_the_same_recor
 
     // Same checkpoints: the parent at SHARD_END, the others where the
     // sample's shutdownRequested checkpoint put them.
-    let java_checkpoints = checkpoints(&stack, &java_app).await;
-    let kcld_checkpoints = checkpoints(&stack, &kcld_app).await;
+    let java_checkpoints = stack.checkpoints(&java_app).await;
+    let kcld_checkpoints = stack.checkpoints(&kcld_app).await;
     assert_eq!(java_checkpoints.len(), 4, "{java_checkpoints:?}");
     assert_eq!(java_checkpoints, kcld_checkpoints, "the same checkpoints");
     assert_eq!(

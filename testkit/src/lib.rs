@@ -5,7 +5,7 @@
 //! (222222222222) runs kcld. The Kinesis emulator takes the access key id as
 //! the caller's account, so each account gets its own static keys.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -394,6 +394,27 @@ impl Stack {
                 _ => return Ok(items),
             }
         }
+    }
+
+    /// lease key -> (checkpoint, checkpointSubSequenceNumber) of every item
+    /// with a checkpoint, read directly; items without one (KCL 3.x
+    /// coordination) are left out. An unreadable table reads as empty.
+    pub async fn checkpoints(&self, table: &str) -> BTreeMap<String, (String, u64)> {
+        self.scan_table(table)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|item| {
+                let key = item.get("leaseKey")?.as_s().ok()?.clone();
+                let checkpoint = item.get("checkpoint")?.as_s().ok()?.clone();
+                let sub = item
+                    .get("checkpointSubSequenceNumber")
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                Some((key, (checkpoint, sub)))
+            })
+            .collect()
     }
 
     /// A lease table created the way the KCL creates one (`leaseKey` S as
