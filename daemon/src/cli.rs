@@ -92,15 +92,21 @@ pub enum Command {
         json: bool,
     },
     /// Show the lease table: every shard's owner, whether its lease is being
-    /// renewed, its checkpoint, parents and children. Lag per shard is in
-    /// each instance's /metrics (kcld_lag_seconds).
+    /// renewed and when status last saw it renewed, its checkpoint, how far
+    /// the checkpoint is behind the shard's tip (one read per shard), parents
+    /// and children.
     Status {
-        /// JSON for scripts instead of a table.
+        /// JSON for scripts instead of a table (with --watch, one JSON line
+        /// per refresh).
         #[arg(long)]
         json: bool,
         /// How long to watch lease counters to tell live owners.
         #[arg(long, default_value_t = 2000, value_name = "MS")]
         sample_ms: u64,
+        /// Refresh every MS milliseconds (default 2000) until interrupted,
+        /// redrawing the table in place.
+        #[arg(long, value_name = "MS", num_args = 0..=1, default_missing_value = "2000")]
+        watch: Option<u64>,
     },
 }
 
@@ -182,13 +188,22 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Status { json, sample_ms } => {
+        Command::Status {
+            json,
+            sample_ms,
+            watch: None,
+        } => {
             let leases =
                 crate::status::collect(&settings, std::time::Duration::from_millis(sample_ms))
                     .await?;
             print_as(json, leases.as_slice(), crate::status::render)?;
             Ok(())
         }
+        Command::Status {
+            json,
+            sample_ms,
+            watch: Some(every),
+        } => watch_status(&settings, json, sample_ms, every).await,
         Command::Run => {
             logging::init(&settings.log.format, &settings.log.level);
             for warning in &settings.warnings {
@@ -358,6 +373,50 @@ fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<(
     }
     print_json(&doc)?;
     Ok(())
+}
+
+/// `kcld status --watch`: the table redrawn in place (or one JSON line per
+/// refresh) until interrupted.
+async fn watch_status(
+    settings: &kcld_config::Settings,
+    json: bool,
+    sample_ms: u64,
+    every_ms: u64,
+) -> Result<()> {
+    use std::io::Write;
+    let every = std::time::Duration::from_millis(every_ms.max(100));
+    let mut watch = crate::status::Watch::new(settings).await?;
+    watch.read().await?;
+    tokio::time::sleep(std::time::Duration::from_millis(sample_ms)).await;
+    loop {
+        let leases = watch.read().await?;
+        let text = if json {
+            let mut line = serde_json::to_string(&leases)
+                .map_err(|e| crate::Error::setup("status as JSON", e))?;
+            line.push('\n');
+            line
+        } else {
+            // Home, clear the screen, then the table under a heading.
+            format!(
+                "\x1b[H\x1b[2J{} leases of {}, every {} ms (Ctrl-C stops)\n\n{}",
+                leases.len(),
+                watch.table_name(),
+                every.as_millis(),
+                crate::status::render(&leases)
+            )
+        };
+        let mut stdout = std::io::stdout().lock();
+        if stdout
+            .write_all(text.as_bytes())
+            .and_then(|_| stdout.flush())
+            .is_err()
+        {
+            // The reader went away (a closed pipe): nothing left to do.
+            return Ok(());
+        }
+        drop(stdout);
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// Prints `value` as pretty JSON with `--json`, else as `render` writes it.

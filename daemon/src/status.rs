@@ -1,6 +1,9 @@
 //! `kcld status`: the lease table as a person reads it, or as JSON.
 
+use std::collections::HashMap;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use kcld_config::Settings;
 use kcld_lease::key::StreamScope;
@@ -29,8 +32,13 @@ pub struct LeaseStatus {
     pub checkpoint_sub_sequence_number: u64,
     /// The `leaseCounter`, which the owner increments at every renewal.
     pub lease_counter: i64,
-    /// The counter moved while `status` watched: the owner is alive.
+    /// The counter moved while `status` watched (within the failover time):
+    /// the owner is alive.
     pub renewing: bool,
+    /// Milliseconds since `status` first saw the counter at its present
+    /// value (the renewal happened at most one refresh before that); `None`
+    /// when it has not seen it move.
+    pub last_renewal_ms: Option<u64>,
     /// The shards this one was split or merged from.
     pub parents: Vec<String>,
     /// The shards that continue this one.
@@ -47,40 +55,88 @@ pub struct LeaseStatus {
 
 /// Reads the table twice, `sample` apart, to see which leases are renewed.
 pub async fn collect(settings: &Settings, sample: Duration) -> Result<Vec<LeaseStatus>> {
-    let clients = crate::aws::connect(settings).await?;
-    let table = LeaseTable::new(clients.dynamodb, &settings.lease_table);
-    let scope = StreamScope {
-        account: settings.stream_arn.account.clone(),
-        stream_name: settings.stream_arn.stream_name.clone(),
-        // Without describing the stream: the status of every lease of this
-        // stream name, the former streams' included.
-        creation_epoch: None,
-    };
-    let read = || async {
-        table
+    let mut watch = Watch::new(settings).await?;
+    watch.read().await?;
+    tokio::time::sleep(sample).await;
+    watch.read().await
+}
+
+/// The lease table read again and again (`status --watch`), remembering
+/// when each lease's counter last moved, which is how its owner's renewals
+/// show from outside.
+pub struct Watch {
+    table: LeaseTable,
+    table_name: String,
+    stream: Stream,
+    scope: StreamScope,
+    failover: Duration,
+    /// lease key -> its counter at the last read, and when a read first
+    /// saw that counter differ from the read before.
+    seen: HashMap<String, (i64, Option<Instant>)>,
+}
+
+impl Watch {
+    /// Connects as `run` would, without touching the table.
+    pub async fn new(settings: &Settings) -> Result<Self> {
+        let clients = crate::aws::connect(settings).await?;
+        Ok(Watch {
+            table: LeaseTable::new(clients.dynamodb, &settings.lease_table),
+            table_name: settings.lease_table.clone(),
+            stream: Stream::new(clients.kinesis, settings.stream_arn.clone()),
+            scope: StreamScope {
+                account: settings.stream_arn.account.clone(),
+                stream_name: settings.stream_arn.stream_name.clone(),
+                // Without describing the stream: the status of every lease of
+                // this stream name, the former streams' included.
+                creation_epoch: None,
+            },
+            failover: settings.lease.failover_time,
+            seen: HashMap::new(),
+        })
+    }
+
+    /// One read of the table and of each shard's lag. A lease is renewing
+    /// when its counter moved since the previous read, or within the
+    /// failover time before this one.
+    pub async fn read(&mut self) -> Result<Vec<LeaseStatus>> {
+        let records = self
+            .table
             .scan()
             .await
-            .map_err(|e| Error::lease_table(&settings.lease_table, e))
-    };
-    let first = read().await?;
-    tokio::time::sleep(sample).await;
-    let second = read().await?;
-    let mut out: Vec<LeaseStatus> = second
-        .iter()
-        .filter(|l| scope.owns(&l.key))
-        .map(|l| status_of(l, first.iter().find(|f| f.key == l.key)))
-        .collect();
-    out.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
-    let stream = Stream::new(clients.kinesis, settings.stream_arn.clone());
-    let lags: Vec<Option<i64>> = futures::stream::iter(out.iter())
-        .map(|l| lag(&stream, l))
-        .buffered(8)
-        .collect()
-        .await;
-    for (status, lag) in out.iter_mut().zip(lags) {
-        status.lag_ms = lag;
+            .map_err(|e| Error::lease_table(&self.table_name, e))?;
+        let now = Instant::now();
+        let mut out: Vec<LeaseStatus> = Vec::new();
+        for lease in records.iter().filter(|l| self.scope.owns(&l.key)) {
+            let key = lease.key.render();
+            let previous = self.seen.get(&key).copied();
+            let moved = previous.is_some_and(|(counter, _)| counter != lease.counter);
+            let changed = if moved {
+                Some(now)
+            } else {
+                previous.and_then(|(_, at)| at)
+            };
+            self.seen.insert(key, (lease.counter, changed));
+            let mut status = status_of(lease);
+            status.renewing = changed.is_some_and(|at| now - at <= self.failover);
+            status.last_renewal_ms = changed.map(|at| (now - at).as_millis() as u64);
+            out.push(status);
+        }
+        out.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
+        let lags: Vec<Option<i64>> = futures::stream::iter(out.iter())
+            .map(|l| lag(&self.stream, l))
+            .buffered(8)
+            .collect()
+            .await;
+        for (status, lag) in out.iter_mut().zip(lags) {
+            status.lag_ms = lag;
+        }
+        Ok(out)
     }
-    Ok(out)
+
+    /// The lease table's name, for a heading.
+    pub fn table_name(&self) -> &str {
+        &self.table_name
+    }
 }
 
 /// One cheap read just after the lease's checkpoint: the service says how
@@ -101,7 +157,7 @@ async fn lag(stream: &Stream, lease: &LeaseStatus) -> Option<i64> {
     response.millis_behind_latest
 }
 
-fn status_of(lease: &LeaseRecord, before: Option<&LeaseRecord>) -> LeaseStatus {
+fn status_of(lease: &LeaseRecord) -> LeaseStatus {
     LeaseStatus {
         shard_id: lease.shard_id().to_owned(),
         lease_key: lease.key.render(),
@@ -109,7 +165,8 @@ fn status_of(lease: &LeaseRecord, before: Option<&LeaseRecord>) -> LeaseStatus {
         checkpoint: lease.checkpoint.as_str().to_owned(),
         checkpoint_sub_sequence_number: lease.checkpoint.sub_sequence(),
         lease_counter: lease.counter,
-        renewing: before.is_some_and(|b| b.counter != lease.counter),
+        renewing: false,
+        last_renewal_ms: None,
         parents: lease.parents.clone(),
         children: lease.children.clone(),
         checkpoint_owner: lease.checkpoint_owner.clone(),
@@ -140,12 +197,13 @@ pub fn render(leases: &[LeaseStatus]) -> String {
         "SHARD",
         "OWNER",
         "RENEWING",
+        "RENEWED",
         "CHECKPOINT",
         "LAG",
         "PARENTS",
         "CHILDREN",
     ];
-    let rows: Vec<[String; 7]> = leases
+    let rows: Vec<[String; 8]> = leases
         .iter()
         .map(|l| {
             let checkpoint = match l.checkpoint_sub_sequence_number {
@@ -161,6 +219,10 @@ pub fn render(leases: &[LeaseStatus]) -> String {
                 l.shard_id.clone(),
                 owner,
                 if l.renewing { "yes" } else { "no" }.into(),
+                match l.last_renewal_ms {
+                    Some(ms) => format!("{} ago", render_lag(Some(ms as i64))),
+                    None => "-".into(),
+                },
                 checkpoint,
                 render_lag(l.lag_ms),
                 join(&l.parents),

@@ -249,10 +249,36 @@ async fn status_shows_every_lease() {
         assert_eq!(lease["lag_ms"], 0, "everything read: caught up: {lease}");
     }
 
+    // --watch: one JSON line per refresh; once it has seen the counters
+    // move, each lease says how long ago, within the failover time.
+    let mut watch = Kcld::spawn(
+        KCLD,
+        &["status", "--json", "--sample-ms", "100", "--watch", "500"],
+        &vars,
+    )
+    .unwrap();
+    let refreshes = watch.take_lines(12, Duration::from_secs(60)).await;
+    assert_eq!(refreshes.len(), 12, "{}", watch.stderr_text());
+    assert!(watch.is_running(), "--watch goes on until stopped");
+    let failover = 10_000;
+    let last: serde_json::Value = serde_json::from_str(&refreshes[11]).unwrap();
+    for lease in last.as_array().unwrap() {
+        let ago = lease["last_renewal_ms"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("renewals seen in 6 s: {lease}"));
+        assert!(ago <= failover, "{lease}");
+        assert_eq!(lease["renewing"], true, "{lease}");
+    }
+    watch.kill9().await;
+
     let mut table = Kcld::spawn(KCLD, &["status", "--sample-ms", "100"], &vars).unwrap();
     let text = table.drain_for(Duration::from_secs(30)).await.join("\n");
     assert!(text.starts_with("SHARD"), "{text}");
-    assert!(text.lines().next().unwrap().contains("LAG"), "{text}");
+    let header = text.lines().next().unwrap();
+    assert!(
+        header.contains("LAG") && header.contains("RENEWED"),
+        "{text}"
+    );
     for id in ["shardId-000000000000", "shardId-000000000001"] {
         assert!(text.contains(id), "{text}");
     }
