@@ -148,8 +148,14 @@ def main():
             time.sleep(0.2)
 
     held_at_term = {k for k, o in owners(table).items() if o == worker} if second else set()
+    exited = [None]
+
+    def reap():
+        proc.wait()
+        exited[0] = time.monotonic()
     term = time.monotonic()
     os.kill(target, signal.SIGTERM)
+    threading.Thread(target=reap, daemon=True).start()
     taken = None
     if second:
         until = term + 180
@@ -159,12 +165,14 @@ def main():
                 taken = time.monotonic() - term
                 break
             time.sleep(0.1)
-    try:
-        proc.wait(timeout=180)
-    except subprocess.TimeoutExpired:
+    until = term + 180
+    while exited[0] is None and time.monotonic() < until:
+        time.sleep(0.01)
+    if exited[0] is None:
         os.kill(target, signal.SIGKILL)
-        proc.wait()
-    stop = time.monotonic() - term
+        while exited[0] is None:
+            time.sleep(0.01)
+    stop = exited[0] - term
     running[0] = False
     if second:
         os.killpg(second.pid, signal.SIGTERM)
