@@ -40,19 +40,7 @@ const KCL2: Kcl = Kcl {
 
 impl Kcl {
     fn jar(&self) -> PathBuf {
-        let path = std::env::var(self.jar_variable).unwrap_or_else(|_| {
-            panic!(
-                "{} is not set: run `eval \"$(deploy/local/stack env)\"` after `deploy/local/stack up`",
-                self.jar_variable
-            )
-        });
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "{} does not exist: `deploy/local/stack up` builds it",
-            path.display()
-        );
-        path
+        kcld_testkit::interop_jar(self.jar_variable)
     }
 
     /// Starts the KCL application on `arn` with the lease table `app`,

@@ -22,19 +22,6 @@ use serde_json::Value;
 
 const KCLD: &str = env!("CARGO_BIN_EXE_kcld");
 
-fn multilang_jar() -> PathBuf {
-    let path = std::env::var("LOCALAWS_MULTILANG_JAR").expect(
-        "LOCALAWS_MULTILANG_JAR is not set: run `eval \"$(deploy/local/stack env)\"` after `deploy/local/stack up`",
-    );
-    let path = PathBuf::from(path);
-    assert!(
-        path.is_file(),
-        "{} does not exist: `deploy/local/stack up` builds it",
-        path.display()
-    );
-    path
-}
-
 /// One properties file, as a user of the Java daemon writes it for this
 /// stack; both daemons read it unchanged. Properties only the Java daemon
 /// uses shorten its waits (kcld ignores them, saying so in its log).
@@ -277,7 +264,7 @@ fn records_by_shard(traces: &BTreeMap<String, Vec<Vec<Line>>>) -> BTreeMap<Strin
 async fn the_java_multilang_daemon_and_kcld_give_the_kclpy_sample_the_same_records_checkpoints_and_messages(
 ) {
     let stack = Stack::from_env().unwrap();
-    let jar = multilang_jar();
+    let jar = kcld_testkit::interop_jar("LOCALAWS_MULTILANG_JAR");
     let arn = stack
         .create_own_stream(&unique_name("mld"), 2)
         .await

@@ -474,6 +474,23 @@ impl Stack {
     }
 }
 
+/// A jar `deploy/local/stack up` built under `interop/`, named by the
+/// stack variable `variable` (`LOCALAWS_KCL3_JAR`, ...). Panics with what
+/// to run when it is missing: a test that needs the Java KCL cannot pass
+/// without it.
+pub fn interop_jar(variable: &str) -> std::path::PathBuf {
+    let path = std::env::var(variable).unwrap_or_else(|_| {
+        panic!("{variable} is not set: run `eval \"$(deploy/local/stack env)\"` after `deploy/local/stack up`")
+    });
+    let path = std::path::PathBuf::from(path);
+    assert!(
+        path.is_file(),
+        "{} does not exist: `deploy/local/stack up` builds it",
+        path.display()
+    );
+    path
+}
+
 /// A name no other test uses.
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
