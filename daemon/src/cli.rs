@@ -341,6 +341,13 @@ fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<(
             "use 1 to 128 letters, digits, '_', '.' or '-'",
         ));
     }
+    if let Some(key) = args.kms_key_arn.as_deref().filter(|k| !is_kms_key_arn(k)) {
+        return Err(bad(
+            "kms-key-arn",
+            format!("{key:?} is not a KMS key ARN"),
+            "pass the stream's key as arn:aws:kms:<region>:<owner-account>:key/<key-id> (`aws kinesis describe-stream-summary` shows its KeyId); an alias cannot be granted in a policy",
+        ));
+    }
     if let Some(text) = &consumer_arn {
         let parsed: kcld_config::ConsumerArn =
             text.parse().map_err(|e: kcld_config::ArnError| {
@@ -373,6 +380,20 @@ fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<(
     }
     print_json(&doc)?;
     Ok(())
+}
+
+/// `arn:<partition>:kms:<region>:<12-digit account>:key/<id>`: the form a
+/// key policy statement and an IAM `Resource` take (an alias ARN is not).
+fn is_kms_key_arn(text: &str) -> bool {
+    let parts: Vec<&str> = text.splitn(6, ':').collect();
+    matches!(parts.as_slice(), ["arn", partition, "kms", region, account, resource]
+    if !partition.is_empty()
+        && !region.is_empty()
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && resource.strip_prefix("key/").is_some_and(|id| {
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        }))
 }
 
 /// `kcld status --watch`: the table redrawn in place (or one JSON line per

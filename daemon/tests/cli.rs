@@ -361,6 +361,39 @@ async fn policy_for_a_consumer_by_name_registers_it_at_home_and_asks_the_owner_a
 }
 
 #[tokio::test]
+async fn policy_names_a_kms_key_that_is_not_a_key_arn() {
+    let stream = "arn:aws:kinesis:us-east-1:111111111111:stream/orders";
+    let role = "arn:aws:iam::222222222222:role/kcld-consumer";
+    for bad in [
+        "alias/aws/kinesis",
+        "arn:aws:kms:us-east-1:111111111111:alias/orders",
+        "arn:aws:kms:us-east-1:1111:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        "1234abcd-12ab-34cd-56ef-1234567890ab",
+    ] {
+        let (code, out, err) = run(
+            &[
+                "policy",
+                "--stream-arn",
+                stream,
+                "--consumer-role-arn",
+                role,
+                "--kms-key-arn",
+                bad,
+            ],
+            env(&[]),
+        )
+        .await;
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(out.is_empty(), "{bad}: nothing printed: {out:?}");
+        let line = one_error_line(&err);
+        assert!(
+            line.contains("--kms-key-arn") && line.contains("key/"),
+            "{line}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn policy_for_fan_out_and_an_encrypted_stream() {
     let consumer =
         "arn:aws:kinesis:us-east-1:111111111111:stream/orders/consumer/shared:1700000000";
