@@ -209,22 +209,17 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
             ),
         ),
         Ok(true) => {
-            let scan = table.scan_all().await;
-            let mut coordination = scan
-                .as_ref()
-                .map(|s| s.coordination.clone())
-                .unwrap_or_default();
-            let read = dynamo(
+            let (count, coordination) = match table.scan_all().await {
+                Ok(scan) => (Ok(scan.leases.len()), scan.coordination),
+                Err(e) => (Err(e), Default::default()),
+            };
+            if dynamo(
                 &mut report,
                 "lease table read (Scan)",
                 "dynamodb:Scan",
-                scan.map(|s| format!("{} lease(s)", s.leases.len())),
-            );
-            if read {
-                table.read_kcl3_coordinator_tables(&mut coordination).await;
-                match coordination
-                    .live_assigning_fleet(&settings.lease_table, kcld_lease::kcl3::now())
-                {
+                count.map(|n| format!("{n} lease(s)")),
+            ) {
+                match table.live_kcl3_fleet(coordination).await {
                     None => report.pass(
                         "no running KCL 3.x leader",
                         "no KCL 3.x fleet assigns this table's leases",
@@ -233,8 +228,6 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
                         report.fail("no running KCL 3.x leader", fleet.to_string(), None)
                     }
                 }
-            }
-            if read {
                 dynamo(
                     &mut report,
                     "lease table conditional write (UpdateItem)",

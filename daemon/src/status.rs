@@ -66,7 +66,6 @@ pub async fn collect(settings: &Settings, sample: Duration) -> Result<Vec<LeaseS
 /// show from outside.
 pub struct Watch {
     table: LeaseTable,
-    table_name: String,
     stream: Stream,
     scope: StreamScope,
     failover: Duration,
@@ -81,7 +80,6 @@ impl Watch {
         let clients = crate::aws::connect(settings).await?;
         Ok(Watch {
             table: LeaseTable::new(clients.dynamodb, &settings.lease_table),
-            table_name: settings.lease_table.clone(),
             stream: Stream::new(clients.kinesis, settings.stream_arn.clone()),
             scope: StreamScope {
                 account: settings.stream_arn.account.clone(),
@@ -103,7 +101,7 @@ impl Watch {
             .table
             .scan()
             .await
-            .map_err(|e| Error::lease_table(&self.table_name, e))?;
+            .map_err(|e| Error::lease_table(self.table.name(), e))?;
         let now = Instant::now();
         let mut out: Vec<LeaseStatus> = Vec::new();
         for lease in records.iter().filter(|l| self.scope.owns(&l.key)) {
@@ -135,7 +133,7 @@ impl Watch {
 
     /// The lease table's name, for a heading.
     pub fn table_name(&self) -> &str {
-        &self.table_name
+        self.table.name()
     }
 }
 

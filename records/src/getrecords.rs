@@ -207,10 +207,10 @@ fn decoded_len(text: &[u8]) -> usize {
 pub fn decode(body: Bytes) -> Result<Response, DecodeError> {
     let raw: RawResponse<'_> = serde_json::from_slice(&body)?;
 
-    // One buffer for the whole batch: all record data, filled by SIMD
-    // base64, then every sequence number and partition key. Nothing keeps
-    // the body alive once decoded, so a batch read ahead holds its data
-    // and keys, not also the 4/3-larger JSON text it came in.
+    // One buffer for the whole batch: each record's data (SIMD base64),
+    // then its sequence number and partition key. Nothing keeps the body
+    // alive once decoded, so a batch read ahead holds its data and keys,
+    // not also the 4/3-larger JSON text it came in.
     let total: usize = raw
         .records
         .iter()
@@ -221,6 +221,7 @@ pub fn decode(body: Bytes) -> Result<Response, DecodeError> {
         })
         .sum();
     let mut data = BytesMut::with_capacity(total);
+    // Per record: where its data, its sequence number and its key end.
     let mut ends = Vec::with_capacity(raw.records.len());
     for (index, r) in raw.records.iter().enumerate() {
         let spare: &mut [MaybeUninit<u8>] = data.spare_capacity_mut();
@@ -236,27 +237,21 @@ pub fn decode(body: Bytes) -> Result<Response, DecodeError> {
         // most the spare length, so the new length covers initialised bytes
         // only.
         unsafe { data.set_len(data.len() + written) };
-        ends.push(data.len());
-    }
-    // Each record's sequence number, then its partition key.
-    let mut key_ends = Vec::with_capacity(raw.records.len());
-    for r in &raw.records {
+        let data_end = data.len();
         data.extend_from_slice(r.sequence_number.as_bytes());
         let sequence_end = data.len();
         if let Some(pk) = &r.partition_key {
             data.extend_from_slice(pk.0.as_bytes());
         }
-        key_ends.push((sequence_end, data.len()));
+        ends.push((data_end, sequence_end, data.len()));
     }
     let data = data.freeze();
 
     let mut records = Vec::with_capacity(raw.records.len());
     let mut start = 0;
-    let mut key_start = ends.last().copied().unwrap_or(0);
-    for (index, ((r, end), (sequence_end, key_end))) in
-        raw.records.iter().zip(ends).zip(key_ends).enumerate()
+    for (index, (r, (data_end, sequence_end, key_end))) in raw.records.iter().zip(ends).enumerate()
     {
-        let sequence_number = SequenceNumber::from_bytes(data.slice(key_start..sequence_end))
+        let sequence_number = SequenceNumber::from_bytes(data.slice(data_end..sequence_end))
             .map_err(|e| DecodeError::Field {
                 index,
                 message: e.to_string(),
@@ -266,7 +261,6 @@ pub fn decode(body: Bytes) -> Result<Response, DecodeError> {
             Some(_) => ByteStr(data.slice(sequence_end..key_end)),
             None => ByteStr::default(),
         };
-        key_start = key_end;
         let encryption = match r.encryption_type.as_ref().map(|t| t.0.as_ref()) {
             None => None,
             Some("KMS") => Some(Encryption::Kms),
@@ -278,7 +272,7 @@ pub fn decode(body: Bytes) -> Result<Response, DecodeError> {
             aggregated: false,
             partition_key,
             explicit_hash_key: None,
-            data: data.slice(start..end),
+            data: data.slice(start..data_end),
             approximate_arrival_ms: match r.approximate_arrival_timestamp {
                 Some(raw) => epoch_millis(raw.get()).ok_or_else(|| DecodeError::Field {
                     index,
@@ -288,7 +282,7 @@ pub fn decode(body: Bytes) -> Result<Response, DecodeError> {
             },
             encryption,
         });
-        start = end;
+        start = key_end;
     }
 
     Ok(Response {

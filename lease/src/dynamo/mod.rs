@@ -219,13 +219,10 @@ impl DynamoLeases {
         inner.health.record(scan.is_ok());
         let mut scan = scan?;
         // Never beside a live KCL 3.x fleet whose leader assigns leases.
-        inner
+        if let Some(fleet) = inner
             .table
-            .read_kcl3_coordinator_tables(&mut scan.coordination)
-            .await;
-        if let Some(fleet) = scan
-            .coordination
-            .live_assigning_fleet(inner.table.name(), crate::kcl3::now())
+            .live_kcl3_fleet(std::mem::take(&mut scan.coordination))
+            .await
         {
             return Err(TableError::Kcl3Fleet(fleet));
         }

@@ -17,7 +17,7 @@ mod error;
 
 pub use error::{plain_error, TableError};
 
-use crate::kcl3::Coordination;
+use crate::kcl3::{Coordination, Kcl3Fleet};
 use crate::record::{attr, n, s, Item, LeaseRecord};
 
 /// What [`LeaseTable::update_owned`] changes.
@@ -266,11 +266,19 @@ impl LeaseTable {
         }
     }
 
+    /// The live KCL 3.x fleet whose leader assigns this table's leases, if
+    /// one runs: `coordination` (from a scan of this table) completed with
+    /// what KCL 3.0 to 3.4's own coordinator tables say.
+    pub async fn live_kcl3_fleet(&self, mut coordination: Coordination) -> Option<Kcl3Fleet> {
+        self.read_kcl3_coordinator_tables(&mut coordination).await;
+        coordination.live_assigning_fleet(&self.name, crate::kcl3::now())
+    }
+
     /// What the coordinator tables of KCL 3.0 to 3.4 (`<table>-CoordinatorState`,
     /// `<table>-WorkerMetricStats`) say, added to `into`. Tables that do not
     /// exist or cannot be read add nothing: they are only looked at to refuse
     /// sharing the table with a live KCL 3.x fleet.
-    pub async fn read_kcl3_coordinator_tables(&self, into: &mut Coordination) {
+    async fn read_kcl3_coordinator_tables(&self, into: &mut Coordination) {
         let state = format!("{}-CoordinatorState", self.name);
         for item in self.scan_other(&state).await {
             into.observe(&item);
