@@ -206,13 +206,76 @@ fn decoded_len(text: &[u8]) -> usize {
 /// Decodes a GetRecords response body.
 pub fn decode(body: Bytes) -> Result<Response, DecodeError> {
     let raw: RawResponse<'_> = serde_json::from_slice(&body)?;
+    Ok(Response {
+        records: decode_records(&raw.records)?,
+        next_shard_iterator: raw.next_shard_iterator.map(|t| t.0.into_owned()),
+        millis_behind_latest: raw.millis_behind_latest,
+        child_shards: raw.child_shards.map(child_shards),
+    })
+}
 
+/// A decoded `SubscribeToShardEvent`: the payload of one enhanced fan-out
+/// event message, which carries records of the same shape as GetRecords.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubscribeEvent {
+    /// The records, in shard order, as Kinesis stored them.
+    pub records: Vec<Record>,
+    /// Where the next subscription resumes (AFTER_SEQUENCE_NUMBER); `None`
+    /// (or empty in the payload) on the event that ends a closed shard.
+    pub continuation_sequence_number: Option<String>,
+    /// How far this event was behind the tip of the shard, in milliseconds.
+    pub millis_behind_latest: Option<i64>,
+    /// Present on the event that ends a closed shard.
+    pub child_shards: Option<Vec<ChildShard>>,
+}
+
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(rename = "Records", borrow)]
+    records: Vec<RawRecord<'a>>,
+    #[serde(rename = "ContinuationSequenceNumber", borrow, default)]
+    continuation_sequence_number: Option<Text<'a>>,
+    #[serde(rename = "MillisBehindLatest", default)]
+    millis_behind_latest: Option<i64>,
+    #[serde(rename = "ChildShards", default)]
+    child_shards: Option<Vec<RawChildShard>>,
+}
+
+/// Decodes the JSON payload of a `SubscribeToShardEvent` message with the
+/// same one-buffer decoder as GetRecords (the event-stream framing around
+/// it is the caller's).
+pub fn decode_subscribe_event(payload: &[u8]) -> Result<SubscribeEvent, DecodeError> {
+    let raw: RawEvent<'_> = serde_json::from_slice(payload)?;
+    Ok(SubscribeEvent {
+        records: decode_records(&raw.records)?,
+        continuation_sequence_number: raw
+            .continuation_sequence_number
+            .map(|t| t.0.into_owned())
+            .filter(|s| !s.is_empty()),
+        millis_behind_latest: raw.millis_behind_latest,
+        child_shards: raw.child_shards.map(child_shards),
+    })
+}
+
+fn child_shards(children: Vec<RawChildShard>) -> Vec<ChildShard> {
+    children
+        .into_iter()
+        .map(|c| ChildShard {
+            shard_id: c.shard_id,
+            parent_shards: c.parent_shards,
+            starting_hash_key: c.hash_key_range.starting_hash_key,
+            ending_hash_key: c.hash_key_range.ending_hash_key,
+        })
+        .collect()
+}
+
+/// The records of a response or event as slices of one buffer.
+fn decode_records(raw: &[RawRecord<'_>]) -> Result<Vec<Record>, DecodeError> {
     // One buffer for the whole batch: each record's data (SIMD base64),
     // then its sequence number and partition key. Nothing keeps the body
     // alive once decoded, so a batch read ahead holds its data and keys,
     // not also the 4/3-larger JSON text it came in.
     let total: usize = raw
-        .records
         .iter()
         .map(|r| {
             decoded_len(r.data.as_bytes())
@@ -222,8 +285,8 @@ pub fn decode(body: Bytes) -> Result<Response, DecodeError> {
         .sum();
     let mut data = BytesMut::with_capacity(total);
     // Per record: where its data, its sequence number and its key end.
-    let mut ends = Vec::with_capacity(raw.records.len());
-    for (index, r) in raw.records.iter().enumerate() {
+    let mut ends = Vec::with_capacity(raw.len());
+    for (index, r) in raw.iter().enumerate() {
         let spare: &mut [MaybeUninit<u8>] = data.spare_capacity_mut();
         let written = base64_simd::STANDARD
             .decode(
@@ -247,10 +310,9 @@ pub fn decode(body: Bytes) -> Result<Response, DecodeError> {
     }
     let data = data.freeze();
 
-    let mut records = Vec::with_capacity(raw.records.len());
+    let mut records = Vec::with_capacity(raw.len());
     let mut start = 0;
-    for (index, (r, (data_end, sequence_end, key_end))) in raw.records.iter().zip(ends).enumerate()
-    {
+    for (index, (r, (data_end, sequence_end, key_end))) in raw.iter().zip(ends).enumerate() {
         let sequence_number = SequenceNumber::from_bytes(data.slice(data_end..sequence_end))
             .map_err(|e| DecodeError::Field {
                 index,
@@ -284,23 +346,7 @@ pub fn decode(body: Bytes) -> Result<Response, DecodeError> {
         });
         start = key_end;
     }
-
-    Ok(Response {
-        records,
-        next_shard_iterator: raw.next_shard_iterator.map(|t| t.0.into_owned()),
-        millis_behind_latest: raw.millis_behind_latest,
-        child_shards: raw.child_shards.map(|children| {
-            children
-                .into_iter()
-                .map(|c| ChildShard {
-                    shard_id: c.shard_id,
-                    parent_shards: c.parent_shards,
-                    starting_hash_key: c.hash_key_range.starting_hash_key,
-                    ending_hash_key: c.hash_key_range.ending_hash_key,
-                })
-                .collect()
-        }),
-    })
+    Ok(records)
 }
 
 #[cfg(test)]
@@ -353,6 +399,36 @@ mod tests {
         let c = &r.child_shards.as_ref().unwrap()[0];
         assert_eq!(c.parent_shards.len(), 2);
         assert_eq!(c.ending_hash_key, "340282366920938463463374607431768211455");
+    }
+
+    #[test]
+    fn decodes_a_subscribe_to_shard_event() {
+        let payload = br#"{"ContinuationSequenceNumber":"49590338271490256608559692538361571095921575989136588899","MillisBehindLatest":0,"Records":[{"SequenceNumber":"49590338271490256608559692538361571095921575989136588898","ApproximateArrivalTimestamp":1.709100911667E9,"Data":"aGVsbG8=","PartitionKey":"key-1"}]}"#;
+        let e = decode_subscribe_event(payload).unwrap();
+        assert_eq!(e.records.len(), 1);
+        assert_eq!(&e.records[0].data[..], b"hello");
+        assert_eq!(e.records[0].partition_key.as_str(), "key-1");
+        assert_eq!(e.records[0].approximate_arrival_ms, 1_709_100_911_667);
+        assert_eq!(
+            e.continuation_sequence_number.as_deref(),
+            Some("49590338271490256608559692538361571095921575989136588899")
+        );
+        assert_eq!(e.millis_behind_latest, Some(0));
+        assert!(e.child_shards.is_none());
+        // The end of a closed shard: no continuation (absent, null or
+        // empty), the children.
+        for end in [
+            &br#"{"Records":[],"MillisBehindLatest":0,"ChildShards":[{"ShardId":"shardId-000000000002","ParentShards":["shardId-000000000000"],"HashKeyRange":{"StartingHashKey":"0","EndingHashKey":"9"}}]}"#[..],
+            br#"{"Records":[],"ContinuationSequenceNumber":null,"ChildShards":[{"ShardId":"shardId-000000000002","ParentShards":["shardId-000000000000"],"HashKeyRange":{"StartingHashKey":"0","EndingHashKey":"9"}}]}"#,
+            br#"{"Records":[],"ContinuationSequenceNumber":"","ChildShards":[{"ShardId":"shardId-000000000002","ParentShards":["shardId-000000000000"],"HashKeyRange":{"StartingHashKey":"0","EndingHashKey":"9"}}]}"#,
+        ] {
+            let e = decode_subscribe_event(end).unwrap();
+            assert_eq!(e.continuation_sequence_number, None);
+            assert_eq!(e.child_shards.unwrap()[0].shard_id, "shardId-000000000002");
+        }
+        for bad in [&b"{}"[..], b"", br#"{"Records":[{"Data":""}]}"#] {
+            assert!(decode_subscribe_event(bad).is_err());
+        }
     }
 
     #[test]

@@ -19,7 +19,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use kcld_config::FanOutSettings;
 use kcld_lease::ShardSpec;
 use kcld_records::kpl::HashRange;
@@ -27,8 +26,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Backoff, Fetched, Unpacker};
-use crate::record::{Batch, ByteStr, Encryption, Record};
+use crate::record::Batch;
 use crate::stream::{KinesisError, StartAt, Stream, Subscription};
+use kcld_records::getrecords::SubscribeEvent;
 
 /// The service allows one SubscribeToShard call per second per shard and
 /// consumer.
@@ -146,7 +146,7 @@ impl FanOutReader {
                 Ok(Ok(Some(event))) => event,
             };
             self.backoff.reset();
-            let caught_up = event.millis_behind_latest == 0;
+            let caught_up = event.millis_behind_latest.unwrap_or(0) == 0;
             if opened.elapsed() >= self.max_age {
                 // Renew before the service's five-minute end, busy or
                 // not; the next subscription resumes after this event.
@@ -181,36 +181,34 @@ impl FanOutReader {
     /// continuation, and whether it ends the shard. No I/O. Returns what
     /// to hand on, if anything; a shard end that comes with records is
     /// handed on by the next call of [`super::Reader::next`].
-    fn on_event(
-        &mut self,
-        event: aws_sdk_kinesis::types::SubscribeToShardEvent,
-    ) -> Result<Option<Fetched>, KinesisError> {
+    fn on_event(&mut self, event: SubscribeEvent) -> Result<Option<Fetched>, KinesisError> {
         let shard = &self.unpacker.shard_label;
         metrics::counter!("kcld_subscribetoshard_events_total", "shard" => shard.clone())
             .increment(1);
+        let millis_behind_latest = event.millis_behind_latest.unwrap_or(0);
         metrics::gauge!("kcld_lag_seconds", "shard" => shard.clone())
-            .set(event.millis_behind_latest as f64 / 1000.0);
-        let raw = event
-            .records
-            .into_iter()
-            .map(convert)
-            .collect::<Result<Vec<_>, _>>()?;
-        let records = self.unpacker.unpack(raw.into_iter());
+            .set(millis_behind_latest as f64 / 1000.0);
+        let records = self.unpacker.unpack(event.records.into_iter());
         let children = event.child_shards.unwrap_or_default();
         // The end-of-shard event has no continuation; ChildShards come only
         // with the end, so they mark it too.
-        let ended = event.continuation_sequence_number.is_empty() || !children.is_empty();
-        if !event.continuation_sequence_number.is_empty() {
-            self.continuation = Some(event.continuation_sequence_number);
+        let ended = event.continuation_sequence_number.is_none() || !children.is_empty();
+        if let Some(continuation) = event.continuation_sequence_number {
+            self.continuation = Some(continuation);
         }
         if ended {
             self.subscription = None;
         }
-        let end = ended.then(|| children.iter().map(child_spec).collect());
+        let end = ended.then(|| {
+            children
+                .into_iter()
+                .map(crate::stream::child_spec)
+                .collect()
+        });
         let batch = Batch {
             shard_id: self.unpacker.shard_id.clone(),
             records,
-            millis_behind_latest: Some(event.millis_behind_latest),
+            millis_behind_latest: Some(millis_behind_latest),
         };
         Ok(self.pending_end.hand_on(batch, end))
     }
@@ -304,43 +302,6 @@ impl FanOutReader {
     }
 }
 
-/// A record of an event as kcld's record type (the data is moved, not
-/// copied).
-fn convert(r: aws_sdk_kinesis::types::Record) -> Result<Record, KinesisError> {
-    let sequence_number = r.sequence_number.parse().map_err(|e| {
-        KinesisError::Other(format!(
-            "SubscribeToShard: record sequence number {:?}: {e}",
-            r.sequence_number
-        ))
-    })?;
-    Ok(Record {
-        sequence_number,
-        sub_sequence_number: 0,
-        aggregated: false,
-        partition_key: ByteStr::from(r.partition_key.unwrap_or_default()),
-        explicit_hash_key: None,
-        data: Bytes::from(r.data.into_inner()),
-        approximate_arrival_ms: r
-            .approximate_arrival_timestamp
-            .and_then(|t| t.to_millis().ok())
-            .unwrap_or(0),
-        encryption: r.encryption_type.map(|e| match e {
-            aws_sdk_kinesis::types::EncryptionType::Kms => Encryption::Kms,
-            _ => Encryption::None,
-        }),
-    })
-}
-
-/// A child shard as the end-of-shard event announces it.
-fn child_spec(child: &aws_sdk_kinesis::types::ChildShard) -> ShardSpec {
-    crate::stream::spec(
-        child.shard_id(),
-        child.parent_shards().to_vec(),
-        child.hash_key_range(),
-        false,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     //! The end-of-shard event, as the service sends it: the local Kinesis
@@ -351,8 +312,9 @@ mod tests {
     //! `daemon/tests/fanout.rs`.
 
     use super::*;
-    use aws_sdk_kinesis::primitives::Blob;
-    use aws_sdk_kinesis::types::{ChildShard, HashKeyRange, SubscribeToShardEvent};
+    use crate::record::{ByteStr, Record};
+    use bytes::Bytes;
+    use kcld_records::getrecords::ChildShard;
 
     fn reader() -> FanOutReader {
         let client = aws_sdk_kinesis::Client::from_conf(
@@ -382,49 +344,42 @@ mod tests {
         )
     }
 
-    fn record(seq: &str, data: &str) -> aws_sdk_kinesis::types::Record {
-        aws_sdk_kinesis::types::Record::builder()
-            .sequence_number(seq)
-            .partition_key("k")
-            .data(Blob::new(data.as_bytes()))
-            .build()
-            .unwrap()
+    fn record(seq: &str, data: &str) -> Record {
+        Record {
+            sequence_number: seq.parse().unwrap(),
+            sub_sequence_number: 0,
+            aggregated: false,
+            partition_key: ByteStr::from("k".to_owned()),
+            explicit_hash_key: None,
+            data: Bytes::copy_from_slice(data.as_bytes()),
+            approximate_arrival_ms: 0,
+            encryption: None,
+        }
     }
 
     fn children() -> Vec<ChildShard> {
         ["shardId-000000000001", "shardId-000000000002"]
             .into_iter()
-            .map(|id| {
-                ChildShard::builder()
-                    .shard_id(id)
-                    .parent_shards("shardId-000000000000")
-                    .hash_key_range(
-                        HashKeyRange::builder()
-                            .starting_hash_key("0")
-                            .ending_hash_key("1")
-                            .build()
-                            .unwrap(),
-                    )
-                    .build()
-                    .unwrap()
+            .map(|id| ChildShard {
+                shard_id: id.into(),
+                parent_shards: vec!["shardId-000000000000".into()],
+                starting_hash_key: "0".into(),
+                ending_hash_key: "1".into(),
             })
             .collect()
     }
 
     fn event(
-        records: Vec<aws_sdk_kinesis::types::Record>,
+        records: Vec<Record>,
         continuation: Option<&str>,
         children: Option<Vec<ChildShard>>,
-    ) -> SubscribeToShardEvent {
-        // The service's end event has a null continuation; the SDK reads a
-        // null required string as empty.
-        SubscribeToShardEvent::builder()
-            .set_records(Some(records))
-            .continuation_sequence_number(continuation.unwrap_or_default())
-            .millis_behind_latest(0)
-            .set_child_shards(children)
-            .build()
-            .unwrap()
+    ) -> SubscribeEvent {
+        SubscribeEvent {
+            records,
+            continuation_sequence_number: continuation.map(str::to_owned),
+            millis_behind_latest: Some(0),
+            child_shards: children,
+        }
     }
 
     fn ids(f: &Fetched) -> Vec<String> {

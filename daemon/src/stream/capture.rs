@@ -1,4 +1,5 @@
-//! The GetRecords body, taken before the SDK's deserializer sees it.
+//! A successful response's body (a GetRecords body, a SubscribeToShard
+//! event stream), taken before the SDK's deserializer sees it.
 
 use std::sync::{Arc, Mutex};
 
@@ -12,12 +13,28 @@ use aws_smithy_types::config_bag::ConfigBag;
 /// Takes the body of a successful response before the SDK deserializes it,
 /// leaving the SDK a minimal valid body. Error responses are left to the
 /// SDK, which classifies them.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(super) struct CaptureBody {
     slot: Arc<Mutex<Option<SdkBody>>>,
+    replacement: fn() -> SdkBody,
+}
+
+impl Default for CaptureBody {
+    /// For GetRecords: the SDK is left `{"Records":[]}`.
+    fn default() -> Self {
+        CaptureBody::replacing_with(|| SdkBody::from(r#"{"Records":[]}"#))
+    }
 }
 
 impl CaptureBody {
+    /// Leaves the SDK `replacement()` as the body it deserializes.
+    pub(super) fn replacing_with(replacement: fn() -> SdkBody) -> Self {
+        CaptureBody {
+            slot: Arc::default(),
+            replacement,
+        }
+    }
+
     pub(super) fn take(&self) -> Option<SdkBody> {
         self.slot.lock().ok()?.take()
     }
@@ -25,7 +42,7 @@ impl CaptureBody {
 
 impl Intercept for CaptureBody {
     fn name(&self) -> &'static str {
-        "kcld-getrecords-body"
+        "kcld-response-body"
     }
 
     fn modify_before_deserialization(
@@ -36,7 +53,7 @@ impl Intercept for CaptureBody {
     ) -> Result<(), BoxError> {
         let response = context.response_mut();
         if response.status().is_success() {
-            let body = std::mem::replace(response.body_mut(), SdkBody::from(r#"{"Records":[]}"#));
+            let body = std::mem::replace(response.body_mut(), (self.replacement)());
             if let Ok(mut slot) = self.slot.lock() {
                 *slot = Some(body);
             }

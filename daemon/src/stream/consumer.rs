@@ -1,9 +1,16 @@
 //! Enhanced fan-out calls on the stream: the consumer (describe, find,
 //! register) and its SubscribeToShard event streams.
 
-use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::error::{ErrorMetadata, ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::types::ShardIteratorType;
+use aws_smithy_eventstream::error::Error as EventStreamError;
+use aws_smithy_eventstream::frame::{UnmarshallMessage, UnmarshalledMessage};
+use aws_smithy_http::event_stream::Receiver;
+use aws_smithy_types::body::SdkBody;
+use aws_smithy_types::event_stream::{Message, RawMessage};
+use kcld_records::getrecords::{self, SubscribeEvent};
 
+use super::capture::CaptureBody;
 use super::{KinesisError, StartAt, Stream};
 
 /// An enhanced fan-out consumer as DescribeStreamConsumer reports it.
@@ -29,12 +36,105 @@ impl ConsumerInfo {
     }
 }
 
-/// An open SubscribeToShard event stream.
+/// An open SubscribeToShard event stream, read by kcld's own decoder: the
+/// SDK opens it (credentials, signing, endpoint, the call's errors) but its
+/// deserializer gets an empty body; the event-stream framing is the smithy
+/// runtime's `Receiver`, each event's JSON payload goes to the same
+/// one-buffer decoder as GetRecords.
 pub struct Subscription {
-    events: aws_sdk_kinesis::primitives::event_stream::EventReceiver<
-        aws_sdk_kinesis::types::SubscribeToShardEventStream,
-        aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError,
-    >,
+    events: Receiver<Option<SubscribeEvent>, EventException>,
+}
+
+/// Turns each event-stream message into a decoded `SubscribeToShardEvent`
+/// (`Some`), an event of another type to skip (`None`: the initial
+/// response, or a type newer than kcld), or the exception it carries.
+#[derive(Debug)]
+struct EventUnmarshaller;
+
+impl UnmarshallMessage for EventUnmarshaller {
+    type Output = Option<SubscribeEvent>;
+    type Error = EventException;
+
+    fn unmarshall(
+        &self,
+        message: &Message,
+    ) -> Result<UnmarshalledMessage<Self::Output, Self::Error>, EventStreamError> {
+        let header = |name: &str| {
+            message
+                .headers()
+                .iter()
+                .find(|h| h.name().as_str() == name)
+                .and_then(|h| h.value().as_string().ok())
+                .map(|v| v.as_str().to_owned())
+        };
+        match header(":message-type").as_deref() {
+            Some("event") => match header(":event-type").as_deref() {
+                Some("SubscribeToShardEvent") => {
+                    let event = getrecords::decode_subscribe_event(message.payload())
+                        .map_err(|e| EventStreamError::unmarshalling(e.to_string()))?;
+                    Ok(UnmarshalledMessage::Event(Some(event)))
+                }
+                _ => Ok(UnmarshalledMessage::Event(None)),
+            },
+            Some("exception") => {
+                #[derive(serde::Deserialize)]
+                struct Body {
+                    #[serde(alias = "Message")]
+                    message: Option<String>,
+                }
+                let message_text = serde_json::from_slice::<Body>(message.payload())
+                    .ok()
+                    .and_then(|b| b.message)
+                    .unwrap_or_default();
+                Ok(UnmarshalledMessage::Error(EventException::new(
+                    header(":exception-type").unwrap_or_default(),
+                    message_text,
+                )))
+            }
+            Some("error") => Ok(UnmarshalledMessage::Error(EventException::new(
+                header(":error-code").unwrap_or_default(),
+                header(":error-message").unwrap_or_default(),
+            ))),
+            other => Err(EventStreamError::unmarshalling(format!(
+                "event-stream message of type {other:?}"
+            ))),
+        }
+    }
+}
+
+/// An exception inside a subscription's event stream (`ResourceInUse`,
+/// the KMS errors, `InternalFailure`, ...), with the service's code, so it
+/// is classified like the same error of a call.
+#[derive(Debug)]
+pub(crate) struct EventException {
+    meta: ErrorMetadata,
+}
+
+impl EventException {
+    fn new(code: String, message: String) -> Self {
+        EventException {
+            meta: ErrorMetadata::builder().code(code).message(message).build(),
+        }
+    }
+}
+
+impl std::fmt::Display for EventException {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {}",
+            self.meta.code().unwrap_or("unknown exception"),
+            self.meta.message().unwrap_or_default()
+        )
+    }
+}
+
+impl std::error::Error for EventException {}
+
+impl ProvideErrorMetadata for EventException {
+    fn meta(&self) -> &ErrorMetadata {
+        &self.meta
+    }
 }
 
 impl Stream {
@@ -134,17 +234,22 @@ impl Stream {
         }
         .build()
         .map_err(|e| KinesisError::Other(format!("SubscribeToShard: {e}")))?;
-        let out = self
-            .client
+        let capture = CaptureBody::replacing_with(SdkBody::empty);
+        self.client
             .subscribe_to_shard()
             .consumer_arn(consumer_arn)
             .shard_id(shard_id)
             .starting_position(position)
+            .customize()
+            .interceptor(capture.clone())
             .send()
             .await
             .map_err(self.consumer_error(consumer_arn, "kinesis:SubscribeToShard"))?;
+        let body = capture.take().ok_or_else(|| {
+            KinesisError::Other("SubscribeToShard: the event stream was not captured".into())
+        })?;
         Ok(Subscription {
-            events: out.event_stream,
+            events: Receiver::new(EventUnmarshaller, body),
         })
     }
 
@@ -155,78 +260,185 @@ impl Stream {
         &self,
         subscription: &mut Subscription,
         consumer_arn: &str,
-    ) -> Result<Option<aws_sdk_kinesis::types::SubscribeToShardEvent>, KinesisError> {
-        use aws_sdk_kinesis::types::SubscribeToShardEventStream;
+    ) -> Result<Option<SubscribeEvent>, KinesisError> {
         loop {
-            let event = subscription
-                .events
-                .recv()
-                .await
-                .map_err(|e| self.event_error(e, consumer_arn))?;
-            match event {
-                None => return Ok(None),
-                Some(SubscribeToShardEventStream::SubscribeToShardEvent(e)) => return Ok(Some(e)),
-                // An event type newer than this SDK: skip it.
-                Some(_) => continue,
+            match subscription.events.recv().await {
+                Ok(None) => return Ok(None),
+                Ok(Some(Some(event))) => return Ok(Some(event)),
+                // The initial response, or an event type newer than kcld.
+                Ok(Some(None)) => continue,
+                Err(e) => return Err(self.event_error(e, consumer_arn)),
             }
         }
     }
 
-    /// An error inside a subscription's event stream. The SDK gives these
-    /// their type but no error code, so they are told apart by type.
+    /// An error inside a subscription's event stream, by its exception
+    /// type; a shard or consumer not found names who must act.
     fn event_error(
         &self,
-        e: SdkError<
-            aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError,
-            aws_smithy_types::event_stream::RawMessage,
-        >,
+        e: SdkError<EventException, RawMessage>,
         consumer_arn: &str,
     ) -> KinesisError {
-        use aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError as E;
         let action = "kinesis:SubscribeToShard";
-        if let Some(service) = e.as_service_error() {
-            let text = service.to_string();
-            let kms = match service {
-                E::KmsDisabledException(_) => Some("KMSDisabledException"),
-                E::KmsNotFoundException(_) => Some("KMSNotFoundException"),
-                E::KmsInvalidStateException(_) => Some("KMSInvalidStateException"),
-                E::KmsOptInRequired(_) => Some("KMSOptInRequired"),
-                _ => None,
-            };
-            if let Some(code) = kms {
-                return super::error::kms_unusable(code, &self.arn, action, &text);
-            }
-            match service {
-                E::ResourceInUseException(_) => {
-                    return KinesisError::InUse(format!("{action}: {text}"))
-                }
-                E::ResourceNotFoundException(_) => {
-                    return KinesisError::NotFound(format!(
-                        "{action} on consumer {consumer_arn}: {text}; the consumer or the shard is \
-                         gone: check consumer_arn with the stream owner (account {})",
-                        self.arn.account
-                    ))
-                }
-                E::KmsThrottlingException(_) => {
-                    return KinesisError::Throttled(format!("{action}: {text}"))
-                }
-                E::InternalFailureException(_) => {
-                    return KinesisError::Other(format!("{action}: {text}"))
-                }
-                E::KmsAccessDeniedException(_) => {
-                    return KinesisError::AccessDenied {
-                        action: "kms:Decrypt",
-                        message: format!(
-                        "{action} on {}: the stream is encrypted and its KMS key cannot be used \
-                             by this role ({text}); the owner must share a usable customer-managed \
-                             key and allow kms:Decrypt to this consumer's role",
-                        self.arn
-                    ),
-                    }
-                }
-                _ => {}
-            }
+        if e.code() == Some("ResourceNotFoundException") {
+            return KinesisError::NotFound(format!(
+                "{action} on consumer {consumer_arn}: {}; the consumer or the shard is gone: \
+                 check consumer_arn with the stream owner (account {})",
+                e.message().unwrap_or_default(),
+                self.arn.account
+            ));
         }
         KinesisError::classify_consumer(e, &self.arn, consumer_arn, action)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Event-stream messages as the service frames them, read through the
+    //! same `Receiver` and unmarshaller as a live subscription.
+
+    use super::*;
+    use aws_smithy_eventstream::frame::write_message_to;
+    use aws_smithy_types::event_stream::{Header, HeaderValue};
+
+    fn message(headers: &[(&str, &str)], payload: &str) -> Vec<u8> {
+        let mut m = Message::new(payload.as_bytes().to_vec());
+        for (name, value) in headers {
+            m = m.add_header(Header::new(
+                name.to_string(),
+                HeaderValue::String(value.to_string().into()),
+            ));
+        }
+        let mut out = Vec::new();
+        write_message_to(&m, &mut out).unwrap();
+        out
+    }
+
+    fn stream() -> Stream {
+        let client = aws_sdk_kinesis::Client::from_conf(
+            aws_sdk_kinesis::Config::builder()
+                .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+                .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
+                .build(),
+        );
+        Stream::new(
+            client,
+            "arn:aws:kinesis:us-east-1:111111111111:stream/orders"
+                .parse()
+                .unwrap(),
+        )
+    }
+
+    const CONSUMER: &str = "arn:aws:kinesis:us-east-1:111111111111:stream/orders/consumer/c:1";
+
+    #[tokio::test]
+    async fn events_are_decoded_and_other_messages_skipped() {
+        let mut body = message(
+            &[
+                (":message-type", "event"),
+                (":event-type", "initial-response"),
+            ],
+            "{}",
+        );
+        body.extend(message(
+            &[(":message-type", "event"), (":event-type", "SubscribeToShardEvent")],
+            r#"{"ContinuationSequenceNumber":"2","MillisBehindLatest":7,"Records":[{"SequenceNumber":"1","Data":"aGVsbG8=","PartitionKey":"k"}]}"#,
+        ));
+        body.extend(message(
+            &[
+                (":message-type", "event"),
+                (":event-type", "SomethingNewer"),
+            ],
+            "{}",
+        ));
+        // Split across chunks, as the network delivers it.
+        let (a, b) = body.split_at(body.len() / 2);
+        let chunks = [a, b].map(|c| {
+            Ok::<_, std::io::Error>(hyper::body::Frame::data(bytes::Bytes::copy_from_slice(c)))
+        });
+        let body = SdkBody::from_body_1_x(http_body_util::StreamBody::new(futures::stream::iter(
+            chunks,
+        )));
+        let mut subscription = Subscription {
+            events: Receiver::new(EventUnmarshaller, body),
+        };
+        let s = stream();
+        let event = s
+            .next_event(&mut subscription, CONSUMER)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&event.records[0].data[..], b"hello");
+        assert_eq!(event.continuation_sequence_number.as_deref(), Some("2"));
+        assert_eq!(event.millis_behind_latest, Some(7));
+        // The newer event type is skipped; then the service ended the stream.
+        assert!(s
+            .next_event(&mut subscription, CONSUMER)
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    async fn error_of(headers: &[(&str, &str)], payload: &str) -> KinesisError {
+        let mut subscription = Subscription {
+            events: Receiver::new(EventUnmarshaller, SdkBody::from(message(headers, payload))),
+        };
+        stream()
+            .next_event(&mut subscription, CONSUMER)
+            .await
+            .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn exceptions_in_the_stream_are_classified_like_errors_of_the_call() {
+        let exception =
+            |kind: &'static str| [(":message-type", "exception"), (":exception-type", kind)];
+        let e = error_of(
+            &exception("ResourceInUseException"),
+            r#"{"message":"busy"}"#,
+        )
+        .await;
+        assert!(
+            matches!(e, KinesisError::InUse(_)) && e.is_transient(),
+            "{e}"
+        );
+        let e = error_of(&exception("KMSDisabledException"), r#"{"message":"off"}"#).await;
+        assert!(
+            matches!(e, KinesisError::Kms(ref m) if m.contains("enable-key")),
+            "{e}"
+        );
+        let e = error_of(&exception("KMSAccessDeniedException"), "{}").await;
+        assert!(matches!(e, KinesisError::AccessDenied { .. }), "{e}");
+        let e = error_of(
+            &exception("ResourceNotFoundException"),
+            r#"{"message":"gone"}"#,
+        )
+        .await;
+        assert!(
+            matches!(e, KinesisError::NotFound(ref m) if m.contains("gone") && m.contains(CONSUMER)),
+            "{e}"
+        );
+        let e = error_of(&exception("InternalFailureException"), "{}").await;
+        assert!(e.is_transient(), "{e}");
+        let e = error_of(
+            &[
+                (":message-type", "error"),
+                (":error-code", "AccessDeniedException"),
+                (":error-message", "no"),
+            ],
+            "",
+        )
+        .await;
+        assert!(matches!(e, KinesisError::AccessDenied { .. }), "{e}");
+        // A payload that is not an event: an error, not a panic or a skip.
+        let e = error_of(
+            &[
+                (":message-type", "event"),
+                (":event-type", "SubscribeToShardEvent"),
+            ],
+            "{not json",
+        )
+        .await;
+        assert!(matches!(e, KinesisError::Other(_)), "{e}");
     }
 }
