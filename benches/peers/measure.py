@@ -9,7 +9,9 @@ SIGTERM. Prints one JSON line: CPU seconds (user + system, the process and
 every child it waited for, such as MultiLang record processors) and CPU
 seconds per 100,000 records; peak RSS of the process alone (time -v) and of
 its whole process tree (sampled from /proc every 0.25 s); seconds from start
-to the first record and to the last; from SIGTERM to exit.
+to the first record and to the last; from SIGTERM to exit; context
+switches (voluntary and involuntary, every thread and waited child, from
+time -v) per 1,000 records.
 
 With --table and --successor (a shell command that starts a second worker of
 the same application), the successor is started once every record arrived,
@@ -188,6 +190,8 @@ def main():
 
     cpu = (field("User time (seconds)") or 0) + (field("System time (seconds)") or 0)
     delivered = count[0]
+    switches = (field("Voluntary context switches") or 0) + (
+        field("Involuntary context switches") or 0)
     print(json.dumps({
         "peer": name,
         "records": delivered,
@@ -200,6 +204,7 @@ def main():
         "sigterm_to_exit_s": round(stop, 2),
         "leases_handed_over": len(held_at_term),
         "sigterm_to_taken_s": round(taken, 2) if taken is not None else None,
+        "context_switches_per_1k": round(switches * 1000 / delivered, 1) if delivered else None,
     }))
     return 0 if delivered >= records else 1
 

@@ -216,18 +216,7 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for CountAttemptErr
             .headers()
             .get("x-amzn-errortype")
             .unwrap_or_default();
-        let kind = if [
-            "ProvisionedThroughputExceededException",
-            "LimitExceededException",
-            "ThrottlingException",
-        ]
-        .iter()
-        .any(|t| error_type.starts_with(t))
-        {
-            "throttled"
-        } else if status.is_server_error() {
-            "server_error"
-        } else {
+        let Some(kind) = attempt_error_kind(status.is_server_error(), error_type) else {
             return Ok(());
         };
         let operation = cfg
@@ -237,6 +226,26 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for CountAttemptErr
         metrics::counter!("kcld_kinesis_attempt_errors_total", "operation" => operation, "kind" => kind)
             .increment(1);
         Ok(())
+    }
+}
+
+/// The `kind` label of `kcld_kinesis_attempt_errors_total` for a failed
+/// attempt: `throttled` by the error type (the `x-amzn-ErrorType` header),
+/// `server_error` for a 5xx status, `None` for errors not counted there.
+pub(crate) fn attempt_error_kind(server_error: bool, error_type: &str) -> Option<&'static str> {
+    let throttled = [
+        "ProvisionedThroughputExceededException",
+        "LimitExceededException",
+        "ThrottlingException",
+    ]
+    .iter()
+    .any(|t| error_type.starts_with(t));
+    if throttled {
+        Some("throttled")
+    } else if server_error {
+        Some("server_error")
+    } else {
+        None
     }
 }
 

@@ -414,9 +414,26 @@ async fn an_assumed_role_signs_kinesis_and_the_local_identity_the_lease_table() 
     vars.insert("AWS_ENDPOINT_URL_DYNAMODB".into(), dynamodb.url());
     vars.insert("KCLD_AWS__ASSUME_ROLE_ARN".into(), role.into());
     vars.insert("KCLD_AWS__ASSUME_ROLE_EXTERNAL_ID".into(), "ext-42".into());
+    // Counts GetRecords calls (held for no time).
+    kinesis.hold_matching(
+        "Kinesis_20131202.GetRecords",
+        "ShardIterator",
+        Duration::ZERO,
+    );
     let mut kcld = Kcld::spawn(KCLD, &["run"], &vars).unwrap();
     let got = kcld.take_lines(10, Duration::from_secs(60)).await;
     assert_eq!(got.len(), 10, "{}", kcld.stderr_text());
+    // Later GetRecords calls skip the SDK's orchestration but must sign
+    // with the same role: wait for a few of them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while kinesis.counts("Kinesis_20131202.GetRecords").1 < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            kcld.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     kcld.terminate(Duration::from_secs(25)).await.unwrap();
     let calls = sts.assumed();
     assert!(!calls.is_empty());

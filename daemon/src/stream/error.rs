@@ -90,19 +90,32 @@ impl KinesisError {
             }
             _ => {}
         }
-        let code = err.code().unwrap_or_default().to_owned();
-        let message = err.message().unwrap_or_default().to_owned();
-        match code.as_str() {
+        let code = err.code().unwrap_or_default();
+        let message = err.message().unwrap_or_default();
+        KinesisError::from_code(code, message, &detail, stream, action)
+    }
+
+    /// What the service's error type `code` (with its `message`) means for
+    /// `action` on `stream`; `detail` describes an error without a type.
+    /// Shared by SDK calls and kcld's own GetRecords requests.
+    pub(crate) fn from_code(
+        code: &str,
+        message: &str,
+        detail: &str,
+        stream: &StreamArn,
+        action: &'static str,
+    ) -> Self {
+        match code {
             "AccessDeniedException" | "AccessDenied" | "UnauthorizedOperation" => {
                 KinesisError::AccessDenied {
                     action,
-                    message: policy::access_denied_message(stream, action, &message),
+                    message: policy::access_denied_message(stream, action, message),
                 }
             }
             "KMSDisabledException"
             | "KMSNotFoundException"
             | "KMSInvalidStateException"
-            | "KMSOptInRequired" => kms_unusable(&code, stream, action, &message),
+            | "KMSOptInRequired" => kms_unusable(code, stream, action, message),
             "KMSThrottlingException" => KinesisError::Throttled(format!("{action}: {code}")),
             "KMSAccessDeniedException" => KinesisError::AccessDenied {
                 action,

@@ -1,8 +1,11 @@
 //! The shared stream, addressed by ARN on every call: describe it, list its
 //! shards, get iterators and records ([`consumer`]: the fan-out calls).
 //! [`error`] classifies Kinesis errors into what the caller should do about
-//! them; [`capture`] hands GetRecords bodies to kcld's own decoder.
+//! them; [`capture`] hands GetRecords bodies to kcld's own decoder;
+//! [`direct`] sends GetRecords without the SDK's orchestration once the
+//! first call showed the transport and endpoint.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use kcld_records::getrecords;
@@ -15,10 +18,12 @@ use kcld_lease::ShardSpec;
 
 mod capture;
 mod consumer;
+mod direct;
 mod error;
 
 use capture::CaptureBody;
 pub use consumer::{ConsumerInfo, Subscription};
+use direct::DirectGetRecords;
 pub use error::KinesisError;
 
 /// Where to start reading a shard.
@@ -73,6 +78,9 @@ pub struct Stream {
     client: aws_sdk_kinesis::Client,
     arn: StreamArn,
     arn_text: String,
+    /// GetRecords without the SDK's orchestration, set up after the first
+    /// GetRecords through the SDK; shared by every clone (every shard).
+    direct: Arc<OnceLock<DirectGetRecords>>,
 }
 
 impl Stream {
@@ -83,6 +91,7 @@ impl Stream {
             client,
             arn,
             arn_text,
+            direct: Arc::default(),
         }
     }
 
@@ -209,15 +218,23 @@ impl Stream {
         })
     }
 
-    /// GetRecords through the SDK (credentials, signing, endpoint, retries,
-    /// errors), with the successful body decoded by kcld's own decoder: the
-    /// SDK's deserializer gets an empty body instead of the real one.
+    /// GetRecords, the successful body decoded by kcld's own decoder. The
+    /// first call goes through the SDK (credentials, signing, endpoint,
+    /// retries, errors; its deserializer gets an empty body instead of the
+    /// real one); later calls reuse its transport and endpoint without the
+    /// SDK's orchestration ([`direct`]).
     pub async fn get_records(
         &self,
         iterator: &str,
         limit: i32,
     ) -> Result<getrecords::Response, KinesisError> {
+        if let Some(direct) = self.direct.get() {
+            return direct
+                .get_records(&self.arn, &self.arn_text, iterator, limit)
+                .await;
+        }
         let capture = CaptureBody::default();
+        let learn = direct::Learn::default();
         self.client
             .get_records()
             .stream_arn(&self.arn_text)
@@ -225,6 +242,7 @@ impl Stream {
             .limit(limit)
             .customize()
             .interceptor(capture.clone())
+            .interceptor(learn.clone())
             .send()
             .await
             .map_err(|e| KinesisError::classify(e, &self.arn, "kinesis:GetRecords"))?;
@@ -238,7 +256,17 @@ impl Stream {
                 KinesisError::Unreachable(format!("GetRecords: reading the response: {e}"))
             })?
             .into_bytes();
-        getrecords::decode(bytes).map_err(|e| KinesisError::Other(e.to_string()))
+        let response = getrecords::decode(bytes).map_err(|e| KinesisError::Other(e.to_string()))?;
+        if let Some(learned) = learn.take() {
+            let config = self.client.config();
+            let region = config
+                .region()
+                .map_or(self.arn.region.as_str(), |r| r.as_ref());
+            if let Some(direct) = DirectGetRecords::new(learned, region) {
+                let _ = self.direct.set(direct);
+            }
+        }
+        Ok(response)
     }
 }
 
