@@ -102,7 +102,21 @@ impl Prefetch {
     ) -> Self {
         let (tx, rx) = mpsc::channel(max_batches.max(1));
         let task = tokio::spawn(async move {
+            // The size of the last batch: what the next read likely brings.
+            let mut expected = 0;
             loop {
+                // Room for a batch like the last one before reading the
+                // next, so that a reader of large batches (fan-out events
+                // of megabytes at catch-up) holds at most the budget, not
+                // the budget and a batch read while it was full.
+                let reserved = if expected > 0 {
+                    tokio::select! {
+                        p = budget.acquire(expected) => p,
+                        _ = cancel.cancelled() => return,
+                    }
+                } else {
+                    None
+                };
                 let fetched = match reader.next(&cancel).await {
                     Ok(Some(f)) => f,
                     Ok(None) => return,
@@ -111,10 +125,12 @@ impl Prefetch {
                         return;
                     }
                 };
+                drop(reserved);
                 let size = match &fetched {
                     Fetched::Records(batch) => batch.data_bytes(),
                     Fetched::ShardEnd { .. } => 0,
                 };
+                expected = size;
                 let permit = tokio::select! {
                     p = budget.acquire(size) => p,
                     _ = cancel.cancelled() => return,
@@ -171,5 +187,61 @@ mod tests {
             .await
             .unwrap()
             .is_some());
+    }
+
+    /// A source of endless batches of `size` bytes that counts its reads.
+    struct Large {
+        size: usize,
+        reads: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    #[async_trait::async_trait]
+    impl RecordSource for Large {
+        async fn next(
+            &mut self,
+            _cancel: &CancellationToken,
+        ) -> Result<Option<Fetched>, KinesisError> {
+            let n = self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Some(Fetched::Records(crate::record::Batch {
+                shard_id: Arc::from("s"),
+                records: vec![crate::record::Record {
+                    sequence_number: (n + 1).to_string().parse().unwrap(),
+                    sub_sequence_number: 0,
+                    aggregated: false,
+                    partition_key: crate::record::ByteStr::from("pk"),
+                    explicit_hash_key: None,
+                    data: bytes::Bytes::from(vec![0u8; self.size]),
+                    approximate_arrival_ms: 0,
+                    encryption: None,
+                }],
+                millis_behind_latest: None,
+            })))
+        }
+    }
+
+    #[tokio::test]
+    async fn large_batches_are_read_only_when_there_is_room_for_them() {
+        use std::sync::atomic::Ordering;
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let source = Large {
+            size: 60,
+            reads: reads.clone(),
+        };
+        // Room for 100 bytes: one batch of 60 read ahead, and no second
+        // one read while the first is held (it would wait for room with
+        // its 60 bytes in memory).
+        let budget = ByteBudget::new(ByteBudget::worker(1_000), 1_000, 100);
+        let cancel = CancellationToken::new();
+        let mut prefetch = Prefetch::spawn(Box::new(source), cancel.clone(), 4, budget);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        // The consumer takes the first and finishes with it: the next read.
+        let first = prefetch.next().await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "still held");
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+        cancel.cancel();
     }
 }
