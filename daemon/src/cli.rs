@@ -91,6 +91,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print kcld's manual page (roff, from this command line's help) to
+    /// stdout: what the Debian package installs as kcld(1).
+    #[command(hide = true)]
+    Manpage,
     /// Show the lease table: every shard's owner, whether its lease is being
     /// renewed and when status last saw it renewed, its checkpoint, how far
     /// the checkpoint is behind the shard's tip (one read per shard), parents
@@ -160,6 +164,9 @@ pub async fn run(cli: Cli) -> Result<()> {
     if let Command::Multilang(args) = &cli.command {
         return run_multilang(args, &cli).await;
     }
+    if let Command::Manpage = &cli.command {
+        return print_manpage();
+    }
     let mut settings: Settings = kcld_config::load(cli.config.as_deref(), std::env::vars())?;
     if !matches!(cli.command, Command::Run) {
         // No logger yet for the one-shot commands: straight to stderr.
@@ -178,7 +185,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             print!("{}", settings.to_toml());
             Ok(())
         }
-        Command::Policy(_) | Command::Multilang(_) => Ok(()),
+        Command::Policy(_) | Command::Multilang(_) | Command::Manpage => Ok(()),
         Command::Doctor { json } => {
             let checks = crate::doctor::run(&settings).await;
             print_as(json, checks.as_slice(), crate::doctor::render)?;
@@ -216,6 +223,26 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// kcld(1): the top-level page, then each visible command's description
+/// and options as a section of its own.
+fn print_manpage() -> Result<()> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let mut page = Vec::new();
+    let io = |e: std::io::Error| crate::Error::setup("writing the manual page", e);
+    clap_mangen::Man::new(command.clone())
+        .render(&mut page)
+        .map_err(io)?;
+    for sub in command.get_subcommands().filter(|c| !c.is_hide_set()) {
+        let heading = format!(".SH \"KCLD {}\"\n", sub.get_name().to_uppercase());
+        page.extend_from_slice(heading.as_bytes());
+        let man = clap_mangen::Man::new(sub.clone());
+        man.render_description_section(&mut page).map_err(io)?;
+        man.render_options_section(&mut page).map_err(io)?;
+    }
+    std::io::Write::write_all(&mut std::io::stdout(), &page).map_err(io)
 }
 
 async fn run_multilang(args: &MultiLangArgs, cli: &Cli) -> Result<()> {
