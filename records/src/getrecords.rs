@@ -6,6 +6,12 @@
 //! every sequence number and partition key behind it, and hands out records
 //! whose fields are slices of that buffer; the body is dropped once decoded.
 //! A response costs a few allocations whatever its record count.
+//!
+//! [`scan`] finds the fields of the shape the service writes in one pass;
+//! anything else (escapes, unexpected types) goes through serde, so both
+//! paths decode the same bodies to the same records.
+
+mod scan;
 
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
@@ -205,13 +211,60 @@ fn decoded_len(text: &[u8]) -> usize {
 
 /// Decodes a GetRecords response body.
 pub fn decode(body: Bytes) -> Result<Response, DecodeError> {
+    if let Some(s) = scan::scan(&body) {
+        return Ok(Response {
+            records: decode_records(&s.records)?,
+            next_shard_iterator: s.next_shard_iterator.map(str::to_owned),
+            millis_behind_latest: s.millis_behind_latest,
+            child_shards: scanned_children(s.child_shards)?,
+        });
+    }
     let raw: RawResponse<'_> = serde_json::from_slice(&body)?;
     Ok(Response {
-        records: decode_records(&raw.records)?,
+        records: decode_records(&fields(&raw.records))?,
         next_shard_iterator: raw.next_shard_iterator.map(|t| t.0.into_owned()),
         millis_behind_latest: raw.millis_behind_latest,
         child_shards: raw.child_shards.map(child_shards),
     })
+}
+
+/// Whether [`scan`] takes `body` (the fast path), for tests and benches.
+#[doc(hidden)]
+pub fn takes_fast_path(body: &[u8]) -> bool {
+    scan::scan(body).is_some()
+}
+
+/// A record's fields as the decoder needs them, from either path.
+struct Fields<'a> {
+    sequence_number: &'a [u8],
+    /// The JSON number's text.
+    arrival: Option<&'a str>,
+    /// The base64 text.
+    data: &'a [u8],
+    partition_key: Option<&'a str>,
+    encryption_type: Option<&'a str>,
+}
+
+/// serde's records as [`Fields`].
+fn fields<'a>(raw: &'a [RawRecord<'a>]) -> Vec<Fields<'a>> {
+    raw.iter()
+        .map(|r| Fields {
+            sequence_number: r.sequence_number.as_bytes(),
+            arrival: r.approximate_arrival_timestamp.map(|v| v.get()),
+            data: r.data.as_bytes(),
+            partition_key: r.partition_key.as_ref().map(|t| t.0.as_ref()),
+            encryption_type: r.encryption_type.as_ref().map(|t| t.0.as_ref()),
+        })
+        .collect()
+}
+
+/// `ChildShards` as the scanner found it: decoded by serde (it is small and
+/// comes once per shard).
+fn scanned_children(raw: Option<&[u8]>) -> Result<Option<Vec<ChildShard>>, DecodeError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) => Ok(Some(child_shards(serde_json::from_slice(raw)?))),
+    }
 }
 
 /// A decoded `SubscribeToShardEvent`: the payload of one enhanced fan-out
@@ -245,9 +298,20 @@ struct RawEvent<'a> {
 /// same one-buffer decoder as GetRecords (the event-stream framing around
 /// it is the caller's).
 pub fn decode_subscribe_event(payload: &[u8]) -> Result<SubscribeEvent, DecodeError> {
+    if let Some(s) = scan::scan(payload) {
+        return Ok(SubscribeEvent {
+            records: decode_records(&s.records)?,
+            continuation_sequence_number: s
+                .continuation_sequence_number
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned),
+            millis_behind_latest: s.millis_behind_latest,
+            child_shards: scanned_children(s.child_shards)?,
+        });
+    }
     let raw: RawEvent<'_> = serde_json::from_slice(payload)?;
     Ok(SubscribeEvent {
-        records: decode_records(&raw.records)?,
+        records: decode_records(&fields(&raw.records))?,
         continuation_sequence_number: raw
             .continuation_sequence_number
             .map(|t| t.0.into_owned())
@@ -270,7 +334,7 @@ fn child_shards(children: Vec<RawChildShard>) -> Vec<ChildShard> {
 }
 
 /// The records of a response or event as slices of one buffer.
-fn decode_records(raw: &[RawRecord<'_>]) -> Result<Vec<Record>, DecodeError> {
+fn decode_records(raw: &[Fields<'_>]) -> Result<Vec<Record>, DecodeError> {
     // One buffer for the whole batch: each record's data (SIMD base64),
     // then its sequence number and partition key. Nothing keeps the body
     // alive once decoded, so a batch read ahead holds its data and keys,
@@ -278,9 +342,7 @@ fn decode_records(raw: &[RawRecord<'_>]) -> Result<Vec<Record>, DecodeError> {
     let total: usize = raw
         .iter()
         .map(|r| {
-            decoded_len(r.data.as_bytes())
-                + r.sequence_number.len()
-                + r.partition_key.as_ref().map_or(0, |pk| pk.0.len())
+            decoded_len(r.data) + r.sequence_number.len() + r.partition_key.map_or(0, str::len)
         })
         .sum();
     let mut data = BytesMut::with_capacity(total);
@@ -289,10 +351,7 @@ fn decode_records(raw: &[RawRecord<'_>]) -> Result<Vec<Record>, DecodeError> {
     for (index, r) in raw.iter().enumerate() {
         let spare: &mut [MaybeUninit<u8>] = data.spare_capacity_mut();
         let written = base64_simd::STANDARD
-            .decode(
-                r.data.as_bytes(),
-                base64_simd::Out::from_uninit_slice(spare),
-            )
+            .decode(r.data, base64_simd::Out::from_uninit_slice(spare))
             .map_err(|_| DecodeError::Base64 { index })?
             .len();
         // SAFETY: `decode` initialised exactly `written` bytes at the start
@@ -301,10 +360,10 @@ fn decode_records(raw: &[RawRecord<'_>]) -> Result<Vec<Record>, DecodeError> {
         // only.
         unsafe { data.set_len(data.len() + written) };
         let data_end = data.len();
-        data.extend_from_slice(r.sequence_number.as_bytes());
+        data.extend_from_slice(r.sequence_number);
         let sequence_end = data.len();
-        if let Some(pk) = &r.partition_key {
-            data.extend_from_slice(pk.0.as_bytes());
+        if let Some(pk) = r.partition_key {
+            data.extend_from_slice(pk.as_bytes());
         }
         ends.push((data_end, sequence_end, data.len()));
     }
@@ -318,12 +377,12 @@ fn decode_records(raw: &[RawRecord<'_>]) -> Result<Vec<Record>, DecodeError> {
                 index,
                 message: e.to_string(),
             })?;
-        let partition_key = match &r.partition_key {
-            // Copied from text serde already checked is UTF-8.
+        let partition_key = match r.partition_key {
+            // Copied from text already checked as UTF-8.
             Some(_) => ByteStr(data.slice(sequence_end..key_end)),
             None => ByteStr::default(),
         };
-        let encryption = match r.encryption_type.as_ref().map(|t| t.0.as_ref()) {
+        let encryption = match r.encryption_type {
             None => None,
             Some("KMS") => Some(Encryption::Kms),
             Some(_) => Some(Encryption::None),
@@ -335,10 +394,10 @@ fn decode_records(raw: &[RawRecord<'_>]) -> Result<Vec<Record>, DecodeError> {
             partition_key,
             explicit_hash_key: None,
             data: data.slice(start..data_end),
-            approximate_arrival_ms: match r.approximate_arrival_timestamp {
-                Some(raw) => epoch_millis(raw.get()).ok_or_else(|| DecodeError::Field {
+            approximate_arrival_ms: match r.arrival {
+                Some(raw) => epoch_millis(raw).ok_or_else(|| DecodeError::Field {
                     index,
-                    message: format!("ApproximateArrivalTimestamp {} is not a time", raw.get()),
+                    message: format!("ApproximateArrivalTimestamp {raw} is not a time"),
                 })?,
                 None => 0,
             },
