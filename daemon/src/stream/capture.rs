@@ -61,3 +61,70 @@ impl Intercept for CaptureBody {
         Ok(())
     }
 }
+
+/// Reads a whole response body into one buffer, sized once from its
+/// length when known and filled as the chunks arrive, each chunk freed at
+/// once: a body of a megabyte or more is held once, not once in chunks and
+/// again in the copy that joins them. A body that comes in one chunk is
+/// taken as it is.
+pub(super) async fn read_body(mut body: SdkBody) -> Result<bytes::Bytes, BoxError> {
+    use http_body_util::BodyExt;
+    let expected = body.content_length().and_then(|n| usize::try_from(n).ok());
+    let mut joined: Option<bytes::BytesMut> = None;
+    let mut first: Option<bytes::Bytes> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers: none on these responses
+        };
+        match (&mut joined, first.take()) {
+            (Some(buf), _) => buf.extend_from_slice(&data),
+            (None, None) => first = Some(data),
+            (None, Some(earlier)) => {
+                let mut buf = bytes::BytesMut::with_capacity(
+                    expected.unwrap_or(0).max(earlier.len() + data.len()),
+                );
+                buf.extend_from_slice(&earlier);
+                buf.extend_from_slice(&data);
+                joined = Some(buf);
+            }
+        }
+    }
+    Ok(match (joined, first) {
+        (Some(buf), _) => buf.freeze(),
+        (None, Some(only)) => only,
+        (None, None) => bytes::Bytes::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunked(parts: &[&'static [u8]]) -> SdkBody {
+        let frames = parts
+            .iter()
+            .map(|p| {
+                Ok::<_, std::io::Error>(hyper::body::Frame::data(bytes::Bytes::from_static(p)))
+            })
+            .collect::<Vec<_>>();
+        SdkBody::from_body_1_x(http_body_util::StreamBody::new(futures::stream::iter(
+            frames,
+        )))
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_whole_whatever_their_chunks() {
+        assert_eq!(read_body(chunked(&[])).await.unwrap(), &b""[..]);
+        assert_eq!(read_body(chunked(&[b"one"])).await.unwrap(), &b"one"[..]);
+        assert_eq!(
+            read_body(chunked(&[b"a", b"bc", b"", b"def"]))
+                .await
+                .unwrap(),
+            &b"abcdef"[..]
+        );
+        assert_eq!(
+            read_body(SdkBody::from("in memory")).await.unwrap(),
+            &b"in memory"[..]
+        );
+    }
+}

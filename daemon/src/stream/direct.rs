@@ -47,6 +47,7 @@ use futures::future::BoxFuture;
 use kcld_config::StreamArn;
 use kcld_records::getrecords;
 
+use super::capture::read_body;
 use super::KinesisError;
 
 /// Credentials are refreshed this long before they expire.
@@ -187,22 +188,18 @@ impl DirectGetRecords {
             .headers()
             .get("x-amzn-errortype")
             .map(str::to_owned);
-        let bytes = tokio::time::timeout(
-            ATTEMPT_TIMEOUT,
-            aws_smithy_types::byte_stream::ByteStream::new(response.into_body()).collect(),
-        )
-        .await
-        .map_err(|_| {
-            Failure::retry(KinesisError::Unreachable(format!(
-                "{action}: reading the response timed out"
-            )))
-        })?
-        .map_err(|e| {
-            Failure::retry(KinesisError::Unreachable(format!(
-                "{action}: reading the response: {e}"
-            )))
-        })?
-        .into_bytes();
+        let bytes = tokio::time::timeout(ATTEMPT_TIMEOUT, read_body(response.into_body()))
+            .await
+            .map_err(|_| {
+                Failure::retry(KinesisError::Unreachable(format!(
+                    "{action}: reading the response timed out"
+                )))
+            })?
+            .map_err(|e| {
+                Failure::retry(KinesisError::Unreachable(format!(
+                    "{action}: reading the response: {e}"
+                )))
+            })?;
         if status.is_success() {
             return getrecords::decode(bytes)
                 .map_err(|e| Failure::fatal(KinesisError::Other(e.to_string())));

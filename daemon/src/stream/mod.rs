@@ -249,13 +249,9 @@ impl Stream {
         let body = capture.take().ok_or_else(|| {
             KinesisError::Other("GetRecords: the response body was not captured".into())
         })?;
-        let bytes = aws_smithy_types::byte_stream::ByteStream::new(body)
-            .collect()
-            .await
-            .map_err(|e| {
-                KinesisError::Unreachable(format!("GetRecords: reading the response: {e}"))
-            })?
-            .into_bytes();
+        let bytes = capture::read_body(body).await.map_err(|e| {
+            KinesisError::Unreachable(format!("GetRecords: reading the response: {e}"))
+        })?;
         let response = getrecords::decode(bytes).map_err(|e| KinesisError::Other(e.to_string()))?;
         if let Some(learned) = learn.take() {
             let config = self.client.config();
