@@ -81,7 +81,18 @@ pub(crate) fn render(settings: &Settings) -> String {
         Line::Set("kinesis_endpoint", opt(&a.kinesis_endpoint)),
         Line::Set("dynamodb_endpoint", opt(&a.dynamodb_endpoint)),
         Line::Set("sts_endpoint", opt(&a.sts_endpoint)),
-        Line::Set("dynamodb_region", s(&a.dynamodb_region)),
+        if a.dynamodb_region_fallback {
+            Line::Unset(
+                "dynamodb_region",
+                format!(
+                    "unset: the AWS profile's or the instance's region, looked up at start, else \
+                     the stream's ({})",
+                    a.dynamodb_region
+                ),
+            )
+        } else {
+            Line::Set("dynamodb_region", s(&a.dynamodb_region))
+        },
         Line::Set(
             "ca_file",
             s(a.ca_file

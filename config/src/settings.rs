@@ -125,11 +125,18 @@ pub struct AwsSettings {
     /// `AWS_ENDPOINT_URL_STS`.
     pub sts_endpoint: Option<String>,
     /// Region of the lease table, in the consumer's account: the key, else
-    /// `AWS_REGION` / `AWS_DEFAULT_REGION`, else the stream's region.
+    /// `AWS_REGION` / `AWS_DEFAULT_REGION`, else (at start) the AWS
+    /// profile's or the instance's region, else the stream's region.
     pub dynamodb_region: String,
     /// Where `dynamodb_region` came from, for `check-config`.
     #[serde(skip)]
     pub dynamodb_region_from: String,
+    /// True when nothing in the file or the environment named the
+    /// consumer's region, so `dynamodb_region` is the stream's as a
+    /// fallback: at start kcld asks the SDK's region chain (the AWS
+    /// profile, then instance metadata) first.
+    #[serde(skip)]
+    pub dynamodb_region_fallback: bool,
     /// A PEM CA certificate to trust besides the system's; `None` = the
     /// system's only.
     pub ca_file: Option<PathBuf>,

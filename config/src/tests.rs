@@ -317,7 +317,14 @@ fn the_lease_table_is_in_the_consumers_region() {
     assert_eq!(s.aws.dynamodb_region, "ap-south-1");
     let s = with(&[]).unwrap();
     assert_eq!(s.aws.dynamodb_region, "us-east-1");
-    assert!(s.to_toml().contains("(from the stream's ARN)"));
+    assert!(s.aws.dynamodb_region_fallback);
+    let printed = s.to_toml();
+    assert!(
+        printed.contains("(from the stream's ARN, unless the AWS profile or instance metadata"),
+        "{printed}"
+    );
+    // Printed as a note, so the file loads back to the same lookup.
+    assert!(printed.contains("# dynamodb_region: unset"), "{printed}");
     let s = with(&[
         ("AWS_REGION", "eu-west-1"),
         ("KCLD_AWS__DYNAMODB_REGION", "us-gov-west-1"),

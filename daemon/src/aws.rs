@@ -188,6 +188,42 @@ fn http_client(
         .build_https())
 }
 
+/// When nothing in the file or the environment named the consumer's
+/// region (`aws.dynamodb_region`, `AWS_REGION`, `AWS_DEFAULT_REGION`), asks
+/// the SDK's region chain, the AWS profile then the instance's metadata
+/// (within 3 s), and puts the lease table there: on EC2 the table follows
+/// the instance, not the stream's owner. Without an answer the stream's
+/// region stays.
+pub async fn settle_consumer_region(settings: &mut Settings) {
+    if !settings.aws.dynamodb_region_fallback {
+        return;
+    }
+    settings.aws.dynamodb_region_fallback = false;
+    let Ok(http) = http_client(settings) else {
+        return; // the same error is reported when the clients are built
+    };
+    let config = aws_config::provider_config::ProviderConfig::default().with_http_client(http);
+    let chain = aws_config::meta::region::RegionProviderChain::first_try(
+        aws_config::profile::ProfileFileRegionProvider::builder()
+            .configure(&config)
+            .build(),
+    )
+    .or_else(
+        aws_config::imds::region::ImdsRegionProvider::builder()
+            .configure(&config)
+            .build(),
+    );
+    let found = tokio::time::timeout(Duration::from_secs(3), chain.region())
+        .await
+        .ok()
+        .flatten()
+        .filter(|r| !r.as_ref().is_empty());
+    if let Some(region) = found {
+        settings.aws.dynamodb_region = region.to_string();
+        settings.aws.dynamodb_region_from = "the AWS profile or the instance's metadata".into();
+    }
+}
+
 /// Counts every Kinesis attempt that was throttled or failed on the
 /// server's side, including those the SDK retried by itself (which kcld's
 /// own back-off never sees): `kcld_kinesis_attempt_errors_total` by

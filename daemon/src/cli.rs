@@ -159,7 +159,7 @@ pub struct PolicyArgs {
 /// Runs the command; the caller turns errors into one line and an exit code.
 pub async fn run(cli: Cli) -> Result<()> {
     if let Command::Policy(args) = &cli.command {
-        return print_policy(args, cli.config.as_deref());
+        return print_policy(args, cli.config.as_deref()).await;
     }
     if let Command::Multilang(args) = &cli.command {
         return run_multilang(args, &cli).await;
@@ -179,6 +179,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             LogFormatArg::Text => LogFormat::Text,
             LogFormatArg::Json => LogFormat::Json,
         };
+    }
+    if !matches!(cli.command, Command::CheckConfig) {
+        crate::aws::settle_consumer_region(&mut settings).await;
     }
     match cli.command {
         Command::CheckConfig => {
@@ -297,7 +300,7 @@ fn in_properties_terms(e: crate::Error) -> crate::Error {
     }
 }
 
-fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<()> {
+async fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<()> {
     use kcld_config::{ConfigError, StreamArn};
     let bad = |key: &str, problem: String, fix: &str| {
         crate::Error::Config(ConfigError::Other(format!("--{key}: {problem}; {fix}")))
@@ -341,7 +344,8 @@ fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Result<(
             ));
         }
         None => {
-            let settings = kcld_config::load(config, std::env::vars())?;
+            let mut settings = kcld_config::load(config, std::env::vars())?;
+            crate::aws::settle_consumer_region(&mut settings).await;
             if consumer_arn.is_none() && consumer_name.is_none() {
                 match settings.fan_out.as_ref().map(|f| &f.consumer) {
                     Some(kcld_config::FanOutConsumer::Arn(arn)) => {

@@ -88,6 +88,9 @@ pub(crate) async fn run_embedded(
     }
     ops::systemd::spawn_watchdog(ops_stop.clone());
 
+    let mut settings = settings;
+    aws::settle_consumer_region(&mut settings).await;
+    tracing::debug!(region = %settings.aws.dynamodb_region, from = %settings.aws.dynamodb_region_from, "lease table region");
     let clients = aws::connect_with(&settings, credentials).await?;
     health.credentials_resolved();
     let stream = Stream::new(clients.kinesis.clone(), settings.stream_arn.clone());

@@ -74,7 +74,12 @@ async fn check_config_prints_the_effective_configuration() {
         parsed["aws"]["kinesis_endpoint"].as_str(),
         Some("http://127.0.0.1:1")
     );
-    assert_eq!(parsed["aws"]["dynamodb_region"].as_str(), Some("us-east-1"));
+    // No region named anywhere: the lookup at start is said, not pinned.
+    assert!(parsed["aws"].get("dynamodb_region").is_none(), "{text}");
+    assert!(
+        text.contains("# dynamodb_region: unset: the AWS profile's or the instance's region"),
+        "{text}"
+    );
     assert!(text.contains("account 111111111111"), "{text}");
 }
 

@@ -472,3 +472,77 @@ async fn an_assumed_role_signs_kinesis_and_the_local_identity_the_lease_table() 
         assert!(errors[0].contains(part), "{part} missing: {}", errors[0]);
     }
 }
+
+/// The lease table is in the consumer's region, not the stream owner's:
+/// named by the AWS profile when nothing else names it (as on an instance
+/// whose profile or metadata says where it runs), by `AWS_REGION` when set,
+/// and the stream's region is only the last resort. Every DynamoDB call is
+/// signed for that region; every Kinesis call for the stream's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_table_follows_the_consumers_region() {
+    use kcld_testkit::fault::FaultProxy;
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("region"), 1)
+        .await
+        .unwrap();
+    stack
+        .put_records(&arn, &sample_records(5, 4))
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(unique_name("aws-profile"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let profile = dir.join("config");
+    std::fs::write(&profile, "[default]\nregion = eu-west-1\n").unwrap();
+
+    for (case, region_vars, expected) in [
+        ("profile", vec![], "eu-west-1"),
+        (
+            "AWS_REGION",
+            vec![("AWS_REGION", "ap-south-1")],
+            "ap-south-1",
+        ),
+    ] {
+        let kinesis = FaultProxy::start(&stack.kinesis_endpoint).await.unwrap();
+        let dynamodb = FaultProxy::start(&stack.dynamodb_endpoint).await.unwrap();
+        let mut vars = env(&stack, &arn);
+        vars.remove("AWS_REGION");
+        vars.remove("AWS_DEFAULT_REGION");
+        vars.insert("AWS_CONFIG_FILE".into(), profile.display().to_string());
+        vars.insert("AWS_EC2_METADATA_DISABLED".into(), "true".into());
+        vars.insert("AWS_ENDPOINT_URL_KINESIS".into(), kinesis.url());
+        vars.insert("AWS_ENDPOINT_URL_DYNAMODB".into(), dynamodb.url());
+        for (k, v) in &region_vars {
+            vars.insert((*k).into(), (*v).into());
+        }
+        let mut kcld = Kcld::spawn(KCLD, &["run"], &vars).unwrap();
+        let got = kcld.take_lines(5, Duration::from_secs(60)).await;
+        assert_eq!(got.len(), 5, "{case}: {}", kcld.stderr_text());
+        kcld.terminate(Duration::from_secs(25)).await.unwrap();
+        assert_eq!(
+            dynamodb.signing_scopes(),
+            [format!("{expected}/dynamodb")],
+            "{case}"
+        );
+        assert_eq!(kinesis.signing_scopes(), ["us-east-1/kinesis"], "{case}");
+
+        // `kcld policy` names the table in the same region.
+        let out = std::process::Command::new(KCLD)
+            .args([
+                "policy",
+                "--consumer-role-arn",
+                "arn:aws:iam::222222222222:role/reader",
+            ])
+            .env_clear()
+            .envs(&vars)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("arn:aws:dynamodb:{expected}:")),
+            "{case}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

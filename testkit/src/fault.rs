@@ -96,6 +96,8 @@ pub struct FaultProxy {
     rules: Arc<Mutex<Vec<Rule>>>,
     /// The access key ids requests were signed with.
     keys: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    /// The signatures' `region/service` scopes.
+    scopes: Arc<Mutex<std::collections::BTreeSet<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -114,6 +116,8 @@ impl FaultProxy {
         let rules: Arc<Mutex<Vec<Rule>>> = Arc::default();
         let keys: Arc<Mutex<std::collections::BTreeSet<String>>> = Arc::default();
         let seen = keys.clone();
+        let scopes: Arc<Mutex<std::collections::BTreeSet<String>>> = Arc::default();
+        let scopes_shared = scopes.clone();
         let upstream: hyper::Uri = upstream.parse()?;
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let shared = rules.clone();
@@ -121,20 +125,27 @@ impl FaultProxy {
             while let Ok((stream, _)) = listener.accept().await {
                 let rules = shared.clone();
                 let seen = seen.clone();
+                let scopes_seen = scopes_shared.clone();
                 let client = client.clone();
                 let upstream = upstream.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let rules = rules.clone();
-                        if let Some(key) = req
+                        if let Some(credential) = req
                             .headers()
                             .get("authorization")
                             .and_then(|v| v.to_str().ok())
                             .and_then(|a| a.split("Credential=").nth(1))
-                            .and_then(|c| c.split('/').next())
                         {
+                            // KEY/DATE/REGION/SERVICE/aws4_request
+                            let parts: Vec<&str> = credential.split('/').collect();
                             if let Ok(mut k) = seen.lock() {
-                                k.insert(key.to_owned());
+                                k.insert(parts[0].to_owned());
+                            }
+                            if let (Some(region), Some(service)) = (parts.get(2), parts.get(3)) {
+                                if let Ok(mut s) = scopes_seen.lock() {
+                                    s.insert(format!("{region}/{service}"));
+                                }
                             }
                         }
                         let client = client.clone();
@@ -151,6 +162,7 @@ impl FaultProxy {
             addr,
             rules,
             keys,
+            scopes,
             task,
         })
     }
@@ -204,6 +216,14 @@ impl FaultProxy {
         self.keys
             .lock()
             .map(|k| k.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The `region/service` the requests so far were signed for.
+    pub fn signing_scopes(&self) -> Vec<String> {
+        self.scopes
+            .lock()
+            .map(|s| s.iter().cloned().collect())
             .unwrap_or_default()
     }
 

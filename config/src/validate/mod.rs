@@ -367,16 +367,22 @@ fn validate_aws(
     };
 
     // The lease table lives in the consumer's region: the key, else the
-    // SDK's region variables, else (nothing says where the consumer runs)
-    // the stream's region.
+    // SDK's region variables, else (decided at start, where the profile
+    // and instance metadata can be read) the SDK's region chain, else the
+    // stream's region.
     let (dynamodb_region, dynamodb_region_from) = match non_empty(raw.dynamodb_region) {
         Some(r) => (r, "aws.dynamodb_region".to_owned()),
         None => match env_value("AWS_REGION").or_else(|| env_value("AWS_DEFAULT_REGION")) {
             Some(r) if env_value("AWS_REGION").is_some() => (r, "AWS_REGION".to_owned()),
             Some(r) => (r, "AWS_DEFAULT_REGION".to_owned()),
-            None => (stream.region.clone(), "the stream's ARN".to_owned()),
+            None => (
+                stream.region.clone(),
+                "the stream's ARN, unless the AWS profile or instance metadata names a region at start"
+                    .to_owned(),
+            ),
         },
     };
+    let dynamodb_region_fallback = dynamodb_region_from.starts_with("the stream's ARN");
     if !is_region(&dynamodb_region) {
         return Err(ConfigError::key(
             &dynamodb_region_from,
@@ -391,6 +397,7 @@ fn validate_aws(
         sts_endpoint,
         dynamodb_region,
         dynamodb_region_from,
+        dynamodb_region_fallback,
         ca_file,
         assume_role,
     })
