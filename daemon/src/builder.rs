@@ -100,7 +100,7 @@ impl Consumer {
             trigger.cancel();
         });
         let result =
-            worker::run_embedded(self.settings, self.delivery, token, self.credentials).await;
+            worker::run_embedded(self.settings, self.delivery, token, self.credentials, None).await;
         watcher.abort();
         result
     }

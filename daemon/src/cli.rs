@@ -220,8 +220,15 @@ pub async fn run(cli: Cli) -> Result<()> {
                 tracing::warn!("{warning}");
             }
             let token = CancellationToken::new();
-            shutdown::on_signal(token.clone());
-            worker::run(settings, token).await?;
+            let (reload, requests) = tokio::sync::mpsc::channel(1);
+            shutdown::on_signal(token.clone(), Some(reload));
+            let policy = crate::reload::spawn(
+                cli.config.clone(),
+                settings.clone(),
+                requests,
+                token.clone(),
+            );
+            worker::run_live(settings, token, policy).await?;
             tracing::info!("stopped");
             Ok(())
         }
@@ -277,7 +284,7 @@ async fn run_multilang(args: &MultiLangArgs, cli: &Cli) -> Result<()> {
     }
     tracing::info!(command = ?ml.command, "record processor per shard");
     let token = CancellationToken::new();
-    shutdown::on_signal(token.clone());
+    shutdown::on_signal(token.clone(), None);
     worker::run_with(
         settings,
         worker::Delivery::MultiLang(std::sync::Arc::new(ml)),

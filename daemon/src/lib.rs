@@ -17,6 +17,7 @@ pub mod multilang;
 pub mod ops;
 pub mod policy;
 pub mod record;
+pub mod reload;
 pub mod retrieval;
 pub mod shutdown;
 pub mod sink;

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::lifecycle::sink::{CheckpointPolicy, SinkProcessors};
+use crate::lifecycle::sink::{CheckpointPolicy, LivePolicy, SinkProcessors};
 use crate::lifecycle::{self, Outcome, ProcessorFactory, RecordSource};
 use crate::ops::{self, Health};
 use crate::retrieval::fanout::FanOutReader;
@@ -47,8 +47,19 @@ pub enum Delivery {
 /// Runs the consumer until `shutdown` fires or a fatal error, delivering to
 /// the sink the configuration names.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> {
+    let policy = CheckpointPolicy::from(&settings.checkpoint).into();
+    run_live(settings, shutdown, policy).await
+}
+
+/// [`run`] with a checkpoint policy that follows configuration reloads
+/// (`kcld run` on SIGHUP, [`crate::reload`]).
+pub async fn run_live(
+    settings: Settings,
+    shutdown: CancellationToken,
+    policy: LivePolicy,
+) -> Result<()> {
     let sink = sink::from_settings(&settings)?;
-    run_with(settings, Delivery::Sink(sink), shutdown).await
+    run_embedded(settings, Delivery::Sink(sink), shutdown, None, Some(policy)).await
 }
 
 /// The same, delivering to `sink`: how a Rust application embeds kcld with
@@ -67,7 +78,7 @@ pub async fn run_with(
     delivery: Delivery,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    run_embedded(settings, delivery, shutdown, None).await
+    run_embedded(settings, delivery, shutdown, None, None).await
 }
 
 /// The same, calling AWS with `credentials` when given (else the default
@@ -77,6 +88,7 @@ pub(crate) async fn run_embedded(
     delivery: Delivery,
     shutdown: CancellationToken,
     credentials: Option<SharedCredentialsProvider>,
+    policy: Option<LivePolicy>,
 ) -> Result<()> {
     let health = Arc::new(Health::default());
     // The ops listener outlives the shard consumers: it stops last.
@@ -172,7 +184,7 @@ pub(crate) async fn run_embedded(
 
     health.leases_started();
     ops::systemd::ready();
-    let policy = CheckpointPolicy::from(&settings.checkpoint);
+    let policy = policy.unwrap_or_else(|| CheckpointPolicy::from(&settings.checkpoint).into());
     let budget = settings.shutdown_timeout;
     let prefetch_bytes = settings.polling.prefetch_bytes as usize;
     let total_bytes = settings.polling.prefetch_total_bytes as usize;

@@ -836,7 +836,7 @@ async fn a_deleted_lease_table_stops_kcld_with_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_stopping_signal_but_sigkill_releases_the_leases() {
+async fn every_stopping_signal_but_sigkill_releases_the_leases_and_sighup_reloads() {
     let _serial = SERIAL.lock().await;
     let stack = Stack::from_env().unwrap();
     let arn = stack
@@ -851,6 +851,36 @@ async fn every_stopping_signal_but_sigkill_releases_the_leases() {
         })
         .await;
         let log = k.stderr.clone();
+        if signal == "HUP" {
+            // SIGHUP reloads the configuration: kcld goes on with its
+            // leases, and a later SIGTERM stops it as usual.
+            let pid = k.pid().unwrap().to_string();
+            std::process::Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !log
+                .lock()
+                .unwrap()
+                .contains("SIGHUP: configuration reloaded")
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{}",
+                    log.lock().unwrap()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let owners = stack.lease_owners(&app).await.unwrap();
+            assert!(
+                owners.values().all(|o| o.as_deref() == Some("worker-s")),
+                "SIGHUP dropped leases: {owners:?}"
+            );
+            let status = k.signal("TERM", Duration::from_secs(25)).await.unwrap();
+            assert!(status.success(), "{status:?}");
+            continue;
+        }
         let status = k.signal(signal, Duration::from_secs(25)).await.unwrap();
         let log = log.lock().unwrap().clone();
         assert!(status.success(), "SIG{signal}: {status:?}\n{log}");

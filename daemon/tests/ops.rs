@@ -546,3 +546,106 @@ async fn the_lease_table_follows_the_consumers_region() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// SIGHUP reloads the configuration file: the checkpoint policy and the
+/// log level change for the shards already held, a change that needs a
+/// restart is named and left alone, a file that no longer loads is refused
+/// as a whole; kcld keeps its leases and delivers on throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_what_can_change_and_names_what_cannot() {
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("reload"), 1)
+        .await
+        .unwrap();
+    let app = unique_name("reload-app");
+    let dir = std::env::temp_dir().join(unique_name("reload-conf"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("kcld.toml");
+    let config = |interval_ms: u64, level: &str, max_records: u32| {
+        format!(
+            "application_name = \"{app}\"\nstream_arn = \"{arn}\"\ninitial_position = \"TRIM_HORIZON\"\n\
+             [checkpoint]\ninterval_ms = {interval_ms}\nmax_records = 1000000\n\
+             [polling]\nmax_records = {max_records}\nidle_time_between_reads_ms = 200\n\
+             [log]\nlevel = \"{level}\"\n"
+        )
+    };
+    std::fs::write(&file, config(600_000, "info", 1000)).unwrap();
+    let vars = stack.consumer_env();
+    let path = file.display().to_string();
+    let mut kcld = Kcld::spawn(KCLD, &["run", "--config", &path], &vars).unwrap();
+    let hup = |kcld: &Kcld| {
+        let pid = kcld.pid().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap();
+    };
+    let wait_log = |kcld: &Kcld, what: &str| {
+        let log = kcld.stderr.clone();
+        let what = what.to_owned();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let text = log.lock().unwrap().clone();
+                if text.contains(&what) {
+                    return text;
+                }
+                assert!(Instant::now() < deadline, "no {what:?} in:\n{text}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    let first = sample_records(10, 21);
+    stack.put_records(&arn, &first).await.unwrap();
+    assert_eq!(kcld.take_lines(10, Duration::from_secs(60)).await.len(), 10);
+    // A 10-minute interval: nothing checkpointed yet.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = stack.checkpoints(&app).await;
+    assert!(
+        before.values().all(|(c, _)| c == "TRIM_HORIZON"),
+        "{before:?}"
+    );
+
+    // Checkpoints every 200 ms and debug logs apply at once; the polling
+    // change needs a restart and is named.
+    std::fs::write(&file, config(200, "debug", 500)).unwrap();
+    hup(&kcld);
+    let log = wait_log(&kcld, "applied: log.level, checkpoint.interval_ms").await;
+    assert!(
+        log.contains("needs a restart (the running values stay): polling"),
+        "{log}"
+    );
+    let second = sample_records(5, 22);
+    stack.put_records(&arn, &second).await.unwrap();
+    let lines = kcld.take_lines(5, Duration::from_secs(60)).await;
+    assert_eq!(lines.len(), 5, "{}", kcld.stderr_text());
+    let last = Delivered::parse(lines.last().unwrap())
+        .unwrap()
+        .sequence_number;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = stack.checkpoints(&app).await;
+        if now.values().any(|(c, _)| *c == last) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not checkpointed: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        kcld.stderr_text().contains("DEBUG"),
+        "debug logs after the reload"
+    );
+
+    // A file that does not load: refused, the running configuration stays.
+    std::fs::write(&file, "application_name = [unclosed\n").unwrap();
+    hup(&kcld);
+    wait_log(&kcld, "configuration not reloaded, the running one stays").await;
+    let third = sample_records(3, 23);
+    stack.put_records(&arn, &third).await.unwrap();
+    assert_eq!(kcld.take_lines(3, Duration::from_secs(60)).await.len(), 3);
+    assert!(kcld.is_running());
+    kcld.terminate(Duration::from_secs(25)).await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -416,6 +416,14 @@ async fn drive(
             _ = async { tick.as_mut()?.tick().await; Some(()) }, if tick.is_some() => {
                 let mut cp = Checkpointer { grant, positions, end: None };
                 processor.idle(&mut cp).await?;
+                // The processor's interval may have changed (a reload).
+                if let (Some(t), Some(every)) = (tick.as_mut(), processor.idle_interval()) {
+                    let every = every.max(Duration::from_millis(100));
+                    if t.period() != every {
+                        *t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
+                }
                 continue;
             }
         };

@@ -39,19 +39,44 @@ impl From<&CheckpointSettings> for CheckpointPolicy {
     }
 }
 
+/// The checkpoint policy as it stands now: fixed, or followed as a
+/// configuration reload changes it (each processor reads it at every
+/// decision, so a change applies to the shards already held).
+#[derive(Clone, Debug)]
+pub struct LivePolicy(tokio::sync::watch::Receiver<CheckpointPolicy>);
+
+impl LivePolicy {
+    /// A policy that follows `changes`.
+    pub fn following(changes: tokio::sync::watch::Receiver<CheckpointPolicy>) -> Self {
+        LivePolicy(changes)
+    }
+
+    /// The policy now.
+    pub fn get(&self) -> CheckpointPolicy {
+        *self.0.borrow()
+    }
+}
+
+impl From<CheckpointPolicy> for LivePolicy {
+    fn from(policy: CheckpointPolicy) -> Self {
+        // The sender goes at once: the receiver keeps the value.
+        LivePolicy(tokio::sync::watch::channel(policy).1)
+    }
+}
+
 /// Makes a [`SinkProcessor`] per shard, all delivering to one sink.
 pub struct SinkProcessors {
     /// Where every shard's records are delivered.
     pub sink: Arc<dyn Sink>,
     /// When each shard's confirmed records are checkpointed.
-    pub policy: CheckpointPolicy,
+    pub policy: LivePolicy,
 }
 
 impl ProcessorFactory for SinkProcessors {
     fn create(&self, _shard: &ShardSpec) -> Result<Box<dyn ShardProcessor>, Error> {
         Ok(Box::new(SinkProcessor {
             sink: self.sink.clone(),
-            policy: self.policy,
+            policy: self.policy.clone(),
             confirmed: None,
             unwritten: 0,
             last_write: Instant::now(),
@@ -64,7 +89,7 @@ impl ProcessorFactory for SinkProcessors {
 /// One shard's records into a sink, checkpointed once confirmed.
 pub struct SinkProcessor {
     sink: Arc<dyn Sink>,
-    policy: CheckpointPolicy,
+    policy: LivePolicy,
     /// The last record the sink confirmed.
     confirmed: Option<ExtendedSequenceNumber>,
     /// Records confirmed since the last checkpoint written.
@@ -76,9 +101,10 @@ pub struct SinkProcessor {
 
 impl SinkProcessor {
     fn due(&self) -> bool {
+        let policy = self.policy.get();
         self.unwritten > 0
-            && (self.unwritten >= self.policy.max_records
-                || self.last_write.elapsed() >= self.policy.interval)
+            && (self.unwritten >= policy.max_records
+                || self.last_write.elapsed() >= policy.interval)
     }
 
     /// Writes the confirmed position. A lost lease is left to the
@@ -136,7 +162,7 @@ impl ShardProcessor for SinkProcessor {
     }
 
     fn idle_interval(&self) -> Option<Duration> {
-        Some(self.policy.interval)
+        Some(self.policy.get().interval)
     }
 
     async fn idle(&mut self, cp: &mut Checkpointer<'_>) -> Result<(), ProcessorError> {

@@ -584,7 +584,8 @@ async fn the_sink_processor_checkpoints_only_the_confirmed_prefix() {
         policy: CheckpointPolicy {
             interval: Duration::from_secs(3600),
             max_records: 1000,
-        },
+        }
+        .into(),
     });
     let outcome = run_to_end(g, &shard, processors).await.unwrap();
     assert_eq!(outcome, Outcome::Stopped);
@@ -694,7 +695,8 @@ async fn a_shard_end_gathered_with_an_unconfirmed_batch_is_not_checkpointed() {
         policy: CheckpointPolicy {
             interval: Duration::from_secs(3600),
             max_records: 1000,
-        },
+        }
+        .into(),
     });
     let outcome = run_to_end(g, &shard, processors).await.unwrap();
     assert_eq!(outcome, Outcome::Stopped);

@@ -1,0 +1,193 @@
+//! Configuration reloads on SIGHUP (`kcld run`).
+//!
+//! The file and the environment are read again. What can change while the
+//! leases are held changes at once: `log.level`, and the checkpoint policy
+//! (`checkpoint.interval_ms`, `checkpoint.max_records`), which every shard's
+//! processor reads at each decision. Everything else (the stream, the lease
+//! table and its timing, the readers, the sink, the endpoints) would need
+//! the shards stopped and read again: a change there is refused with one
+//! warning naming the keys, the running values stay, and a restart applies
+//! them (a restart hands the leases over). A file that no longer loads is
+//! refused as a whole, with the same one-line error a start would print.
+
+use std::path::PathBuf;
+
+use kcld_config::Settings;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::lifecycle::sink::{CheckpointPolicy, LivePolicy};
+
+/// What a reload did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Keys (or sections) whose new values apply now.
+    pub applied: Vec<&'static str>,
+    /// Sections whose changes need a restart; their running values stay.
+    pub refused: Vec<&'static str>,
+}
+
+/// The settings that differ between `running` and `loaded`: which apply
+/// live and which need a restart. Pure.
+pub fn compare(running: &Settings, loaded: &Settings) -> Outcome {
+    let mut out = Outcome::default();
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    if running.log.level != loaded.log.level {
+        out.applied.push("log.level");
+    }
+    if running.checkpoint.interval != loaded.checkpoint.interval {
+        out.applied.push("checkpoint.interval_ms");
+    }
+    if running.checkpoint.max_records != loaded.checkpoint.max_records {
+        out.applied.push("checkpoint.max_records");
+    }
+    // A worker id left to its default is a new random one at every load:
+    // only an id that is set counts.
+    let worker_id_changed = (running.origins.contains_key("worker_id")
+        || loaded.origins.contains_key("worker_id"))
+        && running.worker_id != loaded.worker_id;
+    for (name, changed) in [
+        (
+            "application_name",
+            running.application_name != loaded.application_name,
+        ),
+        ("stream_arn", running.stream_arn != loaded.stream_arn),
+        ("lease_table", running.lease_table != loaded.lease_table),
+        ("worker_id", worker_id_changed),
+        (
+            "initial_position",
+            differs(&running.initial_position, &loaded.initial_position),
+        ),
+        (
+            "shutdown_timeout_ms",
+            running.shutdown_timeout != loaded.shutdown_timeout,
+        ),
+        (
+            "consumer_arn / fan_out",
+            differs(&running.fan_out, &loaded.fan_out),
+        ),
+        ("aws", differs(&running.aws, &loaded.aws)),
+        ("lease", differs(&running.lease, &loaded.lease)),
+        ("polling", differs(&running.polling, &loaded.polling)),
+        ("sink", differs(&running.sink, &loaded.sink)),
+        (
+            "log.format",
+            differs(&running.log.format, &loaded.log.format),
+        ),
+        ("ops", differs(&running.ops, &loaded.ops)),
+    ] {
+        if changed {
+            out.refused.push(name);
+        }
+    }
+    out
+}
+
+/// Reloads on every `requests` message until `stop`; returns the policy
+/// the shards follow.
+pub fn spawn(
+    config: Option<PathBuf>,
+    running: Settings,
+    mut requests: tokio::sync::mpsc::Receiver<()>,
+    stop: CancellationToken,
+) -> LivePolicy {
+    let (policy, follows) = watch::channel(CheckpointPolicy::from(&running.checkpoint));
+    tokio::spawn(async move {
+        let mut running = running;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                request = requests.recv() => if request.is_none() { return },
+            }
+            running = reload(config.as_deref(), running, &policy).await;
+        }
+    });
+    LivePolicy::following(follows)
+}
+
+/// One reload: the settings that now run.
+async fn reload(
+    config: Option<&std::path::Path>,
+    mut running: Settings,
+    policy: &watch::Sender<CheckpointPolicy>,
+) -> Settings {
+    let mut loaded = match kcld_config::load(config, std::env::vars()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("SIGHUP: configuration not reloaded, the running one stays: {e}");
+            return running;
+        }
+    };
+    crate::aws::settle_consumer_region(&mut loaded).await;
+    let outcome = compare(&running, &loaded);
+    if outcome.applied.contains(&"log.level") {
+        match crate::logging::set_level(&loaded.log.level) {
+            Ok(()) => running.log.level = loaded.log.level.clone(),
+            Err(e) => tracing::warn!("SIGHUP: log.level not changed: {e}"),
+        }
+    }
+    running.checkpoint = loaded.checkpoint.clone();
+    policy.send_replace(CheckpointPolicy::from(&running.checkpoint));
+    if !outcome.refused.is_empty() {
+        tracing::warn!(
+            "SIGHUP: not applied, needs a restart (the running values stay): {}",
+            outcome.refused.join(", ")
+        );
+    }
+    if outcome.applied.is_empty() && outcome.refused.is_empty() {
+        tracing::info!("SIGHUP: configuration reloaded, nothing changed");
+    } else if !outcome.applied.is_empty() {
+        tracing::info!(
+            "SIGHUP: configuration reloaded, applied: {}",
+            outcome.applied.join(", ")
+        );
+    }
+    running
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Settings {
+        let mut all = vec![
+            ("KCLD_APPLICATION_NAME", "app"),
+            (
+                "KCLD_STREAM_ARN",
+                "arn:aws:kinesis:us-east-1:111111111111:stream/orders",
+            ),
+            ("AWS_REGION", "us-east-1"),
+        ];
+        all.extend_from_slice(vars);
+        kcld_config::load(
+            None,
+            all.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn live_keys_apply_and_the_rest_is_named() {
+        let running = settings(&[]);
+        // Loading the same configuration again changes nothing (the
+        // default worker id is new at every load, and does not count).
+        assert_eq!(compare(&running, &settings(&[])), Outcome::default());
+        let loaded = settings(&[
+            ("KCLD_LOG__LEVEL", "debug"),
+            ("KCLD_CHECKPOINT__INTERVAL_MS", "200"),
+            (
+                "KCLD_STREAM_ARN",
+                "arn:aws:kinesis:us-east-1:111111111111:stream/other",
+            ),
+            ("KCLD_POLLING__MAX_RECORDS", "100"),
+        ]);
+        let outcome = compare(&running, &loaded);
+        assert_eq!(outcome.applied, ["log.level", "checkpoint.interval_ms"]);
+        assert_eq!(outcome.refused, ["stream_arn", "polling"]);
+        // A worker id that is set does count.
+        let a = settings(&[("KCLD_WORKER_ID", "a")]);
+        let b = settings(&[("KCLD_WORKER_ID", "b")]);
+        assert_eq!(compare(&a, &b).refused, ["worker_id"]);
+    }
+}
