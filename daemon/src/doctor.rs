@@ -62,7 +62,16 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
     let mut report = Report { checks: Vec::new() };
     let clients = match crate::aws::connect(settings).await {
         Ok(c) => {
-            report.pass("credentials", "resolved from the default chain");
+            match &settings.aws.assume_role {
+                None => report.pass("credentials", "resolved from the default chain"),
+                Some(role) => report.pass(
+                    "credentials",
+                    format!(
+                        "resolved from the default chain; Kinesis as the assumed role {}",
+                        role.role_arn
+                    ),
+                ),
+            }
             c
         }
         Err(e) => {
@@ -128,7 +137,17 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
             s.status, s.open_shards, s.encryption
         )
     });
-    let stream_ok = kinesis(&mut report, "DescribeStreamSummary", described);
+    let stream_ok = kinesis(&mut report, "DescribeStreamSummary", described.clone());
+    if stream_ok {
+        let full = stream
+            .describe_stream()
+            .await
+            .map(|status| format!("{status} (the KCL's call, granted by `kcld policy`)"));
+        kinesis(&mut report, "DescribeStream", full);
+    }
+    let encrypted = described
+        .as_ref()
+        .is_ok_and(|d| d.ends_with("encryption KMS"));
     if stream_ok {
         let shards = stream.list_shards(1000).await;
         let first = shards
@@ -153,6 +172,25 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
                             .map(|r| format!("{} record(s) read", r.records.len()));
                         kinesis(&mut report, "GetRecords", records);
                     }
+                }
+                if encrypted {
+                    // At LATEST there is nothing to decrypt: read the
+                    // oldest record, which KMS must decrypt.
+                    let read = match stream.shard_iterator(shard, &StartAt::TrimHorizon).await {
+                        Ok(it) => stream
+                            .get_records(&it, 1)
+                            .await
+                            .map(|r| match r.records.len() {
+                                0 => "no record in the shard to decrypt yet".to_owned(),
+                                _ => "the oldest record read and decrypted".to_owned(),
+                            }),
+                        Err(e) => Err(e),
+                    };
+                    kinesis(
+                        &mut report,
+                        "GetRecords of an encrypted record (kms:Decrypt)",
+                        read,
+                    );
                 }
                 if let (Some(fan_out), Some(shard)) = (&settings.fan_out, first) {
                     fan_out_checks(
@@ -201,13 +239,24 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
         }
     };
     match table.exists().await {
-        Ok(false) => report.pass(
-            "lease table",
-            format!(
-                "{} does not exist yet: kcld creates it at start (dynamodb:CreateTable)",
-                settings.lease_table
-            ),
-        ),
+        Ok(false) => {
+            report.pass(
+                "lease table",
+                format!(
+                    "{} does not exist yet: kcld creates it at start (dynamodb:CreateTable)",
+                    settings.lease_table
+                ),
+            );
+            dynamo(
+                &mut report,
+                "CreateTable",
+                "dynamodb:CreateTable",
+                table.probe_create().await.map(|()| {
+                    "allowed (checked with a request DynamoDB refuses after the permission check)"
+                        .to_owned()
+                }),
+            );
+        }
         Ok(true) => {
             let (count, coordination) = match table.scan_all().await {
                 Ok(scan) => (Ok(scan.leases.len()), scan.coordination),

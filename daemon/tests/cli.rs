@@ -619,6 +619,44 @@ async fn an_unusable_kms_key_is_one_error_naming_what_the_owner_does() {
         let line = one_error_line(&err);
         assert!(line.contains(code) && line.contains(says), "{code}: {line}");
     }
+
+    // The key disabled while kcld reads (its GetRecords calls no longer go
+    // through the SDK by then): the same one error, and an exit.
+    proxy.clear();
+    stack
+        .put_records(&arn, &kcld_testkit::sample_records(3, 1))
+        .await
+        .unwrap();
+    let mut vars = stack.consumer_env();
+    vars.insert("AWS_ENDPOINT_URL_KINESIS".into(), proxy.url());
+    vars.insert("KCLD_APPLICATION_NAME".into(), unique_name("kms-app"));
+    vars.insert("KCLD_STREAM_ARN".into(), arn.clone());
+    vars.insert("KCLD_INITIAL_POSITION".into(), "TRIM_HORIZON".into());
+    vars.insert("KCLD_LEASE__STORE".into(), "memory".into());
+    let mut kcld = kcld_testkit::Kcld::spawn(KCLD, &["run"], &vars).unwrap();
+    assert_eq!(
+        kcld.take_lines(3, std::time::Duration::from_secs(60))
+            .await
+            .len(),
+        3
+    );
+    proxy.fail(
+        "Kinesis_20131202.GetRecords",
+        Fault {
+            status: 400,
+            error_type: "KMSDisabledException".into(),
+            message: "The request was rejected because of the key".into(),
+        },
+    );
+    let log = kcld.stderr.clone();
+    let status = kcld.wait(std::time::Duration::from_secs(30)).await.unwrap();
+    let err = log.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(1), "{err}");
+    let line = one_error_line(&err);
+    assert!(
+        line.contains("KMSDisabledException") && line.contains("enable-key"),
+        "{line}"
+    );
 }
 
 #[tokio::test]

@@ -343,6 +343,7 @@ async fn doctor_passes_then_names_the_missing_action() {
         "credentials",
         "caller identity",
         "DescribeStreamSummary",
+        "DescribeStream",
         "ListShards",
         "GetShardIterator",
         "GetRecords",
@@ -388,6 +389,73 @@ async fn doctor_passes_then_names_the_missing_action() {
         actions.contains("kinesis:GetRecords") && actions.contains("kinesis:DescribeStream"),
         "{fix}"
     );
+
+    // DescribeStream (the KCL's call) refused by the owner's policy; an
+    // application whose lease table does not exist yet: CreateTable is
+    // checked without creating anything, first allowed, then refused by
+    // the consumer's own IAM policy. Each failure names who fixes it.
+    proxy.clear();
+    proxy.fail(
+        "Kinesis_20131202.DescribeStream",
+        Fault::access_denied("kinesis:DescribeStream"),
+    );
+    let dynamodb = FaultProxy::start(&stack.dynamodb_endpoint).await.unwrap();
+    vars.insert("AWS_ENDPOINT_URL_DYNAMODB".into(), dynamodb.url());
+    let new_app = unique_name("doctor-new");
+    vars.insert("KCLD_APPLICATION_NAME".into(), new_app.clone());
+    let failures = |vars: HashMap<String, String>| async move {
+        let mut doctor = Kcld::spawn(KCLD, &["doctor", "--json"], &vars).unwrap();
+        let out = doctor.drain_for(Duration::from_secs(30)).await.join("\n");
+        assert_eq!(
+            doctor.wait(Duration::from_secs(30)).await.unwrap().code(),
+            Some(1),
+            "{out}"
+        );
+        let checks: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        let failed: Vec<(String, String)> = checks
+            .iter()
+            .filter(|c| c["ok"] == false)
+            .map(|c| {
+                (
+                    c["check"].as_str().unwrap().to_owned(),
+                    c["fix"]["missing_action"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect();
+        let create_ok = checks
+            .iter()
+            .any(|c| c["check"] == "CreateTable" && c["ok"] == true);
+        (failed, create_ok)
+    };
+    let (failed, create_ok) = failures(vars.clone()).await;
+    assert_eq!(
+        failed,
+        [(
+            "DescribeStream".to_owned(),
+            "kinesis:DescribeStream".to_owned()
+        )]
+    );
+    assert!(create_ok);
+    dynamodb.fail(
+        "DynamoDB_20120810.CreateTable",
+        Fault::access_denied("dynamodb:CreateTable"),
+    );
+    let (failed, _) = failures(vars.clone()).await;
+    assert_eq!(
+        failed,
+        [
+            (
+                "DescribeStream".to_owned(),
+                "kinesis:DescribeStream".to_owned()
+            ),
+            ("CreateTable".to_owned(), "dynamodb:CreateTable".to_owned())
+        ]
+    );
+    // Checking created nothing: there is no table to scan.
+    assert!(stack.scan_table(&new_app).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -648,4 +716,60 @@ async fn sighup_reloads_what_can_change_and_names_what_cannot() {
     assert!(kcld.is_running());
     kcld.terminate(Duration::from_secs(25)).await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A stream its owner encrypts with KMS (the emulator keeps the setting
+/// and marks the records) is read end to end, and `kcld doctor` checks
+/// that a record can be decrypted by reading the oldest one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_stream_is_read_and_doctor_checks_decryption() {
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("encrypted"), 1)
+        .await
+        .unwrap();
+    stack
+        .producer_kinesis()
+        .await
+        .start_stream_encryption()
+        .stream_arn(&arn)
+        .encryption_type(aws_sdk_kinesis::types::EncryptionType::Kms)
+        .key_id("arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab")
+        .send()
+        .await
+        .unwrap();
+    let records = sample_records(8, 3);
+    stack.put_records(&arn, &records).await.unwrap();
+    let vars = env(&stack, &arn);
+    let mut kcld = Kcld::spawn(KCLD, &["run"], &vars).unwrap();
+    let lines = kcld.take_lines(8, Duration::from_secs(60)).await;
+    assert_eq!(lines.len(), 8, "{}", kcld.stderr_text());
+    let data: Vec<Vec<u8>> = lines
+        .iter()
+        .map(|l| Delivered::parse(l).unwrap().data)
+        .collect();
+    let sent: Vec<Vec<u8>> = records.iter().map(|(_, d)| d.clone()).collect();
+    assert_eq!(data, sent);
+    kcld.terminate(Duration::from_secs(25)).await.unwrap();
+
+    let sts = kcld_testkit::sts::Identity::start().await.unwrap();
+    let mut vars = vars;
+    vars.insert("AWS_ENDPOINT_URL_STS".into(), sts.url());
+    let mut doctor = Kcld::spawn(KCLD, &["doctor", "--json"], &vars).unwrap();
+    let out = doctor.drain_for(Duration::from_secs(30)).await.join("\n");
+    assert_eq!(
+        doctor.wait(Duration::from_secs(30)).await.unwrap().code(),
+        Some(0),
+        "{out}"
+    );
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let kms = checks
+        .iter()
+        .find(|c| c["check"] == "GetRecords of an encrypted record (kms:Decrypt)")
+        .unwrap_or_else(|| panic!("no decryption check: {out}"));
+    assert_eq!(kms["ok"], true);
+    assert!(
+        kms["detail"].as_str().unwrap().contains("decrypted"),
+        "{kms}"
+    );
 }

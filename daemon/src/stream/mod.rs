@@ -218,6 +218,25 @@ impl Stream {
         })
     }
 
+    /// DescribeStream (one shard's worth): kcld reads with
+    /// DescribeStreamSummary and ListShards, but the KCL calls
+    /// DescribeStream, so the owner's policy grants it and `kcld doctor`
+    /// checks it (an application moving back to the KCL needs it).
+    pub async fn describe_stream(&self) -> Result<String, KinesisError> {
+        let out = self
+            .client
+            .describe_stream()
+            .stream_arn(&self.arn_text)
+            .limit(1)
+            .send()
+            .await
+            .map_err(|e| KinesisError::classify(e, &self.arn, "kinesis:DescribeStream"))?;
+        Ok(out
+            .stream_description()
+            .map(|d| d.stream_status().as_str().to_owned())
+            .unwrap_or_default())
+    }
+
     /// GetRecords, the successful body decoded by kcld's own decoder. The
     /// first call goes through the SDK (credentials, signing, endpoint,
     /// retries, errors; its deserializer gets an empty body instead of the

@@ -142,6 +142,53 @@ impl LeaseTable {
         }
     }
 
+    /// Whether this identity may create the table, without creating it.
+    /// The request names a key that is not among its attribute
+    /// definitions: DynamoDB refuses it in validation, which comes after
+    /// the permission check, so a ValidationException means the permission
+    /// is there and AccessDenied that it is missing. Should a server ever
+    /// accept it, the table is deleted again and the probe fails.
+    pub async fn probe_create(&self) -> Result<(), TableError> {
+        let request = || -> Result<_, aws_sdk_dynamodb::error::BuildError> {
+            let definition = AttributeDefinition::builder()
+                .attribute_name("kcldDoctorProbe")
+                .attribute_type(ScalarAttributeType::S)
+                .build()?;
+            let key = KeySchemaElement::builder()
+                .attribute_name(attr::LEASE_KEY)
+                .key_type(KeyType::Hash)
+                .build()?;
+            Ok((definition, key))
+        };
+        let (definition, key) = request().map_err(|e| TableError::Other(e.to_string()))?;
+        let result = self
+            .client
+            .create_table()
+            .table_name(&self.name)
+            .attribute_definitions(definition)
+            .key_schema(key)
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await;
+        match result {
+            Err(e) if e.code() == Some("ValidationException") => Ok(()),
+            Err(e) => Err(TableError::classify(e, &self.name, "dynamodb:CreateTable")),
+            Ok(_) => {
+                let _ = self
+                    .client
+                    .delete_table()
+                    .table_name(&self.name)
+                    .send()
+                    .await;
+                Err(TableError::Other(format!(
+                    "the CreateTable probe for {} was accepted (and the table deleted again): \
+                     this endpoint does not validate requests as DynamoDB does",
+                    self.name
+                )))
+            }
+        }
+    }
+
     fn check_schema(
         &self,
         table: &aws_sdk_dynamodb::types::TableDescription,
