@@ -222,13 +222,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             let token = CancellationToken::new();
             let (reload, requests) = tokio::sync::mpsc::channel(1);
             shutdown::on_signal(token.clone(), Some(reload));
-            let policy = crate::reload::spawn(
+            let live = crate::reload::spawn(
                 cli.config.clone(),
                 settings.clone(),
                 requests,
                 token.clone(),
             );
-            worker::run_live(settings, token, policy).await?;
+            worker::run_live(settings, token, live).await?;
             tracing::info!("stopped");
             Ok(())
         }

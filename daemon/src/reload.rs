@@ -1,22 +1,34 @@
 //! Configuration reloads on SIGHUP (`kcld run`).
 //!
 //! The file and the environment are read again. What can change while the
-//! leases are held changes at once: `log.level`, and the checkpoint policy
+//! leases are held changes at once: `log.level`; the checkpoint policy
 //! (`checkpoint.interval_ms`, `checkpoint.max_records`), which every shard's
-//! processor reads at each decision. Everything else (the stream, the lease
-//! table and its timing, the readers, the sink, the endpoints) would need
-//! the shards stopped and read again: a change there is refused with one
-//! warning naming the keys, the running values stay, and a restart applies
-//! them (a restart hands the leases over). A file that no longer loads is
-//! refused as a whole, with the same one-line error a start would print.
+//! processor reads at each decision; and the HTTP sink's tunables
+//! (`batch_size`, `max_retry_attempts`, `max_record_age_seconds`,
+//! `bisect_on_error`, `timeout_ms`), read at each request and retry, so a
+//! retry limit set now lets a stuck batch go to the failure file. Everything
+//! else (the stream, the lease table and its timing, the readers, the sink's
+//! URL, failure file, type and parallelism, the endpoints) would need the
+//! shards stopped and read again: a change there is refused with one warning
+//! naming the keys, the running values stay, and a restart applies them (a
+//! restart hands the leases over). A file that no longer loads is refused as
+//! a whole, with the same one-line error a start would print.
 
 use std::path::PathBuf;
 
-use kcld_config::Settings;
+use kcld_config::{HttpSinkSettings, Settings};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::lifecycle::sink::{CheckpointPolicy, LivePolicy};
+
+/// What running shards follow as reloads change it.
+pub struct Live {
+    /// The checkpoint policy.
+    pub policy: LivePolicy,
+    /// The HTTP sink's settings, when the sink is HTTP.
+    pub http: Option<watch::Receiver<HttpSinkSettings>>,
+}
 
 /// What a reload did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -41,6 +53,30 @@ pub fn compare(running: &Settings, loaded: &Settings) -> Outcome {
     }
     if running.checkpoint.max_records != loaded.checkpoint.max_records {
         out.applied.push("checkpoint.max_records");
+    }
+    if sink_live(running, loaded) {
+        if let (Some(a), Some(b)) = (&running.sink.http, &loaded.sink.http) {
+            for (key, changed) in [
+                ("sink.batch_size", a.batch_size != b.batch_size),
+                (
+                    "sink.max_retry_attempts",
+                    a.max_retry_attempts != b.max_retry_attempts,
+                ),
+                (
+                    "sink.max_record_age_seconds",
+                    a.max_record_age != b.max_record_age,
+                ),
+                (
+                    "sink.bisect_on_error",
+                    a.bisect_on_error != b.bisect_on_error,
+                ),
+                ("sink.timeout_ms", a.timeout != b.timeout),
+            ] {
+                if changed {
+                    out.applied.push(key);
+                }
+            }
+        }
     }
     // A worker id left to its default is a new random one at every load:
     // only an id that is set counts.
@@ -70,7 +106,10 @@ pub fn compare(running: &Settings, loaded: &Settings) -> Outcome {
         ("aws", differs(&running.aws, &loaded.aws)),
         ("lease", differs(&running.lease, &loaded.lease)),
         ("polling", differs(&running.polling, &loaded.polling)),
-        ("sink", differs(&running.sink, &loaded.sink)),
+        (
+            "sink",
+            !sink_live(running, loaded) && differs(&running.sink, &loaded.sink),
+        ),
         (
             "log.format",
             differs(&running.log.format, &loaded.log.format),
@@ -84,15 +123,39 @@ pub fn compare(running: &Settings, loaded: &Settings) -> Outcome {
     out
 }
 
-/// Reloads on every `requests` message until `stop`; returns the policy
-/// the shards follow.
+/// Whether the HTTP sink's change can apply live: the same sink type, URL,
+/// failure file, parallelism and batching window (what the sink and the
+/// lifecycle set up at start), only its tunables differ.
+fn sink_live(running: &Settings, loaded: &Settings) -> bool {
+    match (&running.sink.http, &loaded.sink.http) {
+        (Some(a), Some(b)) => {
+            running.sink.kind == loaded.sink.kind
+                && running.sink.invoke_identity_arn == loaded.sink.invoke_identity_arn
+                && a.url == b.url
+                && a.on_failure_file == b.on_failure_file
+                && a.parallelization_factor == b.parallelization_factor
+                && a.batching_window == b.batching_window
+        }
+        _ => false,
+    }
+}
+
+/// Reloads on every `requests` message until `stop`; returns what the
+/// shards follow.
 pub fn spawn(
     config: Option<PathBuf>,
     running: Settings,
     mut requests: tokio::sync::mpsc::Receiver<()>,
     stop: CancellationToken,
-) -> LivePolicy {
+) -> Live {
     let (policy, follows) = watch::channel(CheckpointPolicy::from(&running.checkpoint));
+    let (http, http_follows) = match &running.sink.http {
+        Some(h) => {
+            let (tx, rx) = watch::channel(h.clone());
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     tokio::spawn(async move {
         let mut running = running;
         loop {
@@ -100,10 +163,13 @@ pub fn spawn(
                 _ = stop.cancelled() => return,
                 request = requests.recv() => if request.is_none() { return },
             }
-            running = reload(config.as_deref(), running, &policy).await;
+            running = reload(config.as_deref(), running, &policy, http.as_ref()).await;
         }
     });
-    LivePolicy::following(follows)
+    Live {
+        policy: LivePolicy::following(follows),
+        http: http_follows,
+    }
 }
 
 /// One reload: the settings that now run.
@@ -111,6 +177,7 @@ async fn reload(
     config: Option<&std::path::Path>,
     mut running: Settings,
     policy: &watch::Sender<CheckpointPolicy>,
+    http: Option<&watch::Sender<HttpSinkSettings>>,
 ) -> Settings {
     let mut loaded = match kcld_config::load(config, std::env::vars()) {
         Ok(s) => s,
@@ -129,6 +196,10 @@ async fn reload(
     }
     running.checkpoint = loaded.checkpoint.clone();
     policy.send_replace(CheckpointPolicy::from(&running.checkpoint));
+    if let (true, Some(tx), Some(new)) = (sink_live(&running, &loaded), http, &loaded.sink.http) {
+        running.sink.http = Some(new.clone());
+        tx.send_replace(new.clone());
+    }
     if !outcome.refused.is_empty() {
         tracing::warn!(
             "SIGHUP: not applied, needs a restart (the running values stay): {}",
@@ -185,6 +256,22 @@ mod tests {
         let outcome = compare(&running, &loaded);
         assert_eq!(outcome.applied, ["log.level", "checkpoint.interval_ms"]);
         assert_eq!(outcome.refused, ["stream_arn", "polling"]);
+        // The HTTP sink: its tunables apply live; a new URL needs a restart.
+        let http = [
+            ("KCLD_SINK__TYPE", "http"),
+            ("KCLD_SINK__URL", "http://127.0.0.1:9000/events"),
+        ];
+        let running = settings(&http);
+        let mut more = http.to_vec();
+        more.push(("KCLD_SINK__BATCH_SIZE", "10"));
+        assert_eq!(
+            compare(&running, &settings(&more)).applied,
+            ["sink.batch_size"]
+        );
+        more[1] = ("KCLD_SINK__URL", "http://127.0.0.1:9001/events");
+        let outcome = compare(&running, &settings(&more));
+        assert!(outcome.applied.is_empty());
+        assert_eq!(outcome.refused, ["sink"]);
         // A worker id that is set does count.
         let a = settings(&[("KCLD_WORKER_ID", "a")]);
         let b = settings(&[("KCLD_WORKER_ID", "b")]);

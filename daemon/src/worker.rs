@@ -47,19 +47,30 @@ pub enum Delivery {
 /// Runs the consumer until `shutdown` fires or a fatal error, delivering to
 /// the sink the configuration names.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> {
-    let policy = CheckpointPolicy::from(&settings.checkpoint).into();
-    run_live(settings, shutdown, policy).await
+    let live = crate::reload::Live {
+        policy: CheckpointPolicy::from(&settings.checkpoint).into(),
+        http: None,
+    };
+    run_live(settings, shutdown, live).await
 }
 
-/// [`run`] with a checkpoint policy that follows configuration reloads
-/// (`kcld run` on SIGHUP, [`crate::reload`]).
+/// [`run`] with the checkpoint policy and the HTTP sink's tunables
+/// following configuration reloads (`kcld run` on SIGHUP,
+/// [`crate::reload`]).
 pub async fn run_live(
     settings: Settings,
     shutdown: CancellationToken,
-    policy: LivePolicy,
+    live: crate::reload::Live,
 ) -> Result<()> {
-    let sink = sink::from_settings(&settings)?;
-    run_embedded(settings, Delivery::Sink(sink), shutdown, None, Some(policy)).await
+    let sink = sink::from_live_settings(&settings, live.http)?;
+    run_embedded(
+        settings,
+        Delivery::Sink(sink),
+        shutdown,
+        None,
+        Some(live.policy),
+    )
+    .await
 }
 
 /// The same, delivering to `sink`: how a Rust application embeds kcld with

@@ -415,3 +415,91 @@ async fn a_batching_window_gathers_reads_into_one_request() {
     );
     kcld.terminate(Duration::from_secs(25)).await.unwrap();
 }
+
+/// A poison record stalls its shard while retries are unlimited; setting a
+/// retry limit in the file and sending SIGHUP lets it go to the failure
+/// file and the shard move on, without a restart or a lost lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_retry_limit_releases_a_stuck_batch() {
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("reload-sink"), 1)
+        .await
+        .unwrap();
+    let records: Vec<(String, Vec<u8>)> = vec![
+        ("k1".into(), b"first".to_vec()),
+        ("k2".into(), b"poison".to_vec()),
+        ("k3".into(), b"after".to_vec()),
+    ];
+    stack.put_records(&arn, &records).await.unwrap();
+    let behaviour: Behaviour = Arc::new(|req: &Request, _| {
+        if req.iter().any(|(_, d)| d == b"poison") {
+            (StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({}))
+        } else {
+            (StatusCode::OK, serde_json::json!({}))
+        }
+    });
+    let (url, seen) = serve(behaviour).await;
+    let dir = std::env::temp_dir().join(unique_name("kcld-reload-sink"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let failures = dir.join("failed.jsonl");
+    let config = dir.join("kcld.toml");
+    let file = |retries: &str| {
+        format!(
+            "[sink]\ntype = \"http\"\nurl = \"{url}\"\nbatch_size = 1\non_failure_file = \"{}\"\n{retries}",
+            failures.display()
+        )
+    };
+    std::fs::write(&config, file("")).unwrap();
+    let mut vars = env(&stack, &arn, &url, &[]);
+    vars.remove("KCLD_SINK__TYPE");
+    vars.remove("KCLD_SINK__URL");
+    let path = config.display().to_string();
+    let kcld = Kcld::spawn(KCLD, &["run", "--config", &path], &vars).unwrap();
+
+    // Stuck on the poison record: retried, never past it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.iter().any(|(_, d)| d == b"poison"))
+        .count()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "{}", kcld.stderr_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!seen
+        .lock()
+        .unwrap()
+        .iter()
+        .flatten()
+        .any(|(_, d)| d == b"after"));
+
+    std::fs::write(&config, file("max_retry_attempts = 1\n")).unwrap();
+    let pid = kcld.pid().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen
+        .lock()
+        .unwrap()
+        .iter()
+        .flatten()
+        .any(|(_, d)| d == b"after")
+    {
+        assert!(Instant::now() < deadline, "{}", kcld.stderr_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failed = std::fs::read_to_string(&failures).unwrap();
+    assert_eq!(failed.lines().count(), 1, "{failed}");
+    assert!(failed.contains(&base64::engine::general_purpose::STANDARD.encode(b"poison")));
+    assert!(kcld
+        .stderr_text()
+        .contains("applied: sink.max_retry_attempts"));
+    kcld.terminate(Duration::from_secs(25)).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -40,7 +40,10 @@ use crate::record::{Batch, Record};
 /// as a Lambda event source mapping does.
 pub struct HttpSink {
     context: EventContext,
-    settings: HttpSinkSettings,
+    /// The settings as they stand now: a configuration reload may change
+    /// the tunables (batch size, retries, record age, bisection, timeout)
+    /// while batches are delivered; each decision reads them afresh.
+    settings: tokio::sync::watch::Receiver<HttpSinkSettings>,
     uri: hyper::Uri,
     client: Client<HttpConnector, Full<Bytes>>,
     failures: Option<Mutex<tokio::fs::File>>,
@@ -61,6 +64,18 @@ impl HttpSink {
     /// A sink for `settings`; fails when `sink.url` is not a URL or
     /// `on_failure_file` cannot be opened for appending.
     pub fn new(context: EventContext, settings: HttpSinkSettings) -> Result<Self, Error> {
+        HttpSink::following(context, tokio::sync::watch::channel(settings).1)
+    }
+
+    /// [`HttpSink::new`] whose tunables follow `settings` as a reload
+    /// changes them (the URL and the failure file stay those at start).
+    pub fn following(
+        context: EventContext,
+        settings: tokio::sync::watch::Receiver<HttpSinkSettings>,
+    ) -> Result<Self, Error> {
+        let start = settings.borrow().clone();
+        let settings_now = settings;
+        let settings = start;
         let uri: hyper::Uri = settings
             .url
             .parse()
@@ -86,7 +101,7 @@ impl HttpSink {
         };
         Ok(HttpSink {
             context,
-            settings,
+            settings: settings_now,
             uri,
             client: Client::builder(TokioExecutor::new()).build_http(),
             failures,
@@ -114,7 +129,7 @@ impl HttpSink {
             Ok(r) => r,
             Err(e) => return Outcome::Error(format!("building the request: {e}")),
         };
-        let timeout = self.settings.timeout;
+        let timeout = self.settings.borrow().timeout;
         let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
             Err(_) => return Outcome::Error(format!("no answer within {timeout:?}")),
             Ok(Err(e)) => return Outcome::Error(format!("request failed: {e}")),
@@ -176,7 +191,7 @@ impl HttpSink {
     }
 
     fn too_old(&self, record: &Record) -> bool {
-        let Some(max) = self.settings.max_record_age else {
+        let Some(max) = self.settings.borrow().max_record_age else {
             return false;
         };
         let now_ms = SystemTime::now()
@@ -230,13 +245,14 @@ impl Sink for HttpSink {
     /// `batch_size` records or `batching_window_ms`, whichever comes first
     /// (Lambda's MaximumBatchingWindowInSeconds); off at 0.
     fn batching_window(&self) -> Option<(usize, Duration)> {
-        (!self.settings.batching_window.is_zero())
-            .then_some((self.settings.batch_size, self.settings.batching_window))
+        let settings = self.settings.borrow();
+        (!settings.batching_window.is_zero())
+            .then_some((settings.batch_size, settings.batching_window))
     }
 
     async fn deliver(&self, batch: &Batch, stop: &CancellationToken) -> Result<(), SinkError> {
         let shard = &*batch.shard_id;
-        let factor = self.settings.parallelization_factor.max(1);
+        let factor = self.settings.borrow().parallelization_factor.max(1);
         if factor == 1 {
             return self.deliver_in_order(shard, &batch.records, stop).await;
         }
@@ -288,7 +304,7 @@ impl HttpSink {
         records: &[Record],
         stop: &CancellationToken,
     ) -> Result<(), SinkError> {
-        let size = self.settings.batch_size.max(1);
+        let size = self.settings.borrow().batch_size.max(1);
         let mut queue: VecDeque<Range<usize>> = (0..records.len())
             .step_by(size)
             .map(|s| s..(s + size).min(records.len()))
@@ -311,7 +327,9 @@ impl HttpSink {
                         range.start += i;
                         "the application reported a batch item failure".to_owned()
                     }
-                    Outcome::Error(_) if self.settings.bisect_on_error && range.len() > 1 => {
+                    Outcome::Error(_)
+                        if self.settings.borrow().bisect_on_error && range.len() > 1 =>
+                    {
                         // Split and try each half, in order; a split is not
                         // a retry, so a single bad record is isolated
                         // whatever the retry limit.
@@ -327,6 +345,7 @@ impl HttpSink {
                     .increment(1);
                 let exhausted = self
                     .settings
+                    .borrow()
                     .max_retry_attempts
                     .is_some_and(|max| attempts > max);
                 if exhausted || self.too_old(&records[range.start]) {

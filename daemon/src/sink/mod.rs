@@ -55,9 +55,21 @@ pub trait Sink: Send + Sync {
 
 /// The sink the configuration names.
 pub fn from_settings(settings: &Settings) -> Result<Arc<dyn Sink>, crate::Error> {
+    from_live_settings(settings, None)
+}
+
+/// [`from_settings`], the HTTP sink's tunables following `http` when
+/// given (a configuration reload).
+pub fn from_live_settings(
+    settings: &Settings,
+    http: Option<tokio::sync::watch::Receiver<kcld_config::HttpSinkSettings>>,
+) -> Result<Arc<dyn Sink>, crate::Error> {
     let context = event::context(settings);
-    Ok(match (&settings.sink.kind, &settings.sink.http) {
-        (SinkKind::Http, Some(http)) => Arc::new(http::HttpSink::new(context, http.clone())?),
+    Ok(match (&settings.sink.kind, &settings.sink.http, http) {
+        (SinkKind::Http, Some(_), Some(live)) => {
+            Arc::new(http::HttpSink::following(context, live)?)
+        }
+        (SinkKind::Http, Some(http), None) => Arc::new(http::HttpSink::new(context, http.clone())?),
         _ => Arc::new(stdout::StdoutSink::new(context)),
     })
 }
