@@ -80,6 +80,18 @@ fn env(stack: &Stack, arn: &str, url: &str, extra: &[(&str, &str)]) -> HashMap<S
     env
 }
 
+/// An application that fails every request carrying the record `poison`
+/// and takes every other one.
+fn refuses_poison() -> Behaviour {
+    Arc::new(|req: &Request, _| {
+        if req.iter().any(|(_, d)| d == b"poison") {
+            (StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({}))
+        } else {
+            (StatusCode::OK, serde_json::json!({}))
+        }
+    })
+}
+
 /// Waits until every datum in `want` reached the application in a request
 /// it accepted (2xx), or the failure file.
 async fn wait_all(
@@ -181,14 +193,7 @@ async fn bisection_isolates_a_poison_record_into_the_failure_file() {
     records[9].1 = b"poison".to_vec();
     stack.put_records(&arn, &records).await.unwrap();
 
-    let behaviour: Behaviour = Arc::new(|req: &Request, _| {
-        if req.iter().any(|(_, d)| d == b"poison") {
-            (StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({}))
-        } else {
-            (StatusCode::OK, serde_json::json!({}))
-        }
-    });
-    let (url, seen) = serve(behaviour).await;
+    let (url, seen) = serve(refuses_poison()).await;
     let dir = std::env::temp_dir().join(unique_name("kcld-failures"));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("failed.jsonl");
@@ -432,14 +437,7 @@ async fn a_reloaded_retry_limit_releases_a_stuck_batch() {
         ("k3".into(), b"after".to_vec()),
     ];
     stack.put_records(&arn, &records).await.unwrap();
-    let behaviour: Behaviour = Arc::new(|req: &Request, _| {
-        if req.iter().any(|(_, d)| d == b"poison") {
-            (StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({}))
-        } else {
-            (StatusCode::OK, serde_json::json!({}))
-        }
-    });
-    let (url, seen) = serve(behaviour).await;
+    let (url, seen) = serve(refuses_poison()).await;
     let dir = std::env::temp_dir().join(unique_name("kcld-reload-sink"));
     std::fs::create_dir_all(&dir).unwrap();
     let failures = dir.join("failed.jsonl");

@@ -113,33 +113,40 @@ impl LeaseTable {
 
     async fn create(&self) -> Result<(), TableError> {
         // `leaseKey` (S) as the only key, as the KCL creates it.
-        let schema = || -> Result<_, aws_sdk_dynamodb::error::BuildError> {
-            let definition = AttributeDefinition::builder()
-                .attribute_name(attr::LEASE_KEY)
-                .attribute_type(ScalarAttributeType::S)
-                .build()?;
-            let key = KeySchemaElement::builder()
-                .attribute_name(attr::LEASE_KEY)
-                .key_type(KeyType::Hash)
-                .build()?;
-            Ok((definition, key))
-        };
-        let (definition, key) = schema().map_err(|e| TableError::Other(e.to_string()))?;
-        let result = self
-            .client
-            .create_table()
-            .table_name(&self.name)
-            .attribute_definitions(definition)
-            .key_schema(key)
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await;
-        match result {
+        match self.create_request(attr::LEASE_KEY)?.send().await {
             Ok(_) => Ok(()),
             // Another worker created it first.
             Err(e) if e.code() == Some("ResourceInUseException") => Ok(()),
             Err(e) => Err(TableError::classify(e, &self.name, "dynamodb:CreateTable")),
         }
+    }
+
+    /// CreateTable of this table, on demand, keyed by `leaseKey` (HASH),
+    /// with `defined` as its one attribute definition (a string).
+    fn create_request(
+        &self,
+        defined: &str,
+    ) -> Result<
+        aws_sdk_dynamodb::operation::create_table::builders::CreateTableFluentBuilder,
+        TableError,
+    > {
+        let definition = AttributeDefinition::builder()
+            .attribute_name(defined)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(|e| TableError::Other(e.to_string()))?;
+        let key = KeySchemaElement::builder()
+            .attribute_name(attr::LEASE_KEY)
+            .key_type(KeyType::Hash)
+            .build()
+            .map_err(|e| TableError::Other(e.to_string()))?;
+        Ok(self
+            .client
+            .create_table()
+            .table_name(&self.name)
+            .attribute_definitions(definition)
+            .key_schema(key)
+            .billing_mode(BillingMode::PayPerRequest))
     }
 
     /// Whether this identity may create the table, without creating it.
@@ -149,27 +156,7 @@ impl LeaseTable {
     /// is there and AccessDenied that it is missing. Should a server ever
     /// accept it, the table is deleted again and the probe fails.
     pub async fn probe_create(&self) -> Result<(), TableError> {
-        let request = || -> Result<_, aws_sdk_dynamodb::error::BuildError> {
-            let definition = AttributeDefinition::builder()
-                .attribute_name("kcldDoctorProbe")
-                .attribute_type(ScalarAttributeType::S)
-                .build()?;
-            let key = KeySchemaElement::builder()
-                .attribute_name(attr::LEASE_KEY)
-                .key_type(KeyType::Hash)
-                .build()?;
-            Ok((definition, key))
-        };
-        let (definition, key) = request().map_err(|e| TableError::Other(e.to_string()))?;
-        let result = self
-            .client
-            .create_table()
-            .table_name(&self.name)
-            .attribute_definitions(definition)
-            .key_schema(key)
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await;
+        let result = self.create_request("kcldDoctorProbe")?.send().await;
         match result {
             Err(e) if e.code() == Some("ValidationException") => Ok(()),
             Err(e) => Err(TableError::classify(e, &self.name, "dynamodb:CreateTable")),
