@@ -42,7 +42,7 @@ pub enum Error {
     #[error(transparent)]
     Identity(Box<IdentityError>),
     /// A lease table call failed for good (access denied, wrong schema).
-    #[error("lease table {table}: {source}")]
+    #[error("{}", lease_table_message(table, source))]
     LeaseTable {
         /// The table's name.
         table: String,
@@ -101,7 +101,7 @@ impl Error {
         }
     }
 
-    /// A [`Error::LeaseTable`] for `table`.
+    /// A [`Error::LeaseTable`] for `table` (named once in its message).
     pub(crate) fn lease_table(table: &str, source: TableError) -> Self {
         Error::LeaseTable {
             table: table.to_owned(),
@@ -119,17 +119,30 @@ impl From<IdentityError> for Error {
 /// A result whose error defaults to [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A lease table error's one line: the table's name in front, unless the
+/// error already names it.
+fn lease_table_message(table: &str, source: &TableError) -> String {
+    let text = source.to_string();
+    if text.contains(table) {
+        text
+    } else {
+        format!("lease table {table}: {text}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::error::Error as _;
 
     #[test]
-    fn a_lease_table_error_names_the_table_and_keeps_the_table_error_as_source() {
+    fn a_lease_table_error_names_the_table_once_and_keeps_the_table_error_as_source() {
         let e = Error::lease_table("orders-app", TableError::NotFound("orders-app".into()));
+        assert_eq!(e.to_string(), "lease table orders-app does not exist");
+        let busy = Error::lease_table("orders-app", TableError::Unavailable("throttled".into()));
         assert_eq!(
-            e.to_string(),
-            "lease table orders-app: lease table orders-app does not exist"
+            busy.to_string(),
+            "lease table orders-app: lease table unavailable: throttled"
         );
         let source = e.source().expect("a source");
         assert!(matches!(
