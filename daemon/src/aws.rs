@@ -17,6 +17,12 @@ use kcld_config::Settings;
 
 use crate::error::{Error, Result};
 
+/// How long a connection to Kinesis may take to open.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one Kinesis call may take: a GetRecords of 10 MiB on a slow
+/// link; anything longer is stuck.
+pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The clients kcld talks to, configured for the stream's region.
 #[derive(Clone, Debug)]
 pub struct Clients {
@@ -73,9 +79,8 @@ pub async fn connect_with(
         .region(Region::new(settings.stream_arn.region.clone()))
         .timeout_config(
             TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(5))
-                // GetRecords of 10 MiB on a slow link; anything longer is stuck.
-                .operation_attempt_timeout(Duration::from_secs(60))
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                 .build(),
         )
         .retry_config(RetryConfig::standard().with_max_attempts(3))

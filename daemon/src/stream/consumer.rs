@@ -408,7 +408,10 @@ mod tests {
             "{e}"
         );
         let e = error_of(&exception("KMSAccessDeniedException"), "{}").await;
-        assert!(matches!(e, KinesisError::AccessDenied { .. }), "{e}");
+        assert!(
+            matches!(e, KinesisError::AccessDenied { action: "kms:Decrypt", ref message } if message.contains("KMS key")),
+            "{e}"
+        );
         let e = error_of(
             &exception("ResourceNotFoundException"),
             r#"{"message":"gone"}"#,

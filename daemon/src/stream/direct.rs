@@ -49,15 +49,13 @@ use kcld_records::getrecords;
 
 use super::capture::read_body;
 use super::KinesisError;
+use crate::aws::{ATTEMPT_TIMEOUT, CONNECT_TIMEOUT};
 
 /// Credentials are refreshed this long before they expire.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
 /// The SDK's standard retry mode: attempts per call and the first back-off.
 const MAX_ATTEMPTS: u32 = 3;
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
-/// The same bound as the SDK client's attempt timeout (`aws::connect`).
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a GetRecords call through the SDK shows about its transport and
 /// endpoint, taken just before it is sent.
@@ -137,12 +135,23 @@ impl DirectGetRecords {
         iterator: &str,
         limit: i32,
     ) -> Result<getrecords::Response, KinesisError> {
+        /// The request body, serialised straight from borrowed fields (no
+        /// JSON tree on every call).
+        #[derive(serde::Serialize)]
+        struct Request<'a> {
+            #[serde(rename = "ShardIterator")]
+            shard_iterator: &'a str,
+            #[serde(rename = "Limit")]
+            limit: i32,
+            #[serde(rename = "StreamARN")]
+            stream_arn: &'a str,
+        }
         let body = Bytes::from(
-            serde_json::to_vec(&serde_json::json!({
-                "ShardIterator": iterator,
-                "Limit": limit,
-                "StreamARN": stream_arn,
-            }))
+            serde_json::to_vec(&Request {
+                shard_iterator: iterator,
+                limit,
+                stream_arn,
+            })
             .map_err(|e| KinesisError::Other(format!("GetRecords request: {e}")))?,
         );
         let mut attempt = 1;

@@ -117,8 +117,9 @@ impl KinesisError {
             | "KMSInvalidStateException"
             | "KMSOptInRequired" => kms_unusable(code, stream, action, message),
             "KMSThrottlingException" => KinesisError::Throttled(format!("{action}: {code}")),
+            // What is missing is the key's permission, whatever the call.
             "KMSAccessDeniedException" => KinesisError::AccessDenied {
-                action,
+                action: "kms:Decrypt",
                 message: format!(
                     "{action} on {stream}: the stream is encrypted and this role may not use its \
                      KMS key ({message}); the owner must share a customer-managed key and allow \
@@ -187,6 +188,12 @@ impl KinesisError {
     {
         let detail = err.message().unwrap_or_default().to_owned();
         match KinesisError::classify(err, stream, action) {
+            // The stream's key refused, not the consumer: keep what the key's
+            // owner must do.
+            kms @ KinesisError::AccessDenied {
+                action: "kms:Decrypt",
+                ..
+            } => kms,
             KinesisError::AccessDenied { .. } => KinesisError::AccessDenied {
                 action,
                 message: policy::consumer_access_denied_message(stream, consumer, action, &detail),
