@@ -98,8 +98,14 @@ pub struct FaultProxy {
     keys: Arc<Mutex<std::collections::BTreeSet<String>>>,
     /// The signatures' `region/service` scopes.
     scopes: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    /// Every call by target (see [`FaultProxy::calls`]).
+    tally: Tally,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// Calls seen, by target; a read asked strongly consistent counts under
+/// its target followed by ` consistent`.
+type Tally = Arc<Mutex<std::collections::BTreeMap<String, u32>>>;
 
 impl Drop for FaultProxy {
     fn drop(&mut self) {
@@ -121,9 +127,12 @@ impl FaultProxy {
         let upstream: hyper::Uri = upstream.parse()?;
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let shared = rules.clone();
+        let tally: Tally = Arc::default();
+        let tally_shared = tally.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let rules = shared.clone();
+                let tally = tally_shared.clone();
                 let seen = seen.clone();
                 let scopes_seen = scopes_shared.clone();
                 let client = client.clone();
@@ -131,6 +140,7 @@ impl FaultProxy {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let rules = rules.clone();
+                        let tally = tally.clone();
                         if let Some(credential) = req
                             .headers()
                             .get("authorization")
@@ -150,7 +160,7 @@ impl FaultProxy {
                         }
                         let client = client.clone();
                         let upstream = upstream.clone();
-                        async move { handle(req, &rules, &client, &upstream).await }
+                        async move { handle(req, &rules, &tally, &client, &upstream).await }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -163,6 +173,7 @@ impl FaultProxy {
             rules,
             keys,
             scopes,
+            tally,
             task,
         })
     }
@@ -227,6 +238,25 @@ impl FaultProxy {
             .unwrap_or_default()
     }
 
+    /// How many calls of `target` (for example
+    /// `DynamoDB_20120810.Scan`) came through so far, whatever the rules
+    /// did with them; `target consistent` counts the strongly consistent
+    /// reads among them.
+    pub fn calls(&self, target: &str) -> u32 {
+        self.tally
+            .lock()
+            .ok()
+            .and_then(|t| t.get(target).copied())
+            .unwrap_or(0)
+    }
+
+    /// Forgets the calls counted so far ([`FaultProxy::calls`]).
+    pub fn reset_calls(&self) {
+        if let Ok(mut t) = self.tally.lock() {
+            t.clear();
+        }
+    }
+
     /// Forwards every call again.
     pub fn clear(&self) {
         if let Ok(mut rules) = self.rules.lock() {
@@ -253,6 +283,7 @@ impl FaultProxy {
 async fn handle(
     req: Request<Incoming>,
     rules: &Mutex<Vec<Rule>>,
+    tally: &Mutex<std::collections::BTreeMap<String, u32>>,
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     upstream: &hyper::Uri,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
@@ -264,6 +295,13 @@ async fn handle(
         .to_owned();
     let (mut parts, body) = req.into_parts();
     let bytes = body.collect().await?.to_bytes();
+    if let Ok(mut t) = tally.lock() {
+        *t.entry(target.clone()).or_default() += 1;
+        let consistent = b"\"ConsistentRead\":true";
+        if bytes.windows(consistent.len()).any(|w| w == consistent) {
+            *t.entry(format!("{target} consistent")).or_default() += 1;
+        }
+    }
     let action = rules.lock().ok().and_then(|mut rules| {
         let rule = rules.iter_mut().find(|r| {
             r.target == target
