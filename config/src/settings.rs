@@ -176,10 +176,16 @@ pub struct LeaseSettings {
     /// be taken by another worker (the KCL's `failoverTimeMillis`).
     #[serde(serialize_with = "millis")]
     pub failover_time: Duration,
-    /// How often the lease table is scanned for leases to take, in
-    /// milliseconds.
+    /// How often a settled fleet's lease table is scanned for leases to
+    /// take, in milliseconds (twice the failover time by default, as the
+    /// KCL).
     #[serde(serialize_with = "millis")]
     pub take_interval: Duration,
+    /// How often, between scans, one lease of each other worker is read to
+    /// see it alive, and how often the table is scanned while leases change
+    /// hands, in milliseconds.
+    #[serde(serialize_with = "millis")]
+    pub probe_interval: Duration,
     /// How often shards are listed to add leases for new shards and remove
     /// finished parents, in milliseconds.
     #[serde(serialize_with = "millis")]

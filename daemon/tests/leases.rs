@@ -1,5 +1,6 @@
 //! Leases and checkpoints in the KCL's DynamoDB table, against the local
 //! stack: balancing, failover after kill -9, graceful release on SIGTERM,
+//! how often a settled fleet reads the table,
 //! taking over a table the KCL wrote, and resharding while records flow.
 //! The lease table is checked with raw DynamoDB reads, not kcld's code.
 //!
@@ -12,6 +13,7 @@ use tokio::sync::Mutex;
 
 use aws_sdk_dynamodb::types::{AttributeValue, BillingMode};
 use kcld_checkpoint::SequenceNumber;
+use kcld_testkit::fault::FaultProxy;
 use kcld_testkit::{sample_records, unique_name, Delivered, Item, Kcld, Stack};
 
 const KCLD: &str = env!("CARGO_BIN_EXE_kcld");
@@ -222,6 +224,112 @@ async fn kill_9_shards_are_taken_over_after_the_failover_time() {
     stack.put_records(&arn, &after).await.unwrap();
     collect(&mut [&mut b], &data_set(&after), Duration::from_secs(60)).await;
     b.terminate(Duration::from_secs(25)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_fleet_rarely_scans_the_table_yet_takes_released_leases_at_once() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("cost"), 8)
+        .await
+        .unwrap();
+    let app = unique_name("cost-app");
+    let proxy = FaultProxy::start(&stack.dynamodb_endpoint).await.unwrap();
+    // Failover 3 s: scans every 6 s once settled, probes every second.
+    // Shard sync (a scan of its own) out of the window.
+    let extra = [
+        ("KCLD_LEASE__FAILOVER_TIME_MS", "3000"),
+        ("KCLD_LEASE__SHARD_SYNC_INTERVAL_MS", "600000"),
+    ];
+    let spawn = |worker: &str| {
+        let mut vars = env(&stack, &arn, &app, worker, &extra);
+        vars.insert("AWS_ENDPOINT_URL_DYNAMODB".into(), proxy.url());
+        Kcld::spawn(KCLD, &["run"], &vars).unwrap()
+    };
+    let halves = |a: &str, b: &str| {
+        let (a, b) = (a.to_owned(), b.to_owned());
+        move |l: &HashMap<String, usize>| l.get(&a) == Some(&4) && l.get(&b) == Some(&4)
+    };
+    let a = spawn("worker-a");
+    let b = spawn("worker-b");
+    wait_for(
+        &stack,
+        &app,
+        Duration::from_secs(30),
+        halves("worker-a", "worker-b"),
+    )
+    .await;
+
+    // Settled: count the lease table calls of both workers for 18 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.reset_calls();
+    let window = Duration::from_secs(18);
+    tokio::time::sleep(window).await;
+    let scans = proxy.calls("DynamoDB_20120810.Scan");
+    let consistent = proxy.calls("DynamoDB_20120810.Scan consistent");
+    let probes = proxy.calls("DynamoDB_20120810.GetItem")
+        - proxy.calls("DynamoDB_20120810.GetItem consistent");
+    let renewals = proxy.calls("DynamoDB_20120810.UpdateItem");
+    eprintln!(
+        "in {window:?}: {scans} scans ({consistent} strongly consistent), {probes} probes, {renewals} renewals"
+    );
+    // Scanning every second would be 36 scans; every 6 s is 6 to 8.
+    assert!(
+        scans <= 12,
+        "a settled fleet scanned the table {scans} times in {window:?}"
+    );
+    assert!(
+        probes >= 18,
+        "each worker should look at the other about once a second: {probes} probes"
+    );
+    // Every lease is still renewed (8 leases, every 975 ms).
+    assert!(renewals >= 8 * 15, "only {renewals} renewals");
+
+    // A worker that stops cleanly releases its leases: the other takes them
+    // within about a probe interval, not at its next scan.
+    let a_stopped = Instant::now();
+    assert!(a
+        .terminate(Duration::from_secs(25))
+        .await
+        .unwrap()
+        .success());
+    let stop_took = a_stopped.elapsed();
+    let taken = wait_for(&stack, &app, Duration::from_secs(30), |l| {
+        l.get("worker-b") == Some(&8)
+    })
+    .await;
+    eprintln!(
+        "released leases taken {taken:?} after worker-a exited (it took {stop_took:?} to stop)"
+    );
+    assert!(taken <= Duration::from_secs(3), "took {taken:?}");
+
+    // The second time round: the worker comes back, takes half again, and
+    // the other one leaves.
+    let a = spawn("worker-a");
+    wait_for(
+        &stack,
+        &app,
+        Duration::from_secs(30),
+        halves("worker-a", "worker-b"),
+    )
+    .await;
+    assert!(b
+        .terminate(Duration::from_secs(25))
+        .await
+        .unwrap()
+        .success());
+    let taken = wait_for(&stack, &app, Duration::from_secs(30), |l| {
+        l.get("worker-a") == Some(&8)
+    })
+    .await;
+    eprintln!("and {taken:?} the second time");
+    assert!(taken <= Duration::from_secs(3), "took {taken:?}");
+    assert!(a
+        .terminate(Duration::from_secs(25))
+        .await
+        .unwrap()
+        .success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,23 +15,74 @@ use crate::record::LeaseRecord;
 /// is compared across machines: only this worker's own observations.
 #[derive(Debug, Default)]
 pub struct Observations {
-    seen: HashMap<String, (i64, Option<String>, Instant)>,
+    seen: HashMap<String, Seen>,
+}
+
+/// One lease as the scans saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    counter: i64,
+    owner: Option<String>,
+    /// When the counter (or owner) was last seen changing.
+    since: Instant,
+    /// When the lease was last scanned.
+    at: Instant,
 }
 
 impl Observations {
     /// Records one scan. A lease seen for the first time counts as changed
     /// now: its owner gets the full failover time before it is judged gone.
     pub fn observe<'a>(&mut self, leases: impl IntoIterator<Item = &'a LeaseRecord>, now: Instant) {
+        self.observe_vouched(leases, now, |_| None);
+    }
+
+    /// [`Observations::observe`], where `vouched(owner)` may name when an
+    /// owner last renewed its leases (all in one pass): a lease of it whose
+    /// counter moved since the previous scan is dated then, if that falls
+    /// after the previous scan, rather than now (the scans in between were
+    /// skipped, not the renewals).
+    pub fn observe_vouched<'a>(
+        &mut self,
+        leases: impl IntoIterator<Item = &'a LeaseRecord>,
+        now: Instant,
+        vouched: impl Fn(&str) -> Option<Instant>,
+    ) {
         let mut present = HashSet::new();
         for lease in leases {
             let key = lease.key.render();
-            let changed = match self.seen.get(&key) {
-                Some((counter, owner, _)) => *counter != lease.counter || *owner != lease.owner,
-                None => true,
-            };
-            if changed {
-                self.seen
-                    .insert(key.clone(), (lease.counter, lease.owner.clone(), now));
+            match self.seen.get_mut(&key) {
+                Some(seen) if seen.counter == lease.counter && seen.owner == lease.owner => {
+                    seen.at = now;
+                }
+                Some(seen) => {
+                    let dated = match lease
+                        .owner
+                        .as_deref()
+                        .filter(|o| seen.owner.as_deref() == Some(*o))
+                    {
+                        Some(owner) => vouched(owner)
+                            .filter(|v| *v > seen.at && *v < now)
+                            .unwrap_or(now),
+                        None => now,
+                    };
+                    *seen = Seen {
+                        counter: lease.counter,
+                        owner: lease.owner.clone(),
+                        since: dated,
+                        at: now,
+                    };
+                }
+                None => {
+                    self.seen.insert(
+                        key.clone(),
+                        Seen {
+                            counter: lease.counter,
+                            owner: lease.owner.clone(),
+                            since: now,
+                            at: now,
+                        },
+                    );
+                }
             }
             present.insert(key);
         }
@@ -41,9 +92,20 @@ impl Observations {
     /// True when the lease's counter has not moved for `failover`.
     pub fn is_expired(&self, lease: &LeaseRecord, now: Instant, failover: Duration) -> bool {
         match self.seen.get(&lease.key.render()) {
-            Some((_, _, since)) => now.saturating_duration_since(*since) > failover,
+            Some(seen) => now.saturating_duration_since(seen.since) > failover,
             None => false,
         }
+    }
+
+    /// The first moment one of the leases owned by a worker other than
+    /// `me` can be judged expired, if it is still to come.
+    pub fn next_expiry(&self, me: &str, now: Instant, failover: Duration) -> Option<Instant> {
+        self.seen
+            .values()
+            .filter(|s| s.owner.as_deref().is_some_and(|o| o != me))
+            .map(|s| s.since + failover)
+            .filter(|t| *t > now)
+            .min()
     }
 }
 
@@ -347,5 +409,36 @@ mod tests {
         // Leases that vanished are forgotten.
         obs.observe([], start + Duration::from_secs(21));
         assert!(!obs.is_expired(&l, start + Duration::from_secs(100), failover));
+    }
+
+    #[test]
+    fn a_lease_that_moved_between_scans_is_dated_by_its_owners_last_renewal() {
+        let start = Instant::now();
+        let failover = Duration::from_secs(10);
+        let at = |s: u64| start + Duration::from_secs(s);
+        let mut obs = Observations::default();
+        let mut l = lease(0, Some("b"));
+        obs.observe([&l], at(0));
+        // Scanned again at t=20 (settled, scans skipped): the counter moved,
+        // and "b" is vouched for until t=6 only. The lease dates from t=6,
+        // not t=20: expired after t=16.
+        l.counter = 5;
+        let vouched = |owner: &str| (owner == "b").then(|| at(6));
+        obs.observe_vouched([&l], at(20), vouched);
+        assert!(obs.is_expired(&l, at(17), failover));
+        assert_eq!(obs.next_expiry("me", at(15), failover), Some(at(16)));
+        // A renewal seen after the vouched moment is dated when seen.
+        l.counter = 6;
+        obs.observe_vouched([&l], at(21), vouched);
+        assert!(!obs.is_expired(&l, at(30), failover));
+        assert!(obs.is_expired(&l, at(32), failover));
+        // A new owner is never dated back.
+        l.owner = Some("c".into());
+        obs.observe_vouched([&l], at(40), |_| Some(at(35)));
+        assert!(!obs.is_expired(&l, at(49), failover));
+        // This worker's own leases have no expiry to wait for.
+        l.owner = Some("me".into());
+        obs.observe([&l], at(50));
+        assert_eq!(obs.next_expiry("me", at(50), failover), None);
     }
 }

@@ -133,6 +133,7 @@ pub trait ShardLister: Send + Sync {
 }
 
 pub mod balance;
+pub mod cadence;
 pub mod kcl3;
 pub mod key;
 pub mod lineage;

@@ -130,9 +130,17 @@ pub(crate) fn validate(
     let lease = LeaseSettings {
         store,
         failover_time,
+        // The KCL's: its taker runs every twice the failover time.
         take_interval: millis(
             "lease.take_interval_ms",
             raw.lease.take_interval_ms,
+            (2 * failover_time.as_millis()).min(3_600_000) as i64,
+            100,
+            3_600_000,
+        )?,
+        probe_interval: millis(
+            "lease.probe_interval_ms",
+            raw.lease.probe_interval_ms,
             1_000,
             100,
             3_600_000,

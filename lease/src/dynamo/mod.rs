@@ -6,9 +6,10 @@
 //!   conditioned on the counter this worker wrote last), every call with a
 //!   timeout; the watchdog stops a shard whose lease could not be renewed
 //!   for `failover - safety`, before any other worker may judge it expired;
-//! - [`taker`]: scans the table each `take_interval`, judges expiry by
-//!   counters that stopped moving, settles handoffs, and takes or steals
-//!   leases toward this worker's fair share (`balance`);
+//! - [`taker`]: scans the table when the [`crate::cadence`] says (rarely
+//!   on a settled fleet, between probes of one lease per other worker),
+//!   judges expiry by counters that stopped moving, settles handoffs, and
+//!   takes or steals leases toward this worker's fair share (`balance`);
 //! - [`sync`]: leases for the shards the lineage needs (ListShards), and
 //!   finished parents deleted;
 //! - [`handle`]: the checkpointer of one grant, and the end of a shard.
@@ -34,6 +35,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::balance::Observations;
+use crate::cadence::{Cadence, CadenceSettings, Next};
 use crate::key::{LeaseKey, StreamScope};
 use crate::record::LeaseRecord;
 use crate::table::{LeaseTable, OwnedChange, TableError};
@@ -50,8 +52,13 @@ pub struct LeaseSettings {
     pub failover: Duration,
     /// How often held leases are renewed.
     pub renew_interval: Duration,
-    /// How often the table is scanned for leases to take.
+    /// How often a settled fleet's table is scanned for leases to take.
     pub take_interval: Duration,
+    /// How often, between scans, one lease of each other worker is read to
+    /// see it alive, and how often the table is scanned while leases change
+    /// hands. Not below `take_interval`: no probes, every scan at
+    /// `take_interval`.
+    pub probe_interval: Duration,
     /// How often shards are listed to add missing leases and remove
     /// finished ones.
     pub shard_sync_interval: Duration,
@@ -115,6 +122,10 @@ pub struct DynamoLeases {
 }
 
 struct Inner {
+    /// The origin of the renewal schedule every held lease follows.
+    epoch: Instant,
+    /// Renewals in flight at once.
+    renewals: tokio::sync::Semaphore,
     table: LeaseTable,
     settings: LeaseSettings,
     scope: StreamScope,
@@ -169,6 +180,9 @@ struct PendingSteal {
     deadline: Instant,
 }
 
+/// Renewals in flight at once (the KCL's renewer uses 20 threads).
+const RENEWALS_AT_ONCE: usize = 32;
+
 fn interval(period: Duration) -> tokio::time::Interval {
     let mut i = tokio::time::interval(period);
     i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -196,6 +210,8 @@ impl DynamoLeases {
         let (tx, rx) = mpsc::unbounded_channel();
         let closing = CancellationToken::new();
         let inner = Arc::new(Inner {
+            epoch: Instant::now(),
+            renewals: tokio::sync::Semaphore::new(RENEWALS_AT_ONCE),
             table,
             settings,
             scope,
@@ -318,7 +334,11 @@ impl Inner {
             }
         };
         let taker = async {
-            let mut take = interval(s.take_interval);
+            let mut cadence = Cadence::new(CadenceSettings {
+                take_interval: s.take_interval,
+                probe_interval: s.probe_interval,
+                renew_interval: s.renew_interval,
+            });
             let mut sync = tokio::time::interval_at(
                 tokio::time::Instant::now() + s.shard_sync_interval,
                 s.shard_sync_interval,
@@ -327,16 +347,30 @@ impl Inner {
             let mut observations = Observations::default();
             let mut scan_failing = false;
             loop {
+                let next = cadence.next();
+                let at = match next {
+                    Next::Scan(at) | Next::Probe(at) => at,
+                };
                 tokio::select! {
                     _ = closing.cancelled() => return,
                     _ = self.shutdown.cancelled() => return,
-                    _ = take.tick() => self.take_round(&mut observations, &mut scan_failing).await,
+                    _ = tokio::time::sleep_until(at.into()) => {
+                        let scan = match next {
+                            Next::Scan(_) => true,
+                            Next::Probe(_) => self.probe(&mut cadence).await,
+                        };
+                        if scan {
+                            self.take_round(&mut observations, &mut cadence, &mut scan_failing).await;
+                        }
+                    }
                     _ = self.take_now.notified() => {
-                        self.take_round(&mut observations, &mut scan_failing).await;
+                        cadence.unsettle();
+                        self.take_round(&mut observations, &mut cadence, &mut scan_failing).await;
                     }
                     _ = sync.tick() => match self.table.scan_all().await {
                         Ok(scan) => {
                             let unreadable = self.unreadable_shards(&scan.unreadable);
+                            // New leases wake the taker (`take_now`).
                             if let Err(e) = self.sync_shards(&scan.leases, &unreadable).await {
                                 tracing::warn!("shard sync: {e}");
                             }

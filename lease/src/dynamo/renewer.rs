@@ -1,7 +1,11 @@
-//! Renewals and the watchdog. Each held lease renews on its own schedule,
+//! Renewals and the watchdog. Each held lease renews in a task of its own,
 //! and every call has a timeout, so one slow or stuck UpdateItem (or a
-//! checkpoint holding one lease's lock) ages only that lease. The watchdog
-//! stops a shard whose lease could not be renewed in time; it does no I/O.
+//! checkpoint holding one lease's lock) ages only that lease. The tasks
+//! share one schedule, as the KCL's renewer renews all its leases in one
+//! pass: other workers can then tell from one lease when all of this
+//! worker's leases were last renewed (`cadence`), and an idle worker wakes
+//! once per renewal period, not once per lease. The watchdog stops a shard
+//! whose lease could not be renewed in time; it does no I/O.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{interval, lock, Held, Inner};
+use super::{lock, Held, Inner};
 use crate::table::{OwnedChange, TableError};
 
 impl Inner {
@@ -35,12 +39,16 @@ impl Inner {
         }
     }
 
-    /// Renews `h` every `renew_interval` until it is lost, handed over or
-    /// released at shutdown (`closing`).
+    /// Renews `h` every `renew_interval`, on the worker's common schedule,
+    /// until it is lost, handed over or released at shutdown (`closing`).
     pub(super) async fn renew_loop(self: Arc<Self>, h: Arc<Held>, closing: CancellationToken) {
-        let mut tick = interval(self.settings.renew_interval);
-        // The take or takeover that granted the lease was its first write.
-        tick.tick().await;
+        // The take or takeover that granted the lease was its first write;
+        // the next is at the schedule's next beat, within one period.
+        let period = self.settings.renew_interval;
+        let mut tick =
+            tokio::time::interval_at(next_beat(self.epoch, period, Instant::now()).into(), period);
+        // A late beat is skipped, not caught up, so the schedule stays.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 _ = closing.cancelled() => return,
@@ -58,6 +66,11 @@ impl Inner {
         // A checkpoint in flight holds the lock; it renews the lease too
         // when it lands, and it has the same timeout.
         let Ok(mut state) = tokio::time::timeout(timeout, h.state.lock()).await else {
+            return;
+        };
+        // All leases renew on one beat: a bounded number of calls at once
+        // keeps a worker with many leases to a few connections.
+        let Ok(Ok(_permit)) = tokio::time::timeout(timeout, self.renewals.acquire()).await else {
             return;
         };
         if state.handoff || h.lost.load(Ordering::Acquire) {
@@ -108,5 +121,29 @@ impl Inner {
                 self.lose(&h, "it could not be renewed within the failover time");
             }
         }
+    }
+}
+
+/// The first beat of the schedule `epoch + k * period` after `now`.
+fn next_beat(epoch: Instant, period: Duration, now: Instant) -> Instant {
+    let period_ns = period.as_nanos().max(1);
+    let beats = now.saturating_duration_since(epoch).as_nanos() / period_ns + 1;
+    let offset = beats.saturating_mul(period_ns);
+    epoch + Duration::from_nanos(u64::try_from(offset).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_granted_at_any_time_renew_on_the_same_beats() {
+        let epoch = Instant::now();
+        let period = Duration::from_millis(3308);
+        let ms = |m: u64| epoch + Duration::from_millis(m);
+        assert_eq!(next_beat(epoch, period, epoch), ms(3308));
+        assert_eq!(next_beat(epoch, period, ms(1)), ms(3308));
+        assert_eq!(next_beat(epoch, period, ms(3308)), ms(6616));
+        assert_eq!(next_beat(epoch, period, ms(10_000)), ms(13_232));
     }
 }

@@ -1,6 +1,8 @@
-//! The taker: each `take_interval` it scans the table, notices leases held
-//! here that another worker wrote, settles steals in progress, and takes or
-//! steals leases toward this worker's fair share (`balance`).
+//! The taker: it scans the table when the [`Cadence`] says (every
+//! `take_interval` on a settled fleet, every `probe_interval` while leases
+//! change hands or a probe of another worker calls for it), notices leases
+//! held here that another worker wrote, settles steals in progress, and
+//! takes or steals leases toward this worker's fair share (`balance`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -10,54 +12,39 @@ use kcld_checkpoint::Checkpoint;
 
 use super::{lock, Held, Inner, PendingSteal};
 use crate::balance::{self, Observations, TakeLimits};
+use crate::cadence::{Cadence, Probe};
 use crate::record::LeaseRecord;
 use crate::table::{OwnedChange, TableError};
 use crate::LeaseFailure;
 
 impl Inner {
-    /// One scan, then the takes and steals it calls for.
+    /// One scan, then the takes and steals it calls for. While the fleet is
+    /// settled the scan is eventually consistent, and repeated strongly
+    /// consistent only when it shows something to do (`cadence`).
     pub(super) async fn take_round(
         self: &Arc<Self>,
         observations: &mut Observations,
+        cadence: &mut Cadence,
         scan_failing: &mut bool,
     ) {
-        let scanned = self.table.scan_all().await;
-        self.health.record(scanned.is_ok());
-        let (leases, unreadable) = match scanned {
-            Ok(scan) => {
-                if std::mem::take(scan_failing) {
-                    tracing::info!("lease table reachable again");
-                }
-                if let Some(fleet) = scan
-                    .coordination
-                    .live_assigning_fleet(self.table.name(), crate::kcl3::now())
-                {
-                    // A KCL 3.x leader now assigns these leases: stop (the
-                    // leases are released) rather than take them back.
-                    *lock(&self.failure) = Some(LeaseFailure::Kcl3Fleet(fleet));
-                    self.shutdown.cancel();
-                    return;
-                }
-                (scan.leases, self.unreadable_shards(&scan.unreadable))
-            }
-            Err(TableError::NotFound(table)) => {
-                // Deleted under a running worker: its checkpoints are gone.
-                // Stop every shard (their renewals fail too) and exit with
-                // the reason rather than read on without checkpoints.
-                *lock(&self.failure) = Some(LeaseFailure::TableDeleted { table });
-                self.shutdown.cancel();
+        let mut consistent = cadence.is_unsettled();
+        let (leases, unreadable, now) = loop {
+            let Some((leases, unreadable)) = self.scan(consistent, scan_failing).await else {
+                cadence.scan_failed(Instant::now());
                 return;
+            };
+            let now = Instant::now();
+            let ours = self.ours(&leases);
+            observations.observe_vouched(ours.iter().copied(), now, |owner| {
+                cadence.last_renewal(owner)
+            });
+            if !consistent && self.calls_for_action(&ours, &unreadable, observations, now) {
+                consistent = true;
+                continue;
             }
-            Err(e) => {
-                if !std::mem::replace(scan_failing, true) {
-                    tracing::warn!("cannot scan the lease table: {e}");
-                }
-                return;
-            }
+            break (leases, unreadable, now);
         };
-        let now = Instant::now();
         let ours = self.ours(&leases);
-        observations.observe(ours.iter().copied(), now);
         lock(&self.known).leased = super::sync::leased(&ours, &unreadable);
 
         // Leases held here that the table says belong to someone else (or
@@ -75,40 +62,16 @@ impl Inner {
         }
         self.settle_steals(&ours, now).await;
 
-        let by_shard: HashMap<&str, &LeaseRecord> =
-            ours.iter().map(|l| (l.shard_id(), *l)).collect();
-        let readable: Vec<&LeaseRecord> = ours
-            .iter()
-            .copied()
-            .filter(|l| l.checkpoint != Checkpoint::ShardEnd)
-            .filter(|l| {
-                l.parents.iter().all(|p| {
-                    // A parent whose item cannot be read may still hold
-                    // records: the child waits (the error was logged).
-                    !unreadable.contains(p)
-                        && by_shard
-                            .get(p.as_str())
-                            .is_none_or(|parent| parent.checkpoint == Checkpoint::ShardEnd)
-                })
-            })
-            .collect();
-        // Steals in progress count as held, so they are not stolen twice.
-        let held_keys: HashSet<String> = lock(&self.held)
-            .keys()
-            .cloned()
-            .chain(lock(&self.pending).keys().cloned())
-            .collect();
-        let failover = self.settings.failover;
-        let plan = balance::plan(
+        let readable = self.readable(&ours, &unreadable);
+        let plan = self.plan(&readable, observations, now);
+        let changing =
+            !plan.take.is_empty() || !plan.steal.is_empty() || !lock(&self.pending).is_empty();
+        cadence.scanned(
             self.me(),
-            &readable,
-            &held_keys,
-            |l| observations.is_expired(l, now, failover),
-            TakeLimits {
-                max_leases: self.settings.max_leases,
-                max_steal: self.settings.max_steal,
-            },
-            &mut rand::rng(),
+            &ours,
+            changing,
+            observations.next_expiry(self.me(), now, self.settings.failover),
+            now,
         );
         if plan.take.is_empty() && plan.steal.is_empty() {
             return;
@@ -174,6 +137,146 @@ impl Inner {
                     tracing::warn!(lease = %key, "cannot steal lease: {e}");
                     return;
                 }
+            }
+        }
+    }
+
+    /// One scan of the table, its failures handled: `None` when there is
+    /// nothing to act on (the scan failed, or the worker is stopping).
+    async fn scan(
+        &self,
+        consistent: bool,
+        scan_failing: &mut bool,
+    ) -> Option<(Vec<LeaseRecord>, HashSet<String>)> {
+        let scanned = self.table.scan_with(consistent).await;
+        self.health.record(scanned.is_ok());
+        match scanned {
+            Ok(scan) => {
+                if std::mem::take(scan_failing) {
+                    tracing::info!("lease table reachable again");
+                }
+                if let Some(fleet) = scan
+                    .coordination
+                    .live_assigning_fleet(self.table.name(), crate::kcl3::now())
+                {
+                    // A KCL 3.x leader now assigns these leases: stop (the
+                    // leases are released) rather than take them back.
+                    *lock(&self.failure) = Some(LeaseFailure::Kcl3Fleet(fleet));
+                    self.shutdown.cancel();
+                    return None;
+                }
+                let unreadable = self.unreadable_shards(&scan.unreadable);
+                Some((scan.leases, unreadable))
+            }
+            Err(TableError::NotFound(table)) => {
+                // Deleted under a running worker: its checkpoints are gone.
+                // Stop every shard (their renewals fail too) and exit with
+                // the reason rather than read on without checkpoints.
+                *lock(&self.failure) = Some(LeaseFailure::TableDeleted { table });
+                self.shutdown.cancel();
+                None
+            }
+            Err(e) => {
+                if !std::mem::replace(scan_failing, true) {
+                    tracing::warn!("cannot scan the lease table: {e}");
+                }
+                None
+            }
+        }
+    }
+
+    /// Whether an (eventually consistent) scan shows anything for this
+    /// worker to do: a held lease another worker wrote, a steal to settle,
+    /// or leases to take or steal.
+    fn calls_for_action(
+        &self,
+        ours: &[&LeaseRecord],
+        unreadable: &HashSet<String>,
+        observations: &Observations,
+        now: Instant,
+    ) -> bool {
+        if !lock(&self.pending).is_empty() {
+            return true;
+        }
+        let held = lock(&self.held).keys().cloned().collect::<HashSet<_>>();
+        let foreign_write = ours.iter().any(|l| {
+            held.contains(&l.key.render())
+                && (l.owner.as_deref() != Some(self.me()) || l.checkpoint_owner.is_some())
+        });
+        if foreign_write {
+            return true;
+        }
+        let readable = self.readable(ours, unreadable);
+        let plan = self.plan(&readable, observations, now);
+        !plan.take.is_empty() || !plan.steal.is_empty()
+    }
+
+    /// The leases that can be read now: not ended, every parent ended.
+    fn readable<'a>(
+        &self,
+        ours: &[&'a LeaseRecord],
+        unreadable: &HashSet<String>,
+    ) -> Vec<&'a LeaseRecord> {
+        let by_shard: HashMap<&str, &LeaseRecord> =
+            ours.iter().map(|l| (l.shard_id(), *l)).collect();
+        ours.iter()
+            .copied()
+            .filter(|l| l.checkpoint != Checkpoint::ShardEnd)
+            .filter(|l| {
+                l.parents.iter().all(|p| {
+                    // A parent whose item cannot be read may still hold
+                    // records: the child waits (the error was logged).
+                    !unreadable.contains(p)
+                        && by_shard
+                            .get(p.as_str())
+                            .is_none_or(|parent| parent.checkpoint == Checkpoint::ShardEnd)
+                })
+            })
+            .collect()
+    }
+
+    /// This worker's share of `readable`, and what to take or steal for it.
+    fn plan(
+        &self,
+        readable: &[&LeaseRecord],
+        observations: &Observations,
+        now: Instant,
+    ) -> balance::Plan {
+        // Steals in progress count as held, so they are not stolen twice.
+        let held_keys: HashSet<String> = lock(&self.held)
+            .keys()
+            .cloned()
+            .chain(lock(&self.pending).keys().cloned())
+            .collect();
+        let failover = self.settings.failover;
+        balance::plan(
+            self.me(),
+            readable,
+            &held_keys,
+            |l| observations.is_expired(l, now, failover),
+            TakeLimits {
+                max_leases: self.settings.max_leases,
+                max_steal: self.settings.max_steal,
+            },
+            &mut rand::rng(),
+        )
+    }
+
+    /// Reads one lease of another worker, the next in turn (eventually
+    /// consistent): true when what it shows calls for a scan now.
+    pub(super) async fn probe(&self, cadence: &mut Cadence) -> bool {
+        let Some((owner, key)) = cadence.sample() else {
+            return false;
+        };
+        let read = self.timed(self.call_timeout(), self.table.peek(&key)).await;
+        let now = Instant::now();
+        self.health.record(read.is_ok());
+        match read {
+            Ok(seen) => cadence.probed(&owner, seen.as_ref(), now) == Probe::Scan,
+            Err(e) => {
+                tracing::debug!(lease = %key, "probe failed: {e}");
+                cadence.probe_failed(now);
+                true
             }
         }
     }

@@ -267,6 +267,14 @@ impl LeaseTable {
     /// read, so that their shards are not taken as absent (a child whose
     /// parent is unreadable must wait, not start).
     pub async fn scan_all(&self) -> Result<Scan, TableError> {
+        self.scan_with(true).await
+    }
+
+    /// [`LeaseTable::scan_all`], eventually consistent when `consistent` is
+    /// false: half the read units, for a look that only decides whether a
+    /// strongly consistent scan is needed (a stale page could show a child
+    /// lease without its newer parent).
+    pub async fn scan_with(&self, consistent: bool) -> Result<Scan, TableError> {
         let mut scan = Scan::default();
         let mut start: Option<Item> = None;
         loop {
@@ -274,7 +282,7 @@ impl LeaseTable {
                 .client
                 .scan()
                 .table_name(&self.name)
-                .consistent_read(true)
+                .consistent_read(consistent)
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
@@ -506,12 +514,26 @@ impl LeaseTable {
 
     /// One lease, read strongly consistent; `None` when it is gone.
     pub async fn get(&self, lease_key: &str) -> Result<Option<LeaseRecord>, TableError> {
+        self.read(lease_key, true).await
+    }
+
+    /// One lease, read eventually consistent (half a read unit): a look at
+    /// whether its owner still renews it, never the ground for a write.
+    pub async fn peek(&self, lease_key: &str) -> Result<Option<LeaseRecord>, TableError> {
+        self.read(lease_key, false).await
+    }
+
+    async fn read(
+        &self,
+        lease_key: &str,
+        consistent: bool,
+    ) -> Result<Option<LeaseRecord>, TableError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.name)
             .set_key(Some(Self::key(lease_key)))
-            .consistent_read(true)
+            .consistent_read(consistent)
             .send()
             .await
             .map_err(|e| TableError::classify(e, &self.name, "dynamodb:GetItem"))?;

@@ -1,0 +1,516 @@
+//! When the taker reads the lease table: a full scan only when something
+//! may have changed, and a cheap check of the other workers in between.
+//!
+//! Why: a scan reads every lease, so scanning every second costs each
+//! instance about 30 times the reads of a KCL worker (which scans every
+//! twice the failover time). Yet most scans find nothing new: on a settled
+//! fleet each worker holds its share and renews it. What a scan must not
+//! miss is a worker that stopped (its leases expire), a worker that let its
+//! leases go (a clean shutdown) and a worker that joined (it steals, and the
+//! victim learns it at its next renewal, not from a scan).
+//!
+//! So, while settled, the table is scanned every `take_interval` (the
+//! KCL's cadence), and every `probe_interval` one lease of another worker
+//! is read ([`Cadence::sample`], an eventually consistent GetItem, half a
+//! read unit), the other workers in turn: a worker's reads stay the same
+//! however large the fleet (with N others, each is looked at every N
+//! probe intervals). Workers renew all their leases every renewal period,
+//! so a sample that moves shows its owner alive; a sample whose owner
+//! changed, that vanished, or that did not move for a renewal period and a
+//! round of probes brings the next scan forward. While leases change hands
+//! (this worker took or stole some, a steal is pending, an owner is
+//! suspect, a scan failed) the table is scanned every `probe_interval` (or
+//! half a renewal period, if shorter).
+//!
+//! A stopped worker's leases are therefore seen late only by the
+//! probe's lag, and [`Cadence::last_renewal`] gives the taker's expiry
+//! clock the moment that worker last renewed them, so the takeover is not
+//! delayed by the scans it skipped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::record::LeaseRecord;
+
+/// The intervals the cadence follows.
+#[derive(Clone, Copy, Debug)]
+pub struct CadenceSettings {
+    /// Full scans while settled.
+    pub take_interval: Duration,
+    /// Probes while settled, and full scans while unsettled.
+    pub probe_interval: Duration,
+    /// How often an owner renews each of its leases (the fleet's renewal
+    /// period).
+    pub renew_interval: Duration,
+}
+
+impl CadenceSettings {
+    /// Probing pays only when it runs more often than the scans.
+    fn probing(&self) -> bool {
+        self.probe_interval < self.take_interval
+    }
+}
+
+/// One other worker, as the probes follow it.
+#[derive(Clone, Debug)]
+struct Watched {
+    /// The lease read to see the worker alive.
+    sample: String,
+    /// Its counter when last read.
+    counter: i64,
+    /// When its counter was last seen moving (or first seen).
+    alive_at: Instant,
+}
+
+/// What a probe of one worker's sample found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// The sample moved, or has not been still for long: nothing to do.
+    Alive,
+    /// Scan now: the sample changed hands, vanished, or its owner stopped
+    /// renewing it.
+    Scan,
+}
+
+/// What the taker does next, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// A full scan at this instant.
+    Scan(Instant),
+    /// Probes at this instant (a scan is due later).
+    Probe(Instant),
+}
+
+/// The taker's schedule; pure, so that tests drive it with their own clock.
+#[derive(Debug)]
+pub struct Cadence {
+    settings: CadenceSettings,
+    watched: BTreeMap<String, Watched>,
+    last_scan: Option<Instant>,
+    last_probe: Option<Instant>,
+    /// The owner probed last (the next probe reads the one after it).
+    turn: Option<String>,
+    unsettled: bool,
+    /// The first moment a lease of another worker can expire, while
+    /// unsettled: the scan is timed to it rather than left to the next tick.
+    expiry: Option<Instant>,
+}
+
+impl Cadence {
+    /// A cadence that scans at once.
+    pub fn new(settings: CadenceSettings) -> Self {
+        Cadence {
+            settings,
+            watched: BTreeMap::new(),
+            last_scan: None,
+            last_probe: None,
+            turn: None,
+            unsettled: true,
+            expiry: None,
+        }
+    }
+
+    /// After a scan that answered. `unsettled` when leases are changing
+    /// hands here (takes, steals, handoffs); `leases` are this stream's;
+    /// `expiry` is the first moment one of another worker's leases can be
+    /// judged expired. Each other owner is followed through one of its
+    /// leases, the one the previous scan followed when it still has it
+    /// (keeping its clock).
+    pub fn scanned(
+        &mut self,
+        me: &str,
+        leases: &[&LeaseRecord],
+        unsettled: bool,
+        expiry: Option<Instant>,
+        now: Instant,
+    ) {
+        let mut next: BTreeMap<String, Watched> = BTreeMap::new();
+        let mut by_owner: HashMap<&str, Vec<&LeaseRecord>> = HashMap::new();
+        for lease in leases {
+            match lease.owner.as_deref() {
+                Some(owner) if owner != me && lease.checkpoint_owner.is_none() => {
+                    by_owner.entry(owner).or_default().push(lease)
+                }
+                _ => {}
+            }
+        }
+        for (owner, owned) in by_owner {
+            let kept = self.watched.get(owner).and_then(|w| {
+                owned
+                    .iter()
+                    .find(|l| l.key.render() == w.sample)
+                    .map(|l| (w, l.counter))
+            });
+            let watched = match kept {
+                Some((w, counter)) if counter == w.counter => w.clone(),
+                Some((w, counter)) => Watched {
+                    sample: w.sample.clone(),
+                    counter,
+                    alive_at: now,
+                },
+                None => {
+                    // Any lease will do; the smallest key keeps the choice
+                    // stable from scan to scan.
+                    let Some(first) = owned.iter().min_by_key(|l| l.key.render()) else {
+                        continue;
+                    };
+                    Watched {
+                        sample: first.key.render(),
+                        counter: first.counter,
+                        alive_at: now,
+                    }
+                }
+            };
+            next.insert(owner.to_owned(), watched);
+        }
+        self.watched = next;
+        self.unsettled = unsettled || self.any_suspect(now);
+        self.expiry = expiry;
+        self.last_scan = Some(now);
+        self.last_probe = Some(now);
+    }
+
+    /// Something here changed the table (a shard ended, leases were
+    /// created): scan every probe interval until a scan finds it settled.
+    pub fn unsettle(&mut self) {
+        self.unsettled = true;
+    }
+
+    /// After a scan that failed: retry soon.
+    pub fn scan_failed(&mut self, now: Instant) {
+        self.unsettled = true;
+        self.last_scan = Some(now);
+    }
+
+    /// The lease to probe now, `(owner, lease key)`: the other workers in
+    /// turn.
+    pub fn sample(&mut self) -> Option<(String, String)> {
+        let next = match &self.turn {
+            Some(last) => self
+                .watched
+                .range::<String, _>((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded))
+                .next()
+                .or_else(|| self.watched.iter().next()),
+            None => self.watched.iter().next(),
+        };
+        let (owner, w) = next?;
+        let pick = (owner.clone(), w.sample.clone());
+        self.turn = Some(owner.clone());
+        Some(pick)
+    }
+
+    /// A live owner moves its sample within this long: a renewal period,
+    /// and a round of probes to see it.
+    fn silence_limit(&self) -> Duration {
+        let round = u32::try_from(self.watched.len().max(1)).unwrap_or(u32::MAX);
+        self.settings.renew_interval + self.settings.probe_interval.saturating_mul(round)
+    }
+
+    /// Notes what a probe of `owner`'s sample read (`None`: the item is
+    /// gone); says whether to scan now.
+    pub fn probed(&mut self, owner: &str, seen: Option<&LeaseRecord>, now: Instant) -> Probe {
+        self.last_probe = Some(now);
+        let limit = self.silence_limit();
+        let Some(w) = self.watched.get_mut(owner) else {
+            return Probe::Alive;
+        };
+        let Some(lease) = seen else {
+            return Probe::Scan;
+        };
+        if lease.owner.as_deref() != Some(owner) || lease.checkpoint_owner.is_some() {
+            return Probe::Scan;
+        }
+        if lease.counter != w.counter {
+            w.counter = lease.counter;
+            w.alive_at = now;
+            return Probe::Alive;
+        }
+        if now.saturating_duration_since(w.alive_at) > limit {
+            Probe::Scan
+        } else {
+            Probe::Alive
+        }
+    }
+
+    /// A probe that could not be read: the next scan decides.
+    pub fn probe_failed(&mut self, now: Instant) {
+        self.last_probe = Some(now);
+    }
+
+    /// When `owner` last renewed its leases, as far as the probes know:
+    /// when its sample was last seen moving. `None` for a worker not
+    /// followed.
+    ///
+    /// Why one lease tells for all: a worker renews all its leases in one
+    /// pass (the KCL's renewer submits them together; kcld's renewals share
+    /// one beat), so the pass that last moved the sample moved the others.
+    /// A pass spreads over the time its calls take, far below the margin
+    /// the owner's watchdog keeps (it stops reading a second before others
+    /// may judge the lease expired). The taker dates a lease that moved
+    /// between two scans by this, when it falls between them
+    /// ([`crate::balance::Observations::observe_vouched`]), rather than by
+    /// the second scan, which may come a whole `take_interval` later.
+    pub fn last_renewal(&self, owner: &str) -> Option<Instant> {
+        self.watched.get(owner).map(|w| w.alive_at)
+    }
+
+    fn any_suspect(&self, now: Instant) -> bool {
+        let limit = self.silence_limit();
+        self.watched
+            .values()
+            .any(|w| now.saturating_duration_since(w.alive_at) > limit)
+    }
+
+    /// What to do next.
+    pub fn next(&self) -> Next {
+        let s = &self.settings;
+        let Some(last_scan) = self.last_scan else {
+            return Next::Scan(Instant::now());
+        };
+        if self.unsettled || !s.probing() {
+            let every = if self.unsettled {
+                // Leases are dated back to their owner's last renewal: if
+                // it renews them still, a scan must see them move again
+                // well within the failover time (three renewal periods).
+                s.probe_interval
+                    .min(s.take_interval)
+                    .min(s.renew_interval / 2)
+            } else {
+                s.take_interval
+            };
+            let tick = last_scan + every;
+            // Just past the expiry: the judgement is "longer than failover".
+            let at = match self.expiry {
+                Some(expiry) if self.unsettled && expiry > last_scan => {
+                    tick.min(expiry + Duration::from_millis(1))
+                }
+                _ => tick,
+            };
+            return Next::Scan(at);
+        }
+        let scan_at = last_scan + s.take_interval;
+        if self.watched.is_empty() {
+            return Next::Scan(scan_at);
+        }
+        let probe_at = self.last_probe.unwrap_or(last_scan) + s.probe_interval;
+        if probe_at < scan_at {
+            Next::Probe(probe_at)
+        } else {
+            Next::Scan(scan_at)
+        }
+    }
+
+    /// Whether the last scan left leases changing hands.
+    pub fn is_unsettled(&self) -> bool {
+        self.unsettled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::LeaseKey;
+    use kcld_checkpoint::Checkpoint;
+
+    fn settings() -> CadenceSettings {
+        CadenceSettings {
+            take_interval: Duration::from_secs(20),
+            probe_interval: Duration::from_secs(1),
+            renew_interval: Duration::from_millis(3308),
+        }
+    }
+
+    fn lease(shard: &str, owner: Option<&str>, counter: i64) -> LeaseRecord {
+        let mut l = LeaseRecord::new(
+            LeaseKey::parse(shard),
+            Checkpoint::TrimHorizon,
+            vec![],
+            None,
+        );
+        l.owner = owner.map(str::to_owned);
+        l.counter = counter;
+        l
+    }
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn a_settled_fleet_is_scanned_at_the_take_interval_and_probed_between() {
+        let t0 = Instant::now();
+        let mut c = Cadence::new(settings());
+        let a = lease("shardId-1", Some("me"), 5);
+        let b = lease("shardId-2", Some("other"), 7);
+        let b2 = lease("shardId-3", Some("other"), 9);
+        c.scanned("me", &[&a, &b, &b2], false, None, t0);
+        // One sample per other worker, the smallest key.
+        assert_eq!(c.sample(), Some(("other".into(), "shardId-2".into())));
+        assert_eq!(c.sample(), Some(("other".into(), "shardId-2".into())));
+        assert_eq!(c.next(), Next::Probe(t0 + secs(1.0)));
+        let mut moved = b.clone();
+        moved.counter += 1;
+        assert_eq!(
+            c.probed("other", Some(&moved), t0 + secs(1.0)),
+            Probe::Alive
+        );
+        assert_eq!(c.next(), Next::Probe(t0 + secs(2.0)));
+        // Unmoved for less than a renewal period and a probe: still alive.
+        assert_eq!(
+            c.probed("other", Some(&moved), t0 + secs(5.0)),
+            Probe::Alive
+        );
+        // Probes stop where the scan is due.
+        c.probed("other", Some(&moved), t0 + secs(19.5));
+        assert_eq!(c.next(), Next::Scan(t0 + secs(20.0)));
+    }
+
+    #[test]
+    fn other_workers_are_probed_in_turn_and_given_a_round_to_move() {
+        let t0 = Instant::now();
+        let mut c = Cadence::new(settings());
+        let leases = [
+            lease("shardId-1", Some("b"), 1),
+            lease("shardId-2", Some("c"), 1),
+            lease("shardId-3", Some("d"), 1),
+            lease("shardId-4", Some("me"), 1),
+        ];
+        c.scanned("me", &leases.iter().collect::<Vec<_>>(), false, None, t0);
+        let owners: Vec<String> = (0..4).filter_map(|_| c.sample()).map(|(o, _)| o).collect();
+        assert_eq!(owners, ["b", "c", "d", "b"]);
+        // Each is read every third probe: silent for a renewal period and
+        // three probe intervals before it is suspected.
+        assert_eq!(
+            c.probed("c", Some(&leases[1]), t0 + secs(6.2)),
+            Probe::Alive
+        );
+        assert_eq!(c.probed("c", Some(&leases[1]), t0 + secs(6.4)), Probe::Scan);
+    }
+
+    #[test]
+    fn a_lone_worker_only_scans() {
+        let t0 = Instant::now();
+        let mut c = Cadence::new(settings());
+        let a = lease("shardId-1", Some("me"), 5);
+        let free = lease("shardId-2", None, 1);
+        c.scanned("me", &[&a, &free], false, None, t0);
+        assert_eq!(c.sample(), None);
+        assert_eq!(c.next(), Next::Scan(t0 + secs(20.0)));
+    }
+
+    #[test]
+    fn changes_a_probe_sees_bring_the_scan_forward() {
+        let t0 = Instant::now();
+        let b = lease("shardId-2", Some("other"), 7);
+        let scanned = || {
+            let mut c = Cadence::new(settings());
+            c.scanned("me", &[&b], false, None, t0);
+            c
+        };
+        // Released at a clean shutdown.
+        let mut released = b.clone();
+        released.owner = None;
+        released.counter += 1;
+        assert_eq!(
+            scanned().probed("other", Some(&released), t0 + secs(1.0)),
+            Probe::Scan
+        );
+        // Taken by a third worker, or asked for in a steal.
+        let mut taken = b.clone();
+        taken.owner = Some("third".into());
+        assert_eq!(
+            scanned().probed("other", Some(&taken), t0 + secs(1.0)),
+            Probe::Scan
+        );
+        let mut asked = b.clone();
+        asked.checkpoint_owner = Some("other".into());
+        asked.owner = Some("third".into());
+        assert_eq!(
+            scanned().probed("other", Some(&asked), t0 + secs(1.0)),
+            Probe::Scan
+        );
+        // Deleted.
+        assert_eq!(scanned().probed("other", None, t0 + secs(1.0)), Probe::Scan);
+    }
+
+    #[test]
+    fn a_silent_owner_is_suspected_and_its_leases_dated_by_the_samples_last_move() {
+        let t0 = Instant::now();
+        let mut c = Cadence::new(settings());
+        let b = lease("shardId-2", Some("other"), 7);
+        c.scanned("me", &[&b], false, None, t0);
+        let mut moved = b.clone();
+        moved.counter = 8;
+        // Last seen moving at t0 + 3.
+        assert_eq!(
+            c.probed("other", Some(&moved), t0 + secs(3.0)),
+            Probe::Alive
+        );
+        // Still at t0 + 7.4 (silence 4.4 s > 3.308 + 1): scan, and from then
+        // on the owner's leases count as last renewed when the sample last
+        // moved.
+        assert_eq!(c.probed("other", Some(&moved), t0 + secs(7.4)), Probe::Scan);
+        assert_eq!(c.last_renewal("other"), Some(t0 + secs(3.0)));
+        // The scan keeps the clock of the sample and scans every probe
+        // interval while the owner stays suspect.
+        c.scanned("me", &[&moved], false, None, t0 + secs(7.5));
+        assert!(c.is_unsettled());
+        assert_eq!(c.next(), Next::Scan(t0 + secs(8.5)));
+        // It renews again: settled.
+        let mut again = moved.clone();
+        again.counter = 9;
+        c.scanned("me", &[&again], false, None, t0 + secs(8.5));
+        assert!(!c.is_unsettled());
+        assert_eq!(c.last_renewal("other"), Some(t0 + secs(8.5)));
+        assert_eq!(c.next(), Next::Probe(t0 + secs(9.5)));
+    }
+
+    #[test]
+    fn leases_changing_hands_or_a_failed_scan_mean_scanning_every_probe_interval() {
+        let t0 = Instant::now();
+        let mut c = Cadence::new(settings());
+        let b = lease("shardId-2", Some("other"), 7);
+        c.scanned("me", &[&b], true, None, t0);
+        assert_eq!(c.next(), Next::Scan(t0 + secs(1.0)));
+        c.scanned("me", &[&b], false, None, t0 + secs(1.0));
+        assert_eq!(c.next(), Next::Probe(t0 + secs(2.0)));
+        c.scan_failed(t0 + secs(2.0));
+        assert_eq!(c.next(), Next::Scan(t0 + secs(3.0)));
+        // While unsettled, a lease that expires before the next tick is
+        // scanned for just after it expires.
+        c.scanned("me", &[&b], true, Some(t0 + secs(3.4)), t0 + secs(3.0));
+        assert_eq!(c.next(), Next::Scan(t0 + secs(3.401)));
+        // Settled, the expiry of live leases does not bring scans forward.
+        c.scanned("me", &[&b], false, Some(t0 + secs(13.0)), t0 + secs(4.0));
+        assert_eq!(c.next(), Next::Probe(t0 + secs(5.0)));
+    }
+
+    #[test]
+    fn with_a_short_renewal_period_an_unsettled_table_is_scanned_every_half_period() {
+        // Failover 3 s: renewals every 975 ms, shorter than the probes.
+        let t0 = Instant::now();
+        let mut c = Cadence::new(CadenceSettings {
+            take_interval: Duration::from_secs(6),
+            probe_interval: Duration::from_secs(1),
+            renew_interval: Duration::from_millis(975),
+        });
+        let b = lease("shardId-2", Some("other"), 7);
+        c.scanned("me", &[&b], false, None, t0);
+        assert_eq!(c.probed("other", Some(&b), t0 + secs(2.0)), Probe::Scan);
+        c.scanned("me", &[&b], false, None, t0 + secs(2.0));
+        assert_eq!(c.next(), Next::Scan(t0 + secs(2.4875)));
+    }
+
+    #[test]
+    fn without_probing_the_take_interval_is_the_only_cadence() {
+        let t0 = Instant::now();
+        let mut c = Cadence::new(CadenceSettings {
+            take_interval: Duration::from_secs(1),
+            probe_interval: Duration::from_secs(1),
+            renew_interval: Duration::from_millis(3308),
+        });
+        let b = lease("shardId-2", Some("other"), 7);
+        c.scanned("me", &[&b], false, None, t0);
+        assert_eq!(c.next(), Next::Scan(t0 + secs(1.0)));
+    }
+}
