@@ -287,49 +287,45 @@ async fn a_settled_fleet_rarely_scans_the_table_yet_takes_released_leases_at_onc
     assert!(renewals >= 8 * 15, "only {renewals} renewals");
 
     // A worker that stops cleanly releases its leases: the other takes them
-    // within about a probe interval, not at its next scan.
-    let a_stopped = Instant::now();
-    assert!(a
-        .terminate(Duration::from_secs(25))
-        .await
-        .unwrap()
-        .success());
-    let stop_took = a_stopped.elapsed();
-    let taken = wait_for(&stack, &app, Duration::from_secs(30), |l| {
-        l.get("worker-b") == Some(&8)
-    })
-    .await;
-    eprintln!(
-        "released leases taken {taken:?} after worker-a exited (it took {stop_took:?} to stop)"
-    );
-    assert!(taken <= Duration::from_secs(3), "took {taken:?}");
-
-    // The second time round: the worker comes back, takes half again, and
-    // the other one leaves.
-    let a = spawn("worker-a");
-    wait_for(
-        &stack,
-        &app,
-        Duration::from_secs(30),
-        halves("worker-a", "worker-b"),
-    )
-    .await;
-    assert!(b
-        .terminate(Duration::from_secs(25))
-        .await
-        .unwrap()
-        .success());
-    let taken = wait_for(&stack, &app, Duration::from_secs(30), |l| {
-        l.get("worker-a") == Some(&8)
-    })
-    .await;
-    eprintln!("and {taken:?} the second time");
-    assert!(taken <= Duration::from_secs(3), "took {taken:?}");
-    assert!(a
-        .terminate(Duration::from_secs(25))
-        .await
-        .unwrap()
-        .success());
+    // within about a probe interval, not at its next scan. Then the second
+    // time round: the stopped worker comes back, takes half again, and the
+    // other one leaves.
+    let mut workers = HashMap::from([("worker-a", a), ("worker-b", b)]);
+    for (round, (leaving, staying)) in [("worker-a", "worker-b"), ("worker-b", "worker-a")]
+        .into_iter()
+        .enumerate()
+    {
+        if round > 0 {
+            // The one that left last round comes back.
+            workers.insert(staying, spawn(staying));
+            wait_for(
+                &stack,
+                &app,
+                Duration::from_secs(30),
+                halves(leaving, staying),
+            )
+            .await;
+        }
+        let worker = workers.remove(leaving).unwrap();
+        assert!(worker
+            .terminate(Duration::from_secs(25))
+            .await
+            .unwrap()
+            .success());
+        let taken = wait_for(&stack, &app, Duration::from_secs(30), |l| {
+            l.get(staying) == Some(&8)
+        })
+        .await;
+        eprintln!("round {round}: {leaving}'s released leases taken {taken:?} after it exited");
+        assert!(taken <= Duration::from_secs(3), "took {taken:?}");
+    }
+    for (_, worker) in workers {
+        assert!(worker
+            .terminate(Duration::from_secs(25))
+            .await
+            .unwrap()
+            .success());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
