@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 use aws_sdk_dynamodb::types::{AttributeValue, BillingMode};
 use kcld_checkpoint::SequenceNumber;
 use kcld_testkit::fault::FaultProxy;
-use kcld_testkit::{sample_records, unique_name, Delivered, Item, Kcld, Stack};
+use kcld_testkit::{http_get, sample_records, unique_name, Delivered, Item, Kcld, Stack};
 
 const KCLD: &str = env!("CARGO_BIN_EXE_kcld");
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -90,6 +90,16 @@ async fn collect(
     let missing = want.difference(&seen).count();
     assert_eq!(missing, 0, "{missing} records never delivered");
     all
+}
+
+/// The value of the one series of `name` whose labels include all of
+/// `labels` (0 when there is none).
+fn series(page: &str, name: &str, labels: &[&str]) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn data_set(records: &[(String, Vec<u8>)]) -> HashSet<Vec<u8>> {
@@ -261,11 +271,27 @@ async fn a_settled_fleet_rarely_scans_the_table_yet_takes_released_leases_at_onc
     )
     .await;
 
-    // Settled: count the lease table calls of both workers for 18 s.
+    // Settled: count the lease table calls of both workers for 18 s, at the
+    // relay and in what the workers report.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let reported = || async {
+        let mut sum = 0.0;
+        for w in [&a, &b] {
+            let addr = w.ops_addr(Duration::from_secs(5)).await.unwrap();
+            let (_, page) = http_get(addr, "/metrics").await.unwrap();
+            sum += series(
+                &page,
+                "kcld_lease_table_reads_total",
+                &["call=\"GetItem\"", "consistency=\"eventual\""],
+            );
+        }
+        sum
+    };
+    let reported_before = reported().await;
     proxy.reset_calls();
     let window = Duration::from_secs(18);
     tokio::time::sleep(window).await;
+    let reported_probes = reported().await - reported_before;
     let scans = proxy.calls("DynamoDB_20120810.Scan");
     let consistent = proxy.calls("DynamoDB_20120810.Scan consistent");
     let probes = proxy.calls("DynamoDB_20120810.GetItem")
@@ -285,6 +311,12 @@ async fn a_settled_fleet_rarely_scans_the_table_yet_takes_released_leases_at_onc
     );
     // Every lease is still renewed (8 leases, every 975 ms).
     assert!(renewals >= 8 * 15, "only {renewals} renewals");
+    // The workers' own count of their probes (what an operator sees) is what
+    // the relay counted, give or take the calls in flight at either end.
+    assert!(
+        (reported_probes - f64::from(probes)).abs() <= 2.0,
+        "the workers report {reported_probes} probes, the relay saw {probes}"
+    );
 
     // A worker that stops cleanly releases its leases: the other takes them
     // within about a probe interval, not at its next scan. Then the second

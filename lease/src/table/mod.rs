@@ -287,6 +287,7 @@ impl LeaseTable {
                 .send()
                 .await
                 .map_err(|e| TableError::classify(e, &self.name, "dynamodb:Scan"))?;
+            count_read("Scan", consistent);
             for item in out.items() {
                 match LeaseRecord::from_item(item) {
                     Ok(Some(lease)) => scan.leases.push(lease),
@@ -364,6 +365,7 @@ impl LeaseTable {
     /// Writes a new lease unless one with its key exists. Returns whether it
     /// was written.
     pub async fn create_if_absent(&self, lease: &LeaseRecord) -> Result<bool, TableError> {
+        count_write("PutItem");
         let result = self
             .client
             .put_item()
@@ -431,6 +433,7 @@ impl LeaseTable {
     }
 
     async fn send(&self, req: UpdateItemFluentBuilder) -> Result<(), TableError> {
+        count_write("UpdateItem");
         req.send()
             .await
             .map(|_| ())
@@ -537,6 +540,7 @@ impl LeaseTable {
             .send()
             .await
             .map_err(|e| TableError::classify(e, &self.name, "dynamodb:GetItem"))?;
+        count_read("GetItem", consistent);
         match out.item {
             None => Ok(None),
             Some(item) => LeaseRecord::from_item(&item).map_err(TableError::Other),
@@ -598,6 +602,7 @@ impl LeaseTable {
 
     /// Deletes a finished lease if nobody wrote it since it was read.
     pub async fn delete(&self, lease_key: &str, counter: i64) -> Result<(), TableError> {
+        count_write("DeleteItem");
         self.client
             .delete_item()
             .table_name(&self.name)
@@ -610,4 +615,19 @@ impl LeaseTable {
             .map(|_| ())
             .map_err(|e| TableError::classify(e, &self.name, "dynamodb:DeleteItem"))
     }
+}
+
+/// Counts a read of the lease table (a Scan page or a GetItem), so that an
+/// operator can see what the table costs: an eventually consistent read is
+/// half the price of a strongly consistent one.
+fn count_read(call: &'static str, consistent: bool) {
+    let consistency = if consistent { "strong" } else { "eventual" };
+    metrics::counter!("kcld_lease_table_reads_total", "call" => call, "consistency" => consistency)
+        .increment(1);
+}
+
+/// Counts a lease table write as it is sent (DynamoDB charges a refused
+/// conditional write too).
+fn count_write(call: &'static str) {
+    metrics::counter!("kcld_lease_table_writes_total", "call" => call).increment(1);
 }
