@@ -279,6 +279,15 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
                 }
                 dynamo(
                     &mut report,
+                    "lease read (GetItem)",
+                    "dynamodb:GetItem",
+                    table
+                        .peek("kcld-doctor-probe-never-written")
+                        .await
+                        .map(|_| "allowed".into()),
+                );
+                dynamo(
+                    &mut report,
                     "lease table conditional write (UpdateItem)",
                     "dynamodb:UpdateItem",
                     table

@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 
 use aws_sdk_dynamodb::types::{AttributeValue, BillingMode};
 use kcld_checkpoint::SequenceNumber;
-use kcld_testkit::fault::FaultProxy;
+use kcld_testkit::fault::{Fault, FaultProxy};
 use kcld_testkit::{http_get, sample_records, unique_name, Delivered, Item, Kcld, Stack};
 
 const KCLD: &str = env!("CARGO_BIN_EXE_kcld");
@@ -317,6 +317,28 @@ async fn a_settled_fleet_rarely_scans_the_table_yet_takes_released_leases_at_onc
         (reported_probes - f64::from(probes)).abs() <= 2.0,
         "the workers report {reported_probes} probes, the relay saw {probes}"
     );
+
+    // A role without dynamodb:GetItem: the probes are refused, each worker
+    // says so once and scans the table instead.
+    proxy.fail(
+        "DynamoDB_20120810.GetItem",
+        Fault::access_denied("dynamodb:GetItem"),
+    );
+    proxy.reset_calls();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    proxy.clear();
+    let scans = proxy.calls("DynamoDB_20120810.Scan");
+    assert!(
+        scans >= 4,
+        "only {scans} scans while the probes were refused"
+    );
+    for w in [&a, &b] {
+        let warned = w
+            .stderr_text()
+            .matches("cannot read another worker's lease")
+            .count();
+        assert_eq!(warned, 1, "{}", w.stderr_text());
+    }
 
     // A worker that stops cleanly releases its leases: the other takes them
     // within about a probe interval, not at its next scan. Then the second

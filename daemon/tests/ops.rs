@@ -348,6 +348,7 @@ async fn doctor_passes_then_names_the_missing_action() {
         "GetShardIterator",
         "GetRecords",
         "Scan",
+        "GetItem",
         "UpdateItem",
     ] {
         assert!(
@@ -389,6 +390,29 @@ async fn doctor_passes_then_names_the_missing_action() {
         actions.contains("kinesis:GetRecords") && actions.contains("kinesis:DescribeStream"),
         "{fix}"
     );
+
+    // The consumer's own policy forgot dynamodb:GetItem (the lease probes
+    // and the check after a refused renewal read single leases).
+    proxy.clear();
+    let probes = FaultProxy::start(&stack.dynamodb_endpoint).await.unwrap();
+    probes.fail(
+        "DynamoDB_20120810.GetItem",
+        Fault::access_denied("dynamodb:GetItem"),
+    );
+    let mut probe_vars = vars.clone();
+    probe_vars.insert("AWS_ENDPOINT_URL_DYNAMODB".into(), probes.url());
+    let mut denied = Kcld::spawn(KCLD, &["doctor", "--json"], &probe_vars).unwrap();
+    let out = denied.drain_for(Duration::from_secs(30)).await.join("\n");
+    assert_eq!(
+        denied.wait(Duration::from_secs(30)).await.unwrap().code(),
+        Some(1),
+        "{out}"
+    );
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let failed: Vec<&serde_json::Value> = checks.iter().filter(|c| c["ok"] == false).collect();
+    assert_eq!(failed.len(), 1, "only GetItem fails: {out}");
+    assert_eq!(failed[0]["check"], "lease read (GetItem)");
+    assert_eq!(failed[0]["fix"]["missing_action"], "dynamodb:GetItem");
 
     // DescribeStream (the KCL's call) refused by the owner's policy; an
     // application whose lease table does not exist yet: CreateTable is

@@ -346,6 +346,7 @@ impl Inner {
             sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut observations = Observations::default();
             let mut scan_failing = false;
+            let mut probe_failing = false;
             loop {
                 let next = cadence.next();
                 let at = match next {
@@ -357,7 +358,7 @@ impl Inner {
                     _ = tokio::time::sleep_until(at.into()) => {
                         let scan = match next {
                             Next::Scan(_) => true,
-                            Next::Probe(_) => self.probe(&mut cadence).await,
+                            Next::Probe(_) => self.probe(&mut cadence, &mut probe_failing).await,
                         };
                         if scan {
                             self.take_round(&mut observations, &mut cadence, &mut scan_failing).await;

@@ -263,8 +263,11 @@ impl Inner {
     }
 
     /// Reads one lease of another worker, the next in turn (eventually
-    /// consistent): true when what it shows calls for a scan now.
-    pub(super) async fn probe(&self, cadence: &mut Cadence) -> bool {
+    /// consistent): true when what it shows calls for a scan now. A failed
+    /// probe asks for a scan; the first of a run of failures is logged
+    /// (a role without `dynamodb:GetItem` would otherwise scan every
+    /// probe interval, unseen).
+    pub(super) async fn probe(&self, cadence: &mut Cadence, probe_failing: &mut bool) -> bool {
         let Some((owner, key)) = cadence.sample() else {
             return false;
         };
@@ -272,9 +275,19 @@ impl Inner {
         let now = Instant::now();
         self.health.record(read.is_ok());
         match read {
-            Ok(seen) => cadence.probed(&owner, seen.as_ref(), now) == Probe::Scan,
+            Ok(seen) => {
+                if std::mem::take(probe_failing) {
+                    tracing::info!("lease probes answered again");
+                }
+                cadence.probed(&owner, seen.as_ref(), now) == Probe::Scan
+            }
             Err(e) => {
-                tracing::debug!(lease = %key, "probe failed: {e}");
+                if !std::mem::replace(probe_failing, true) {
+                    tracing::warn!(
+                        lease = %key,
+                        "cannot read another worker's lease, scanning the table instead: {e}"
+                    );
+                }
                 cadence.probe_failed(now);
                 true
             }
