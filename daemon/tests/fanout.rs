@@ -9,7 +9,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use kcld_checkpoint::SequenceNumber;
-use kcld_testkit::{metric_sum, sample_records, unique_name, Delivered, Kcld, Stack};
+use kcld_testkit::{
+    doctor_checks, metric_sum, sample_records, unique_name, Delivered, Kcld, Stack,
+};
 use tokio::sync::Mutex;
 
 const KCLD: &str = env!("CARGO_BIN_EXE_kcld");
@@ -675,16 +677,9 @@ async fn doctor_checks_the_consumer_and_names_a_missing_fan_out_action() {
         Fault::access_denied("kinesis:SubscribeToShard"),
     );
     vars.insert("AWS_ENDPOINT_URL_KINESIS".into(), proxy.url());
-    let mut denied = Kcld::spawn(KCLD, &["doctor", "--json"], &vars).unwrap();
-    let out = denied.drain_for(Duration::from_secs(30)).await.join("\n");
-    assert_eq!(
-        denied.wait(Duration::from_secs(30)).await.unwrap().code(),
-        Some(1),
-        "{out}"
-    );
-    let checks: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-    let failed: Vec<&serde_json::Value> = checks.iter().filter(|c| c["ok"] == false).collect();
-    assert_eq!(failed.len(), 1, "only SubscribeToShard fails: {out}");
+    let checks = doctor_checks(KCLD, &vars).await.unwrap();
+    let failed: Vec<_> = checks.iter().filter(|c| c["ok"] == false).collect();
+    assert_eq!(failed.len(), 1, "only SubscribeToShard fails: {failed:?}");
     assert_eq!(failed[0]["check"], "SubscribeToShard");
     let fix = &failed[0]["fix"];
     assert_eq!(fix["missing_action"], "kinesis:SubscribeToShard");

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use kcld_testkit::{http_get, metric_sum, sample_records, unique_name, Delivered, Kcld, Stack};
+use kcld_testkit::{
+    doctor_checks, http_get, metric_sum, sample_records, unique_name, Delivered, Kcld, Stack,
+};
 
 const KCLD: &str = env!("CARGO_BIN_EXE_kcld");
 
@@ -365,16 +367,9 @@ async fn doctor_passes_then_names_the_missing_action() {
         Fault::access_denied("kinesis:GetRecords"),
     );
     vars.insert("AWS_ENDPOINT_URL_KINESIS".into(), proxy.url());
-    let mut denied = Kcld::spawn(KCLD, &["doctor", "--json"], &vars).unwrap();
-    let out = denied.drain_for(Duration::from_secs(30)).await.join("\n");
-    assert_eq!(
-        denied.wait(Duration::from_secs(30)).await.unwrap().code(),
-        Some(1),
-        "{out}"
-    );
-    let checks: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-    let failed: Vec<&serde_json::Value> = checks.iter().filter(|c| c["ok"] == false).collect();
-    assert_eq!(failed.len(), 1, "only GetRecords fails: {out}");
+    let checks = doctor_checks(KCLD, &vars).await.unwrap();
+    let failed: Vec<_> = checks.iter().filter(|c| c["ok"] == false).collect();
+    assert_eq!(failed.len(), 1, "only GetRecords fails: {failed:?}");
     assert_eq!(failed[0]["check"], "GetRecords");
     let fix = &failed[0]["fix"];
     assert_eq!(fix["missing_action"], "kinesis:GetRecords");
@@ -401,16 +396,9 @@ async fn doctor_passes_then_names_the_missing_action() {
     );
     let mut probe_vars = vars.clone();
     probe_vars.insert("AWS_ENDPOINT_URL_DYNAMODB".into(), probes.url());
-    let mut denied = Kcld::spawn(KCLD, &["doctor", "--json"], &probe_vars).unwrap();
-    let out = denied.drain_for(Duration::from_secs(30)).await.join("\n");
-    assert_eq!(
-        denied.wait(Duration::from_secs(30)).await.unwrap().code(),
-        Some(1),
-        "{out}"
-    );
-    let checks: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-    let failed: Vec<&serde_json::Value> = checks.iter().filter(|c| c["ok"] == false).collect();
-    assert_eq!(failed.len(), 1, "only GetItem fails: {out}");
+    let checks = doctor_checks(KCLD, &probe_vars).await.unwrap();
+    let failed: Vec<_> = checks.iter().filter(|c| c["ok"] == false).collect();
+    assert_eq!(failed.len(), 1, "only GetItem fails: {failed:?}");
     assert_eq!(failed[0]["check"], "lease read (GetItem)");
     assert_eq!(failed[0]["fix"]["missing_action"], "dynamodb:GetItem");
 
@@ -428,14 +416,7 @@ async fn doctor_passes_then_names_the_missing_action() {
     let new_app = unique_name("doctor-new");
     vars.insert("KCLD_APPLICATION_NAME".into(), new_app.clone());
     let failures = |vars: HashMap<String, String>| async move {
-        let mut doctor = Kcld::spawn(KCLD, &["doctor", "--json"], &vars).unwrap();
-        let out = doctor.drain_for(Duration::from_secs(30)).await.join("\n");
-        assert_eq!(
-            doctor.wait(Duration::from_secs(30)).await.unwrap().code(),
-            Some(1),
-            "{out}"
-        );
-        let checks: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        let checks = doctor_checks(KCLD, &vars).await.unwrap();
         let failed: Vec<(String, String)> = checks
             .iter()
             .filter(|c| c["ok"] == false)

@@ -17,7 +17,7 @@ mod process;
 pub mod reshard;
 pub mod sts;
 
-pub use process::{http_get, metric_sum, Delivered, Kcld};
+pub use process::{doctor_checks, http_get, metric_sum, Delivered, Kcld};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aws_config::{BehaviorVersion, Region};

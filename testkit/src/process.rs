@@ -175,6 +175,21 @@ impl Kcld {
     }
 }
 
+/// Runs `kcld doctor --json` with `env`, expects it to exit 1 (a check
+/// failed), and returns every check it reported.
+pub async fn doctor_checks(
+    binary: &str,
+    env: &HashMap<String, String>,
+) -> Result<Vec<serde_json::Value>> {
+    let mut doctor = Kcld::spawn(binary, &["doctor", "--json"], env)?;
+    let out = doctor.drain_for(Duration::from_secs(30)).await.join("\n");
+    let code = doctor.wait(Duration::from_secs(30)).await?.code();
+    if code != Some(1) {
+        bail!("kcld doctor exited with {code:?}, not 1:\n{out}");
+    }
+    Ok(serde_json::from_str(&out)?)
+}
+
 /// A plain HTTP/1.1 GET on loopback: (status, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
