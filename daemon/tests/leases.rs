@@ -188,16 +188,18 @@ async fn kill_9_shards_are_taken_over_after_the_failover_time() {
         .collect();
     stack.put_records(&arn, &during).await.unwrap();
     a.kill9().await;
+    // Timed from the kill (what worker-a printed is read afterwards: its
+    // pipe keeps it).
+    let taken = wait_for(&stack, &app, Duration::from_secs(30), |l| {
+        l.get("worker-b") == Some(&4)
+    })
+    .await;
     let printed_by_a: Vec<Delivered> = a
         .drain_for(Duration::from_millis(500))
         .await
         .iter()
         .map(|l| Delivered::parse(l).unwrap())
         .collect();
-    let taken = wait_for(&stack, &app, Duration::from_secs(30), |l| {
-        l.get("worker-b") == Some(&4)
-    })
-    .await;
     // The KCL's renewal period for this failover time.
     let renewal = failover / 3 - Duration::from_millis(25);
     eprintln!("taken over {taken:?} after kill -9 (failover {failover:?}, renewal {renewal:?})");
@@ -246,10 +248,12 @@ async fn a_settled_fleet_rarely_scans_the_table_yet_takes_released_leases_at_onc
         .unwrap();
     let app = unique_name("cost-app");
     let proxy = FaultProxy::start(&stack.dynamodb_endpoint).await.unwrap();
-    // Failover 3 s: scans every 6 s once settled, probes every second.
+    // The KCL's cadence for failover 3 s: scans every 6 s once settled,
+    // probes every second.
     // Shard sync (a scan of its own) out of the window.
     let extra = [
         ("KCLD_LEASE__FAILOVER_TIME_MS", "3000"),
+        ("KCLD_LEASE__TAKE_INTERVAL_MS", "6000"),
         ("KCLD_LEASE__SHARD_SYNC_INTERVAL_MS", "600000"),
     ];
     let spawn = |worker: &str| {

@@ -18,8 +18,8 @@
 //! so a sample that moves shows its owner alive; a sample whose owner
 //! changed, that vanished, or that did not move for a renewal period and a
 //! round of probes brings the next scan forward. While leases change hands
-//! (this worker took or stole some, a steal is pending, an owner is
-//! suspect, a scan failed) the table is scanned every `probe_interval` (or
+//! (this worker took or stole some, a steal is pending, a handoff is
+//! under way anywhere, an owner is suspect, a scan failed) the table is scanned every `probe_interval` (or
 //! half a renewal period, if shorter).
 //!
 //! A stopped worker's leases are therefore seen late only by the
@@ -164,7 +164,11 @@ impl Cadence {
             next.insert(owner.to_owned(), watched);
         }
         self.watched = next;
-        self.unsettled = unsettled || self.any_suspect(now);
+        // A handoff in progress anywhere (`checkpointOwner` set) is leases
+        // changing hands: its new owner is not followed until it ends, so
+        // the table is watched by scans meanwhile.
+        let handing_over = leases.iter().any(|l| l.checkpoint_owner.is_some());
+        self.unsettled = unsettled || handing_over || self.any_suspect(now);
         self.expiry = expiry;
         self.last_scan = Some(now);
         self.last_probe = Some(now);
@@ -385,6 +389,28 @@ mod tests {
             Probe::Alive
         );
         assert_eq!(c.probed("c", Some(&leases[1]), t0 + secs(6.4)), Probe::Scan);
+    }
+
+    #[test]
+    fn a_handoff_between_other_workers_keeps_the_table_scanned_until_it_ends() {
+        let t0 = Instant::now();
+        let mut c = Cadence::new(settings());
+        // "other" stole both its leases from this worker, which has not
+        // handed them over yet: nothing of "other" can be followed.
+        let mut stolen = lease("shardId-2", Some("other"), 7);
+        stolen.checkpoint_owner = Some("me".into());
+        let mine = lease("shardId-1", Some("me"), 3);
+        c.scanned("me", &[&mine, &stolen], false, None, t0);
+        assert!(c.is_unsettled());
+        assert_eq!(c.sample(), None);
+        assert_eq!(c.next(), Next::Scan(t0 + secs(1.0)));
+        // Handed over: "other" is followed, and the fleet settles.
+        stolen.checkpoint_owner = None;
+        stolen.counter += 1;
+        c.scanned("me", &[&mine, &stolen], false, None, t0 + secs(1.0));
+        assert!(!c.is_unsettled());
+        assert_eq!(c.sample(), Some(("other".into(), "shardId-2".into())));
+        assert_eq!(c.next(), Next::Probe(t0 + secs(2.0)));
     }
 
     #[test]
