@@ -61,6 +61,7 @@ pub(crate) struct RawLease {
     pub(crate) failover_time_ms: Option<i64>,
     pub(crate) take_interval_ms: Option<i64>,
     pub(crate) probe_interval_ms: Option<i64>,
+    pub(crate) probe_budget_percent: Option<i64>,
     pub(crate) shard_sync_interval_ms: Option<i64>,
     pub(crate) max_leases_per_worker: Option<i64>,
     pub(crate) max_leases_to_steal: Option<i64>,

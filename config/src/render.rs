@@ -119,6 +119,7 @@ pub(crate) fn render(settings: &Settings) -> String {
         Line::Set("failover_time_ms", ms(l.failover_time)),
         Line::Set("take_interval_ms", ms(l.take_interval)),
         Line::Set("probe_interval_ms", ms(l.probe_interval)),
+        Line::Set("probe_budget_percent", n(l.probe_budget_percent)),
         Line::Set("shard_sync_interval_ms", ms(l.shard_sync_interval)),
         Line::Set("max_leases_per_worker", n(l.max_leases_per_worker)),
         Line::Set("max_leases_to_steal", n(l.max_leases_to_steal)),

@@ -186,6 +186,10 @@ pub struct LeaseSettings {
     /// hands, in milliseconds.
     #[serde(serialize_with = "millis")]
     pub probe_interval: Duration,
+    /// The most the probes may cost, in percent of what this worker's
+    /// lease renewals cost (a write costs five reads); probes are spaced
+    /// further than `probe_interval` to stay within it. 0: no probes.
+    pub probe_budget_percent: u32,
     /// How often shards are listed to add leases for new shards and remove
     /// finished parents, in milliseconds.
     #[serde(serialize_with = "millis")]

@@ -159,6 +159,7 @@ pub(crate) async fn run_embedded(
                 renew_interval: LeaseSettings::kcl_renew_interval(failover),
                 take_interval: settings.lease.take_interval,
                 probe_interval: settings.lease.probe_interval,
+                probe_budget_percent: settings.lease.probe_budget_percent,
                 shard_sync_interval: settings.lease.shard_sync_interval,
                 max_leases: match settings.lease.max_leases_per_worker {
                     0 => usize::MAX,

@@ -23,7 +23,7 @@
 //! half a renewal period, if shorter).
 //!
 //! A stopped worker's leases are therefore seen late only by the
-//! probe's lag, and [`Cadence::last_renewal`] gives the taker's expiry
+//! probe's lag, and [`Cadence::last_renewals`] gives the taker's expiry
 //! clock the moment that worker last renewed them, so the takeover is not
 //! delayed by the scans it skipped.
 
@@ -42,12 +42,50 @@ pub struct CadenceSettings {
     /// How often an owner renews each of its leases (the fleet's renewal
     /// period).
     pub renew_interval: Duration,
+    /// The most the probes may cost, in percent of what this worker's
+    /// renewals cost: probes are spaced further than `probe_interval`
+    /// when it holds few leases. 0: no probes.
+    pub probe_budget_percent: u32,
 }
 
+/// What a write unit costs in read units (DynamoDB's prices, on demand
+/// and provisioned alike).
+const WRITE_PRICE_IN_READS: f64 = 5.0;
+/// What a probe costs in read units: an eventually consistent GetItem.
+const PROBE_PRICE_IN_READS: f64 = 0.5;
+
 impl CadenceSettings {
-    /// Probing pays only when it runs more often than the scans.
-    fn probing(&self) -> bool {
-        self.probe_interval < self.take_interval
+    /// How often to probe when workers hold `share` leases each on
+    /// average and `others` other workers are followed: the longest of
+    ///
+    /// - `probe_interval`, the floor;
+    /// - a renewal period shared among the others: each is then read once
+    ///   a renewal period, which is all a sample can show (it moves once a
+    ///   period), so probing faster buys nothing;
+    /// - the spacing at which the probes cost the budget's share of the
+    ///   renewals (one write per lease per renewal period).
+    ///
+    /// `None`: no probes (no budget, no one to follow, or not more often
+    /// than the scans).
+    ///
+    /// Why a budget: a probe costs a worker the same however many leases
+    /// it holds, while the KCL's bill grows with them; at 1,000 shards on
+    /// 10 workers a probe each second adds 0.3%, at 8 leases per worker 4%.
+    /// The fleet's average share, not this worker's, sets it: every worker
+    /// probes as often, so a worker holding nothing (a standby) watches as
+    /// closely as the others.
+    fn probe_every(&self, share: f64, others: usize) -> Option<Duration> {
+        if self.probe_budget_percent == 0 || share <= 0.0 || others == 0 {
+            return None;
+        }
+        let renew = self.renew_interval.as_secs_f64().max(0.001);
+        let budget =
+            share / renew * WRITE_PRICE_IN_READS * f64::from(self.probe_budget_percent) / 100.0;
+        let spaced = (PROBE_PRICE_IN_READS / budget)
+            .max(renew / others as f64)
+            .min(86_400.0);
+        Some(self.probe_interval.max(Duration::from_secs_f64(spaced)))
+            .filter(|every| *every < self.take_interval)
     }
 }
 
@@ -94,6 +132,8 @@ pub struct Cadence {
     /// The first moment a lease of another worker can expire, while
     /// unsettled: the scan is timed to it rather than left to the next tick.
     expiry: Option<Instant>,
+    /// Owned leases per worker at the last scan (the probe budget).
+    share: f64,
 }
 
 impl Cadence {
@@ -107,6 +147,7 @@ impl Cadence {
             turn: None,
             unsettled: true,
             expiry: None,
+            share: 0.0,
         }
     }
 
@@ -126,14 +167,19 @@ impl Cadence {
     ) {
         let mut next: BTreeMap<String, Watched> = BTreeMap::new();
         let mut by_owner: HashMap<&str, Vec<&LeaseRecord>> = HashMap::new();
+        let mut owned = 0usize;
+        let mut owners: std::collections::HashSet<&str> = std::collections::HashSet::from([me]);
         for lease in leases {
-            match lease.owner.as_deref() {
-                Some(owner) if owner != me && lease.checkpoint_owner.is_none() => {
-                    by_owner.entry(owner).or_default().push(lease)
-                }
-                _ => {}
+            let Some(owner) = lease.owner.as_deref() else {
+                continue;
+            };
+            owned += 1;
+            owners.insert(owner);
+            if owner != me && lease.checkpoint_owner.is_none() {
+                by_owner.entry(owner).or_default().push(lease)
             }
         }
+        self.share = owned as f64 / owners.len() as f64;
         for (owner, owned) in by_owner {
             let kept = self.watched.get(owner).and_then(|w| {
                 owned
@@ -207,7 +253,11 @@ impl Cadence {
     /// and a round of probes to see it.
     fn silence_limit(&self) -> Duration {
         let round = u32::try_from(self.watched.len().max(1)).unwrap_or(u32::MAX);
-        self.settings.renew_interval + self.settings.probe_interval.saturating_mul(round)
+        let every = self
+            .settings
+            .probe_every(self.share, self.watched.len())
+            .unwrap_or(self.settings.take_interval);
+        self.settings.renew_interval + every.saturating_mul(round)
     }
 
     /// Notes what a probe of `owner`'s sample read (`None`: the item is
@@ -241,9 +291,12 @@ impl Cadence {
         self.last_probe = Some(now);
     }
 
-    /// When `owner` last renewed its leases, as far as the probes know:
-    /// when its sample was last seen moving. `None` for a worker not
-    /// followed.
+    /// When an owner last renewed its leases, as far as the probes know,
+    /// given what a scan just read (`scanned`): when its sample was last
+    /// seen moving, provided the scan shows the sample still where it was
+    /// then. `None` when the worker is not followed, or its sample moved
+    /// since: it renewed at some moment after the last look, and nothing
+    /// better than the scan's own time can be said.
     ///
     /// Why one lease tells for all: a worker renews all its leases in one
     /// pass (the KCL's renewer submits them together; kcld's renewals share
@@ -253,9 +306,22 @@ impl Cadence {
     /// may judge the lease expired). The taker dates a lease that moved
     /// between two scans by this, when it falls between them
     /// ([`crate::balance::Observations::observe_vouched`]), rather than by
-    /// the second scan, which may come a whole `take_interval` later.
-    pub fn last_renewal(&self, owner: &str) -> Option<Instant> {
-        self.watched.get(owner).map(|w| w.alive_at)
+    /// the second scan, which may come a whole `take_interval` later. The
+    /// sample must not have moved since: probes may be far apart, and a
+    /// sample last seen moving long ago says nothing of a pass since (its
+    /// leases would look expired while their owner renews them).
+    ///
+    /// Every followed owner's, at once (one pass over the scan).
+    pub fn last_renewals(&self, scanned: &[&LeaseRecord]) -> HashMap<String, Instant> {
+        scanned
+            .iter()
+            .filter_map(|l| {
+                let owner = l.owner.as_deref()?;
+                let w = self.watched.get(owner)?;
+                (l.counter == w.counter && l.key.render() == w.sample)
+                    .then(|| (owner.to_owned(), w.alive_at))
+            })
+            .collect()
     }
 
     fn any_suspect(&self, now: Instant) -> bool {
@@ -271,7 +337,8 @@ impl Cadence {
         let Some(last_scan) = self.last_scan else {
             return Next::Scan(Instant::now());
         };
-        if self.unsettled || !s.probing() {
+        let probe_every = s.probe_every(self.share, self.watched.len());
+        if self.unsettled || probe_every.is_none() {
             let every = if self.unsettled {
                 // Leases are dated back to their owner's last renewal: if
                 // it renews them still, a scan must see them move again
@@ -296,7 +363,8 @@ impl Cadence {
         if self.watched.is_empty() {
             return Next::Scan(scan_at);
         }
-        let probe_at = self.last_probe.unwrap_or(last_scan) + s.probe_interval;
+        let probe_at =
+            self.last_probe.unwrap_or(last_scan) + probe_every.unwrap_or(s.take_interval);
         if probe_at < scan_at {
             Next::Probe(probe_at)
         } else {
@@ -321,6 +389,8 @@ mod tests {
             take_interval: Duration::from_secs(20),
             probe_interval: Duration::from_secs(1),
             renew_interval: Duration::from_millis(3308),
+            // Probes every `probe_interval` from one lease per worker up.
+            probe_budget_percent: 100,
         }
     }
 
@@ -340,6 +410,10 @@ mod tests {
         Duration::from_secs_f64(s)
     }
 
+    /// The renewal period of `settings()`: with one other worker, the
+    /// probe interval too (a sample moves once a period).
+    const R: f64 = 3.308;
+
     #[test]
     fn a_settled_fleet_is_scanned_at_the_take_interval_and_probed_between() {
         let t0 = Instant::now();
@@ -351,17 +425,15 @@ mod tests {
         // One sample per other worker, the smallest key.
         assert_eq!(c.sample(), Some(("other".into(), "shardId-2".into())));
         assert_eq!(c.sample(), Some(("other".into(), "shardId-2".into())));
-        assert_eq!(c.next(), Next::Probe(t0 + secs(1.0)));
+        // One other worker: read once a renewal period.
+        assert_eq!(c.next(), Next::Probe(t0 + secs(R)));
         let mut moved = b.clone();
         moved.counter += 1;
-        assert_eq!(
-            c.probed("other", Some(&moved), t0 + secs(1.0)),
-            Probe::Alive
-        );
-        assert_eq!(c.next(), Next::Probe(t0 + secs(2.0)));
+        assert_eq!(c.probed("other", Some(&moved), t0 + secs(R)), Probe::Alive);
+        assert_eq!(c.next(), Next::Probe(t0 + secs(2.0 * R)));
         // Unmoved for less than a renewal period and a probe: still alive.
         assert_eq!(
-            c.probed("other", Some(&moved), t0 + secs(5.0)),
+            c.probed("other", Some(&moved), t0 + secs(R + 6.0)),
             Probe::Alive
         );
         // Probes stop where the scan is due.
@@ -382,13 +454,15 @@ mod tests {
         c.scanned("me", &leases.iter().collect::<Vec<_>>(), false, None, t0);
         let owners: Vec<String> = (0..4).filter_map(|_| c.sample()).map(|(o, _)| o).collect();
         assert_eq!(owners, ["b", "c", "d", "b"]);
-        // Each is read every third probe: silent for a renewal period and
-        // three probe intervals before it is suspected.
+        // A probe every third of a renewal period, each worker read every
+        // third probe: silent for a renewal period and a round of probes
+        // (two periods) before it is suspected.
+        assert_eq!(c.next(), Next::Probe(t0 + secs(R / 3.0)));
         assert_eq!(
-            c.probed("c", Some(&leases[1]), t0 + secs(6.2)),
+            c.probed("c", Some(&leases[1]), t0 + secs(6.5)),
             Probe::Alive
         );
-        assert_eq!(c.probed("c", Some(&leases[1]), t0 + secs(6.4)), Probe::Scan);
+        assert_eq!(c.probed("c", Some(&leases[1]), t0 + secs(6.7)), Probe::Scan);
     }
 
     #[test]
@@ -410,7 +484,7 @@ mod tests {
         c.scanned("me", &[&mine, &stolen], false, None, t0 + secs(1.0));
         assert!(!c.is_unsettled());
         assert_eq!(c.sample(), Some(("other".into(), "shardId-2".into())));
-        assert_eq!(c.next(), Next::Probe(t0 + secs(2.0)));
+        assert_eq!(c.next(), Next::Probe(t0 + secs(1.0 + R)));
     }
 
     #[test]
@@ -472,23 +546,34 @@ mod tests {
             c.probed("other", Some(&moved), t0 + secs(3.0)),
             Probe::Alive
         );
-        // Still at t0 + 7.4 (silence 4.4 s > 3.308 + 1): scan, and from then
-        // on the owner's leases count as last renewed when the sample last
-        // moved.
-        assert_eq!(c.probed("other", Some(&moved), t0 + secs(7.4)), Probe::Scan);
-        assert_eq!(c.last_renewal("other"), Some(t0 + secs(3.0)));
+        // Still at t0 + 9.7 (silence 6.7 s > a renewal period and a probe
+        // interval, 2 x 3.308): scan, and from then on the owner's leases
+        // count as last renewed when the sample last moved.
+        assert_eq!(c.probed("other", Some(&moved), t0 + secs(9.7)), Probe::Scan);
+        assert_eq!(
+            c.last_renewals(&[&moved]).get("other").copied(),
+            Some(t0 + secs(3.0))
+        );
         // The scan keeps the clock of the sample and scans every probe
         // interval while the owner stays suspect.
-        c.scanned("me", &[&moved], false, None, t0 + secs(7.5));
+        c.scanned("me", &[&moved], false, None, t0 + secs(9.8));
         assert!(c.is_unsettled());
-        assert_eq!(c.next(), Next::Scan(t0 + secs(8.5)));
+        assert_eq!(c.next(), Next::Scan(t0 + secs(10.8)));
         // It renews again: settled.
         let mut again = moved.clone();
         again.counter = 9;
-        c.scanned("me", &[&again], false, None, t0 + secs(8.5));
+        c.scanned("me", &[&again], false, None, t0 + secs(10.8));
         assert!(!c.is_unsettled());
-        assert_eq!(c.last_renewal("other"), Some(t0 + secs(8.5)));
-        assert_eq!(c.next(), Next::Probe(t0 + secs(9.5)));
+        assert_eq!(
+            c.last_renewals(&[&again]).get("other").copied(),
+            Some(t0 + secs(10.8))
+        );
+        // A sample that moved since it was last looked at vouches for
+        // nothing: the owner renewed at some unknown moment since.
+        let mut later = again.clone();
+        later.counter = 10;
+        assert_eq!(c.last_renewals(&[&later]).get("other").copied(), None);
+        assert_eq!(c.next(), Next::Probe(t0 + secs(10.8 + R)));
     }
 
     #[test]
@@ -499,7 +584,7 @@ mod tests {
         c.scanned("me", &[&b], true, None, t0);
         assert_eq!(c.next(), Next::Scan(t0 + secs(1.0)));
         c.scanned("me", &[&b], false, None, t0 + secs(1.0));
-        assert_eq!(c.next(), Next::Probe(t0 + secs(2.0)));
+        assert_eq!(c.next(), Next::Probe(t0 + secs(1.0 + R)));
         c.scan_failed(t0 + secs(2.0));
         assert_eq!(c.next(), Next::Scan(t0 + secs(3.0)));
         // While unsettled, a lease that expires before the next tick is
@@ -508,7 +593,7 @@ mod tests {
         assert_eq!(c.next(), Next::Scan(t0 + secs(3.401)));
         // Settled, the expiry of live leases does not bring scans forward.
         c.scanned("me", &[&b], false, Some(t0 + secs(13.0)), t0 + secs(4.0));
-        assert_eq!(c.next(), Next::Probe(t0 + secs(5.0)));
+        assert_eq!(c.next(), Next::Probe(t0 + secs(4.0 + R)));
     }
 
     #[test]
@@ -519,6 +604,7 @@ mod tests {
             take_interval: Duration::from_secs(6),
             probe_interval: Duration::from_secs(1),
             renew_interval: Duration::from_millis(975),
+            probe_budget_percent: 100,
         });
         let b = lease("shardId-2", Some("other"), 7);
         c.scanned("me", &[&b], false, None, t0);
@@ -534,9 +620,65 @@ mod tests {
             take_interval: Duration::from_secs(1),
             probe_interval: Duration::from_secs(1),
             renew_interval: Duration::from_millis(3308),
+            probe_budget_percent: 100,
         });
         let b = lease("shardId-2", Some("other"), 7);
         c.scanned("me", &[&b], false, None, t0);
         assert_eq!(c.next(), Next::Scan(t0 + secs(1.0)));
+    }
+
+    #[test]
+    fn probes_are_spaced_to_cost_at_most_their_budget_of_the_renewals() {
+        let t0 = Instant::now();
+        let budget = |percent| CadenceSettings {
+            probe_budget_percent: percent,
+            ..settings()
+        };
+        let fleet = |mine: usize, others: &[(&str, usize)]| -> Vec<LeaseRecord> {
+            let mut leases: Vec<LeaseRecord> = (0..mine)
+                .map(|i| lease(&format!("shardId-m{i}"), Some("me"), 1))
+                .collect();
+            for (owner, n) in others {
+                leases
+                    .extend((0..*n).map(|i| lease(&format!("shardId-{owner}{i}"), Some(owner), 1)));
+            }
+            leases
+        };
+        let next_with = |percent, leases: &[LeaseRecord]| {
+            let mut c = Cadence::new(budget(percent));
+            c.scanned("me", &leases.iter().collect::<Vec<_>>(), false, None, t0);
+            c.next()
+        };
+        // 8 leases per worker renewed every 3.308 s cost 12.1 read units a
+        // second; 1% of that pays a probe (half a unit) every 4.135 s.
+        let eight_each = fleet(8, &[("other", 8)]);
+        match next_with(1, &eight_each) {
+            Next::Probe(at) => {
+                let every = at - t0;
+                assert!(every > secs(4.13) && every < secs(4.14), "{every:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // 100 leases per worker: the budget allows more than one a second,
+        // but each of the two others is read once a renewal period, no
+        // more (its sample moves no faster).
+        let hundred_each = fleet(100, &[("b", 100), ("c", 100)]);
+        assert_eq!(next_with(1, &hundred_each), Next::Probe(t0 + secs(R / 2.0)));
+        // With ten others, `probe_interval` is the floor.
+        let others: Vec<(String, usize)> = (0..10).map(|i| (format!("w{i}"), 100)).collect();
+        let others: Vec<(&str, usize)> = others.iter().map(|(o, n)| (o.as_str(), *n)).collect();
+        assert_eq!(
+            next_with(1, &fleet(100, &others)),
+            Next::Probe(t0 + secs(1.0))
+        );
+        // A standby holding nothing probes as the fleet's share allows.
+        let standby = fleet(0, &[("b", 100), ("c", 100)]);
+        assert!(matches!(next_with(1, &standby), Next::Probe(_)));
+        // One lease per worker: the budget pays a probe every 33 s, less
+        // often than the scans; scans at the take interval only.
+        let one_each = fleet(1, &[("other", 1)]);
+        assert_eq!(next_with(1, &one_each), Next::Scan(t0 + secs(20.0)));
+        // No budget: no probes.
+        assert_eq!(next_with(0, &hundred_each), Next::Scan(t0 + secs(20.0)));
     }
 }

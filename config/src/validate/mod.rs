@@ -130,13 +130,12 @@ pub(crate) fn validate(
     let lease = LeaseSettings {
         store,
         failover_time,
-        // A scan each second by default: with the KCL's cadence (twice the
-        // failover time) and probes between scans, a takeover after a
-        // crash was seen to wait for the next scan in some runs (README).
+        // The KCL's: its taker runs every twice the failover time (probes
+        // between scans keep the takeover within about the failover time).
         take_interval: millis(
             "lease.take_interval_ms",
             raw.lease.take_interval_ms,
-            1_000,
+            i64::try_from((2 * failover_time.as_millis()).min(3_600_000)).unwrap_or(3_600_000),
             100,
             3_600_000,
         )?,
@@ -147,6 +146,13 @@ pub(crate) fn validate(
             100,
             3_600_000,
         )?,
+        probe_budget_percent: ms(
+            "lease.probe_budget_percent",
+            raw.lease.probe_budget_percent,
+            1,
+            0,
+            100,
+        )? as u32,
         shard_sync_interval: millis(
             "lease.shard_sync_interval_ms",
             raw.lease.shard_sync_interval_ms,

@@ -59,6 +59,9 @@ pub struct LeaseSettings {
     /// hands. Not below `take_interval`: no probes, every scan at
     /// `take_interval`.
     pub probe_interval: Duration,
+    /// The most probes may cost, in percent of this worker's renewals
+    /// ([`crate::cadence::CadenceSettings::probe_budget_percent`]).
+    pub probe_budget_percent: u32,
     /// How often shards are listed to add missing leases and remove
     /// finished ones.
     pub shard_sync_interval: Duration,
@@ -337,6 +340,7 @@ impl Inner {
             let mut cadence = Cadence::new(CadenceSettings {
                 take_interval: s.take_interval,
                 probe_interval: s.probe_interval,
+                probe_budget_percent: s.probe_budget_percent,
                 renew_interval: s.renew_interval,
             });
             let mut sync = tokio::time::interval_at(
@@ -409,6 +413,12 @@ impl Inner {
     }
 
     /// Drops a lease that is no longer this worker's, without alarm.
+    ///
+    /// The taker is woken: the lease has a new owner this worker may not
+    /// have seen yet (a thief that joined since the last scan), and until a
+    /// scan shows it, neither probes nor the expiry clock follow that
+    /// owner; were it to die now, its leases would go unseen until the next
+    /// settled scan, a whole `take_interval` later.
     fn forget(&self, h: &Held) {
         h.handed_over.store(true, Ordering::Release);
         h.lost.store(true, Ordering::Release);
@@ -416,8 +426,14 @@ impl Inner {
         let mut held = lock(&self.held);
         held.remove(&h.key);
         metrics::gauge!("kcld_leases_held").set(held.len() as f64);
+        drop(held);
+        // Once the lease is out of `held`, so that the scan does not see it
+        // as this worker's.
+        self.take_now.notify_one();
     }
 
+    /// Stops a lease another worker took; the taker is woken, as in
+    /// [`Inner::forget`].
     fn lose(&self, h: &Held, why: &str) {
         if !h.lost.swap(true, Ordering::AcqRel) {
             metrics::counter!("kcld_leases_lost_total").increment(1);
@@ -427,7 +443,10 @@ impl Inner {
         let mut held = lock(&self.held);
         held.remove(&h.key);
         metrics::gauge!("kcld_leases_held").set(held.len() as f64);
+        drop(held);
+        self.take_now.notify_one();
     }
+
     /// its last write left.
     fn grant(self: &Arc<Self>, lease: &LeaseRecord, counter: i64, sent: Instant) {
         let key = lease.key.render();

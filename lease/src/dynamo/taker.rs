@@ -35,8 +35,9 @@ impl Inner {
             };
             let now = Instant::now();
             let ours = self.ours(&leases);
+            let renewed = cadence.last_renewals(&ours);
             observations.observe_vouched(ours.iter().copied(), now, |owner| {
-                cadence.last_renewal(owner)
+                renewed.get(owner).copied()
             });
             if !consistent && self.calls_for_action(&ours, &unreadable, observations, now) {
                 consistent = true;
@@ -66,12 +67,13 @@ impl Inner {
         let plan = self.plan(&readable, observations, now);
         let changing =
             !plan.take.is_empty() || !plan.steal.is_empty() || !lock(&self.pending).is_empty();
-        cadence.scanned(
-            self.me(),
-            &ours,
-            changing,
-            observations.next_expiry(self.me(), now, self.settings.failover),
-            now,
+        let expiry = observations.next_expiry(self.me(), now, self.settings.failover);
+        cadence.scanned(self.me(), &ours, changing, expiry, now);
+        tracing::debug!(
+            consistent,
+            unsettled = cadence.is_unsettled(),
+            expires_in = ?expiry.map(|e| e.saturating_duration_since(now)),
+            "scanned the lease table"
         );
         if plan.take.is_empty() && plan.steal.is_empty() {
             return;
@@ -279,7 +281,15 @@ impl Inner {
                 if std::mem::take(probe_failing) {
                     tracing::info!("lease probes answered again");
                 }
-                cadence.probed(&owner, seen.as_ref(), now) == Probe::Scan
+                let verdict = cadence.probed(&owner, seen.as_ref(), now);
+                tracing::debug!(
+                    %owner,
+                    lease = %key,
+                    counter = seen.as_ref().map(|l| l.counter),
+                    ?verdict,
+                    "probed another worker's lease"
+                );
+                verdict == Probe::Scan
             }
             Err(e) => {
                 if !std::mem::replace(probe_failing, true) {
