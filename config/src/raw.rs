@@ -15,6 +15,7 @@ pub(crate) struct RawSettings {
     pub(crate) shutdown_timeout_ms: Option<i64>,
     pub(crate) consumer_arn: Option<String>,
     pub(crate) consumer_name: Option<String>,
+    pub(crate) streams: Vec<RawStream>,
     pub(crate) fan_out: RawFanOut,
     pub(crate) aws: RawAws,
     pub(crate) lease: RawLease,
@@ -23,6 +24,20 @@ pub(crate) struct RawSettings {
     pub(crate) sink: RawSink,
     pub(crate) log: RawLog,
     pub(crate) ops: RawOps,
+}
+
+/// One `[[streams]]` entry.
+#[derive(Debug, Deserialize, Serialize, Default, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawStream {
+    pub(crate) arn: Option<String>,
+    pub(crate) consumer_arn: Option<String>,
+    pub(crate) consumer_name: Option<String>,
+    pub(crate) initial_position: Option<String>,
+    pub(crate) initial_timestamp: Option<String>,
+    pub(crate) assume_role_arn: Option<String>,
+    pub(crate) assume_role_session_name: Option<String>,
+    pub(crate) assume_role_external_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Default)]

@@ -33,7 +33,11 @@ pub(crate) fn render(settings: &Settings) -> String {
     let st = settings;
     let mut top = vec![
         Line::Set("application_name", s(&st.application_name)),
-        Line::Set("stream_arn", s(st.stream_arn.to_string())),
+        if st.multi_stream {
+            Line::Unset("stream_arn", "unset: the [[streams]] below".into())
+        } else {
+            Line::Set("stream_arn", s(st.stream_arn.to_string()))
+        },
         Line::Set("lease_table", s(&st.lease_table)),
     ];
     top.push(if st.origins.contains_key("worker_id") {
@@ -47,25 +51,13 @@ pub(crate) fn render(settings: &Settings) -> String {
             ),
         )
     });
-    match &st.initial_position {
-        InitialPosition::TrimHorizon => top.push(Line::Set("initial_position", s("TRIM_HORIZON"))),
-        InitialPosition::Latest => top.push(Line::Set("initial_position", s("LATEST"))),
-        InitialPosition::AtTimestamp { rfc3339, .. } => {
-            top.push(Line::Set("initial_position", s("AT_TIMESTAMP")));
-            top.push(Line::Set("initial_timestamp", s(rfc3339)));
-        }
-    }
+    position_lines(&mut top, &st.initial_position);
     top.push(Line::Set("shutdown_timeout_ms", ms(st.shutdown_timeout)));
-    match st.fan_out.as_ref().map(|f| &f.consumer) {
-        Some(FanOutConsumer::Arn(arn)) => top.push(Line::Set("consumer_arn", s(arn.to_string()))),
-        Some(FanOutConsumer::Name(name)) => top.push(Line::Set("consumer_name", s(name))),
-        None => top.push(Line::Unset(
-            "consumer_arn",
-            "unset: polling (set consumer_arn or consumer_name for enhanced fan-out)".into(),
-        )),
+    if !st.multi_stream {
+        consumer_lines(&mut top, st.fan_out.as_ref().map(|f| &f.consumer));
     }
 
-    let fan_out = match &st.fan_out {
+    let fan_out = match st.streams.iter().find_map(|s| s.fan_out.as_ref()) {
         Some(f) => vec![
             Line::Set("stall_timeout_ms", ms(f.stall_timeout)),
             Line::Set("subscription_max_age_ms", ms(f.subscription_max_age)),
@@ -187,16 +179,33 @@ pub(crate) fn render(settings: &Settings) -> String {
         s(st.ops.listen.map_or("off".to_owned(), |a| a.to_string())),
     )];
 
-    let mut out = format!(
-        "# stream {} in account {}, region {} (from stream_arn)\n\
-         # lease table {} in region {} (from {})\n\
+    let mut out = String::new();
+    for (i, stream) in st.streams.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "# stream {} in account {}, region {} (from {})",
+            stream.arn.stream_name,
+            stream.arn.account,
+            stream.arn.region,
+            if st.multi_stream {
+                format!("streams[{i}].arn")
+            } else {
+                "stream_arn".to_owned()
+            }
+        );
+    }
+    let _ = write!(
+        out,
+        "# lease table {} in region {} (from {}){}\n\
          # Each value says where it came from: the file, a variable, or the default.\n",
-        st.stream_arn.stream_name,
-        st.stream_arn.account,
-        st.stream_arn.region,
         st.lease_table,
         st.aws.dynamodb_region,
-        st.aws.dynamodb_region_from
+        st.aws.dynamodb_region_from,
+        if st.multi_stream {
+            ", leases keyed account:stream:creationEpoch:shardId"
+        } else {
+            ""
+        }
     );
     write_section(&mut out, st, None, &top);
     for (name, lines) in [
@@ -213,7 +222,58 @@ pub(crate) fn render(settings: &Settings) -> String {
             write_section(&mut out, st, Some(name), &lines);
         }
     }
+    if st.multi_stream {
+        for stream in &st.streams {
+            let mut lines = vec![Line::Set("arn", s(stream.arn.to_string()))];
+            consumer_lines(&mut lines, stream.fan_out.as_ref().map(|f| &f.consumer));
+            position_lines(&mut lines, &stream.initial_position);
+            if let Some(role) = &stream.assume_role {
+                lines.push(Line::Set("assume_role_arn", s(&role.role_arn)));
+                lines.push(Line::Set("assume_role_session_name", s(&role.session_name)));
+                if let Some(id) = &role.external_id {
+                    lines.push(Line::Set("assume_role_external_id", s(id)));
+                }
+            }
+            out.push_str("\n[[streams]]\n");
+            // An entry's values come from the file: variables cannot set
+            // list entries.
+            for line in &lines {
+                match line {
+                    Line::Set(key, value) => {
+                        let _ = writeln!(out, "{key} = {value}  # file");
+                    }
+                    Line::Unset(key, note) => {
+                        let _ = writeln!(out, "# {key}: {note}");
+                    }
+                }
+            }
+        }
+    }
     out
+}
+
+fn position_lines(lines: &mut Vec<Line>, position: &InitialPosition) {
+    match position {
+        InitialPosition::TrimHorizon => {
+            lines.push(Line::Set("initial_position", s("TRIM_HORIZON")))
+        }
+        InitialPosition::Latest => lines.push(Line::Set("initial_position", s("LATEST"))),
+        InitialPosition::AtTimestamp { rfc3339, .. } => {
+            lines.push(Line::Set("initial_position", s("AT_TIMESTAMP")));
+            lines.push(Line::Set("initial_timestamp", s(rfc3339)));
+        }
+    }
+}
+
+fn consumer_lines(lines: &mut Vec<Line>, consumer: Option<&FanOutConsumer>) {
+    match consumer {
+        Some(FanOutConsumer::Arn(arn)) => lines.push(Line::Set("consumer_arn", s(arn.to_string()))),
+        Some(FanOutConsumer::Name(name)) => lines.push(Line::Set("consumer_name", s(name))),
+        None => lines.push(Line::Unset(
+            "consumer_arn",
+            "unset: polling (set consumer_arn or consumer_name for enhanced fan-out)".into(),
+        )),
+    }
 }
 
 fn write_section(out: &mut String, st: &Settings, section: Option<&str>, lines: &[Line]) {

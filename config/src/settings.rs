@@ -39,8 +39,19 @@ pub struct Settings {
     /// Names this consumer; the lease table is named after it unless set, as in
     /// the KCL.
     pub application_name: String,
-    /// The stream to read; its account and region come from here.
+    /// The stream to read; its account and region come from here. With
+    /// `[[streams]]`, the first of them.
     pub stream_arn: StreamArn,
+    /// Every stream read, each with its own consumer, start and role:
+    /// `stream_arn` (with the top-level `consumer_*`, `initial_position`
+    /// and `aws.assume_role_*`) as a list of one, or the `[[streams]]`
+    /// entries.
+    pub streams: Vec<StreamSettings>,
+    /// Leases use the KCL's multi-stream keys
+    /// (`account:stream:creationEpoch:shardId`): set when the streams come
+    /// from `[[streams]]`, even one, so that adding a stream later keeps
+    /// the keys; `stream_arn` keeps the single-stream keys (shard ids).
+    pub multi_stream: bool,
     /// The DynamoDB table for leases and checkpoints; `application_name` unless
     /// set.
     pub lease_table: String,
@@ -70,6 +81,37 @@ pub struct Settings {
     pub log: LogSettings,
     /// The metrics and health endpoint.
     pub ops: OpsSettings,
+}
+
+impl Settings {
+    /// These settings as if `streams[i]` were the only stream: its ARN,
+    /// consumer, start and role in the top-level fields, so that code
+    /// written for one stream serves each of several.
+    pub fn for_stream(&self, i: usize) -> Settings {
+        let mut one = self.clone();
+        if let Some(stream) = self.streams.get(i) {
+            one.stream_arn = stream.arn.clone();
+            one.fan_out = stream.fan_out.clone();
+            one.initial_position = stream.initial_position.clone();
+            one.aws.assume_role = stream.assume_role.clone();
+            one.streams = vec![stream.clone()];
+        }
+        one
+    }
+}
+
+/// One stream to read.
+#[derive(Clone, Debug, Serialize)]
+pub struct StreamSettings {
+    /// Its ARN: the owner's account and the region come from here.
+    pub arn: StreamArn,
+    /// Enhanced fan-out through this consumer, else polling.
+    pub fan_out: Option<FanOutSettings>,
+    /// Where its shards with no checkpoint start.
+    pub initial_position: InitialPosition,
+    /// The role assumed for its Kinesis calls (`None`: the default
+    /// credentials).
+    pub assume_role: Option<AssumeRole>,
 }
 
 /// Which enhanced fan-out consumer to read through.

@@ -395,3 +395,102 @@ fn check_config_prints_a_file_that_loads_back_to_the_same_settings() {
     let reloaded = load(Some(file(&printed).path()), env(&[])).unwrap();
     assert_eq!(reloaded.lease_table, "app");
 }
+
+#[test]
+fn streams_entries_inherit_the_top_level_start_and_role_unless_they_set_their_own() {
+    let f = file(
+        r#"
+application_name = "central"
+initial_position = "TRIM_HORIZON"
+
+[aws]
+assume_role_arn = "arn:aws:iam::222222222222:role/reader"
+
+[[streams]]
+arn = "arn:aws:kinesis:us-east-1:111111111111:stream/orders"
+
+[[streams]]
+arn = "arn:aws:kinesis:eu-west-1:444444444444:stream/clicks"
+consumer_name = "central"
+initial_position = "LATEST"
+assume_role_arn = "arn:aws:iam::444444444444:role/clicks-reader"
+assume_role_external_id = "central-analytics"
+"#,
+    );
+    let s = load(Some(f.path()), env(&[])).unwrap();
+    assert!(s.multi_stream);
+    assert_eq!(s.streams.len(), 2);
+    // The first stream stands for the application where one is needed.
+    assert_eq!(s.stream_arn.stream_name, "orders");
+    let (orders, clicks) = (&s.streams[0], &s.streams[1]);
+    assert_eq!(orders.initial_position, InitialPosition::TrimHorizon);
+    assert!(orders.fan_out.is_none());
+    assert_eq!(
+        orders.assume_role.as_ref().map(|r| r.role_arn.as_str()),
+        Some("arn:aws:iam::222222222222:role/reader")
+    );
+    assert_eq!(clicks.arn.region, "eu-west-1");
+    assert_eq!(clicks.initial_position, InitialPosition::Latest);
+    assert!(clicks.fan_out.is_some());
+    let role = clicks.assume_role.as_ref().unwrap();
+    assert_eq!(
+        role.role_arn,
+        "arn:aws:iam::444444444444:role/clicks-reader"
+    );
+    assert_eq!(role.external_id.as_deref(), Some("central-analytics"));
+    // The view of one stream puts its values where single-stream code
+    // reads them.
+    let one = s.for_stream(1);
+    assert_eq!(one.stream_arn, clicks.arn);
+    assert_eq!(one.initial_position, InitialPosition::Latest);
+    assert!(one.fan_out.is_some());
+    assert_eq!(
+        one.aws.assume_role.map(|r| r.role_arn),
+        Some("arn:aws:iam::444444444444:role/clicks-reader".to_owned())
+    );
+}
+
+#[test]
+fn a_single_stream_arn_is_a_list_of_one_with_single_stream_keys() {
+    let s = load(
+        None,
+        env(&[
+            ("KCLD_APPLICATION_NAME", "orders-reader"),
+            ("KCLD_STREAM_ARN", ARN),
+        ]),
+    )
+    .unwrap();
+    assert!(!s.multi_stream);
+    assert_eq!(s.streams.len(), 1);
+    assert_eq!(s.streams[0].arn, s.stream_arn);
+}
+
+#[test]
+fn streams_entries_are_refused_where_they_cannot_work() {
+    let cases = [
+        // Memory leases serve one stream.
+        (
+            "application_name = \"central\"\n[lease]\nstore = \"memory\"\n\n[[streams]]\narn = \"arn:aws:kinesis:us-east-1:111111111111:stream/a\"\n\n[[streams]]\narn = \"arn:aws:kinesis:us-east-1:111111111111:stream/b\"\n",
+            "lease.store",
+        ),
+        // A top-level consumer would not say which stream it is of.
+        (
+            "application_name = \"central\"\nconsumer_name = \"c\"\n\n[[streams]]\narn = \"arn:aws:kinesis:us-east-1:111111111111:stream/a\"\n",
+            "consumer_name",
+        ),
+        // A consumer of another stream.
+        (
+            "application_name = \"central\"\n\n[[streams]]\narn = \"arn:aws:kinesis:us-east-1:111111111111:stream/a\"\nconsumer_arn = \"arn:aws:kinesis:us-east-1:111111111111:stream/b/consumer/c:1\"\n",
+            "streams[0].consumer_arn",
+        ),
+        (
+            "application_name = \"central\"\n\n[[streams]]\narn = \"arn:aws:kinesis:us-east-1:111111111111:stream/a\"\ninitial_position = \"AT_TIMESTAMP\"\n",
+            "streams[0].initial_timestamp",
+        ),
+    ];
+    for (text, key) in cases {
+        let f = file(text);
+        let e = load(Some(f.path()), env(&[])).unwrap_err();
+        assert_eq!(err_key(e), key, "{text}");
+    }
+}

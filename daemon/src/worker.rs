@@ -3,6 +3,7 @@
 //! let in-flight batches be confirmed, write final checkpoints, release the
 //! leases, all within `shutdown_timeout_ms`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use futures::FutureExt;
 use kcld_checkpoint::Checkpoint;
 use kcld_config::multilang::MultiLangSettings;
 use kcld_config::{InitialPosition, LeaseStore, Settings};
-use kcld_lease::dynamo::{DynamoLeases, LeaseSettings};
+use kcld_lease::dynamo::{DynamoLeases, LeaseSettings, LeaseStream};
 use kcld_lease::key::StreamScope;
 use kcld_lease::memory::MemoryLeases;
 use kcld_lease::table::LeaseTable;
@@ -36,6 +37,9 @@ use crate::{aws, multilang, sink};
 pub enum Delivery {
     /// To a sink; kcld checkpoints what it confirmed.
     Sink(Arc<dyn Sink>),
+    /// To one sink per stream (in the order of `streams`), so that each
+    /// record names its own stream; kcld checkpoints what each confirmed.
+    Sinks(Vec<Arc<dyn Sink>>),
     /// To MultiLang record processor processes, one per shard, which
     /// checkpoint for themselves (`kcld multilang`).
     MultiLang(Arc<MultiLangSettings>),
@@ -62,10 +66,12 @@ pub async fn run_live(
     shutdown: CancellationToken,
     live: crate::reload::Live,
 ) -> Result<()> {
-    let sink = sink::from_live_settings(&settings, live.http)?;
+    let sinks = (0..settings.streams.len())
+        .map(|i| sink::from_live_settings(&settings.for_stream(i), live.http.clone()))
+        .collect::<Result<Vec<_>>>()?;
     run_embedded(
         settings,
-        Delivery::Sink(sink),
+        Delivery::Sinks(sinks),
         shutdown,
         None,
         Some(live.policy),
@@ -92,6 +98,95 @@ pub async fn run_with(
     run_embedded(settings, delivery, shutdown, None, None).await
 }
 
+/// One stream as the worker reads it.
+struct StreamRun {
+    /// The settings as if this were the only stream.
+    settings: Settings,
+    stream: Stream,
+    consumer_arn: Option<Arc<str>>,
+    initial: Checkpoint,
+    at_timestamp: Option<i64>,
+    scope: StreamScope,
+}
+
+/// The clients of each (region, role) once: streams of one account and
+/// region share them (and the role's credentials, refreshed before they
+/// expire by the SDK's provider).
+#[derive(Default)]
+struct ClientsCache {
+    made: HashMap<ClientsKey, aws::Clients>,
+}
+
+/// A stream's region, and the role (with its external id) it is read as.
+type ClientsKey = (String, Option<(String, Option<String>)>);
+
+impl ClientsCache {
+    async fn get(
+        &mut self,
+        settings: &Settings,
+        credentials: &Option<SharedCredentialsProvider>,
+    ) -> Result<aws::Clients> {
+        let key = (
+            settings.stream_arn.region.clone(),
+            settings
+                .aws
+                .assume_role
+                .as_ref()
+                .map(|r| (r.role_arn.clone(), r.external_id.clone())),
+        );
+        if let Some(clients) = self.made.get(&key) {
+            return Ok(clients.clone());
+        }
+        let clients = aws::connect_with(settings, credentials.clone()).await?;
+        self.made.insert(key, clients.clone());
+        Ok(clients)
+    }
+}
+
+/// Describes one stream and resolves its fan-out consumer.
+async fn open_stream(settings: Settings, clients: &aws::Clients) -> Result<StreamRun> {
+    let stream = Stream::new(clients.kinesis.clone(), settings.stream_arn.clone());
+    let summary = stream.describe().await?;
+    tracing::info!(
+        stream = %settings.stream_arn,
+        status = %summary.status,
+        open_shards = summary.open_shards,
+        encryption = %summary.encryption,
+        retention_hours = summary.retention_hours,
+        worker_id = %settings.worker_id,
+        "stream described"
+    );
+    // Fan-out: the consumer must be ACTIVE before any shard is read.
+    let consumer_arn: Option<Arc<str>> = match &settings.fan_out {
+        None => None,
+        Some(fan_out) => {
+            let arn = registration::resolve(&stream, fan_out, || clients.caller_account()).await?;
+            tracing::info!(consumer = %arn, "reading through enhanced fan-out");
+            Some(Arc::from(arn))
+        }
+    };
+    let (initial, at_timestamp) = match &settings.initial_position {
+        InitialPosition::TrimHorizon => (Checkpoint::TrimHorizon, None),
+        InitialPosition::Latest => (Checkpoint::Latest, None),
+        InitialPosition::AtTimestamp { epoch_millis, .. } => {
+            (Checkpoint::AtTimestamp, Some(*epoch_millis))
+        }
+    };
+    let scope = StreamScope {
+        account: settings.stream_arn.account.clone(),
+        stream_name: settings.stream_arn.stream_name.clone(),
+        creation_epoch: summary.creation_epoch,
+    };
+    Ok(StreamRun {
+        settings,
+        stream,
+        consumer_arn,
+        initial,
+        at_timestamp,
+        scope,
+    })
+}
+
 /// The same, calling AWS with `credentials` when given (else the default
 /// chain, or the configured role).
 pub(crate) async fn run_embedded(
@@ -106,7 +201,11 @@ pub(crate) async fn run_embedded(
     let ops_stop = CancellationToken::new();
     let _ops_guard = ops_stop.clone().drop_guard();
     if let Some(listen) = settings.ops.listen {
-        let metrics = ops::install_metrics(&settings.stream_arn.to_string())?;
+        let label = match settings.streams.as_slice() {
+            [one] => one.arn.to_string(),
+            many => format!("{} streams", many.len()),
+        };
+        let metrics = ops::install_metrics(&label)?;
         ops::serve(listen, metrics, health.clone(), ops_stop.clone()).await?;
     }
     ops::systemd::spawn_watchdog(ops_stop.clone());
@@ -114,42 +213,33 @@ pub(crate) async fn run_embedded(
     let mut settings = settings;
     aws::settle_consumer_region(&mut settings).await;
     tracing::debug!(region = %settings.aws.dynamodb_region, from = %settings.aws.dynamodb_region_from, "lease table region");
-    let clients = aws::connect_with(&settings, credentials).await?;
-    health.credentials_resolved();
-    let stream = Stream::new(clients.kinesis.clone(), settings.stream_arn.clone());
-    let summary = stream.describe().await?;
+    let mut cache = ClientsCache::default();
+    let mut streams = Vec::with_capacity(settings.streams.len());
+    let mut lease_clients = None;
+    for i in 0..settings.streams.len() {
+        let one = settings.for_stream(i);
+        let clients = cache.get(&one, &credentials).await?;
+        health.credentials_resolved();
+        lease_clients.get_or_insert_with(|| clients.clone());
+        streams.push(open_stream(one, &clients).await?);
+    }
     health.stream_described();
-    tracing::info!(
-        stream = %settings.stream_arn,
-        status = %summary.status,
-        open_shards = summary.open_shards,
-        encryption = %summary.encryption,
-        retention_hours = summary.retention_hours,
-        worker_id = %settings.worker_id,
-        "stream described"
-    );
-
-    // Fan-out: the consumer must be ACTIVE before any shard is read.
-    let consumer_arn: Option<Arc<str>> = match &settings.fan_out {
-        None => None,
-        Some(fan_out) => {
-            let arn = registration::resolve(&stream, fan_out, || clients.caller_account()).await?;
-            tracing::info!(consumer = %arn, "reading through enhanced fan-out");
-            Some(Arc::from(arn))
-        }
+    let Some(clients) = lease_clients else {
+        return Err(Error::Usage("no stream to read"));
     };
 
-    let (initial, at_timestamp) = match &settings.initial_position {
-        InitialPosition::TrimHorizon => (Checkpoint::TrimHorizon, None),
-        InitialPosition::Latest => (Checkpoint::Latest, None),
-        InitialPosition::AtTimestamp { epoch_millis, .. } => {
-            (Checkpoint::AtTimestamp, Some(*epoch_millis))
-        }
-    };
     let leases: Box<dyn LeaseSource> = match settings.lease.store {
         LeaseStore::Memory => {
-            let shards = stream.list_shards(1000).await?;
-            Box::new(MemoryLeases::new(shards, initial, shutdown.child_token()))
+            // One stream (the configuration refuses more).
+            let [only] = streams.as_slice() else {
+                return Err(Error::Usage("lease.store = \"memory\" reads one stream"));
+            };
+            let shards = only.stream.list_shards(1000).await?;
+            Box::new(MemoryLeases::new(
+                shards,
+                only.initial.clone(),
+                shutdown.child_token(),
+            ))
         }
         LeaseStore::Dynamodb => {
             let failover = settings.lease.failover_time;
@@ -166,18 +256,21 @@ pub(crate) async fn run_embedded(
                     n => n as usize,
                 },
                 max_steal: settings.lease.max_leases_to_steal as usize,
-                initial,
+                initial: streams[0].initial.clone(),
             };
-            let scope = StreamScope {
-                account: settings.stream_arn.account.clone(),
-                stream_name: settings.stream_arn.stream_name.clone(),
-                creation_epoch: summary.creation_epoch,
-            };
+            let lease_streams = streams
+                .iter()
+                .map(|s| LeaseStream {
+                    scope: s.scope.clone(),
+                    lister: Arc::new(s.stream.clone()),
+                    multi_stream: settings.multi_stream,
+                    initial: s.initial.clone(),
+                })
+                .collect();
             let table = LeaseTable::new(clients.dynamodb.clone(), &settings.lease_table);
-            let leases = DynamoLeases::start(
+            let leases = DynamoLeases::start_streams(
                 table,
-                Arc::new(stream.clone()),
-                scope,
+                lease_streams,
                 lease_settings,
                 shutdown.child_token(),
             )
@@ -202,27 +295,40 @@ pub(crate) async fn run_embedded(
     let prefetch_bytes = settings.polling.prefetch_bytes as usize;
     let total_bytes = settings.polling.prefetch_total_bytes as usize;
     let worker_budget = ByteBudget::worker(total_bytes);
-    let readers = Readers {
-        stream: stream.clone(),
-        consumer_arn,
-        settings: settings.clone(),
-        at_timestamp,
-    };
-    let processors: Arc<dyn ProcessorFactory> = match delivery {
-        Delivery::Sink(sink) => Arc::new(SinkProcessors { sink, policy }),
-        Delivery::MultiLang(ml) => Arc::new(multilang::Processors::new(ml)),
-        Delivery::Processors(factory) => factory,
+    let readers: Vec<Readers> = streams
+        .into_iter()
+        .map(|s| Readers {
+            stream: s.stream,
+            consumer_arn: s.consumer_arn,
+            settings: s.settings,
+            at_timestamp: s.at_timestamp,
+        })
+        .collect();
+    let processors: Vec<Arc<dyn ProcessorFactory>> = match delivery {
+        Delivery::Sink(sink) => vec![Arc::new(SinkProcessors { sink, policy })],
+        Delivery::Sinks(sinks) => sinks
+            .into_iter()
+            .map(|sink| {
+                Arc::new(SinkProcessors {
+                    sink,
+                    policy: policy.clone(),
+                }) as Arc<dyn ProcessorFactory>
+            })
+            .collect(),
+        Delivery::MultiLang(ml) => vec![Arc::new(multilang::Processors::new(ml))],
+        Delivery::Processors(factory) => vec![factory],
     };
     drive(
         leases,
         |grant: Grant| {
             let budget = ByteBudget::new(worker_budget.clone(), total_bytes, prefetch_bytes);
             let shard = grant.shard.clone();
-            let readers = readers.clone();
+            let readers = readers[grant.stream.min(readers.len() - 1)].clone();
+            let processors = processors[grant.stream.min(processors.len() - 1)].clone();
             let sources = move |at: &Resume| -> Box<dyn RecordSource> {
                 Box::new(readers.reader(&shard, at))
             };
-            lifecycle::run(grant, sources, processors.clone(), budget).boxed()
+            lifecycle::run(grant, sources, processors, budget).boxed()
         },
         &shutdown,
         budget,

@@ -120,6 +120,18 @@ pub struct StreamScope {
 }
 
 impl StreamScope {
+    /// A multi-stream key of this stream (its shard id left empty: a
+    /// template for [`LeaseKey::sibling`]). A stream whose creation time is
+    /// unknown gets epoch 0.
+    pub fn multi_key(&self) -> LeaseKey {
+        LeaseKey::Multi {
+            account: self.account.clone(),
+            stream: self.stream_name.clone(),
+            creation_epoch: self.creation_epoch.unwrap_or(0).to_string(),
+            shard_id: String::new(),
+        }
+    }
+
     /// Single-stream keys belong to the table's one stream; multi-stream
     /// keys only when account, stream name and (when known) creation epoch
     /// match.

@@ -38,6 +38,9 @@ pub struct ShardSpec {
 /// A shard this worker may read until `lost` fires.
 #[derive(Clone)]
 pub struct Grant {
+    /// Which stream the shard is of: its place in the list the source was
+    /// started with (0 when it reads one stream).
+    pub stream: usize,
     /// The shard granted.
     pub shard: ShardSpec,
     /// Where to resume: a sentinel for a shard never checkpointed, else the
@@ -54,6 +57,7 @@ pub struct Grant {
 impl std::fmt::Debug for Grant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Grant")
+            .field("stream", &self.stream)
             .field("shard", &self.shard.shard_id)
             .field("start", &self.start)
             .finish()

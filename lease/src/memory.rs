@@ -119,6 +119,7 @@ impl LeaseSource for MemoryLeases {
                 .unwrap_or(Checkpoint::TrimHorizon)
         };
         Some(Grant {
+            stream: 0,
             lease: Arc::new(MemoryLease {
                 shard_id: shard.shard_id.clone(),
                 state: self.state.clone(),

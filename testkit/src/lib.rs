@@ -185,9 +185,52 @@ impl Stack {
         Self::create_stream_as(&kinesis, &self.consumer_account, name, shards).await
     }
 
+    /// Creates a stream owned by `account` in `region` (the emulator takes
+    /// a 12-digit access key id as the caller's account), waits until it is
+    /// ACTIVE, and attaches the policy that shares it with the consumer
+    /// role. Returns the stream ARN.
+    pub async fn create_stream_in(
+        &self,
+        account: &str,
+        region: &str,
+        name: &str,
+        shards: i32,
+    ) -> Result<String> {
+        let conf = self
+            .sdk_config(&(account.to_owned(), "secret".to_owned()))
+            .await
+            .into_builder()
+            .region(Region::new(region.to_owned()))
+            .build();
+        let kinesis = aws_sdk_kinesis::Client::from_conf(
+            aws_sdk_kinesis::config::Builder::from(&conf)
+                .endpoint_url(&self.kinesis_endpoint)
+                .build(),
+        );
+        let arn = Self::create_stream_at(&kinesis, account, region, name, shards).await?;
+        kinesis
+            .put_resource_policy()
+            .resource_arn(&arn)
+            .policy(self.stream_policy(&arn).to_string())
+            .send()
+            .await
+            .context("PutResourcePolicy")?;
+        Ok(arn)
+    }
+
     async fn create_stream_as(
         kinesis: &aws_sdk_kinesis::Client,
         account: &str,
+        name: &str,
+        shards: i32,
+    ) -> Result<String> {
+        Self::create_stream_at(kinesis, account, REGION, name, shards).await
+    }
+
+    async fn create_stream_at(
+        kinesis: &aws_sdk_kinesis::Client,
+        account: &str,
+        region: &str,
         name: &str,
         shards: i32,
     ) -> Result<String> {
@@ -198,7 +241,7 @@ impl Stack {
             .send()
             .await
             .with_context(|| format!("CreateStream {name}"))?;
-        let arn = format!("arn:aws:kinesis:{REGION}:{account}:stream/{name}");
+        let arn = format!("arn:aws:kinesis:{region}:{account}:stream/{name}");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let summary = kinesis

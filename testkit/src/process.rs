@@ -236,6 +236,9 @@ pub struct Delivered {
     pub sub_sequence_number: Option<u64>,
     pub partition_key: String,
     pub data: Vec<u8>,
+    /// The record's stream and its region, as Lambda names them.
+    pub event_source_arn: String,
+    pub aws_region: String,
 }
 
 impl Delivered {
@@ -265,6 +268,8 @@ impl Delivered {
             data: base64::engine::general_purpose::STANDARD
                 .decode(k["data"].as_str().context("data")?)
                 .context("data is not base64")?,
+            event_source_arn: v["eventSourceARN"].as_str().unwrap_or_default().to_owned(),
+            aws_region: v["awsRegion"].as_str().unwrap_or_default().to_owned(),
         })
     }
 }

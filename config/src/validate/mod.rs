@@ -11,7 +11,7 @@ mod sink;
 use sink::validate_http_sink;
 
 pub(crate) fn validate(
-    raw: RawSettings,
+    mut raw: RawSettings,
     env: &HashMap<String, String>,
 ) -> Result<Settings, ConfigError> {
     let application_name = non_empty(raw.application_name).ok_or_else(|| {
@@ -23,72 +23,36 @@ pub(crate) fn validate(
     })?;
     check_table_name("application_name", &application_name)?;
 
-    let arn_text = non_empty(raw.stream_arn).ok_or_else(|| {
-        ConfigError::key(
+    let raw_streams = std::mem::take(&mut raw.streams);
+    let arn_text = non_empty(raw.stream_arn.take());
+    if arn_text.is_some() && !raw_streams.is_empty() {
+        return Err(ConfigError::key(
             "stream_arn",
-            "is missing",
-            "set it in the config file or KCLD_STREAM_ARN, e.g. arn:aws:kinesis:us-east-1:111111111111:stream/orders",
-        )
-    })?;
-    let stream_arn: StreamArn = arn_text.parse().map_err(|e: ArnError| {
-        ConfigError::key(
-            "stream_arn",
-            e.to_string(),
-            "copy the ARN from the stream owner's console or `aws kinesis describe-stream-summary`",
-        )
-    })?;
+            "is set together with [[streams]]",
+            "move it into a [[streams]] entry (arn = \"...\") or remove the [[streams]] entries",
+        ));
+    }
+    let stream_arn: StreamArn = match (&arn_text, raw_streams.first()) {
+        (Some(text), _) => parse_stream_arn("stream_arn", text)?,
+        (None, Some(first)) => {
+            parse_stream_arn("streams[0].arn", &required_arn(0, first.arn.clone())?)?
+        }
+        (None, None) => {
+            return Err(ConfigError::key(
+                "stream_arn",
+                "is missing",
+                "set it in the config file or KCLD_STREAM_ARN, e.g. arn:aws:kinesis:us-east-1:111111111111:stream/orders (or list several streams as [[streams]] entries)",
+            ))
+        }
+    };
 
     let lease_table = non_empty(raw.lease_table).unwrap_or_else(|| application_name.clone());
     check_table_name("lease_table", &lease_table)?;
 
     let worker_id = non_empty(raw.worker_id).unwrap_or_else(default_worker_id);
 
-    let initial_position = match non_empty(raw.initial_position)
-        .unwrap_or_else(|| "LATEST".into())
-        .to_ascii_uppercase()
-        .as_str()
-    {
-        "TRIM_HORIZON" => InitialPosition::TrimHorizon,
-        "LATEST" => InitialPosition::Latest,
-        "AT_TIMESTAMP" => {
-            let ts = non_empty(raw.initial_timestamp).ok_or_else(|| {
-                ConfigError::key(
-                    "initial_timestamp",
-                    "is required when initial_position is AT_TIMESTAMP",
-                    "set an RFC 3339 time such as 2026-11-22T06:00:00Z",
-                )
-            })?;
-            let parsed = aws_smithy_types::DateTime::from_str(
-                &ts,
-                aws_smithy_types::date_time::Format::DateTime,
-            )
-            .map_err(|e| {
-                ConfigError::key(
-                    "initial_timestamp",
-                    format!("{ts:?} is not an RFC 3339 time ({e})"),
-                    "write it like 2026-11-22T06:00:00Z or 2026-11-22T07:00:00+01:00",
-                )
-            })?;
-            let epoch_millis = parsed.to_millis().map_err(|e| {
-                ConfigError::key(
-                    "initial_timestamp",
-                    format!("{ts:?} is out of range ({e})"),
-                    "use a time after 1970",
-                )
-            })?;
-            InitialPosition::AtTimestamp {
-                rfc3339: ts,
-                epoch_millis,
-            }
-        }
-        other => {
-            return Err(ConfigError::key(
-                "initial_position",
-                format!("{other:?} is not a position"),
-                "use TRIM_HORIZON, LATEST or AT_TIMESTAMP (with initial_timestamp)",
-            ))
-        }
-    };
+    let initial_position =
+        validate_initial_position("", raw.initial_position, raw.initial_timestamp)?;
 
     let aws = validate_aws(raw.aws, &stream_arn, env)?;
 
@@ -101,11 +65,38 @@ pub(crate) fn validate(
         3_600_000,
     )?;
     let fan_out = validate_fan_out(
+        "",
         non_empty(raw.consumer_arn),
         non_empty(raw.consumer_name),
         &raw.fan_out,
         &stream_arn,
     )?;
+    let multi_stream = !raw_streams.is_empty();
+    let streams = if multi_stream {
+        if let Some(f) = &fan_out {
+            return Err(ConfigError::key(
+                match f.consumer {
+                    FanOutConsumer::Arn(_) => "consumer_arn",
+                    FanOutConsumer::Name(_) => "consumer_name",
+                },
+                "is set together with [[streams]]",
+                "set consumer_arn or consumer_name in the [[streams]] entry of the stream it reads",
+            ));
+        }
+        validate_streams(
+            raw_streams,
+            &initial_position,
+            &aws.assume_role,
+            &raw.fan_out,
+        )?
+    } else {
+        vec![StreamSettings {
+            arn: stream_arn.clone(),
+            fan_out: fan_out.clone(),
+            initial_position: initial_position.clone(),
+            assume_role: aws.assume_role.clone(),
+        }]
+    };
     let store = match non_empty(raw.lease.store)
         .unwrap_or_else(|| "dynamodb".into())
         .as_str()
@@ -120,6 +111,13 @@ pub(crate) fn validate(
             ))
         }
     };
+    if store == LeaseStore::Memory && streams.len() > 1 {
+        return Err(ConfigError::key(
+            "lease.store",
+            "\"memory\" reads one stream, and [[streams]] lists several",
+            "use lease.store = \"dynamodb\" (the default) to read several streams",
+        ));
+    }
     let failover_time = millis(
         "lease.failover_time_ms",
         raw.lease.failover_time_ms,
@@ -285,6 +283,8 @@ pub(crate) fn validate(
         origins: Default::default(),
         application_name,
         stream_arn,
+        streams,
+        multi_stream,
         lease_table,
         worker_id,
         initial_position,
@@ -363,24 +363,12 @@ fn validate_aws(
         }
     }
 
-    let assume_role = match non_empty(raw.assume_role_arn) {
-        None => None,
-        Some(role_arn) => {
-            if arn::role_account(&role_arn).is_none() {
-                return Err(ConfigError::key(
-                    "aws.assume_role_arn",
-                    format!("{role_arn:?} is not an IAM role ARN"),
-                    "use arn:aws:iam::<account>:role/<name>, or remove it to use the default credentials for Kinesis",
-                ));
-            }
-            Some(AssumeRole {
-                role_arn,
-                session_name: non_empty(raw.assume_role_session_name)
-                    .unwrap_or_else(|| "kcld".into()),
-                external_id: non_empty(raw.assume_role_external_id),
-            })
-        }
-    };
+    let assume_role = validate_assume_role(
+        "aws.",
+        raw.assume_role_arn,
+        raw.assume_role_session_name,
+        raw.assume_role_external_id,
+    )?;
 
     // The lease table lives in the consumer's region: the key, else the
     // SDK's region variables, else (decided at start, where the profile
@@ -466,16 +454,23 @@ fn millis(
 /// `consumer_arn` or `consumer_name` (not both) turn fan-out on; the
 /// consumer ARN must belong to `stream_arn`.
 fn validate_fan_out(
+    prefix: &str,
     consumer_arn: Option<String>,
     consumer_name: Option<String>,
     raw: &RawFanOut,
     stream: &StreamArn,
 ) -> Result<Option<FanOutSettings>, ConfigError> {
+    let key = |k: &str| format!("{prefix}{k}");
+    let arn_key = if prefix.is_empty() {
+        "stream_arn".to_owned()
+    } else {
+        key("arn")
+    };
     let consumer = match (consumer_arn, consumer_name) {
         (None, None) => return Ok(None),
         (Some(_), Some(_)) => {
             return Err(ConfigError::key(
-                "consumer_name",
+                &key("consumer_name"),
                 "is set together with consumer_arn",
                 "set only consumer_arn (a consumer the stream owner registered and shared) or only consumer_name (kcld registers it in the stream's own account)",
             ))
@@ -483,16 +478,16 @@ fn validate_fan_out(
         (Some(text), None) => {
             let arn: ConsumerArn = text.parse().map_err(|e: ArnError| {
                 ConfigError::key(
-                    "consumer_arn",
+                    &key("consumer_arn"),
                     e.to_string(),
                     "copy the ConsumerARN the stream owner got from `aws kinesis register-stream-consumer` or `describe-stream-consumer`",
                 )
             })?;
             if arn.stream != *stream {
                 return Err(ConfigError::key(
-                    "consumer_arn",
-                    format!("belongs to stream {}, not to stream_arn {stream}", arn.stream),
-                    "use a consumer registered on the stream that stream_arn names (`aws kinesis list-stream-consumers --stream-arn <stream_arn>` in the owner's account lists them)",
+                    &key("consumer_arn"),
+                    format!("belongs to stream {}, not to {arn_key} {stream}", arn.stream),
+                    format!("use a consumer registered on the stream that {arn_key} names (`aws kinesis list-stream-consumers --stream-arn <{arn_key}>` in the owner's account lists them)"),
                 ));
             }
             FanOutConsumer::Arn(arn)
@@ -500,7 +495,7 @@ fn validate_fan_out(
         (None, Some(name)) => {
             if !arn::valid_name(&name) {
                 return Err(ConfigError::key(
-                    "consumer_name",
+                    &key("consumer_name"),
                     format!("{name:?} cannot name a consumer"),
                     "use 1 to 128 characters of a-z, A-Z, 0-9, '_', '.', '-'",
                 ));
@@ -567,4 +562,159 @@ fn default_worker_id() -> String {
         host
     };
     format!("{host}-{}", uuid::Uuid::new_v4())
+}
+
+/// `initial_position` (and `initial_timestamp` for AT_TIMESTAMP), at the
+/// top level or in a `[[streams]]` entry (`prefix`).
+fn validate_initial_position(
+    prefix: &str,
+    position: Option<String>,
+    timestamp: Option<String>,
+) -> Result<InitialPosition, ConfigError> {
+    let key = |k: &str| format!("{prefix}{k}");
+    let position = match non_empty(position)
+        .unwrap_or_else(|| "LATEST".into())
+        .to_ascii_uppercase()
+        .as_str()
+    {
+        "TRIM_HORIZON" => InitialPosition::TrimHorizon,
+        "LATEST" => InitialPosition::Latest,
+        "AT_TIMESTAMP" => {
+            let ts = non_empty(timestamp).ok_or_else(|| {
+                ConfigError::key(
+                    &key("initial_timestamp"),
+                    "is required when initial_position is AT_TIMESTAMP",
+                    "set an RFC 3339 time such as 2026-11-22T06:00:00Z",
+                )
+            })?;
+            let parsed = aws_smithy_types::DateTime::from_str(
+                &ts,
+                aws_smithy_types::date_time::Format::DateTime,
+            )
+            .map_err(|e| {
+                ConfigError::key(
+                    &key("initial_timestamp"),
+                    format!("{ts:?} is not an RFC 3339 time ({e})"),
+                    "write it like 2026-11-22T06:00:00Z or 2026-11-22T07:00:00+01:00",
+                )
+            })?;
+            let epoch_millis = parsed.to_millis().map_err(|e| {
+                ConfigError::key(
+                    &key("initial_timestamp"),
+                    format!("{ts:?} is out of range ({e})"),
+                    "use a time after 1970",
+                )
+            })?;
+            InitialPosition::AtTimestamp {
+                rfc3339: ts,
+                epoch_millis,
+            }
+        }
+        other => {
+            return Err(ConfigError::key(
+                &key("initial_position"),
+                format!("{other:?} is not a position"),
+                "use TRIM_HORIZON, LATEST or AT_TIMESTAMP (with initial_timestamp)",
+            ))
+        }
+    };
+    Ok(position)
+}
+
+/// A role to assume for Kinesis calls: `aws.assume_role_*`, or a
+/// `[[streams]]` entry's own (`prefix`).
+fn validate_assume_role(
+    prefix: &str,
+    role_arn: Option<String>,
+    session_name: Option<String>,
+    external_id: Option<String>,
+) -> Result<Option<AssumeRole>, ConfigError> {
+    let role = match non_empty(role_arn) {
+        None => None,
+        Some(role_arn) => {
+            if arn::role_account(&role_arn).is_none() {
+                return Err(ConfigError::key(
+                    &format!("{prefix}assume_role_arn"),
+                    format!("{role_arn:?} is not an IAM role ARN"),
+                    "use arn:aws:iam::<account>:role/<name>, or remove it to use the default credentials for Kinesis",
+                ));
+            }
+            Some(AssumeRole {
+                role_arn,
+                session_name: non_empty(session_name).unwrap_or_else(|| "kcld".into()),
+                external_id: non_empty(external_id),
+            })
+        }
+    };
+    Ok(role)
+}
+
+fn parse_stream_arn(key: &str, text: &str) -> Result<StreamArn, ConfigError> {
+    text.parse().map_err(|e: ArnError| {
+        ConfigError::key(
+            key,
+            e.to_string(),
+            "copy the ARN from the stream owner's console or `aws kinesis describe-stream-summary`",
+        )
+    })
+}
+
+fn required_arn(i: usize, arn: Option<String>) -> Result<String, ConfigError> {
+    non_empty(arn).ok_or_else(|| {
+        ConfigError::key(
+            &format!("streams[{i}].arn"),
+            "is missing",
+            "give every [[streams]] entry the ARN of its stream, e.g. arn = \"arn:aws:kinesis:us-east-1:111111111111:stream/orders\"",
+        )
+    })
+}
+
+/// The `[[streams]]` entries: each with its ARN, and its own consumer,
+/// start and role or the top level's (`initial_position`,
+/// `aws.assume_role_*`). A stream listed twice is refused: its shards
+/// would be leased twice over.
+fn validate_streams(
+    raw: Vec<RawStream>,
+    initial_position: &InitialPosition,
+    assume_role: &Option<AssumeRole>,
+    fan_out: &RawFanOut,
+) -> Result<Vec<StreamSettings>, ConfigError> {
+    let mut streams: Vec<StreamSettings> = Vec::with_capacity(raw.len());
+    for (i, entry) in raw.into_iter().enumerate() {
+        let prefix = format!("streams[{i}].");
+        let arn = parse_stream_arn(&format!("{prefix}arn"), &required_arn(i, entry.arn)?)?;
+        if let Some(j) = streams.iter().position(|s| s.arn == arn) {
+            return Err(ConfigError::key(
+                &format!("{prefix}arn"),
+                format!("lists {arn} again (streams[{j}] has it)"),
+                "list each stream once",
+            ));
+        }
+        let initial_position =
+            if entry.initial_position.is_some() || entry.initial_timestamp.is_some() {
+                validate_initial_position(&prefix, entry.initial_position, entry.initial_timestamp)?
+            } else {
+                initial_position.clone()
+            };
+        let own_role = validate_assume_role(
+            &prefix,
+            entry.assume_role_arn,
+            entry.assume_role_session_name,
+            entry.assume_role_external_id,
+        )?;
+        let fan_out = validate_fan_out(
+            &prefix,
+            non_empty(entry.consumer_arn),
+            non_empty(entry.consumer_name),
+            fan_out,
+            &arn,
+        )?;
+        streams.push(StreamSettings {
+            arn,
+            fan_out,
+            initial_position,
+            assume_role: own_role.or_else(|| assume_role.clone()),
+        });
+    }
+    Ok(streams)
 }

@@ -162,6 +162,7 @@ fn grant(start: Checkpoint) -> (Grant, Arc<Recorded>) {
     let lease = Arc::new(Recorded::default());
     (
         Grant {
+            stream: 0,
             shard: shard("s"),
             start,
             lease: lease.clone(),

@@ -140,7 +140,7 @@ impl LeaseHandle for DynamoLease {
     /// duplicates, never a gap. During a handoff the SHARD_END write is the
     /// closing one and the lease is the new owner's.
     async fn shard_ended(&self, children: &[ShardSpec]) -> Result<(), CheckpointError> {
-        let lineage = lock(&self.inner.known).lineage();
+        let lineage = lock(&self.inner.streams[self.held.stream].known).lineage();
         for child in children {
             if lineage.is_finished(&child.shard_id) {
                 // Read to its end and cleaned up already (a descendant has
@@ -149,7 +149,7 @@ impl LeaseHandle for DynamoLease {
                 continue;
             }
             let lease = LeaseRecord::new(
-                self.inner.key_for(&child.shard_id),
+                self.inner.key_for(self.held.stream, &child.shard_id),
                 Checkpoint::TrimHorizon,
                 child.parents.clone(),
                 Some((

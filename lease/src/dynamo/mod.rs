@@ -124,6 +124,38 @@ pub struct DynamoLeases {
     task: Option<JoinHandle<()>>,
 }
 
+/// One stream whose shards the source leases.
+pub struct LeaseStream {
+    /// Which leases of the table are this stream's.
+    pub scope: StreamScope,
+    /// Its shards, for shard sync.
+    pub lister: Arc<dyn ShardLister>,
+    /// New leases get the KCL's multi-stream keys
+    /// (`account:stream:creationEpoch:shardId`, with `streamName` and
+    /// `shardId` beside them), as a KCL application reading several
+    /// streams writes them. Otherwise they follow what the table already
+    /// holds of this stream, shard ids alone for a new table (the KCL's
+    /// single-stream keys).
+    pub multi_stream: bool,
+    /// Where this stream's shards start when the table has no lease of it
+    /// yet.
+    pub initial: Checkpoint,
+}
+
+/// What the source keeps of one stream.
+struct StreamState {
+    scope: StreamScope,
+    lister: Arc<dyn ShardLister>,
+    /// The key format of this stream's new leases.
+    template: StdMutex<LeaseKey>,
+    /// The last listing and leases, for telling a finished child at a
+    /// shard's end.
+    known: StdMutex<Known>,
+    /// The last shard sync of this stream failed (logged once a run).
+    sync_failing: AtomicBool,
+    initial: Checkpoint,
+}
+
 struct Inner {
     /// The origin of the renewal schedule every held lease follows.
     epoch: Instant,
@@ -131,16 +163,14 @@ struct Inner {
     renewals: tokio::sync::Semaphore,
     table: LeaseTable,
     settings: LeaseSettings,
-    scope: StreamScope,
-    lister: Arc<dyn ShardLister>,
+    /// The streams read, in the order given: a [`Grant`]'s `stream`.
+    streams: Vec<StreamState>,
     held: StdMutex<HashMap<String, Arc<Held>>>,
     health: Arc<TableHealth>,
     /// Set when the source had to close by itself.
     failure: StdMutex<Option<LeaseFailure>>,
     /// Steals this worker started whose old owner has not handed over yet.
     pending: StdMutex<HashMap<String, PendingSteal>>,
-    /// The key format of this stream's leases (single or multi-stream).
-    template: StdMutex<LeaseKey>,
     /// Wakes the taker early (a shard ended: its children are ready).
     take_now: Notify,
     grants: mpsc::UnboundedSender<Grant>,
@@ -148,9 +178,6 @@ struct Inner {
     /// Fires when the coordinator stops (after shutdown): renewals end and
     /// every lease is released.
     closing: CancellationToken,
-    /// The last listing and leases, for telling a finished child at a
-    /// shard's end.
-    known: StdMutex<Known>,
     /// Unreadable lease items already logged.
     reported_unreadable: StdMutex<HashSet<String>>,
 }
@@ -158,6 +185,8 @@ struct Inner {
 /// A lease this worker holds.
 struct Held {
     key: String,
+    /// The stream's place in [`Inner::streams`].
+    stream: usize,
     shard_id: String,
     /// The counter this worker wrote last, and whether another worker asked
     /// for the lease (a handoff); locked across each write.
@@ -209,6 +238,45 @@ impl DynamoLeases {
         settings: LeaseSettings,
         shutdown: CancellationToken,
     ) -> Result<Self, TableError> {
+        let stream = LeaseStream {
+            scope,
+            lister,
+            multi_stream: false,
+            initial: settings.initial.clone(),
+        };
+        Self::start_streams(table, vec![stream], settings, shutdown).await
+    }
+
+    /// [`DynamoLeases::start`] for several streams in one table: one
+    /// fleet balances the shards of all of them together, and each
+    /// stream's shards are synced and followed through resharding on
+    /// their own. A stream whose shards cannot be listed (deleted, access
+    /// revoked) is logged and tried again at each sync; the others go on.
+    /// Leases of streams not in the list are left alone (the KCL's default
+    /// for former streams).
+    pub async fn start_streams(
+        table: LeaseTable,
+        streams: Vec<LeaseStream>,
+        settings: LeaseSettings,
+        shutdown: CancellationToken,
+    ) -> Result<Self, TableError> {
+        let streams: Vec<StreamState> = streams
+            .into_iter()
+            .map(|s| StreamState {
+                template: StdMutex::new(if s.multi_stream {
+                    s.scope.multi_key()
+                } else {
+                    LeaseKey::Single {
+                        shard_id: String::new(),
+                    }
+                }),
+                scope: s.scope,
+                lister: s.lister,
+                known: StdMutex::new(Known::default()),
+                sync_failing: AtomicBool::new(false),
+                initial: s.initial,
+            })
+            .collect();
         table.ensure(Duration::from_secs(60)).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let closing = CancellationToken::new();
@@ -217,20 +285,15 @@ impl DynamoLeases {
             renewals: tokio::sync::Semaphore::new(RENEWALS_AT_ONCE),
             table,
             settings,
-            scope,
-            lister,
+            streams,
             held: StdMutex::new(HashMap::new()),
             health: Arc::new(TableHealth::default()),
             failure: StdMutex::new(None),
             pending: StdMutex::new(HashMap::new()),
-            template: StdMutex::new(LeaseKey::Single {
-                shard_id: String::new(),
-            }),
             take_now: Notify::new(),
             grants: tx,
             shutdown: shutdown.clone(),
             closing: closing.clone(),
-            known: StdMutex::new(Known::default()),
             reported_unreadable: StdMutex::new(HashSet::new()),
         });
         // The first sync must succeed: without leases there is nothing to do.
@@ -303,23 +366,46 @@ impl Inner {
         &self.settings.worker_id
     }
 
-    fn ours<'a>(&self, leases: &'a [LeaseRecord]) -> Vec<&'a LeaseRecord> {
-        leases.iter().filter(|l| self.scope.owns(&l.key)).collect()
-    }
-
-    /// New leases follow the format the table already uses for this stream.
-    fn learn_template(&self, leases: &[LeaseRecord]) {
-        if let Some(multi) = self
-            .ours(leases)
-            .into_iter()
-            .find(|l| matches!(l.key, LeaseKey::Multi { .. }))
-        {
-            *lock(&self.template) = multi.key.clone();
+    /// Which stream a lease is of, if it is of one read here. Shard ids
+    /// alone name the one stream of a single-stream application: with
+    /// several streams they are nobody's.
+    fn stream_of(&self, key: &LeaseKey) -> Option<usize> {
+        match key {
+            LeaseKey::Single { .. } => (self.streams.len() == 1).then_some(0),
+            LeaseKey::Multi { .. } => self.streams.iter().position(|s| s.scope.owns(key)),
         }
     }
 
-    fn key_for(&self, shard_id: &str) -> LeaseKey {
-        lock(&self.template).sibling(shard_id)
+    /// The leases of the streams read here.
+    fn ours<'a>(&self, leases: &'a [LeaseRecord]) -> Vec<&'a LeaseRecord> {
+        leases
+            .iter()
+            .filter(|l| self.stream_of(&l.key).is_some())
+            .collect()
+    }
+
+    /// `ours` split by stream, in [`Inner::streams`]' order.
+    fn by_stream<'a>(&self, ours: &[&'a LeaseRecord]) -> Vec<Vec<&'a LeaseRecord>> {
+        let mut split = vec![Vec::new(); self.streams.len()];
+        for lease in ours {
+            if let Some(i) = self.stream_of(&lease.key) {
+                split[i].push(*lease);
+            }
+        }
+        split
+    }
+
+    /// New leases follow the format the table already uses for a stream.
+    fn learn_template(&self, leases: &[LeaseRecord]) {
+        for lease in self.ours(leases) {
+            if let (LeaseKey::Multi { .. }, Some(i)) = (&lease.key, self.stream_of(&lease.key)) {
+                *lock(&self.streams[i].template) = lease.key.clone();
+            }
+        }
+    }
+
+    fn key_for(&self, stream: usize, shard_id: &str) -> LeaseKey {
+        lock(&self.streams[stream].template).sibling(shard_id)
     }
 
     /// The watchdog and the taker run side by side (each lease renews in a
@@ -450,9 +536,11 @@ impl Inner {
     /// its last write left.
     fn grant(self: &Arc<Self>, lease: &LeaseRecord, counter: i64, sent: Instant) {
         let key = lease.key.render();
+        let stream = self.stream_of(&lease.key).unwrap_or(0);
         let stop = self.shutdown.child_token();
         let held = Arc::new(Held {
             key: key.clone(),
+            stream,
             shard_id: lease.shard_id().to_owned(),
             state: Mutex::new(HeldState {
                 counter,
@@ -484,6 +572,7 @@ impl Inner {
             "lease taken"
         );
         let grant = Grant {
+            stream,
             shard,
             start: lease.checkpoint.clone(),
             lease: Arc::new(DynamoLease {

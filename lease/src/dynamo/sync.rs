@@ -2,6 +2,7 @@
 //! finished parents removed once their children started.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 
 use kcld_checkpoint::Checkpoint;
 
@@ -41,31 +42,70 @@ pub(super) fn leased(ours: &[&LeaseRecord], unreadable: &HashSet<String>) -> Vec
 }
 
 impl Inner {
-    /// Creates the leases [`Lineage::plan`] asks for: at an application's
-    /// first start the shards the initial position names, later only
-    /// shards descending from a leased shard (at TRIM_HORIZON). Finished
-    /// ancestors are never leased again. Stops at the first failed write,
-    /// so a child is never created before its parent.
+    /// Creates the leases [`Lineage::plan`] asks for, stream by stream: at
+    /// an application's first start the shards the initial position names,
+    /// later only shards descending from a leased shard (at TRIM_HORIZON).
+    /// Finished ancestors are never leased again. A stream whose shards
+    /// cannot be listed is logged (once a run of failures) and left to the
+    /// next sync; the others go on. An error only when no stream synced.
     pub(super) async fn sync_shards(
         &self,
         leases: &[LeaseRecord],
+        unreadable: &[HashSet<String>],
+    ) -> Result<(), String> {
+        let ours = self.ours(leases);
+        let split = self.by_stream(&ours);
+        let mut first_error = None;
+        let mut synced = 0;
+        for (i, stream) in self.streams.iter().enumerate() {
+            match self.sync_stream(i, &split[i], &unreadable[i]).await {
+                Ok(()) => {
+                    synced += 1;
+                    if stream.sync_failing.swap(false, Ordering::AcqRel) {
+                        tracing::info!(stream = %stream.scope.stream_name, account = %stream.scope.account, "shards listed again");
+                    }
+                }
+                Err(e) => {
+                    if self.streams.len() > 1 && !stream.sync_failing.swap(true, Ordering::AcqRel) {
+                        tracing::error!(
+                            stream = %stream.scope.stream_name,
+                            account = %stream.scope.account,
+                            "cannot sync this stream's shards (its leases wait, the other streams go on): {e}"
+                        );
+                    }
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) if synced == 0 => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Inner::sync_shards`] for one stream; stops at the first failed
+    /// write, so a child is never created before its parent.
+    async fn sync_stream(
+        &self,
+        stream: usize,
+        ours: &[&LeaseRecord],
         unreadable: &HashSet<String>,
     ) -> Result<(), String> {
-        let shards = self.lister.list_shards().await?;
-        let ours = self.ours(leases);
+        let state = &self.streams[stream];
+        let shards = state.lister.list_shards().await?;
         let first_start = ours.is_empty() && unreadable.is_empty();
-        let leased = leased(&ours, unreadable);
+        let leased = leased(ours, unreadable);
         let lineage = Lineage::new(&shards, &leased);
-        let plan = lineage.plan(&self.settings.initial);
+        let plan = lineage.plan(&state.initial);
         {
-            let mut known = lock(&self.known);
+            let mut known = lock(&state.known);
             known.listed = shards;
             known.leased = leased;
         }
         let mut created = 0;
         for (shard, start) in plan {
             let lease = LeaseRecord::new(
-                self.key_for(&shard.shard_id),
+                self.key_for(stream, &shard.shard_id),
                 start.clone(),
                 shard.parents.clone(),
                 Some((
@@ -84,7 +124,7 @@ impl Inner {
             }
         }
         if created > 0 {
-            tracing::info!(created, first_start, "leases created for shards");
+            tracing::info!(stream = %state.scope.stream_name, created, first_start, "leases created for shards");
             self.take_now.notify_one();
         }
         Ok(())
@@ -95,9 +135,15 @@ impl Inner {
     /// by lineage: ancestors of leased shards never get a lease again.
     pub(super) async fn clean_up(&self, leases: &[LeaseRecord]) {
         let ours = self.ours(leases);
+        for stream in self.by_stream(&ours) {
+            self.clean_up_stream(&stream).await;
+        }
+    }
+
+    async fn clean_up_stream(&self, ours: &[&LeaseRecord]) {
         let by_shard: HashMap<&str, &LeaseRecord> =
             ours.iter().map(|l| (l.shard_id(), *l)).collect();
-        for lease in &ours {
+        for lease in ours {
             if lease.checkpoint != Checkpoint::ShardEnd {
                 continue;
             }

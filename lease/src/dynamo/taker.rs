@@ -46,7 +46,9 @@ impl Inner {
             break (leases, unreadable, now);
         };
         let ours = self.ours(&leases);
-        lock(&self.known).leased = super::sync::leased(&ours, &unreadable);
+        for (i, stream) in self.by_stream(&ours).iter().enumerate() {
+            lock(&self.streams[i].known).leased = super::sync::leased(stream, &unreadable[i]);
+        }
 
         // Leases held here that the table says belong to someone else (or
         // that another worker asked for).
@@ -149,7 +151,7 @@ impl Inner {
         &self,
         consistent: bool,
         scan_failing: &mut bool,
-    ) -> Option<(Vec<LeaseRecord>, HashSet<String>)> {
+    ) -> Option<(Vec<LeaseRecord>, Vec<HashSet<String>>)> {
         let scanned = self.table.scan_with(consistent).await;
         self.health.record(scanned.is_ok());
         match scanned {
@@ -193,7 +195,7 @@ impl Inner {
     fn calls_for_action(
         &self,
         ours: &[&LeaseRecord],
-        unreadable: &HashSet<String>,
+        unreadable: &[HashSet<String>],
         observations: &Observations,
         now: Instant,
     ) -> bool {
@@ -213,28 +215,36 @@ impl Inner {
         !plan.take.is_empty() || !plan.steal.is_empty()
     }
 
-    /// The leases that can be read now: not ended, every parent ended.
+    /// The leases that can be read now: not ended, every parent (in its
+    /// own stream) ended.
     fn readable<'a>(
         &self,
         ours: &[&'a LeaseRecord],
-        unreadable: &HashSet<String>,
+        unreadable: &[HashSet<String>],
     ) -> Vec<&'a LeaseRecord> {
-        let by_shard: HashMap<&str, &LeaseRecord> =
-            ours.iter().map(|l| (l.shard_id(), *l)).collect();
-        ours.iter()
-            .copied()
-            .filter(|l| l.checkpoint != Checkpoint::ShardEnd)
-            .filter(|l| {
-                l.parents.iter().all(|p| {
-                    // A parent whose item cannot be read may still hold
-                    // records: the child waits (the error was logged).
-                    !unreadable.contains(p)
-                        && by_shard
-                            .get(p.as_str())
-                            .is_none_or(|parent| parent.checkpoint == Checkpoint::ShardEnd)
-                })
-            })
-            .collect()
+        let mut readable = Vec::with_capacity(ours.len());
+        for (i, stream) in self.by_stream(ours).into_iter().enumerate() {
+            let by_shard: HashMap<&str, &LeaseRecord> =
+                stream.iter().map(|l| (l.shard_id(), *l)).collect();
+            readable.extend(
+                stream
+                    .iter()
+                    .copied()
+                    .filter(|l| l.checkpoint != Checkpoint::ShardEnd)
+                    .filter(|l| {
+                        l.parents.iter().all(|p| {
+                            // A parent whose item cannot be read may still
+                            // hold records: the child waits (the error was
+                            // logged).
+                            !unreadable[i].contains(p)
+                                && by_shard
+                                    .get(p.as_str())
+                                    .is_none_or(|parent| parent.checkpoint == Checkpoint::ShardEnd)
+                        })
+                    }),
+            );
+        }
+        readable
     }
 
     /// This worker's share of `readable`, and what to take or steal for it.
@@ -391,19 +401,20 @@ impl Inner {
         }
     }
 
-    /// Shards whose lease items cannot be read, each logged once: their
-    /// children wait, and shard sync does not create them again.
+    /// Shards whose lease items cannot be read, by stream, each logged
+    /// once: their children wait, and shard sync does not create them
+    /// again.
     pub(super) fn unreadable_shards(
         &self,
         unreadable: &[crate::table::Unreadable],
-    ) -> HashSet<String> {
+    ) -> Vec<HashSet<String>> {
         let mut reported = lock(&self.reported_unreadable);
-        let mut shards = HashSet::new();
+        let mut shards = vec![HashSet::new(); self.streams.len()];
         for item in unreadable {
             let key = crate::key::LeaseKey::parse(&item.key);
-            if !self.scope.owns(&key) {
+            let Some(stream) = self.stream_of(&key) else {
                 continue;
-            }
+            };
             if reported.insert(item.key.clone()) {
                 tracing::error!(
                     lease = %item.key,
@@ -412,7 +423,7 @@ impl Inner {
                     item.error
                 );
             }
-            shards.insert(key.shard_id().to_owned());
+            shards[stream].insert(key.shard_id().to_owned());
         }
         shards
     }

@@ -1,0 +1,386 @@
+//! Several streams of several accounts in one daemon (`[[streams]]`): one
+//! lease table with the KCL's multi-stream keys, the shards of all streams
+//! balanced over the instances together, every record naming its own
+//! stream, and a crashed instance's shards of every stream taken over.
+//! Run against the local stack (`deploy/local/stack up`).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use kcld_testkit::{unique_name, Delivered, Kcld, Stack};
+
+const KCLD: &str = env!("CARGO_BIN_EXE_kcld");
+
+/// Three producer accounts, one of them in another region.
+const OWNERS: [(&str, &str); 3] = [
+    ("111111111111", "us-east-1"),
+    ("333333333333", "us-east-1"),
+    ("444444444444", "eu-west-1"),
+];
+
+/// A configuration file listing `arns` as `[[streams]]`, from TRIM_HORIZON.
+fn config_file(app: &str, arns: &[String]) -> tempfile::NamedTempFile {
+    let mut text = format!(
+        "application_name = \"{app}\"\ninitial_position = \"TRIM_HORIZON\"\n\n[polling]\n\
+         idle_time_between_reads_ms = 200\nmax_records = 1000\n\n[lease]\nfailover_time_ms = 5000\n"
+    );
+    for arn in arns {
+        text.push_str(&format!("\n[[streams]]\narn = \"{arn}\"\n"));
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    file
+}
+
+fn spawn(stack: &Stack, config: &std::path::Path, worker: &str) -> Kcld {
+    let mut env = stack.consumer_env();
+    env.insert("KCLD_WORKER_ID".into(), worker.into());
+    Kcld::spawn(KCLD, &["--config", config.to_str().unwrap(), "run"], &env).unwrap()
+}
+
+/// Leases per owner.
+async fn loads(stack: &Stack, table: &str) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for owner in stack
+        .lease_owners(table)
+        .await
+        .unwrap_or_default()
+        .into_values()
+    {
+        *counts.entry(owner.unwrap_or_default()).or_insert(0) += 1;
+    }
+    counts
+}
+
+async fn wait_for(
+    stack: &Stack,
+    table: &str,
+    within: Duration,
+    ok: impl Fn(&HashMap<String, usize>) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let l = loads(stack, table).await;
+        if ok(&l) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "table {table} did not reach the expected state in {within:?}: {l:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads lines from every instance until every record of `want` arrived.
+async fn collect(
+    instances: &mut [&mut Kcld],
+    want: &HashSet<Vec<u8>>,
+    within: Duration,
+) -> Vec<Delivered> {
+    let deadline = Instant::now() + within;
+    let mut all = Vec::new();
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    while !want.is_subset(&seen) && Instant::now() < deadline {
+        for k in instances.iter_mut() {
+            for line in k.take_lines(usize::MAX, Duration::from_millis(50)).await {
+                let d = Delivered::parse(&line).unwrap();
+                seen.insert(d.data.clone());
+                all.push(d);
+            }
+        }
+    }
+    let missing = want.difference(&seen).count();
+    assert_eq!(missing, 0, "{missing} records never delivered");
+    all
+}
+
+/// `count` records for the stream `arn`, each naming it in its data.
+fn records_for(arn: &str, tag: &str, count: usize) -> Vec<(String, Vec<u8>)> {
+    (0..count)
+        .map(|i| (format!("k{i}"), format!("{arn} {tag} {i}").into_bytes()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_accounts_streams_share_one_table_and_survive_a_kill_9() {
+    let stack = Stack::from_env().unwrap();
+    let mut arns = Vec::new();
+    for (account, region) in OWNERS {
+        arns.push(
+            stack
+                .create_stream_in(account, region, &unique_name("multi"), 4)
+                .await
+                .unwrap(),
+        );
+    }
+    let app = unique_name("multi-app");
+    let config = config_file(&app, &arns);
+
+    let mut before = Vec::new();
+    for arn in &arns {
+        let records = records_for(arn, "before", 120);
+        stack.put_records(arn, &records).await.unwrap();
+        before.extend(records);
+    }
+    let mut a = spawn(&stack, config.path(), "worker-a");
+    let mut b = spawn(&stack, config.path(), "worker-b");
+    // Twelve shards of three streams, balanced over the two together.
+    wait_for(&stack, &app, Duration::from_secs(60), |l| {
+        l.get("worker-a") == Some(&6) && l.get("worker-b") == Some(&6)
+    })
+    .await;
+
+    // The KCL's multi-stream keys, for every shard of every stream.
+    let items = stack.scan_table(&app).await.unwrap();
+    let mut keyed: HashMap<String, usize> = HashMap::new();
+    for item in &items {
+        let key = item["leaseKey"].as_s().unwrap();
+        let parts: Vec<&str> = key.split(':').collect();
+        assert_eq!(parts.len(), 4, "not account:stream:epoch:shard: {key}");
+        assert!(parts[2].parse::<u64>().is_ok(), "{key}");
+        assert_eq!(
+            item["streamName"].as_s().unwrap(),
+            &parts[..3].join(":"),
+            "streamName of {key}"
+        );
+        assert_eq!(item["shardId"].as_s().unwrap(), parts[3]);
+        *keyed
+            .entry(format!("{}:{}", parts[0], parts[1]))
+            .or_default() += 1;
+    }
+    for arn in &arns {
+        let (account, name) = account_and_name(arn);
+        assert_eq!(
+            keyed.get(&format!("{account}:{name}")),
+            Some(&4),
+            "{keyed:?}"
+        );
+    }
+
+    // Every record once, each naming its own stream and region.
+    let delivered = collect(
+        &mut [&mut a, &mut b],
+        &before.iter().map(|(_, d)| d.clone()).collect(),
+        Duration::from_secs(90),
+    )
+    .await;
+    for d in &delivered {
+        let text = String::from_utf8_lossy(&d.data);
+        let arn = text.split(' ').next().unwrap();
+        assert_eq!(d.event_source_arn, arn, "record {text}");
+        assert_eq!(
+            d.aws_region,
+            arn.split(':').nth(3).unwrap(),
+            "record {text}"
+        );
+    }
+    let distinct: HashSet<&Vec<u8>> = delivered.iter().map(|d| &d.data).collect();
+    assert_eq!(distinct.len(), delivered.len(), "records delivered twice");
+
+    // A kill -9: the survivor takes the dead one's shards of every stream,
+    // and what was put around the kill arrives.
+    let mut during = Vec::new();
+    for arn in &arns {
+        let records = records_for(arn, "during", 60);
+        stack.put_records(arn, &records).await.unwrap();
+        during.extend(records);
+    }
+    a.kill9().await;
+    let printed_by_a: HashSet<Vec<u8>> = a
+        .drain_for(Duration::from_millis(500))
+        .await
+        .iter()
+        .map(|l| Delivered::parse(l).unwrap().data)
+        .collect();
+    wait_for(&stack, &app, Duration::from_secs(40), |l| {
+        l.get("worker-b") == Some(&12)
+    })
+    .await;
+    let want: HashSet<Vec<u8>> = during
+        .iter()
+        .map(|(_, d)| d.clone())
+        .filter(|d| !printed_by_a.contains(d))
+        .collect();
+    collect(&mut [&mut b], &want, Duration::from_secs(90)).await;
+
+    // The second time round: records put after the takeover arrive too.
+    let mut after = Vec::new();
+    for arn in &arns {
+        let records = records_for(arn, "after", 40);
+        stack.put_records(arn, &records).await.unwrap();
+        after.extend(records);
+    }
+    collect(
+        &mut [&mut b],
+        &after.iter().map(|(_, d)| d.clone()).collect(),
+        Duration::from_secs(60),
+    )
+    .await;
+    b.stop_cleanly(Duration::from_secs(25)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stream_resharded_twice_leaves_the_other_alone() {
+    let stack = Stack::from_env().unwrap();
+    // Both streams have shards shardId-000000000000 and -01: their leases
+    // must never be taken for one another's.
+    let a = stack
+        .create_stream_in("111111111111", "us-east-1", &unique_name("split"), 2)
+        .await
+        .unwrap();
+    let b = stack
+        .create_stream_in("333333333333", "us-east-1", &unique_name("still"), 2)
+        .await
+        .unwrap();
+    let app = unique_name("split-app");
+    let config = config_file(&app, &[a.clone(), b.clone()]);
+    let mut kcld = spawn(&stack, config.path(), "worker-a");
+    let mut want: HashSet<Vec<u8>> = HashSet::new();
+    for round in 0..3 {
+        if round > 0 {
+            stack.split_open_shards(&a).await.unwrap();
+        }
+        for arn in [&a, &b] {
+            let records = records_for(arn, &format!("round {round}"), 80);
+            stack.put_records(arn, &records).await.unwrap();
+            want.extend(records.into_iter().map(|(_, d)| d));
+        }
+        let delivered = collect(&mut [&mut kcld], &want, Duration::from_secs(90)).await;
+        for d in &delivered {
+            let text = String::from_utf8_lossy(&d.data);
+            assert_eq!(d.event_source_arn, text.split(' ').next().unwrap());
+        }
+        want.clear();
+    }
+    // Stream a: its children's leases under its own keys (2 + 4 + 8 shards,
+    // less the parents cleaned up); stream b: its two shards, still open.
+    let (a_account, a_name) = account_and_name(&a);
+    let (b_account, b_name) = account_and_name(&b);
+    let items = stack.scan_table(&app).await.unwrap();
+    let of = |account: &str, name: &str| -> Vec<&kcld_testkit::Item> {
+        items
+            .iter()
+            .filter(|i| {
+                i["leaseKey"]
+                    .as_s()
+                    .unwrap()
+                    .starts_with(&format!("{account}:{name}:"))
+            })
+            .collect()
+    };
+    let a_leases = of(&a_account, &a_name);
+    assert!(
+        a_leases
+            .iter()
+            .filter(|i| i.contains_key("parentShardId"))
+            .count()
+            >= 4,
+        "stream a's children: {a_leases:?}"
+    );
+    let b_leases = of(&b_account, &b_name);
+    assert_eq!(b_leases.len(), 2, "{b_leases:?}");
+    for lease in &b_leases {
+        assert_ne!(lease["checkpoint"].as_s().unwrap(), "SHARD_END");
+        assert!(!lease.contains_key("parentShardId"));
+    }
+    assert_eq!(items.len(), a_leases.len() + b_leases.len());
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_lists_every_stream_with_its_account_and_region() {
+    let arns: Vec<String> = OWNERS
+        .iter()
+        .map(|(account, region)| format!("arn:aws:kinesis:{region}:{account}:stream/orders"))
+        .collect();
+    let config = config_file("central", &arns);
+    let out = std::process::Command::new(KCLD)
+        .args(["--config", config.path().to_str().unwrap(), "check-config"])
+        .env_clear()
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (account, region) in OWNERS {
+        assert!(
+            text.contains(&format!(
+                "# stream orders in account {account}, region {region}"
+            )),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        text.lines().filter(|l| *l == "[[streams]]").count(),
+        3,
+        "{text}"
+    );
+    // What check-config prints loads back to the same streams.
+    let again = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(again.path(), text.as_bytes()).unwrap();
+    let out = std::process::Command::new(KCLD)
+        .args(["--config", again.path().to_str().unwrap(), "check-config"])
+        .env_clear()
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let streams = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| l.starts_with("# stream ") || l.starts_with("arn = "))
+            .map(|l| l.split("  #").next().unwrap_or(l).to_owned())
+            .collect()
+    };
+    assert_eq!(
+        streams(&String::from_utf8_lossy(&out.stdout)),
+        streams(&text)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_arn_beside_streams_and_a_stream_listed_twice_are_refused() {
+    let arn = "arn:aws:kinesis:us-east-1:111111111111:stream/orders";
+    let cases = [
+        (
+            format!("application_name = \"app-x\"\nstream_arn = \"{arn}\"\n\n[[streams]]\narn = \"{arn}\"\n"),
+            "stream_arn",
+        ),
+        (
+            format!("application_name = \"app-x\"\n\n[[streams]]\narn = \"{arn}\"\n\n[[streams]]\narn = \"{arn}\"\n"),
+            "streams[1].arn",
+        ),
+        (
+            "application_name = \"app-x\"\n\n[[streams]]\nconsumer_name = \"c\"\n".to_owned(),
+            "streams[0].arn",
+        ),
+    ];
+    for (text, key) in cases {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &text).unwrap();
+        let out = std::process::Command::new(KCLD)
+            .args(["--config", file.path().to_str().unwrap(), "check-config"])
+            .env_clear()
+            .env("AWS_REGION", "us-east-1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(key), "{key} not named: {err}");
+    }
+}
+
+fn account_and_name(arn: &str) -> (String, String) {
+    let parts: Vec<&str> = arn.split(':').collect();
+    let name = parts[5].trim_start_matches("stream/");
+    (parts[4].to_owned(), name.to_owned())
+}
