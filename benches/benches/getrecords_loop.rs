@@ -268,7 +268,7 @@ fn getrecords_loop(c: &mut Criterion<ThreadCpu>) {
         .build()
         .expect("runtime");
     // The daemon records metrics on this path; so does the bench.
-    kcld::ops::install_metrics(STREAM_ARN).expect("metrics recorder");
+    kcld::ops::install_metrics(Some(STREAM_ARN)).expect("metrics recorder");
     for count in [0usize, 1, 10, 100, 1_000] {
         let response = SyntheticResponse::generate(count, 1024, 7);
         let iterator = response.next_shard_iterator.clone().unwrap_or_default();

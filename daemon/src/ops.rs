@@ -21,6 +21,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::retrieval::isolation::StreamAccess;
 
 /// What readiness is made of.
 #[derive(Debug, Default)]
@@ -30,6 +31,8 @@ pub struct Health {
     leases: AtomicBool,
     /// Unset with the in-memory lease store (no table to reach).
     table: OnceLock<(Arc<TableHealth>, Duration)>,
+    /// With several streams, whether each can be read.
+    streams: std::sync::Mutex<Vec<Arc<StreamAccess>>>,
 }
 
 impl Health {
@@ -53,21 +56,40 @@ impl Health {
         let _ = self.table.set((health, within));
     }
 
+    /// Reports `access` in readiness: a stream of several that cannot be
+    /// read (its shards wait) makes the instance not ready, by name.
+    pub fn watch_stream(&self, access: Arc<StreamAccess>) {
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(access);
+    }
+
     /// The checks that fail now, by name; empty when ready.
-    pub fn failing(&self) -> Vec<&'static str> {
+    pub fn failing(&self) -> Vec<String> {
         let mut out = Vec::new();
         if !self.credentials.load(Ordering::Acquire) {
-            out.push("credentials");
+            out.push("credentials".to_owned());
         }
         if !self.stream.load(Ordering::Acquire) {
-            out.push("stream");
+            out.push("stream".to_owned());
         }
         if !self.leases.load(Ordering::Acquire) {
-            out.push("leases");
+            out.push("leases".to_owned());
         }
         if let Some((table, within)) = self.table.get() {
             if !table.healthy(*within) {
-                out.push("lease_table");
+                out.push("lease_table".to_owned());
+            }
+        }
+        for access in self
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            if let Some(why) = access.failing() {
+                out.push(format!("stream {} ({why})", access.arn()));
             }
         }
         out
@@ -75,14 +97,19 @@ impl Health {
 }
 
 /// Installs the Prometheus recorder once per process; later calls get the
-/// same handle.
-pub fn install_metrics(stream_arn: &str) -> Result<PrometheusHandle> {
+/// same handle. Every series is labelled `stream` with `stream_arn` when
+/// kcld reads one stream; with several, series that concern one stream
+/// name it (`stream_arn`).
+pub fn install_metrics(stream_arn: Option<&str>) -> Result<PrometheusHandle> {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }
-    let handle = PrometheusBuilder::new()
-        .add_global_label("stream", stream_arn)
+    let mut builder = PrometheusBuilder::new();
+    if let Some(arn) = stream_arn {
+        builder = builder.add_global_label("stream", arn);
+    }
+    let handle = builder
         .set_buckets_for_metric(
             Matcher::Suffix("_duration_seconds".into()),
             &[

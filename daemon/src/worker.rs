@@ -26,6 +26,7 @@ use crate::lifecycle::sink::{CheckpointPolicy, LivePolicy, SinkProcessors};
 use crate::lifecycle::{self, Outcome, ProcessorFactory, RecordSource};
 use crate::ops::{self, Health};
 use crate::retrieval::fanout::FanOutReader;
+use crate::retrieval::isolation::{Patient, StreamAccess};
 use crate::retrieval::polling::PollingReader;
 use crate::retrieval::prefetch::ByteBudget;
 use crate::retrieval::{registration, Reader, Resume};
@@ -202,10 +203,10 @@ pub(crate) async fn run_embedded(
     let _ops_guard = ops_stop.clone().drop_guard();
     if let Some(listen) = settings.ops.listen {
         let label = match settings.streams.as_slice() {
-            [one] => one.arn.to_string(),
-            many => format!("{} streams", many.len()),
+            [one] => Some(one.arn.to_string()),
+            _ => None,
         };
-        let metrics = ops::install_metrics(&label)?;
+        let metrics = ops::install_metrics(label.as_deref())?;
         ops::serve(listen, metrics, health.clone(), ops_stop.clone()).await?;
     }
     ops::systemd::spawn_watchdog(ops_stop.clone());
@@ -295,13 +296,23 @@ pub(crate) async fn run_embedded(
     let prefetch_bytes = settings.polling.prefetch_bytes as usize;
     let total_bytes = settings.polling.prefetch_total_bytes as usize;
     let worker_budget = ByteBudget::worker(total_bytes);
+    let several = streams.len() > 1;
     let readers: Vec<Readers> = streams
         .into_iter()
-        .map(|s| Readers {
-            stream: s.stream,
-            consumer_arn: s.consumer_arn,
-            settings: s.settings,
-            at_timestamp: s.at_timestamp,
+        .map(|s| {
+            // With several streams, one that cannot be read waits alone.
+            let access = several.then(|| {
+                let access = StreamAccess::new(s.settings.stream_arn.to_string());
+                health.watch_stream(access.clone());
+                access
+            });
+            Readers {
+                stream: s.stream,
+                consumer_arn: s.consumer_arn,
+                settings: s.settings,
+                at_timestamp: s.at_timestamp,
+                access,
+            }
         })
         .collect();
     let processors: Vec<Arc<dyn ProcessorFactory>> = match delivery {
@@ -326,7 +337,11 @@ pub(crate) async fn run_embedded(
             let readers = readers[grant.stream.min(readers.len() - 1)].clone();
             let processors = processors[grant.stream.min(processors.len() - 1)].clone();
             let sources = move |at: &Resume| -> Box<dyn RecordSource> {
-                Box::new(readers.reader(&shard, at))
+                let reader: Box<dyn RecordSource> = Box::new(readers.reader(&shard, at));
+                match &readers.access {
+                    Some(access) => Box::new(Patient::new(reader, access.clone(), &shard.shard_id)),
+                    None => reader,
+                }
             };
             lifecycle::run(grant, sources, processors, budget).boxed()
         },
@@ -344,6 +359,8 @@ struct Readers {
     consumer_arn: Option<Arc<str>>,
     settings: Settings,
     at_timestamp: Option<i64>,
+    /// With several streams, the stream's access its shards share.
+    access: Option<Arc<StreamAccess>>,
 }
 
 impl Readers {

@@ -401,6 +401,11 @@ async fn kcl2_workers_and_kcld_share_one_lease_table_and_fail_over_to_each_other
     let mut with_checkpoints = kcld_env(&stack, &arn, &app, "kcld-a");
     // Checkpoint every batch, as the KCL applications do.
     with_checkpoints.insert("KCLD_CHECKPOINT__INTERVAL_MS".into(), "0".into());
+    // Probes paid for in full: with two leases per worker the default budget
+    // (1% of the renewals) leaves only the scans every 20 s, and kcld then
+    // takes over as late as the KCL does (up to two take intervals after
+    // the kill). Here the other workers are read once a renewal period.
+    with_checkpoints.insert("KCLD_LEASE__PROBE_BUDGET_PERCENT".into(), "100".into());
     let mut kcld_a = Kcld::spawn(KCLD, &["run"], &with_checkpoints).unwrap();
     with_checkpoints.insert("KCLD_WORKER_ID".into(), "kcld-b".into());
     let mut kcld_b = Kcld::spawn(KCLD, &["run"], &with_checkpoints).unwrap();

@@ -7,7 +7,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use kcld_testkit::{unique_name, Delivered, Kcld, Stack};
+use kcld_testkit::fault::{Fault, FaultProxy};
+use kcld_testkit::{http_get, unique_name, Delivered, Kcld, Stack};
 
 const KCLD: &str = env!("CARGO_BIN_EXE_kcld");
 
@@ -285,6 +286,123 @@ async fn one_stream_resharded_twice_leaves_the_other_alone() {
         assert!(!lease.contains_key("parentShardId"));
     }
     assert_eq!(items.len(), a_leases.len() + b_leases.len());
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_access_is_revoked_waits_alone_and_resumes_when_it_comes_back() {
+    let stack = Stack::from_env().unwrap();
+    let proxy = FaultProxy::start(&stack.kinesis_endpoint).await.unwrap();
+    let mut arns = Vec::new();
+    for (account, region) in OWNERS {
+        arns.push(
+            stack
+                .create_stream_in(account, region, &unique_name("revoke"), 2)
+                .await
+                .unwrap(),
+        );
+    }
+    let app = unique_name("revoke-app");
+    let config = config_file(&app, &arns);
+    let mut env = stack.consumer_env();
+    env.insert("KCLD_WORKER_ID".into(), "worker-a".into());
+    env.insert("AWS_ENDPOINT_URL_KINESIS".into(), proxy.url());
+    let mut kcld = Kcld::spawn(
+        KCLD,
+        &["--config", config.path().to_str().unwrap(), "run"],
+        &env,
+    )
+    .unwrap();
+    let data = |records: &[(String, Vec<u8>)]| -> HashSet<Vec<u8>> {
+        records.iter().map(|(_, d)| d.clone()).collect()
+    };
+    let mut delivered: Vec<Delivered> = Vec::new();
+    let mut first = Vec::new();
+    for arn in &arns {
+        let records = records_for(arn, "before", 50);
+        stack.put_records(arn, &records).await.unwrap();
+        first.extend(records);
+    }
+    delivered.extend(collect(&mut [&mut kcld], &data(&first), Duration::from_secs(60)).await);
+
+    // The owner of the second stream revokes access to its records.
+    let revoked = &arns[1];
+    for call in ["GetRecords", "GetShardIterator"] {
+        proxy.fail_matching(
+            &format!("Kinesis_20131202.{call}"),
+            revoked,
+            Fault::access_denied(&format!("kinesis:{call}")),
+        );
+    }
+    let mut during: HashMap<&String, Vec<(String, Vec<u8>)>> = HashMap::new();
+    for arn in &arns {
+        let records = records_for(arn, "during", 50);
+        stack.put_records(arn, &records).await.unwrap();
+        during.insert(arn, records);
+    }
+    // The other two streams deliver everything meanwhile.
+    let others: HashSet<Vec<u8>> = [&arns[0], &arns[2]]
+        .iter()
+        .flat_map(|arn| data(&during[arn]))
+        .collect();
+    delivered.extend(collect(&mut [&mut kcld], &others, Duration::from_secs(60)).await);
+    // One error line for the stream, a metric, and /readyz naming it.
+    let addr = kcld.ops_addr(Duration::from_secs(5)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (code, body) = loop {
+        let (code, body) = http_get(addr, "/readyz").await.unwrap();
+        if code == 503 || Instant::now() > deadline {
+            break (code, body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains(revoked.as_str()), "{body}");
+    assert!(
+        !body.contains(arns[0].as_str()) && !body.contains(arns[2].as_str()),
+        "{body}"
+    );
+    let errors: Vec<String> = kcld
+        .stderr_text()
+        .lines()
+        .filter(|l| l.contains("stream cannot be read"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains(revoked.as_str()) && errors[0].contains("kinesis:"),
+        "{errors:?}"
+    );
+    let (_, page) = http_get(addr, "/metrics").await.unwrap();
+    assert!(
+        page.lines()
+            .any(|l| l.starts_with("kcld_stream_errors_total")
+                && l.contains(revoked.as_str())
+                && l.contains("access_denied")),
+        "{page}"
+    );
+    assert!(
+        !delivered
+            .iter()
+            .any(|d| data(&during[revoked]).contains(&d.data)),
+        "records of the revoked stream were read"
+    );
+
+    // Access comes back: the stream resumes where it was and delivers what
+    // was put meanwhile; nothing is read twice.
+    proxy.clear();
+    delivered.extend(
+        collect(
+            &mut [&mut kcld],
+            &data(&during[revoked]),
+            Duration::from_secs(90),
+        )
+        .await,
+    );
+    let (code, body) = http_get(addr, "/readyz").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let distinct: HashSet<&Vec<u8>> = delivered.iter().map(|d| &d.data).collect();
+    assert_eq!(distinct.len(), delivered.len(), "records delivered twice");
     kcld.stop_cleanly(Duration::from_secs(25)).await;
 }
 

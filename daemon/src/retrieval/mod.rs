@@ -33,6 +33,7 @@ macro_rules! back_off_then_continue {
 }
 
 pub mod fanout;
+pub mod isolation;
 pub mod polling;
 pub mod prefetch;
 pub mod registration;
