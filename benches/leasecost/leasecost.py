@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What a fleet's lease table costs, and how fast it takes over a dead worker.
 
-    leasecost.py PEER STREAM_ARN SHARDS WORKERS SECONDS
+    leasecost.py PEER STREAM_ARN[,STREAM_ARN...] SHARDS WORKERS SECONDS
 
 PEER is kcld, kcl2 or kcl3 (the Java KCL through the interop jars:
 $LOCALAWS_KCL2_JAR, $LOCALAWS_KCL3_JAR; $KCLD is kcld's binary). WORKERS
@@ -18,9 +18,13 @@ sizes follow DynamoDB's rules (attribute names and values; a number is about
 one byte per two digits plus one). Every table the application uses counts
 (KCL 3.x keeps worker metrics and a coordinator table beside the leases).
 
+Several stream ARNs (kcld only) make one application of all of them
+(`[[streams]]` in a configuration file); SHARDS is then the shards of all.
+
 Prints one JSON line: calls per operation, read and write units per
 shard-hour, their cost in read-unit equivalents (a write unit costs five
-read units on demand), and the takeover time.
+read units on demand), the workers' CPU per shard-hour while settled, and
+the takeover time.
 """
 import http.client
 import http.server
@@ -153,12 +157,33 @@ def owners(dynamo, table):
             return out
 
 
+def cpu_seconds(pids):
+    """User and system CPU of these processes so far, from /proc."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def start_worker(peer, arn, app, worker, relay_url, logs):
     env = dict(os.environ, AWS_ENDPOINT_URL_DYNAMODB=relay_url)
     log = open(os.path.join(logs, f"{app}-{worker}.log"), "w")
     if peer == "kcld":
-        env.update(KCLD_APPLICATION_NAME=app, KCLD_STREAM_ARN=arn, KCLD_WORKER_ID=worker,
+        env.update(KCLD_APPLICATION_NAME=app, KCLD_WORKER_ID=worker,
                    KCLD_INITIAL_POSITION="LATEST", KCLD_OPS__LISTEN="127.0.0.1:0")
+        arns = arn.split(",")
+        if len(arns) == 1:
+            env.update(KCLD_STREAM_ARN=arn)
+        else:
+            config = os.path.join(logs, f"{app}.toml")
+            with open(config, "w") as f:
+                f.write("".join(f'[[streams]]\narn = "{a}"\n\n' for a in arns))
+            env.update(KCLD_CONFIG=config)
         cmd = [os.environ["KCLD"], "run"]
     else:
         jar = os.environ["LOCALAWS_KCL2_JAR" if peer == "kcl2" else "LOCALAWS_KCL3_JAR"]
@@ -205,10 +230,13 @@ def main():
                 break
             time.sleep(1)
         distribution = sorted(held.values())
+        pids = [p.pid for p in procs.values()]
         tally.reset()
+        cpu_before = cpu_seconds(pids)
         time.sleep(seconds)
         with tally.lock:
             calls, reads, writes = dict(tally.calls), tally.read_units, tally.write_units
+        cpu = cpu_seconds(pids) - cpu_before
         # Takeover: kill one worker and time until nothing is left to it.
         victim = names[0]
         procs[victim].send_signal(signal.SIGKILL)
@@ -237,6 +265,8 @@ def main():
         "read_units_per_shard_hour": round(reads / shard_hours, 1),
         "write_units_per_shard_hour": round(writes / shard_hours, 1),
         "cost_read_unit_equivalents_per_shard_hour": round((reads + 5 * writes) / shard_hours, 1),
+        "streams": len(arn.split(",")),
+        "cpu_seconds_per_shard_hour": round(cpu / shard_hours, 2),
         "takeover_after_kill_9_s": None if takeover is None else round(takeover, 1),
     }))
 

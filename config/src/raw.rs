@@ -38,6 +38,7 @@ pub(crate) struct RawStream {
     pub(crate) assume_role_arn: Option<String>,
     pub(crate) assume_role_session_name: Option<String>,
     pub(crate) assume_role_external_id: Option<String>,
+    pub(crate) sink_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Default)]

@@ -234,6 +234,9 @@ pub(crate) fn render(settings: &Settings) -> String {
                     lines.push(Line::Set("assume_role_external_id", s(id)));
                 }
             }
+            if let Some(url) = &stream.sink_url {
+                lines.push(Line::Set("sink_url", s(url)));
+            }
             out.push_str("\n[[streams]]\n");
             // An entry's values come from the file: variables cannot set
             // list entries.

@@ -94,6 +94,9 @@ impl Settings {
             one.fan_out = stream.fan_out.clone();
             one.initial_position = stream.initial_position.clone();
             one.aws.assume_role = stream.assume_role.clone();
+            if let (Some(url), Some(http)) = (&stream.sink_url, one.sink.http.as_mut()) {
+                http.url = url.clone();
+            }
             one.streams = vec![stream.clone()];
         }
         one
@@ -112,6 +115,9 @@ pub struct StreamSettings {
     /// The role assumed for its Kinesis calls (`None`: the default
     /// credentials).
     pub assume_role: Option<AssumeRole>,
+    /// Where the HTTP sink posts this stream's records (`None`:
+    /// `sink.url`).
+    pub sink_url: Option<String>,
 }
 
 /// Which enhanced fan-out consumer to read through.

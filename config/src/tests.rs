@@ -451,6 +451,30 @@ assume_role_external_id = "central-analytics"
 }
 
 #[test]
+fn a_stream_posts_to_its_own_url_and_the_others_to_sink_url() {
+    let f = file(
+        r#"
+application_name = "central"
+
+[sink]
+type = "http"
+url = "http://127.0.0.1:8080/all"
+
+[[streams]]
+arn = "arn:aws:kinesis:us-east-1:111111111111:stream/orders"
+sink_url = "http://127.0.0.1:8081/orders"
+
+[[streams]]
+arn = "arn:aws:kinesis:us-east-1:333333333333:stream/clicks"
+"#,
+    );
+    let s = load(Some(f.path()), env(&[])).unwrap();
+    let url = |i: usize| s.for_stream(i).sink.http.map(|h| h.url);
+    assert_eq!(url(0).as_deref(), Some("http://127.0.0.1:8081/orders"));
+    assert_eq!(url(1).as_deref(), Some("http://127.0.0.1:8080/all"));
+}
+
+#[test]
 fn a_single_stream_arn_is_a_list_of_one_with_single_stream_keys() {
     let s = load(
         None,
@@ -486,6 +510,11 @@ fn streams_entries_are_refused_where_they_cannot_work() {
         (
             "application_name = \"central\"\n\n[[streams]]\narn = \"arn:aws:kinesis:us-east-1:111111111111:stream/a\"\ninitial_position = \"AT_TIMESTAMP\"\n",
             "streams[0].initial_timestamp",
+        ),
+        // A stream's own URL needs the HTTP sink.
+        (
+            "application_name = \"central\"\n\n[[streams]]\narn = \"arn:aws:kinesis:us-east-1:111111111111:stream/a\"\nsink_url = \"http://127.0.0.1:1/a\"\n",
+            "streams[0].sink_url",
         ),
     ];
     for (text, key) in cases {

@@ -5,6 +5,7 @@
 //! Run against the local stack (`deploy/local/stack up`).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kcld_testkit::fault::{Fault, FaultProxy};
@@ -404,6 +405,215 @@ async fn a_stream_whose_access_is_revoked_waits_alone_and_resumes_when_it_comes_
     let distinct: HashSet<&Vec<u8>> = delivered.iter().map(|d| &d.data).collect();
     assert_eq!(distinct.len(), delivered.len(), "records delivered twice");
     kcld.stop_cleanly(Duration::from_secs(25)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_stream_table_the_kcl_wrote_is_resumed_from_its_checkpoints() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let s = |v: &str| AttributeValue::S(v.to_owned());
+    let n = |v: i64| AttributeValue::N(v.to_string());
+    let stack = Stack::from_env().unwrap();
+    let app = unique_name("kclmulti-app");
+    stack.create_table(&app, "leaseKey").await.unwrap();
+    let ddb = stack.consumer_dynamodb().await;
+    let mut arns = Vec::new();
+    let mut want: HashSet<Vec<u8>> = HashSet::new();
+    let mut skipped: HashSet<Vec<u8>> = HashSet::new();
+    let mut former_keys = Vec::new();
+    for (account, region) in [OWNERS[0], OWNERS[2]] {
+        let name = unique_name("kclmulti");
+        let arn = stack
+            .create_stream_in(account, region, &name, 1)
+            .await
+            .unwrap();
+        let records = records_for(&arn, "put", 20);
+        let placed = stack.put_records(&arn, &records).await.unwrap();
+        let created = stack
+            .producer_kinesis()
+            .await
+            .describe_stream_summary()
+            .stream_arn(&arn)
+            .send()
+            .await
+            .unwrap()
+            .stream_description_summary
+            .unwrap()
+            .stream_creation_timestamp
+            .secs();
+        // Items as the KCL's multi-stream serializer writes them: the lease
+        // checkpointed at the tenth record (by sequence number).
+        let mut by_seq: Vec<(kcld_checkpoint::SequenceNumber, &str, Vec<u8>)> = placed
+            .iter()
+            .zip(&records)
+            .map(|((shard, seq), (_, d))| (seq.parse().unwrap(), shard.as_str(), d.clone()))
+            .collect();
+        by_seq.sort();
+        let shard = by_seq[0].1.to_owned();
+        let stream_id = format!("{account}:{name}:{created}");
+        ddb.put_item()
+            .table_name(&app)
+            .set_item(Some(HashMap::from([
+                ("leaseKey".into(), s(&format!("{stream_id}:{shard}"))),
+                ("leaseCounter".into(), n(12)),
+                ("leaseOwner".into(), s("kcl-worker-gone")),
+                ("checkpoint".into(), s(&by_seq[9].0.to_string())),
+                ("checkpointSubSequenceNumber".into(), n(0)),
+                ("ownerSwitchesSinceCheckpoint".into(), n(0)),
+                ("streamName".into(), s(&stream_id)),
+                ("shardId".into(), s(&shard)),
+            ])))
+            .send()
+            .await
+            .unwrap();
+        // A former stream of the same name: left alone.
+        let former_id = format!("{account}:{name}:{}", created - 86_400);
+        let former_key = format!("{former_id}:{shard}");
+        ddb.put_item()
+            .table_name(&app)
+            .set_item(Some(HashMap::from([
+                ("leaseKey".into(), s(&former_key)),
+                ("leaseCounter".into(), n(7)),
+                ("checkpoint".into(), s("TRIM_HORIZON")),
+                ("checkpointSubSequenceNumber".into(), n(0)),
+                ("ownerSwitchesSinceCheckpoint".into(), n(0)),
+                ("streamName".into(), s(&former_id)),
+                ("shardId".into(), s(&shard)),
+            ])))
+            .send()
+            .await
+            .unwrap();
+        former_keys.push(former_key);
+        skipped.extend(by_seq[..10].iter().map(|(_, _, d)| d.clone()));
+        want.extend(by_seq[10..].iter().map(|(_, _, d)| d.clone()));
+        arns.push(arn);
+    }
+    let config = config_file(&app, &arns);
+    let mut kcld = spawn(&stack, config.path(), "kcld-1");
+    // The KCL worker that held the leases is gone: they expire, and kcld
+    // reads on after their checkpoints.
+    let got = collect(&mut [&mut kcld], &want, Duration::from_secs(90)).await;
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
+    assert!(
+        !got.iter().any(|d| skipped.contains(&d.data)),
+        "records at or before the KCL's checkpoints were read again"
+    );
+    assert_eq!(got.len(), want.len(), "records read twice");
+    let items = stack.scan_table(&app).await.unwrap();
+    assert_eq!(items.len(), 4, "no lease was added: {items:?}");
+    for key in former_keys {
+        let former = items
+            .iter()
+            .find(|i| i["leaseKey"].as_s().unwrap() == &key)
+            .unwrap();
+        assert_eq!(former["leaseCounter"].as_n().unwrap(), "7", "{former:?}");
+        assert!(!former.contains_key("leaseOwner"));
+    }
+}
+
+/// One request as an HTTP application saw it: (eventSourceARN, data) per
+/// record.
+type Request = Vec<(String, Vec<u8>)>;
+
+/// An application answering every Lambda-shaped request with 200; returns
+/// its URL and what it saw.
+async fn application() -> (String, Arc<Mutex<Vec<Request>>>) {
+    use axum::extract::State;
+    use base64::Engine;
+    let seen: Arc<Mutex<Vec<Request>>> = Arc::new(Mutex::new(Vec::new()));
+    let app = axum::Router::new()
+        .route(
+            "/events",
+            axum::routing::post(
+                |State(seen): State<Arc<Mutex<Vec<Request>>>>, body: String| async move {
+                    let event: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    let request: Request = event["Records"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| {
+                            (
+                                r["eventSourceARN"].as_str().unwrap().to_owned(),
+                                base64::engine::general_purpose::STANDARD
+                                    .decode(r["kinesis"]["data"].as_str().unwrap())
+                                    .unwrap(),
+                            )
+                        })
+                        .collect();
+                    seen.lock().unwrap().push(request);
+                    "{}"
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_stream_can_post_to_its_own_url_and_no_batch_mixes_streams() {
+    let stack = Stack::from_env().unwrap();
+    let (own_url, own) = application().await;
+    let (shared_url, shared) = application().await;
+    let mut arns = Vec::new();
+    for (account, region) in OWNERS {
+        arns.push(
+            stack
+                .create_stream_in(account, region, &unique_name("route"), 2)
+                .await
+                .unwrap(),
+        );
+    }
+    let app = unique_name("route-app");
+    // The first stream to its own URL, the other two to sink.url.
+    let mut text = format!(
+        "application_name = \"{app}\"\ninitial_position = \"TRIM_HORIZON\"\n\n[polling]\n\
+         idle_time_between_reads_ms = 200\n\n[sink]\ntype = \"http\"\nurl = \"{shared_url}\"\n"
+    );
+    text.push_str(&format!(
+        "\n[[streams]]\narn = \"{}\"\nsink_url = \"{own_url}\"\n",
+        arns[0]
+    ));
+    for arn in &arns[1..] {
+        text.push_str(&format!("\n[[streams]]\narn = \"{arn}\"\n"));
+    }
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), text).unwrap();
+    let mut all = HashMap::new();
+    for arn in &arns {
+        let records = records_for(arn, "routed", 60);
+        stack.put_records(arn, &records).await.unwrap();
+        all.insert(arn.clone(), records);
+    }
+    let kcld = spawn(&stack, config.path(), "worker-a");
+    let total: usize = all.values().map(Vec::len).sum();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let count = |seen: &Arc<Mutex<Vec<Request>>>| -> usize {
+        seen.lock().unwrap().iter().map(Vec::len).sum()
+    };
+    while count(&own) + count(&shared) < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
+    for (seen, streams) in [(&own, &arns[..1]), (&shared, &arns[1..])] {
+        let requests = seen.lock().unwrap().clone();
+        let mut got: HashSet<Vec<u8>> = HashSet::new();
+        for request in &requests {
+            let first = &request[0].0;
+            assert!(
+                request.iter().all(|(arn, _)| arn == first),
+                "a batch mixed streams: {request:?}"
+            );
+            assert!(streams.contains(first), "{first} posted to the wrong URL");
+            got.extend(request.iter().map(|(_, d)| d.clone()));
+        }
+        let want: HashSet<Vec<u8>> = streams
+            .iter()
+            .flat_map(|arn| all[arn].iter().map(|(_, d)| d.clone()))
+            .collect();
+        assert_eq!(got, want);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,6 +95,7 @@ pub(crate) fn validate(
             fan_out: fan_out.clone(),
             initial_position: initial_position.clone(),
             assume_role: aws.assume_role.clone(),
+            sink_url: None,
         }]
     };
     let store = match non_empty(raw.lease.store)
@@ -247,6 +248,15 @@ pub(crate) fn validate(
     } else {
         None
     };
+    if kind != SinkKind::Http {
+        if let Some(i) = streams.iter().position(|s| s.sink_url.is_some()) {
+            return Err(ConfigError::key(
+                &format!("streams[{i}].sink_url"),
+                "is set, but records go to stdout",
+                "set sink.type = \"http\" (with sink.url for the streams without their own), or remove it",
+            ));
+        }
+    }
     let invoke_identity_arn = non_empty(raw.sink.invoke_identity_arn)
         .or_else(|| aws.assume_role.as_ref().map(|r| r.role_arn.clone()))
         .unwrap_or_default();
@@ -709,11 +719,22 @@ fn validate_streams(
             fan_out,
             &arn,
         )?;
+        let sink_url = non_empty(entry.sink_url);
+        if let Some(url) = &sink_url {
+            if !url.starts_with("http://") {
+                return Err(ConfigError::key(
+                    &format!("{prefix}sink_url"),
+                    format!("{url:?} is not an http:// URL"),
+                    "use http://127.0.0.1:<port>/<path>, or remove it to post to sink.url",
+                ));
+            }
+        }
         streams.push(StreamSettings {
             arn,
             fan_out,
             initial_position,
             assume_role: own_role.or_else(|| assume_role.clone()),
+            sink_url,
         });
     }
     Ok(streams)

@@ -73,13 +73,23 @@ impl HttpSink {
         context: EventContext,
         settings: tokio::sync::watch::Receiver<HttpSinkSettings>,
     ) -> Result<Self, Error> {
+        let url = settings.borrow().url.clone();
+        HttpSink::following_to(context, settings, url)
+    }
+
+    /// [`HttpSink::following`], posting to `url` (a stream's own) rather
+    /// than `sink.url`.
+    pub fn following_to(
+        context: EventContext,
+        settings: tokio::sync::watch::Receiver<HttpSinkSettings>,
+        url: String,
+    ) -> Result<Self, Error> {
         let start = settings.borrow().clone();
         let settings_now = settings;
         let settings = start;
-        let uri: hyper::Uri = settings
-            .url
+        let uri: hyper::Uri = url
             .parse()
-            .map_err(|e| Error::setup(format!("sink.url {:?}", settings.url), e))?;
+            .map_err(|e| Error::setup(format!("sink url {url:?}"), e))?;
         let failures = match &settings.on_failure_file {
             None => None,
             Some(path) => {

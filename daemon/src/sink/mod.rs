@@ -66,9 +66,13 @@ pub fn from_live_settings(
 ) -> Result<Arc<dyn Sink>, crate::Error> {
     let context = event::context(settings);
     Ok(match (&settings.sink.kind, &settings.sink.http, http) {
-        (SinkKind::Http, Some(_), Some(live)) => {
-            Arc::new(http::HttpSink::following(context, live)?)
-        }
+        // The URL is this stream's (`Settings::for_stream`); the tunables
+        // follow reloads.
+        (SinkKind::Http, Some(http), Some(live)) => Arc::new(http::HttpSink::following_to(
+            context,
+            live,
+            http.url.clone(),
+        )?),
         (SinkKind::Http, Some(http), None) => Arc::new(http::HttpSink::new(context, http.clone())?),
         _ => Arc::new(stdout::StdoutSink::new(context)),
     })

@@ -25,6 +25,13 @@ enum Cmd {
         /// readers that cannot leave their account (the KCL's MultiLangDaemon).
         #[arg(long)]
         own: bool,
+        /// Create it in this (12-digit) account instead of the producer's,
+        /// shared with the consumer role.
+        #[arg(long, conflicts_with = "own")]
+        account: Option<String>,
+        /// The region of a stream created with --account.
+        #[arg(long, default_value = kcld_testkit::REGION)]
+        region: String,
     },
     /// Put sample records (as the producer account) into the stream.
     Put {
@@ -44,11 +51,21 @@ enum Cmd {
 async fn main() -> Result<()> {
     let stack = Stack::from_env()?;
     match Cli::parse().command {
-        Cmd::CreateStream { name, shards, own } => {
-            let arn = if own {
-                stack.create_own_stream(&name, shards).await?
-            } else {
-                stack.create_shared_stream(&name, shards).await?
+        Cmd::CreateStream {
+            name,
+            shards,
+            own,
+            account,
+            region,
+        } => {
+            let arn = match (own, account) {
+                (true, _) => stack.create_own_stream(&name, shards).await?,
+                (false, Some(account)) => {
+                    stack
+                        .create_stream_in(&account, &region, &name, shards)
+                        .await?
+                }
+                (false, None) => stack.create_shared_stream(&name, shards).await?,
             };
             println!("{arn}");
         }
