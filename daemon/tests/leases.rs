@@ -14,6 +14,7 @@ use tokio::sync::Mutex;
 use aws_sdk_dynamodb::types::{AttributeValue, BillingMode};
 use kcld_checkpoint::SequenceNumber;
 use kcld_testkit::fault::{Fault, FaultProxy};
+use kcld_testkit::fleet::{collect, lease_loads as loads, wait_for_loads as wait_for};
 use kcld_testkit::{http_get, sample_records, unique_name, Delivered, Item, Kcld, Stack};
 
 const KCLD: &str = env!("CARGO_BIN_EXE_kcld");
@@ -31,65 +32,6 @@ fn env(
         env.insert(k.to_string(), v.to_string());
     }
     env
-}
-
-/// Owner -> number of leases it holds (unowned leases under "").
-async fn loads(stack: &Stack, table: &str) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for owner in stack
-        .lease_owners(table)
-        .await
-        .unwrap_or_default()
-        .into_values()
-    {
-        *counts.entry(owner.unwrap_or_default()).or_insert(0) += 1;
-    }
-    counts
-}
-
-/// Polls the table until `ok` holds; returns how long that took.
-async fn wait_for(
-    stack: &Stack,
-    table: &str,
-    within: Duration,
-    ok: impl Fn(&HashMap<String, usize>) -> bool,
-) -> Duration {
-    let start = Instant::now();
-    loop {
-        let l = loads(stack, table).await;
-        if ok(&l) {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < within,
-            "table {table} did not reach the expected state in {within:?}: {l:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Reads lines from every instance until `want` distinct records arrived.
-/// Returns every delivery (with duplicates) as (instance index, record).
-async fn collect(
-    instances: &mut [&mut Kcld],
-    want: &HashSet<Vec<u8>>,
-    within: Duration,
-) -> Vec<(usize, Delivered)> {
-    let deadline = Instant::now() + within;
-    let mut all = Vec::new();
-    let mut seen: HashSet<Vec<u8>> = HashSet::new();
-    while !want.is_subset(&seen) && Instant::now() < deadline {
-        for (i, k) in instances.iter_mut().enumerate() {
-            for line in k.take_lines(usize::MAX, Duration::from_millis(50)).await {
-                let d = Delivered::parse(&line).unwrap();
-                seen.insert(d.data.clone());
-                all.push((i, d));
-            }
-        }
-    }
-    let missing = want.difference(&seen).count();
-    assert_eq!(missing, 0, "{missing} records never delivered");
-    all
 }
 
 /// The value of the one series of `name` whose labels include all of
@@ -412,9 +354,13 @@ async fn sigterm_releases_with_a_final_checkpoint_and_no_duplicate() {
     let app = unique_name("term-app");
     // Checkpoints only at the end (or every 100,000 records): the final
     // checkpoint on SIGTERM is what prevents duplicates here.
+    // Probes paid for in full: with two leases per worker the default
+    // budget leaves the release to be found by the next scan (up to 20 s);
+    // here the other worker is read once a renewal period.
     let extra = [
         ("KCLD_CHECKPOINT__INTERVAL_MS", "3600000"),
         ("KCLD_CHECKPOINT__MAX_RECORDS", "100000"),
+        ("KCLD_LEASE__PROBE_BUDGET_PERCENT", "100"),
     ];
     let mut a = Kcld::spawn(KCLD, &["run"], &env(&stack, &arn, &app, "worker-a", &extra)).unwrap();
     let mut b = Kcld::spawn(KCLD, &["run"], &env(&stack, &arn, &app, "worker-b", &extra)).unwrap();
@@ -826,18 +772,7 @@ async fn multi_stream_lease_keys_of_this_stream_are_resumed() {
     let app = unique_name("multi-app");
     stack.create_table(&app, "leaseKey").await.unwrap();
     let ddb = stack.consumer_dynamodb().await;
-    let created = stack
-        .producer_kinesis()
-        .await
-        .describe_stream_summary()
-        .stream_arn(&arn)
-        .send()
-        .await
-        .unwrap()
-        .stream_description_summary
-        .unwrap()
-        .stream_creation_timestamp
-        .secs();
+    let created = stack.creation_epoch(&arn).await.unwrap();
     let stream_id = format!("{}:{name}:{created}", stack.producer_account);
     let key = format!("{stream_id}:{shard}");
     // A lease of a former stream of the same name (deleted, created again):

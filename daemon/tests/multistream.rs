@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kcld_testkit::fault::{Fault, FaultProxy};
+use kcld_testkit::fleet::{self, wait_for_loads as wait_for};
 use kcld_testkit::{http_get, unique_name, Delivered, Kcld, Stack};
 
 const KCLD: &str = env!("CARGO_BIN_EXE_kcld");
@@ -40,61 +41,17 @@ fn spawn(stack: &Stack, config: &std::path::Path, worker: &str) -> Kcld {
     Kcld::spawn(KCLD, &["--config", config.to_str().unwrap(), "run"], &env).unwrap()
 }
 
-/// Leases per owner.
-async fn loads(stack: &Stack, table: &str) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for owner in stack
-        .lease_owners(table)
-        .await
-        .unwrap_or_default()
-        .into_values()
-    {
-        *counts.entry(owner.unwrap_or_default()).or_insert(0) += 1;
-    }
-    counts
-}
-
-async fn wait_for(
-    stack: &Stack,
-    table: &str,
-    within: Duration,
-    ok: impl Fn(&HashMap<String, usize>) -> bool,
-) -> Duration {
-    let start = Instant::now();
-    loop {
-        let l = loads(stack, table).await;
-        if ok(&l) {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < within,
-            "table {table} did not reach the expected state in {within:?}: {l:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Reads lines from every instance until every record of `want` arrived.
 async fn collect(
     instances: &mut [&mut Kcld],
     want: &HashSet<Vec<u8>>,
     within: Duration,
 ) -> Vec<Delivered> {
-    let deadline = Instant::now() + within;
-    let mut all = Vec::new();
-    let mut seen: HashSet<Vec<u8>> = HashSet::new();
-    while !want.is_subset(&seen) && Instant::now() < deadline {
-        for k in instances.iter_mut() {
-            for line in k.take_lines(usize::MAX, Duration::from_millis(50)).await {
-                let d = Delivered::parse(&line).unwrap();
-                seen.insert(d.data.clone());
-                all.push(d);
-            }
-        }
-    }
-    let missing = want.difference(&seen).count();
-    assert_eq!(missing, 0, "{missing} records never delivered");
-    all
+    fleet::collect(instances, want, within)
+        .await
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect()
 }
 
 /// `count` records for the stream `arn`, each naming it in its data.
@@ -428,18 +385,7 @@ async fn a_multi_stream_table_the_kcl_wrote_is_resumed_from_its_checkpoints() {
             .unwrap();
         let records = records_for(&arn, "put", 20);
         let placed = stack.put_records(&arn, &records).await.unwrap();
-        let created = stack
-            .producer_kinesis()
-            .await
-            .describe_stream_summary()
-            .stream_arn(&arn)
-            .send()
-            .await
-            .unwrap()
-            .stream_description_summary
-            .unwrap()
-            .stream_creation_timestamp
-            .secs();
+        let created = stack.creation_epoch(&arn).await.unwrap();
         // Items as the KCL's multi-stream serializer writes them: the lease
         // checkpointed at the tenth record (by sequence number).
         let mut by_seq: Vec<(kcld_checkpoint::SequenceNumber, &str, Vec<u8>)> = placed

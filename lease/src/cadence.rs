@@ -56,14 +56,12 @@ const PROBE_PRICE_IN_READS: f64 = 0.5;
 
 impl CadenceSettings {
     /// How often to probe when workers hold `share` leases each on
-    /// average and `others` other workers are followed: the longest of
-    ///
-    /// - `probe_interval`, the floor;
-    /// - a renewal period shared among the others: each is then read once
-    ///   a renewal period, which is all a sample can show (it moves once a
-    ///   period), so probing faster buys nothing;
-    /// - the spacing at which the probes cost the budget's share of the
-    ///   renewals (one write per lease per renewal period).
+    /// average and `others` other workers are followed: `probe_interval`,
+    /// or longer, the spacing at which the probes cost the budget's share
+    /// of the renewals (one write per lease per renewal period). Probing
+    /// faster than a sample moves (once a renewal period) still pays: a
+    /// worker that stops cleanly releases its leases at any moment, and the
+    /// next probe of it sees that.
     ///
     /// `None`: no probes (no budget, no one to follow, or not more often
     /// than the scans).
@@ -81,9 +79,7 @@ impl CadenceSettings {
         let renew = self.renew_interval.as_secs_f64().max(0.001);
         let budget =
             share / renew * WRITE_PRICE_IN_READS * f64::from(self.probe_budget_percent) / 100.0;
-        let spaced = (PROBE_PRICE_IN_READS / budget)
-            .max(renew / others as f64)
-            .min(86_400.0);
+        let spaced = (PROBE_PRICE_IN_READS / budget).min(86_400.0);
         Some(self.probe_interval.max(Duration::from_secs_f64(spaced)))
             .filter(|every| *every < self.take_interval)
     }
@@ -410,10 +406,6 @@ mod tests {
         Duration::from_secs_f64(s)
     }
 
-    /// The renewal period of `settings()`: with one other worker, the
-    /// probe interval too (a sample moves once a period).
-    const R: f64 = 3.308;
-
     #[test]
     fn a_settled_fleet_is_scanned_at_the_take_interval_and_probed_between() {
         let t0 = Instant::now();
@@ -425,15 +417,17 @@ mod tests {
         // One sample per other worker, the smallest key.
         assert_eq!(c.sample(), Some(("other".into(), "shardId-2".into())));
         assert_eq!(c.sample(), Some(("other".into(), "shardId-2".into())));
-        // One other worker: read once a renewal period.
-        assert_eq!(c.next(), Next::Probe(t0 + secs(R)));
+        assert_eq!(c.next(), Next::Probe(t0 + secs(1.0)));
         let mut moved = b.clone();
         moved.counter += 1;
-        assert_eq!(c.probed("other", Some(&moved), t0 + secs(R)), Probe::Alive);
-        assert_eq!(c.next(), Next::Probe(t0 + secs(2.0 * R)));
+        assert_eq!(
+            c.probed("other", Some(&moved), t0 + secs(1.0)),
+            Probe::Alive
+        );
+        assert_eq!(c.next(), Next::Probe(t0 + secs(2.0)));
         // Unmoved for less than a renewal period and a probe: still alive.
         assert_eq!(
-            c.probed("other", Some(&moved), t0 + secs(R + 6.0)),
+            c.probed("other", Some(&moved), t0 + secs(5.0)),
             Probe::Alive
         );
         // Probes stop where the scan is due.
@@ -454,15 +448,14 @@ mod tests {
         c.scanned("me", &leases.iter().collect::<Vec<_>>(), false, None, t0);
         let owners: Vec<String> = (0..4).filter_map(|_| c.sample()).map(|(o, _)| o).collect();
         assert_eq!(owners, ["b", "c", "d", "b"]);
-        // A probe every third of a renewal period, each worker read every
-        // third probe: silent for a renewal period and a round of probes
-        // (two periods) before it is suspected.
-        assert_eq!(c.next(), Next::Probe(t0 + secs(R / 3.0)));
+        // Each is read every third probe: silent for a renewal period and
+        // three probe intervals before it is suspected.
+        assert_eq!(c.next(), Next::Probe(t0 + secs(1.0)));
         assert_eq!(
-            c.probed("c", Some(&leases[1]), t0 + secs(6.5)),
+            c.probed("c", Some(&leases[1]), t0 + secs(6.2)),
             Probe::Alive
         );
-        assert_eq!(c.probed("c", Some(&leases[1]), t0 + secs(6.7)), Probe::Scan);
+        assert_eq!(c.probed("c", Some(&leases[1]), t0 + secs(6.4)), Probe::Scan);
     }
 
     #[test]
@@ -484,7 +477,7 @@ mod tests {
         c.scanned("me", &[&mine, &stolen], false, None, t0 + secs(1.0));
         assert!(!c.is_unsettled());
         assert_eq!(c.sample(), Some(("other".into(), "shardId-2".into())));
-        assert_eq!(c.next(), Next::Probe(t0 + secs(1.0 + R)));
+        assert_eq!(c.next(), Next::Probe(t0 + secs(2.0)));
     }
 
     #[test]
@@ -547,7 +540,7 @@ mod tests {
             Probe::Alive
         );
         // Still at t0 + 9.7 (silence 6.7 s > a renewal period and a probe
-        // interval, 2 x 3.308): scan, and from then on the owner's leases
+        // interval, 4.308 s): scan, and from then on the owner's leases
         // count as last renewed when the sample last moved.
         assert_eq!(c.probed("other", Some(&moved), t0 + secs(9.7)), Probe::Scan);
         assert_eq!(
@@ -573,7 +566,7 @@ mod tests {
         let mut later = again.clone();
         later.counter = 10;
         assert_eq!(c.last_renewals(&[&later]).get("other").copied(), None);
-        assert_eq!(c.next(), Next::Probe(t0 + secs(10.8 + R)));
+        assert_eq!(c.next(), Next::Probe(t0 + secs(11.8)));
     }
 
     #[test]
@@ -584,7 +577,7 @@ mod tests {
         c.scanned("me", &[&b], true, None, t0);
         assert_eq!(c.next(), Next::Scan(t0 + secs(1.0)));
         c.scanned("me", &[&b], false, None, t0 + secs(1.0));
-        assert_eq!(c.next(), Next::Probe(t0 + secs(1.0 + R)));
+        assert_eq!(c.next(), Next::Probe(t0 + secs(2.0)));
         c.scan_failed(t0 + secs(2.0));
         assert_eq!(c.next(), Next::Scan(t0 + secs(3.0)));
         // While unsettled, a lease that expires before the next tick is
@@ -593,7 +586,7 @@ mod tests {
         assert_eq!(c.next(), Next::Scan(t0 + secs(3.401)));
         // Settled, the expiry of live leases does not bring scans forward.
         c.scanned("me", &[&b], false, Some(t0 + secs(13.0)), t0 + secs(4.0));
-        assert_eq!(c.next(), Next::Probe(t0 + secs(4.0 + R)));
+        assert_eq!(c.next(), Next::Probe(t0 + secs(5.0)));
     }
 
     #[test]
@@ -660,17 +653,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // 100 leases per worker: the budget allows more than one a second,
-        // but each of the two others is read once a renewal period, no
-        // more (its sample moves no faster).
+        // and `probe_interval` is the floor.
         let hundred_each = fleet(100, &[("b", 100), ("c", 100)]);
-        assert_eq!(next_with(1, &hundred_each), Next::Probe(t0 + secs(R / 2.0)));
-        // With ten others, `probe_interval` is the floor.
-        let others: Vec<(String, usize)> = (0..10).map(|i| (format!("w{i}"), 100)).collect();
-        let others: Vec<(&str, usize)> = others.iter().map(|(o, n)| (o.as_str(), *n)).collect();
-        assert_eq!(
-            next_with(1, &fleet(100, &others)),
-            Next::Probe(t0 + secs(1.0))
-        );
+        assert_eq!(next_with(1, &hundred_each), Next::Probe(t0 + secs(1.0)));
         // A standby holding nothing probes as the fleet's share allows.
         let standby = fleet(0, &[("b", 100), ("c", 100)]);
         assert!(matches!(next_with(1, &standby), Next::Probe(_)));

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod cut;
 pub mod fault;
+pub mod fleet;
 pub mod h2relay;
 pub mod private;
 mod process;
@@ -167,14 +168,39 @@ impl Stack {
     pub async fn create_shared_stream(&self, name: &str, shards: i32) -> Result<String> {
         let kinesis = self.producer_kinesis().await;
         let arn = Self::create_stream_as(&kinesis, &self.producer_account, name, shards).await?;
+        self.share(&kinesis, &arn).await?;
+        Ok(arn)
+    }
+
+    /// Attaches the resource policy that shares `arn` with the consumer
+    /// role, as its owner (`kinesis`).
+    async fn share(&self, kinesis: &aws_sdk_kinesis::Client, arn: &str) -> Result<()> {
         kinesis
             .put_resource_policy()
-            .resource_arn(&arn)
-            .policy(self.stream_policy(&arn).to_string())
+            .resource_arn(arn)
+            .policy(self.stream_policy(arn).to_string())
             .send()
             .await
             .context("PutResourcePolicy")?;
-        Ok(arn)
+        Ok(())
+    }
+
+    /// The stream's creation time in epoch seconds (the `creationEpoch` of
+    /// the KCL's multi-stream lease keys), as its owner describes it.
+    pub async fn creation_epoch(&self, arn: &str) -> Result<i64> {
+        let out = self
+            .producer_kinesis()
+            .await
+            .describe_stream_summary()
+            .stream_arn(arn)
+            .send()
+            .await
+            .context("DescribeStreamSummary")?;
+        Ok(out
+            .stream_description_summary
+            .context("no stream description")?
+            .stream_creation_timestamp
+            .secs())
     }
 
     /// Creates a stream in the consumer's own account (no policy needed),
@@ -208,13 +234,7 @@ impl Stack {
                 .build(),
         );
         let arn = Self::create_stream_at(&kinesis, account, region, name, shards).await?;
-        kinesis
-            .put_resource_policy()
-            .resource_arn(&arn)
-            .policy(self.stream_policy(&arn).to_string())
-            .send()
-            .await
-            .context("PutResourcePolicy")?;
+        self.share(&kinesis, &arn).await?;
         Ok(arn)
     }
 
