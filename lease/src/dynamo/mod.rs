@@ -21,6 +21,7 @@
 
 mod handle;
 mod renewer;
+mod streams;
 mod sync;
 mod taker;
 
@@ -36,12 +37,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::balance::Observations;
 use crate::cadence::{Cadence, CadenceSettings, Next};
-use crate::key::{LeaseKey, StreamScope};
+use crate::key::StreamScope;
 use crate::record::LeaseRecord;
 use crate::table::{LeaseTable, OwnedChange, TableError};
 use crate::{Grant, LeaseFailure, LeaseSource, ShardLister, ShardSpec};
 use handle::DynamoLease;
-use sync::Known;
+pub use streams::LeaseStream;
+use streams::StreamState;
 
 /// How this worker takes part in the lease protocol.
 #[derive(Clone, Debug)]
@@ -122,38 +124,6 @@ pub struct DynamoLeases {
     shutdown: CancellationToken,
     closing: CancellationToken,
     task: Option<JoinHandle<()>>,
-}
-
-/// One stream whose shards the source leases.
-pub struct LeaseStream {
-    /// Which leases of the table are this stream's.
-    pub scope: StreamScope,
-    /// Its shards, for shard sync.
-    pub lister: Arc<dyn ShardLister>,
-    /// New leases get the KCL's multi-stream keys
-    /// (`account:stream:creationEpoch:shardId`, with `streamName` and
-    /// `shardId` beside them), as a KCL application reading several
-    /// streams writes them. Otherwise they follow what the table already
-    /// holds of this stream, shard ids alone for a new table (the KCL's
-    /// single-stream keys).
-    pub multi_stream: bool,
-    /// Where this stream's shards start when the table has no lease of it
-    /// yet.
-    pub initial: Checkpoint,
-}
-
-/// What the source keeps of one stream.
-struct StreamState {
-    scope: StreamScope,
-    lister: Arc<dyn ShardLister>,
-    /// The key format of this stream's new leases.
-    template: StdMutex<LeaseKey>,
-    /// The last listing and leases, for telling a finished child at a
-    /// shard's end.
-    known: StdMutex<Known>,
-    /// The last shard sync of this stream failed (logged once a run).
-    sync_failing: AtomicBool,
-    initial: Checkpoint,
 }
 
 struct Inner {
@@ -260,23 +230,7 @@ impl DynamoLeases {
         settings: LeaseSettings,
         shutdown: CancellationToken,
     ) -> Result<Self, TableError> {
-        let streams: Vec<StreamState> = streams
-            .into_iter()
-            .map(|s| StreamState {
-                template: StdMutex::new(if s.multi_stream {
-                    s.scope.multi_key()
-                } else {
-                    LeaseKey::Single {
-                        shard_id: String::new(),
-                    }
-                }),
-                scope: s.scope,
-                lister: s.lister,
-                known: StdMutex::new(Known::default()),
-                sync_failing: AtomicBool::new(false),
-                initial: s.initial,
-            })
-            .collect();
+        let streams: Vec<StreamState> = streams.into_iter().map(StreamState::new).collect();
         table.ensure(Duration::from_secs(60)).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let closing = CancellationToken::new();
@@ -364,48 +318,6 @@ impl Drop for DynamoLeases {
 impl Inner {
     fn me(&self) -> &str {
         &self.settings.worker_id
-    }
-
-    /// Which stream a lease is of, if it is of one read here. Shard ids
-    /// alone name the one stream of a single-stream application: with
-    /// several streams they are nobody's.
-    fn stream_of(&self, key: &LeaseKey) -> Option<usize> {
-        match key {
-            LeaseKey::Single { .. } => (self.streams.len() == 1).then_some(0),
-            LeaseKey::Multi { .. } => self.streams.iter().position(|s| s.scope.owns(key)),
-        }
-    }
-
-    /// The leases of the streams read here.
-    fn ours<'a>(&self, leases: &'a [LeaseRecord]) -> Vec<&'a LeaseRecord> {
-        leases
-            .iter()
-            .filter(|l| self.stream_of(&l.key).is_some())
-            .collect()
-    }
-
-    /// `ours` split by stream, in [`Inner::streams`]' order.
-    fn by_stream<'a>(&self, ours: &[&'a LeaseRecord]) -> Vec<Vec<&'a LeaseRecord>> {
-        let mut split = vec![Vec::new(); self.streams.len()];
-        for lease in ours {
-            if let Some(i) = self.stream_of(&lease.key) {
-                split[i].push(*lease);
-            }
-        }
-        split
-    }
-
-    /// New leases follow the format the table already uses for a stream.
-    fn learn_template(&self, leases: &[LeaseRecord]) {
-        for lease in self.ours(leases) {
-            if let (LeaseKey::Multi { .. }, Some(i)) = (&lease.key, self.stream_of(&lease.key)) {
-                *lock(&self.streams[i].template) = lease.key.clone();
-            }
-        }
-    }
-
-    fn key_for(&self, stream: usize, shard_id: &str) -> LeaseKey {
-        lock(&self.streams[stream].template).sibling(shard_id)
     }
 
     /// The watchdog and the taker run side by side (each lease renews in a
