@@ -278,6 +278,7 @@ fn getrecords_loop(c: &mut Criterion<ThreadCpu>) {
         let floor = Floor::new(addr, &iterator);
         let mut unpacker = Unpacker::new(
             "shardId-000000000000",
+            None,
             &Resume::After(Checkpoint::TrimHorizon),
             None,
         );

@@ -5,6 +5,7 @@
 //! of its own. The region is the stream ARN's, so a consumer in one account
 //! reads a stream in another without any region setting.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region};
@@ -54,6 +55,42 @@ impl Clients {
         out.account
             .filter(|a| !a.is_empty())
             .ok_or_else(|| IdentityError::NoAccount.into())
+    }
+}
+
+/// The clients of each (region, role) once: streams of one account and
+/// region share them (and the role's credentials, refreshed before they
+/// expire by the SDK's provider).
+#[derive(Default)]
+pub struct ClientsCache {
+    made: HashMap<ClientsKey, Clients>,
+}
+
+/// A stream's region, and the role (with its external id) it is read as.
+type ClientsKey = (String, Option<(String, Option<String>)>);
+
+impl ClientsCache {
+    /// The clients for `settings` (one stream's, [`Settings::for_stream`]):
+    /// made once per region and role, with `credentials` when given.
+    pub async fn get(
+        &mut self,
+        settings: &Settings,
+        credentials: &Option<SharedCredentialsProvider>,
+    ) -> Result<Clients> {
+        let key = (
+            settings.stream_arn.region.clone(),
+            settings
+                .aws
+                .assume_role
+                .as_ref()
+                .map(|r| (r.role_arn.clone(), r.external_id.clone())),
+        );
+        if let Some(clients) = self.made.get(&key) {
+            return Ok(clients.clone());
+        }
+        let clients = connect_with(settings, credentials.clone()).await?;
+        self.made.insert(key, clients.clone());
+        Ok(clients)
     }
 }
 

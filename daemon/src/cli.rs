@@ -353,6 +353,9 @@ async fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Re
         None => {
             let mut settings = kcld_config::load(config, std::env::vars())?;
             crate::aws::settle_consumer_region(&mut settings).await;
+            if settings.streams.len() > 1 {
+                return print_policies_for_streams(args, &settings);
+            }
             if consumer_arn.is_none() && consumer_name.is_none() {
                 match settings.fan_out.as_ref().map(|f| &f.consumer) {
                     Some(kcld_config::FanOutConsumer::Arn(arn)) => {
@@ -432,6 +435,57 @@ fn is_kms_key_arn(text: &str) -> bool {
         && resource.strip_prefix("key/").is_some_and(|id| {
             !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         }))
+}
+
+/// `kcld policy` over a configuration of several streams: the consumer
+/// and the KMS key are per stream, so they come from the file, never from
+/// the command line.
+fn print_policies_for_streams(args: &PolicyArgs, settings: &Settings) -> Result<()> {
+    for (flag, given) in [
+        ("consumer-arn", args.consumer_arn.is_some()),
+        ("consumer-name", args.consumer_name.is_some()),
+        ("kms-key-arn", args.kms_key_arn.is_some()),
+    ] {
+        if given {
+            return Err(crate::Error::Config(kcld_config::ConfigError::Other(format!(
+                "--{flag}: the configuration lists {} streams and this is one stream's; set it in \
+                 that stream's [[streams]] entry, or run kcld policy --stream-arn <that stream> --{flag} ...",
+                settings.streams.len()
+            ))));
+        }
+    }
+    let streams: Vec<crate::policy::StreamPolicyRequest<'_>> = settings
+        .streams
+        .iter()
+        .map(|s| {
+            let consumer = s.fan_out.as_ref().map(|f| &f.consumer);
+            crate::policy::StreamPolicyRequest {
+                stream: &s.arn,
+                consumer_arn: match consumer {
+                    Some(kcld_config::FanOutConsumer::Arn(arn)) => Some(arn.to_string()),
+                    _ => None,
+                },
+                consumer_name: match consumer {
+                    Some(kcld_config::FanOutConsumer::Name(name)) => Some(name.as_str()),
+                    _ => None,
+                },
+                assume_role: s
+                    .assume_role
+                    .as_ref()
+                    .map(|r| (r.role_arn.as_str(), r.external_id.as_deref())),
+            }
+        })
+        .collect();
+    let table = args
+        .lease_table
+        .clone()
+        .unwrap_or_else(|| settings.lease_table.clone());
+    print_json(&crate::policy::policies_for_streams(
+        &args.consumer_role_arn,
+        &streams,
+        &table,
+        &settings.aws.dynamodb_region,
+    ))
 }
 
 /// `kcld status --watch`: the table redrawn in place (or one JSON line per

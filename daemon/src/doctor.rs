@@ -14,6 +14,9 @@ use crate::stream::{KinesisError, StartAt, Stream};
 pub struct Check {
     /// What was checked, e.g. `caller identity`.
     pub check: String,
+    /// The stream the check is of, when several are read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
     /// Whether the check passed.
     pub ok: bool,
     /// What was found, or the error on failure.
@@ -33,14 +36,18 @@ pub struct Fix {
     pub statement: serde_json::Value,
 }
 
+#[derive(Default)]
 struct Report {
     checks: Vec<Check>,
+    /// The stream the checks being made are of (several streams only).
+    stream: Option<String>,
 }
 
 impl Report {
     fn pass(&mut self, check: &str, detail: impl Into<String>) {
         self.checks.push(Check {
             check: check.into(),
+            stream: self.stream.clone(),
             ok: true,
             detail: detail.into(),
             fix: None,
@@ -50,6 +57,7 @@ impl Report {
     fn fail(&mut self, check: &str, detail: impl Into<String>, fix: Option<Fix>) {
         self.checks.push(Check {
             check: check.into(),
+            stream: self.stream.clone(),
             ok: false,
             detail: detail.into(),
             fix,
@@ -57,10 +65,42 @@ impl Report {
     }
 }
 
-/// Runs every check; stops at the first one the others depend on.
+/// Runs every check; stops at the first one the others depend on. With
+/// several streams each stream is checked with its own credentials (its
+/// role, its region), and one stream's failure does not stop the others'
+/// checks.
 pub async fn run(settings: &Settings) -> Vec<Check> {
-    let mut report = Report { checks: Vec::new() };
-    let clients = match crate::aws::connect(settings).await {
+    let mut report = Report::default();
+    let several = settings.streams.len() > 1;
+    let mut cache = crate::aws::ClientsCache::default();
+    let mut lease_clients = None;
+    for i in 0..settings.streams.len() {
+        let one = settings.for_stream(i);
+        report.stream = several.then(|| one.stream_arn.to_string());
+        let Some(clients) = credentials(&mut report, &one, &mut cache).await else {
+            if several {
+                continue;
+            }
+            return report.checks;
+        };
+        lease_clients.get_or_insert_with(|| clients.clone());
+        stream_checks(&mut report, &one, &clients).await;
+    }
+    report.stream = None;
+    if let Some(clients) = lease_clients {
+        table_checks(&mut report, settings, &clients).await;
+    }
+    report.checks
+}
+
+/// The clients of one stream, its credentials resolved (and its role
+/// assumed); `None` after a failed check.
+async fn credentials(
+    report: &mut Report,
+    settings: &Settings,
+    cache: &mut crate::aws::ClientsCache,
+) -> Option<crate::aws::Clients> {
+    match cache.get(settings, &None).await {
         Ok(c) => {
             match &settings.aws.assume_role {
                 None => report.pass("credentials", "resolved from the default chain"),
@@ -72,13 +112,17 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
                     ),
                 ),
             }
-            c
+            Some(c)
         }
         Err(e) => {
             report.fail("credentials", e.to_string(), None);
-            return report.checks;
+            None
         }
-    };
+    }
+}
+
+/// Every call reading the stream needs, with its fan-out consumer.
+async fn stream_checks(report: &mut Report, settings: &Settings, clients: &crate::aws::Clients) {
     let caller = match clients.caller_account().await {
         Ok(account) => {
             let relation = if account == settings.stream_arn.account {
@@ -137,13 +181,13 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
             s.status, s.open_shards, s.encryption
         )
     });
-    let stream_ok = kinesis(&mut report, "DescribeStreamSummary", described.clone());
+    let stream_ok = kinesis(report, "DescribeStreamSummary", described.clone());
     if stream_ok {
         let full = stream
             .describe_stream()
             .await
             .map(|status| format!("{status} (the KCL's call, granted by `kcld policy`)"));
-        kinesis(&mut report, "DescribeStream", full);
+        kinesis(report, "DescribeStream", full);
     }
     let encrypted = described
         .as_ref()
@@ -156,12 +200,12 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
             .and_then(|s| s.iter().find(|s| !s.closed).or(s.first()))
             .map(|s| s.shard_id.clone());
         let listed = shards.map(|s| format!("{} shards", s.len()));
-        if kinesis(&mut report, "ListShards", listed) {
+        if kinesis(report, "ListShards", listed) {
             if let Some(shard) = &first {
                 let iterator = stream.shard_iterator(shard, &StartAt::Latest).await;
                 let it = iterator.as_ref().ok().cloned();
                 if kinesis(
-                    &mut report,
+                    report,
                     "GetShardIterator",
                     iterator.map(|_| format!("{shard} at LATEST")),
                 ) {
@@ -170,7 +214,7 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
                             .get_records(&it, 1)
                             .await
                             .map(|r| format!("{} record(s) read", r.records.len()));
-                        kinesis(&mut report, "GetRecords", records);
+                        kinesis(report, "GetRecords", records);
                     }
                 }
                 if encrypted {
@@ -187,14 +231,14 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
                         Err(e) => Err(e),
                     };
                     kinesis(
-                        &mut report,
+                        report,
                         "GetRecords of an encrypted record (kms:Decrypt)",
                         read,
                     );
                 }
                 if let (Some(fan_out), Some(shard)) = (&settings.fan_out, first) {
                     fan_out_checks(
-                        &mut report,
+                        report,
                         settings,
                         &stream,
                         fan_out,
@@ -207,7 +251,11 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
             }
         }
     }
+}
 
+/// The lease table: there or creatable, readable, writable, and not run by
+/// a KCL 3.x leader.
+async fn table_checks(report: &mut Report, settings: &Settings, clients: &crate::aws::Clients) {
     let table = LeaseTable::new(clients.dynamodb.clone(), &settings.lease_table);
     let table_arn = format!(
         "arn:{}:dynamodb:{}:<consumer-account>:table/{}",
@@ -248,7 +296,7 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
                 ),
             );
             dynamo(
-                &mut report,
+                report,
                 "CreateTable",
                 "dynamodb:CreateTable",
                 table.probe_create().await.map(|()| {
@@ -263,7 +311,7 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
                 Err(e) => (Err(e), Default::default()),
             };
             if dynamo(
-                &mut report,
+                report,
                 "lease table read (Scan)",
                 "dynamodb:Scan",
                 count.map(|n| format!("{n} lease(s)")),
@@ -278,7 +326,7 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
                     }
                 }
                 dynamo(
-                    &mut report,
+                    report,
                     "lease read (GetItem)",
                     "dynamodb:GetItem",
                     table
@@ -287,7 +335,7 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
                         .map(|_| "allowed".into()),
                 );
                 dynamo(
-                    &mut report,
+                    report,
                     "lease table conditional write (UpdateItem)",
                     "dynamodb:UpdateItem",
                     table
@@ -300,14 +348,13 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
         Err(e) => {
             let result: Result<String, TableError> = Err(e);
             dynamo(
-                &mut report,
+                report,
                 "lease table (DescribeTable)",
                 "dynamodb:DescribeTable",
                 result,
             );
         }
     }
-    report.checks
 }
 
 /// DescribeStreamConsumer (or the lookup by name) and one SubscribeToShard
@@ -411,7 +458,23 @@ pub fn render(checks: &[Check]) -> String {
         .unwrap_or(5)
         .max(5);
     let mut out = format!("{:<width$}  RESULT  DETAIL\n", "CHECK");
+    let mut group: Option<&str> = None;
     for c in checks {
+        // With several streams, each stream's checks under its name, then
+        // the lease table's.
+        if c.stream.as_deref() != group {
+            match &c.stream {
+                Some(arn) => {
+                    let owner = arn
+                        .parse::<kcld_config::StreamArn>()
+                        .map(|a| format!(" (account {}, {})", a.account, a.region))
+                        .unwrap_or_default();
+                    out.push_str(&format!("{arn}{owner}\n"));
+                }
+                None => out.push_str("lease table\n"),
+            }
+            group = c.stream.as_deref();
+        }
         out.push_str(&format!(
             "{:<width$}  {:<6}  {}\n",
             c.check,

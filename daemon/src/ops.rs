@@ -2,8 +2,9 @@
 //! notifications.
 //!
 //! Metric names follow Prometheus conventions (base units, `_total` for
-//! counters); every series carries the `stream` label (the stream ARN) and
-//! per-shard series a `shard` label. `/healthz` answers while the process
+//! counters); per-shard series carry a `shard` label and every series that
+//! concerns a stream the `stream` label (its ARN: a global label when kcld
+//! reads one stream, the series' own when it reads several). `/healthz` answers while the process
 //! runs; `/readyz` once credentials resolved, the stream was described and
 //! the lease table answers.
 
@@ -96,10 +97,33 @@ impl Health {
     }
 }
 
+/// The labels of one shard's series: `shard`, and `stream` (its ARN) when
+/// the process reads several streams, whose shard ids repeat from stream to
+/// stream. With one stream every series carries `stream` already, as a
+/// global label, so it is not added twice.
+#[derive(Clone, Debug)]
+pub struct ShardLabels(Arc<[metrics::Label]>);
+
+impl ShardLabels {
+    /// The labels of `shard`, of the stream `stream` when several are read.
+    pub fn new(stream: Option<&str>, shard: &str) -> Self {
+        let mut labels = vec![metrics::Label::new("shard", shard.to_owned())];
+        if let Some(arn) = stream {
+            labels.push(metrics::Label::new("stream", arn.to_owned()));
+        }
+        ShardLabels(labels.into())
+    }
+
+    /// The labels, for the `metrics` macros.
+    pub fn get(&self) -> std::slice::Iter<'_, metrics::Label> {
+        self.0.iter()
+    }
+}
+
 /// Installs the Prometheus recorder once per process; later calls get the
 /// same handle. Every series is labelled `stream` with `stream_arn` when
 /// kcld reads one stream; with several, series that concern one stream
-/// name it (`stream_arn`).
+/// carry it themselves ([`ShardLabels`]).
 pub fn install_metrics(stream_arn: Option<&str>) -> Result<PrometheusHandle> {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     if let Some(h) = HANDLE.get() {

@@ -351,3 +351,171 @@ pub fn policies(req: &PolicyRequest<'_>) -> serde_json::Value {
     out.insert("commands".into(), serde_json::json!(commands));
     serde_json::Value::Object(out)
 }
+
+/// One stream of several, for [`policies_for_streams`].
+pub struct StreamPolicyRequest<'a> {
+    /// The stream.
+    pub stream: &'a StreamArn,
+    /// Its fan-out consumer by ARN, if any.
+    pub consumer_arn: Option<String>,
+    /// Its fan-out consumer by name, if any.
+    pub consumer_name: Option<&'a str>,
+    /// The role kcld assumes to read it (`streams[].assume_role_arn`) and
+    /// the external id the role's trust policy requires; `None`: the
+    /// consumer role reads it.
+    pub assume_role: Option<(&'a str, Option<&'a str>)>,
+}
+
+/// [`policies`] for several streams: for each stream the resource
+/// policies its owner attaches and the commands the owner runs (in the
+/// owner's account and the stream's region); one policy for the consumer
+/// role covering every stream it reads and the lease table; and for each
+/// role a stream is read through (`streams[].assume_role_arn`), its own
+/// policy and the trust policy that lets the consumer role assume it.
+pub fn policies_for_streams(
+    role_arn: &str,
+    streams: &[StreamPolicyRequest<'_>],
+    lease_table: &str,
+    lease_table_region: &str,
+) -> serde_json::Value {
+    let consumer_account = role_account(role_arn).unwrap_or("<consumer-account>");
+    let role_name = |arn: &str| arn.rsplit('/').next().unwrap_or("<role>").to_owned();
+    let mut entries = Vec::new();
+    // Role ARN -> the statements it needs, in the order roles first appear.
+    let mut role_statements: Vec<(String, Option<&str>, Vec<serde_json::Value>)> =
+        vec![(role_arn.to_owned(), None, Vec::new())];
+    let mut table_statement = None;
+    for (i, s) in streams.iter().enumerate() {
+        let principal = s.assume_role.map_or(role_arn, |(role, _)| role);
+        let doc = policies(&PolicyRequest {
+            stream: s.stream,
+            role_arn: principal,
+            consumer_arn: s.consumer_arn.as_deref(),
+            consumer_name: s.consumer_name,
+            kms_key_arn: None,
+            lease_table,
+            lease_table_region,
+            assumed_with_external_id: None,
+        });
+        let mut entry = serde_json::Map::new();
+        entry.insert("stream_arn".into(), serde_json::json!(s.stream.to_string()));
+        entry.insert("account".into(), serde_json::json!(s.stream.account));
+        entry.insert("region".into(), serde_json::json!(s.stream.region));
+        entry.insert("principal".into(), serde_json::json!(principal));
+        for field in ["stream_resource_policy", "consumer_resource_policy"] {
+            if let Some(value) = doc.get(field) {
+                entry.insert(field.into(), value.clone());
+            }
+        }
+        let owner_commands: Vec<serde_json::Value> = doc["commands"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["run_by"] == "stream owner")
+            .map(|c| {
+                // The fields are this entry's.
+                let mut c = c.clone();
+                if let Some(saves) = c["save_field_as_file"].as_str() {
+                    c["save_field_as_file"] = serde_json::json!(format!("streams[{i}].{saves}"));
+                }
+                c
+            })
+            .collect();
+        entry.insert("commands".into(), serde_json::json!(owner_commands));
+        entries.push(serde_json::Value::Object(entry));
+
+        let statements = doc["consumer_role_policy"]["Statement"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let at = match role_statements.iter().position(|(r, _, _)| r == principal) {
+            Some(at) => at,
+            None => {
+                role_statements.push((
+                    principal.to_owned(),
+                    s.assume_role.and_then(|(_, id)| id),
+                    Vec::new(),
+                ));
+                role_statements.len() - 1
+            }
+        };
+        for mut statement in statements {
+            if statement["Sid"] == "LeaseTable" {
+                table_statement.get_or_insert(statement);
+                continue;
+            }
+            // Sids are unique within a policy: numbered by stream.
+            if let Some(sid) = statement["Sid"].as_str() {
+                statement["Sid"] = serde_json::json!(format!("{sid}{}", i + 1));
+            }
+            role_statements[at].2.push(statement);
+        }
+    }
+    let assumed: Vec<&(String, Option<&str>, Vec<serde_json::Value>)> =
+        role_statements.iter().skip(1).collect();
+    let mut consumer_statements = role_statements[0].2.clone();
+    consumer_statements.extend(table_statement);
+    if !assumed.is_empty() {
+        consumer_statements.push(serde_json::json!({
+            "Sid": "AssumeStreamRoles",
+            "Effect": "Allow",
+            "Action": ["sts:AssumeRole"],
+            "Resource": assumed.iter().map(|(r, _, _)| r.as_str()).collect::<Vec<_>>(),
+        }));
+    }
+    let step = |account: &str, saves: String, command: String| {
+        // A role may live in a stream owner's account.
+        let who = if account == consumer_account {
+            "consumer"
+        } else {
+            "role owner"
+        };
+        serde_json::json!({ "account": account, "run_by": who, "save_field_as_file": saves, "command": command })
+    };
+    let mut commands = vec![step(
+        consumer_account,
+        "consumer_role_policy -> role-policy.json".into(),
+        format!(
+            "aws iam put-role-policy --role-name {} --policy-name kcld --policy-document file://role-policy.json",
+            role_name(role_arn)
+        ),
+    )];
+    let mut assumed_roles = Vec::new();
+    for (n, (role, external_id, statements)) in assumed.iter().enumerate() {
+        let mut trust = serde_json::json!({
+            "Effect": "Allow",
+            "Principal": { "AWS": role_arn },
+            "Action": "sts:AssumeRole",
+        });
+        if let Some(id) = external_id {
+            trust["Condition"] = serde_json::json!({ "StringEquals": { "sts:ExternalId": id } });
+        }
+        let account = role_account(role).unwrap_or("<role-account>");
+        let name = role_name(role);
+        let field = format!("assumed_roles[{n}]");
+        commands.push(step(
+            account,
+            format!("{field}.role_policy -> {name}-policy.json"),
+            format!("aws iam put-role-policy --role-name {name} --policy-name kcld --policy-document file://{name}-policy.json"),
+        ));
+        commands.push(step(
+            account,
+            format!("{field}.trust_policy -> {name}-trust.json"),
+            format!("aws iam update-assume-role-policy --role-name {name} --policy-document file://{name}-trust.json"),
+        ));
+        assumed_roles.push(serde_json::json!({
+            "role_arn": role,
+            "role_policy": { "Version": "2012-10-17", "Statement": statements },
+            "trust_policy": { "Version": "2012-10-17", "Statement": [trust] },
+        }));
+    }
+    let mut out = serde_json::json!({
+        "streams": entries,
+        "consumer_role_policy": { "Version": "2012-10-17", "Statement": consumer_statements },
+        "commands": commands,
+    });
+    if !assumed_roles.is_empty() {
+        out["assumed_roles"] = serde_json::json!(assumed_roles);
+    }
+    out
+}

@@ -1,12 +1,14 @@
-//! `kcld status`: the lease table as a person reads it, or as JSON.
+//! `kcld status`: the lease table as a person reads it, or as JSON. With
+//! several streams, the leases come grouped by stream.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use kcld_config::arn::StreamArn;
 use kcld_config::Settings;
-use kcld_lease::key::StreamScope;
+use kcld_lease::key::{LeaseKey, StreamScope};
 use kcld_lease::record::LeaseRecord;
 use kcld_lease::table::LeaseTable;
 use serde::Serialize;
@@ -19,6 +21,8 @@ use kcld_checkpoint::Checkpoint;
 /// One lease as `status` shows it.
 #[derive(Debug, Serialize)]
 pub struct LeaseStatus {
+    /// The stream the shard is of.
+    pub stream_arn: String,
     /// The shard the lease is for.
     pub shard_id: String,
     /// The lease's `leaseKey` as stored.
@@ -66,31 +70,64 @@ pub async fn collect(settings: &Settings, sample: Duration) -> Result<Vec<LeaseS
 /// show from outside.
 pub struct Watch {
     table: LeaseTable,
-    stream: Stream,
-    scope: StreamScope,
+    streams: Vec<Watched>,
     failover: Duration,
     /// lease key -> its counter at the last read, and when a read first
     /// saw that counter differ from the read before.
     seen: HashMap<String, (i64, Option<Instant>)>,
 }
 
+/// One stream whose leases `status` shows.
+struct Watched {
+    arn: String,
+    /// Read as `run` reads it (its region, its role), for the lags.
+    stream: Stream,
+    scope: StreamScope,
+}
+
 impl Watch {
     /// Connects as `run` would, without touching the table.
     pub async fn new(settings: &Settings) -> Result<Self> {
-        let clients = crate::aws::connect(settings).await?;
+        let mut cache = crate::aws::ClientsCache::default();
+        let mut streams = Vec::with_capacity(settings.streams.len());
+        let mut table = None;
+        for i in 0..settings.streams.len() {
+            let one = settings.for_stream(i);
+            let clients = cache.get(&one, &None).await?;
+            table.get_or_insert_with(|| {
+                LeaseTable::new(clients.dynamodb.clone(), &settings.lease_table)
+            });
+            streams.push(Watched {
+                arn: one.stream_arn.to_string(),
+                stream: Stream::new(clients.kinesis, one.stream_arn.clone()),
+                scope: StreamScope {
+                    account: one.stream_arn.account.clone(),
+                    stream_name: one.stream_arn.stream_name.clone(),
+                    // Without describing the stream: the status of every
+                    // lease of this stream name, the former streams'
+                    // included.
+                    creation_epoch: None,
+                },
+            });
+        }
+        let Some(table) = table else {
+            return Err(Error::Usage("no stream to show"));
+        };
         Ok(Watch {
-            table: LeaseTable::new(clients.dynamodb, &settings.lease_table),
-            stream: Stream::new(clients.kinesis, settings.stream_arn.clone()),
-            scope: StreamScope {
-                account: settings.stream_arn.account.clone(),
-                stream_name: settings.stream_arn.stream_name.clone(),
-                // Without describing the stream: the status of every lease of
-                // this stream name, the former streams' included.
-                creation_epoch: None,
-            },
+            table,
+            streams,
             failover: settings.lease.failover_time,
             seen: HashMap::new(),
         })
+    }
+
+    /// The stream (its place in the configuration) a lease is of: with
+    /// several streams only multi-stream keys name one.
+    fn stream_of(&self, key: &LeaseKey) -> Option<usize> {
+        if self.streams.len() > 1 && matches!(key, LeaseKey::Single { .. }) {
+            return None;
+        }
+        self.streams.iter().position(|s| s.scope.owns(key))
     }
 
     /// One read of the table and of each shard's lag. A lease is renewing
@@ -103,8 +140,11 @@ impl Watch {
             .await
             .map_err(|e| Error::lease_table(self.table.name(), e))?;
         let now = Instant::now();
-        let mut out: Vec<LeaseStatus> = Vec::new();
-        for lease in records.iter().filter(|l| self.scope.owns(&l.key)) {
+        let mut out: Vec<(usize, LeaseStatus)> = Vec::new();
+        for lease in &records {
+            let Some(stream) = self.stream_of(&lease.key) else {
+                continue;
+            };
             let key = lease.key.render();
             let previous = self.seen.get(&key).copied();
             let moved = previous.is_some_and(|(counter, _)| counter != lease.counter);
@@ -114,21 +154,27 @@ impl Watch {
                 previous.and_then(|(_, at)| at)
             };
             self.seen.insert(key, (lease.counter, changed));
-            let mut status = status_of(lease);
+            let mut status = status_of(&self.streams[stream].arn, lease);
             status.renewing = changed.is_some_and(|at| now - at <= self.failover);
             status.last_renewal_ms = changed.map(|at| (now - at).as_millis() as u64);
-            out.push(status);
+            out.push((stream, status));
         }
-        out.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
+        out.sort_by(|(a_stream, a), (b_stream, b)| {
+            (a_stream, &a.shard_id).cmp(&(b_stream, &b.shard_id))
+        });
         let lags: Vec<Option<i64>> = futures::stream::iter(out.iter())
-            .map(|l| lag(&self.stream, l))
+            .map(|(stream, l)| lag(&self.streams[*stream].stream, l))
             .buffered(8)
             .collect()
             .await;
-        for (status, lag) in out.iter_mut().zip(lags) {
-            status.lag_ms = lag;
-        }
-        Ok(out)
+        Ok(out
+            .into_iter()
+            .zip(lags)
+            .map(|((_, mut status), lag)| {
+                status.lag_ms = lag;
+                status
+            })
+            .collect())
     }
 
     /// The lease table's name, for a heading.
@@ -155,8 +201,9 @@ async fn lag(stream: &Stream, lease: &LeaseStatus) -> Option<i64> {
     response.millis_behind_latest
 }
 
-fn status_of(lease: &LeaseRecord) -> LeaseStatus {
+fn status_of(stream_arn: &str, lease: &LeaseRecord) -> LeaseStatus {
     LeaseStatus {
+        stream_arn: stream_arn.to_owned(),
         shard_id: lease.shard_id().to_owned(),
         lease_key: lease.key.render(),
         owner: lease.owner.clone(),
@@ -189,8 +236,39 @@ fn render_lag(lag_ms: Option<i64>) -> String {
     }
 }
 
-/// A plain-text table.
+/// Plain text: one table, or with several streams a table per stream under
+/// a heading naming its account and region.
 pub fn render(leases: &[LeaseStatus]) -> String {
+    let mut groups: Vec<(&str, Vec<&LeaseStatus>)> = Vec::new();
+    for lease in leases {
+        match groups.last_mut() {
+            Some((arn, group)) if *arn == lease.stream_arn => group.push(lease),
+            _ => groups.push((&lease.stream_arn, vec![lease])),
+        }
+    }
+    if let [(_, only)] = groups.as_slice() {
+        return render_table(only);
+    }
+    let mut out = String::new();
+    for (i, (arn, group)) in groups.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let (account, region) = match arn.parse::<StreamArn>() {
+            Ok(parsed) => (parsed.account, parsed.region),
+            Err(_) => ("?".into(), "?".into()),
+        };
+        out.push_str(&format!(
+            "{arn} (account {account}, {region}): {} leases\n",
+            group.len()
+        ));
+        out.push_str(&render_table(group));
+    }
+    out
+}
+
+/// One table of leases.
+fn render_table(leases: &[&LeaseStatus]) -> String {
     let headers = [
         "SHARD",
         "OWNER",

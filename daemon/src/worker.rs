@@ -3,7 +3,6 @@
 //! let in-flight batches be confirmed, write final checkpoints, release the
 //! leases, all within `shutdown_timeout_ms`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::lifecycle::sink::{CheckpointPolicy, LivePolicy, SinkProcessors};
 use crate::lifecycle::{self, Outcome, ProcessorFactory, RecordSource};
-use crate::ops::{self, Health};
+use crate::ops::{self, Health, ShardLabels};
 use crate::retrieval::fanout::FanOutReader;
 use crate::retrieval::isolation::{Patient, StreamAccess};
 use crate::retrieval::polling::PollingReader;
@@ -68,7 +67,13 @@ pub async fn run_live(
     live: crate::reload::Live,
 ) -> Result<()> {
     let sinks = (0..settings.streams.len())
-        .map(|i| sink::from_live_settings(&settings.for_stream(i), live.http.clone()))
+        .map(|i| {
+            sink::from_live_settings(
+                &settings.for_stream(i),
+                live.http.clone(),
+                stream_label(&settings, i),
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
     run_embedded(
         settings,
@@ -78,6 +83,18 @@ pub async fn run_live(
         Some(live.policy),
     )
     .await
+}
+
+/// The `stream` label of stream `i`'s series: its ARN when several streams
+/// are read ([`ops::ShardLabels`]).
+fn stream_label(settings: &Settings, i: usize) -> Option<Arc<str>> {
+    match settings.streams.as_slice() {
+        [_, _, ..] => settings
+            .streams
+            .get(i)
+            .map(|s| Arc::from(s.arn.to_string())),
+        _ => None,
+    }
 }
 
 /// The same, delivering to `sink`: how a Rust application embeds kcld with
@@ -108,40 +125,6 @@ struct StreamRun {
     initial: Checkpoint,
     at_timestamp: Option<i64>,
     scope: StreamScope,
-}
-
-/// The clients of each (region, role) once: streams of one account and
-/// region share them (and the role's credentials, refreshed before they
-/// expire by the SDK's provider).
-#[derive(Default)]
-struct ClientsCache {
-    made: HashMap<ClientsKey, aws::Clients>,
-}
-
-/// A stream's region, and the role (with its external id) it is read as.
-type ClientsKey = (String, Option<(String, Option<String>)>);
-
-impl ClientsCache {
-    async fn get(
-        &mut self,
-        settings: &Settings,
-        credentials: &Option<SharedCredentialsProvider>,
-    ) -> Result<aws::Clients> {
-        let key = (
-            settings.stream_arn.region.clone(),
-            settings
-                .aws
-                .assume_role
-                .as_ref()
-                .map(|r| (r.role_arn.clone(), r.external_id.clone())),
-        );
-        if let Some(clients) = self.made.get(&key) {
-            return Ok(clients.clone());
-        }
-        let clients = aws::connect_with(settings, credentials.clone()).await?;
-        self.made.insert(key, clients.clone());
-        Ok(clients)
-    }
 }
 
 /// Describes one stream and resolves its fan-out consumer.
@@ -214,7 +197,7 @@ pub(crate) async fn run_embedded(
     let mut settings = settings;
     aws::settle_consumer_region(&mut settings).await;
     tracing::debug!(region = %settings.aws.dynamodb_region, from = %settings.aws.dynamodb_region_from, "lease table region");
-    let mut cache = ClientsCache::default();
+    let mut cache = aws::ClientsCache::default();
     let mut streams = Vec::with_capacity(settings.streams.len());
     let mut lease_clients = None;
     for i in 0..settings.streams.len() {
@@ -222,7 +205,11 @@ pub(crate) async fn run_embedded(
         let clients = cache.get(&one, &credentials).await?;
         health.credentials_resolved();
         lease_clients.get_or_insert_with(|| clients.clone());
-        streams.push(open_stream(one, &clients).await?);
+        let mut run = open_stream(one, &clients).await?;
+        if stream_label(&settings, i).is_some() {
+            run.stream = run.stream.labelled_in_metrics();
+        }
+        streams.push(run);
     }
     health.stream_described();
     let Some(clients) = lease_clients else {
@@ -316,17 +303,29 @@ pub(crate) async fn run_embedded(
         })
         .collect();
     let processors: Vec<Arc<dyn ProcessorFactory>> = match delivery {
-        Delivery::Sink(sink) => vec![Arc::new(SinkProcessors { sink, policy })],
+        Delivery::Sink(sink) => vec![Arc::new(SinkProcessors {
+            sink,
+            policy,
+            stream_label: None,
+        })],
         Delivery::Sinks(sinks) => sinks
             .into_iter()
-            .map(|sink| {
+            .enumerate()
+            .map(|(i, sink)| {
                 Arc::new(SinkProcessors {
                     sink,
                     policy: policy.clone(),
+                    stream_label: stream_label(&settings, i),
                 }) as Arc<dyn ProcessorFactory>
             })
             .collect(),
-        Delivery::MultiLang(ml) => vec![Arc::new(multilang::Processors::new(ml))],
+        Delivery::MultiLang(ml) => (0..settings.streams.len())
+            .map(|i| {
+                Arc::new(
+                    multilang::Processors::new(ml.clone()).of_stream(stream_label(&settings, i)),
+                ) as Arc<dyn ProcessorFactory>
+            })
+            .collect(),
         Delivery::Processors(factory) => vec![factory],
     };
     drive(
@@ -335,6 +334,7 @@ pub(crate) async fn run_embedded(
             let budget = ByteBudget::new(worker_budget.clone(), total_bytes, prefetch_bytes);
             let shard = grant.shard.clone();
             let readers = readers[grant.stream.min(readers.len() - 1)].clone();
+            let labels = ShardLabels::new(readers.stream.metric_label(), &shard.shard_id);
             let processors = processors[grant.stream.min(processors.len() - 1)].clone();
             let sources = move |at: &Resume| -> Box<dyn RecordSource> {
                 let reader: Box<dyn RecordSource> = Box::new(readers.reader(&shard, at));
@@ -343,7 +343,7 @@ pub(crate) async fn run_embedded(
                     None => reader,
                 }
             };
-            lifecycle::run(grant, sources, processors, budget).boxed()
+            lifecycle::run(grant, labels, sources, processors, budget).boxed()
         },
         &shutdown,
         budget,

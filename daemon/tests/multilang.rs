@@ -663,3 +663,109 @@ async fn a_checkpoint_repeated_at_the_last_position_succeeds() {
     kcld.stop_cleanly(Duration::from_secs(30)).await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processors_of_several_streams_are_each_told_their_stream() {
+    let stack = Stack::from_env().unwrap();
+    // Two owners, two regions, one shard each: the same shard id twice.
+    let mut arns = Vec::new();
+    for (account, region) in [("111111111111", "us-east-1"), ("444444444444", "eu-west-1")] {
+        arns.push(
+            stack
+                .create_stream_in(account, region, &unique_name("ml-multi"), 1)
+                .await
+                .unwrap(),
+        );
+    }
+    let dir = temp_dir("kclpy-multi");
+    let processor =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/recording_processor.py");
+    let app = unique_name("kclpy-multi");
+    // The properties file names no stream: the kcld configuration lists them.
+    let props = dir.join("app.properties");
+    std::fs::write(
+        &props,
+        format!(
+            "executableName = python3 {}\napplicationName = {app}\n\
+             initialPositionInStream = TRIM_HORIZON\nmaxRecords = 1000\n\
+             idleTimeBetweenReadsInMillis = 200\n",
+            processor.display()
+        ),
+    )
+    .unwrap();
+    let config = dir.join("kcld.toml");
+    let mut text = String::new();
+    for arn in &arns {
+        text.push_str(&format!("[[streams]]\narn = \"{arn}\"\n"));
+    }
+    std::fs::write(&config, text).unwrap();
+    let mut sent = Vec::new();
+    for arn in &arns {
+        let records: Vec<(String, Vec<u8>)> = (0..20)
+            .map(|i| (format!("k{i}"), format!("{arn}#{i}").into_bytes()))
+            .collect();
+        stack.put_records(arn, &records).await.unwrap();
+        sent.extend(
+            records
+                .into_iter()
+                .map(|(_, d)| String::from_utf8(d).unwrap()),
+        );
+    }
+    let kcld = Kcld::spawn(
+        KCLD,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "multilang",
+            "-p",
+            props.to_str().unwrap(),
+        ],
+        &env(&stack, &dir),
+    )
+    .unwrap();
+    let by_stream = dir.join("records-by-stream");
+    wait_until("every record", &kcld, Duration::from_secs(60), || {
+        lines(&by_stream).len() >= sent.len()
+    })
+    .await;
+    // Each record reached the processor of its own stream, once.
+    let got = lines(&by_stream);
+    let mut seen = std::collections::HashSet::new();
+    for line in &got {
+        let mut parts = line.splitn(3, ' ');
+        let (stream, shard, data) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        assert_eq!(shard, "shardId-000000000000");
+        assert_eq!(data.split('#').next(), Some(stream), "{line}");
+        assert!(seen.insert(data.to_owned()), "twice: {line}");
+    }
+    assert_eq!(seen.len(), sent.len());
+    // Their checkpoints land on each stream's own lease.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let table = checkpoints(&stack, &app).await;
+        let done = arns.iter().all(|arn| {
+            let (account, name) = {
+                let parts: Vec<&str> = arn.split(':').collect();
+                (
+                    parts[4].to_owned(),
+                    parts[5].trim_start_matches("stream/").to_owned(),
+                )
+            };
+            table.iter().any(|(key, checkpoint)| {
+                key.starts_with(&format!("{account}:{name}:"))
+                    && checkpoint.chars().all(|c| c.is_ascii_digit())
+            })
+        });
+        if done {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{table:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    kcld.stop_cleanly(Duration::from_secs(30)).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}

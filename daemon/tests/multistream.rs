@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use kcld_testkit::fault::{Fault, FaultProxy};
 use kcld_testkit::fleet::{self, wait_for_loads as wait_for};
-use kcld_testkit::{http_get, unique_name, Delivered, Kcld, Stack};
+use kcld_testkit::{doctor_checks, http_get, unique_name, Delivered, Kcld, Stack};
 
 const KCLD: &str = env!("CARGO_BIN_EXE_kcld");
 
@@ -136,6 +136,56 @@ async fn three_accounts_streams_share_one_table_and_survive_a_kill_9() {
     }
     let distinct: HashSet<&Vec<u8>> = delivered.iter().map(|d| &d.data).collect();
     assert_eq!(distinct.len(), delivered.len(), "records delivered twice");
+
+    // Shard series name their stream: shard ids repeat across streams.
+    let mut delivered_series = Vec::new();
+    for instance in [&a, &b] {
+        let addr = instance.ops_addr(Duration::from_secs(5)).await.unwrap();
+        let (_, page) = http_get(addr, "/metrics").await.unwrap();
+        delivered_series.extend(
+            page.lines()
+                .filter(|l| l.starts_with("kcld_records_delivered_total{"))
+                .map(str::to_owned),
+        );
+    }
+    for arn in &arns {
+        let of_stream: Vec<&String> = delivered_series
+            .iter()
+            .filter(|l| l.contains(&format!("stream=\"{arn}\"")))
+            .collect();
+        assert_eq!(of_stream.len(), 4, "{arn}: {delivered_series:#?}");
+    }
+    assert_eq!(delivered_series.len(), 12, "{delivered_series:#?}");
+
+    // `kcld status` shows every stream's leases, renewed by both instances:
+    // as JSON each lease names its stream; as text they come grouped under
+    // a heading naming the stream's account and region.
+    let status = kcld_status(&stack, config.path()).await;
+    let leases = status.as_array().unwrap();
+    assert_eq!(leases.len(), 12, "{status:#}");
+    for arn in &arns {
+        let (account, name) = account_and_name(arn);
+        let of_stream: Vec<&serde_json::Value> = leases
+            .iter()
+            .filter(|l| l["stream_arn"] == arn.as_str())
+            .collect();
+        assert_eq!(of_stream.len(), 4, "{arn}: {status:#}");
+        for lease in of_stream {
+            assert!(lease["renewing"] == true, "{lease}");
+            let key = lease["lease_key"].as_str().unwrap();
+            assert!(key.starts_with(&format!("{account}:{name}:")), "{lease}");
+        }
+    }
+    let owners: HashSet<&str> = leases.iter().filter_map(|l| l["owner"].as_str()).collect();
+    assert_eq!(owners, HashSet::from(["worker-a", "worker-b"]));
+    let text = kcld_status_text(&stack, config.path()).await;
+    for (arn, (account, region)) in arns.iter().zip(OWNERS) {
+        let heading = format!("{arn} (account {account}, {region}): 4 leases");
+        assert!(
+            text.lines().any(|l| l == heading),
+            "{heading} not in\n{text}"
+        );
+    }
 
     // A kill -9: the survivor takes the dead one's shards of every stream,
     // and what was put around the kill arrives.
@@ -345,6 +395,48 @@ async fn a_stream_whose_access_is_revoked_waits_alone_and_resumes_when_it_comes_
             .any(|d| data(&during[revoked]).contains(&d.data)),
         "records of the revoked stream were read"
     );
+    // `kcld doctor` checks every stream: the revoked one fails on the
+    // refused action and names its owner's account as the one to fix it;
+    // the other streams and the lease table pass.
+    let sts = kcld_testkit::sts::Identity::start().await.unwrap();
+    let mut doctor_env = env.clone();
+    doctor_env.insert("KCLD_CONFIG".into(), config.path().to_str().unwrap().into());
+    doctor_env.insert("AWS_ENDPOINT_URL_STS".into(), sts.url());
+    let checks = doctor_checks(KCLD, &doctor_env).await.unwrap();
+    let failed: Vec<&serde_json::Value> = checks.iter().filter(|c| c["ok"] == false).collect();
+    assert!(!failed.is_empty(), "{checks:#?}");
+    let (owner, _) = account_and_name(revoked);
+    for check in &failed {
+        assert_eq!(check["stream"], revoked.as_str(), "{check:#}");
+        assert!(
+            check["fix"]["fixed_by"].as_str().unwrap().contains(&owner),
+            "{check:#}"
+        );
+        assert!(
+            check["fix"]["missing_action"]
+                .as_str()
+                .unwrap()
+                .starts_with("kinesis:"),
+            "{check:#}"
+        );
+    }
+    for arn in [&arns[0], &arns[2]] {
+        let of_stream: Vec<&serde_json::Value> = checks
+            .iter()
+            .filter(|c| c["stream"] == arn.as_str())
+            .collect();
+        assert!(
+            of_stream.iter().any(|c| c["check"] == "GetRecords"),
+            "{checks:#?}"
+        );
+        assert!(of_stream.iter().all(|c| c["ok"] == true), "{checks:#?}");
+    }
+    assert!(
+        checks.iter().any(|c| c.get("stream").is_none()
+            && c["check"] == "lease table read (Scan)"
+            && c["ok"] == true),
+        "{checks:#?}"
+    );
 
     // Access comes back: the stream resumes where it was and delivers what
     // was put meanwhile; nothing is read twice.
@@ -362,6 +454,114 @@ async fn a_stream_whose_access_is_revoked_waits_alone_and_resumes_when_it_comes_
     let distinct: HashSet<&Vec<u8>> = delivered.iter().map(|d| &d.data).collect();
     assert_eq!(distinct.len(), delivered.len(), "records delivered twice");
     kcld.stop_cleanly(Duration::from_secs(25)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_deleted_mid_run_stops_alone_and_keeps_its_checkpoints() {
+    let stack = Stack::from_env().unwrap();
+    let mut arns = Vec::new();
+    for (account, region) in OWNERS {
+        arns.push(
+            stack
+                .create_stream_in(account, region, &unique_name("deleted"), 2)
+                .await
+                .unwrap(),
+        );
+    }
+    let app = unique_name("deleted-app");
+    let config = config_file(&app, &arns);
+    let mut kcld = spawn(&stack, config.path(), "worker-a");
+    let data = |records: &[(String, Vec<u8>)]| -> HashSet<Vec<u8>> {
+        records.iter().map(|(_, d)| d.clone()).collect()
+    };
+    let mut delivered: Vec<Delivered> = Vec::new();
+    let mut first = Vec::new();
+    for arn in &arns {
+        let records = records_for(arn, "before", 50);
+        stack.put_records(arn, &records).await.unwrap();
+        first.extend(records);
+    }
+    delivered.extend(collect(&mut [&mut kcld], &data(&first), Duration::from_secs(60)).await);
+    // Every record of the stream to be deleted was confirmed: its leases'
+    // checkpoints reach the last record of each shard.
+    let deleted = &arns[1];
+    let (account, name) = account_and_name(deleted);
+    let prefix = format!("{account}:{name}:");
+    let mut last: HashMap<String, String> = HashMap::new();
+    for d in delivered.iter().filter(|d| &d.event_source_arn == deleted) {
+        let seq = last.entry(d.shard_id.clone()).or_default();
+        if (d.sequence_number.len(), &d.sequence_number) > (seq.len(), &*seq) {
+            *seq = d.sequence_number.clone();
+        }
+    }
+    let of_deleted = || async {
+        stack
+            .checkpoints(&app)
+            .await
+            .into_iter()
+            .filter(|(key, _)| key.starts_with(&prefix))
+            .map(|(key, (checkpoint, _))| {
+                let shard = key.rsplit(':').next().unwrap_or_default().to_owned();
+                (shard, checkpoint)
+            })
+            .collect::<HashMap<String, String>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = of_deleted().await;
+        if now == last {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{now:?} never reached {last:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // The owner deletes the second stream; the other two go on.
+    stack.delete_stream(deleted).await.unwrap();
+    for round in ["during", "after"] {
+        let mut others = Vec::new();
+        for arn in [&arns[0], &arns[2]] {
+            let records = records_for(arn, round, 50);
+            stack.put_records(arn, &records).await.unwrap();
+            others.extend(records);
+        }
+        delivered.extend(collect(&mut [&mut kcld], &data(&others), Duration::from_secs(60)).await);
+    }
+    // One error line naming the stream, a metric, /readyz naming it.
+    let addr = kcld.ops_addr(Duration::from_secs(5)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (code, body) = loop {
+        let (code, body) = http_get(addr, "/readyz").await.unwrap();
+        if code == 503 || Instant::now() > deadline {
+            break (code, body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains(deleted.as_str()), "{body}");
+    let errors: Vec<String> = kcld
+        .stderr_text()
+        .lines()
+        .filter(|l| l.contains("stream cannot be read"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains(deleted.as_str()), "{errors:?}");
+    let (_, page) = http_get(addr, "/metrics").await.unwrap();
+    assert!(
+        page.lines()
+            .any(|l| l.starts_with("kcld_stream_errors_total")
+                && l.contains(deleted.as_str())
+                && l.contains("not_found")),
+        "{page}"
+    );
+    let distinct: HashSet<&Vec<u8>> = delivered.iter().map(|d| &d.data).collect();
+    assert_eq!(distinct.len(), delivered.len(), "records delivered twice");
+
+    // A clean stop still stops, and the deleted stream's leases keep their
+    // checkpoints: a deleted stream is not a finished shard.
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
+    assert_eq!(of_deleted().await, last);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -620,6 +820,127 @@ async fn check_config_lists_every_stream_with_its_account_and_region() {
     );
 }
 
+#[test]
+fn policy_prints_each_owner_its_stream_policy_and_one_role_policy_for_all() {
+    let arns: Vec<String> = OWNERS
+        .iter()
+        .map(|(account, region)| format!("arn:aws:kinesis:{region}:{account}:stream/orders"))
+        .collect();
+    let consumer = format!("{}/consumer/central:1700000000", arns[0]);
+    let reader_role = "arn:aws:iam::444444444444:role/orders-reader";
+    let text = format!(
+        "application_name = \"central\"\n\
+         [[streams]]\narn = \"{}\"\nconsumer_arn = \"{consumer}\"\n\
+         [[streams]]\narn = \"{}\"\n\
+         [[streams]]\narn = \"{}\"\nassume_role_arn = \"{reader_role}\"\n\
+         assume_role_external_id = \"central-42\"\n",
+        arns[0], arns[1], arns[2]
+    );
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), text).unwrap();
+    let role = "arn:aws:iam::222222222222:role/central-consumer";
+    let policy = |extra: &[&str]| {
+        std::process::Command::new(KCLD)
+            .args(["--config", config.path().to_str().unwrap(), "policy"])
+            .args(["--consumer-role-arn", role])
+            .args(extra)
+            .env_clear()
+            .env("AWS_REGION", "us-east-1")
+            .output()
+            .unwrap()
+    };
+    let out = policy(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    // One entry per stream: its owner attaches a policy naming the role that
+    // reads it, with the command run in the owner's account and region.
+    let streams = doc["streams"].as_array().unwrap();
+    assert_eq!(streams.len(), 3, "{doc:#}");
+    for ((entry, arn), (account, region)) in streams.iter().zip(&arns).zip(OWNERS) {
+        assert_eq!(entry["stream_arn"], arn.as_str());
+        assert_eq!(entry["account"], account);
+        let principal = if account == "444444444444" {
+            reader_role
+        } else {
+            role
+        };
+        let statement = &entry["stream_resource_policy"]["Statement"][0];
+        assert_eq!(statement["Principal"]["AWS"], principal, "{entry:#}");
+        assert_eq!(statement["Resource"], arn.as_str());
+        let commands = entry["commands"].as_array().unwrap();
+        assert!(!commands.is_empty());
+        for command in commands {
+            assert_eq!(command["account"], account, "{command}");
+            let line = command["command"].as_str().unwrap();
+            assert!(line.contains(&format!("--region {region}")), "{line}");
+        }
+    }
+    assert_eq!(
+        streams[0]["consumer_resource_policy"]["Statement"][0]["Resource"],
+        consumer.as_str()
+    );
+    assert!(streams[1].get("consumer_resource_policy").is_none());
+
+    // One role policy: every stream the role reads itself (the fan-out
+    // consumer included), the lease table, and assuming the third stream's
+    // role, whose own policy reads that stream and whose trust policy
+    // names the consumer role with the external id.
+    let statements = doc["consumer_role_policy"]["Statement"].as_array().unwrap();
+    let resources: Vec<String> = statements
+        .iter()
+        .flat_map(|s| match &s["Resource"] {
+            serde_json::Value::Array(a) => {
+                a.iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+            }
+            v => vec![v.as_str().unwrap().to_owned()],
+        })
+        .collect();
+    for want in [
+        arns[0].as_str(),
+        consumer.as_str(),
+        arns[1].as_str(),
+        "arn:aws:dynamodb:us-east-1:222222222222:table/central",
+        reader_role,
+    ] {
+        assert!(
+            resources.iter().any(|r| r == want),
+            "{want} not in {resources:?}"
+        );
+    }
+    assert!(!resources.contains(&arns[2]), "{resources:?}");
+    let sids: HashSet<&str> = statements
+        .iter()
+        .map(|s| s["Sid"].as_str().unwrap())
+        .collect();
+    assert_eq!(sids.len(), statements.len(), "Sids repeat: {sids:?}");
+    let assumed = &doc["assumed_roles"][0];
+    assert_eq!(assumed["role_arn"], reader_role);
+    assert_eq!(
+        assumed["role_policy"]["Statement"][0]["Resource"],
+        serde_json::json!([arns[2]])
+    );
+    let trust = &assumed["trust_policy"]["Statement"][0];
+    assert_eq!(trust["Principal"]["AWS"], role);
+    assert_eq!(
+        trust["Condition"]["StringEquals"]["sts:ExternalId"],
+        "central-42"
+    );
+
+    // A consumer or key on the command line is one stream's: refused.
+    let out = policy(&["--consumer-name", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--consumer-name") && err.contains("[[streams]]"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_arn_beside_streams_and_a_stream_listed_twice_are_refused() {
     let arn = "arn:aws:kinesis:us-east-1:111111111111:stream/orders";
@@ -651,6 +972,38 @@ async fn stream_arn_beside_streams_and_a_stream_listed_twice_are_refused() {
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
         assert!(err.contains(key), "{key} not named: {err}");
     }
+}
+
+/// `kcld status --json` over the configuration, as an operator runs it.
+async fn kcld_status(stack: &Stack, config: &std::path::Path) -> serde_json::Value {
+    let out = run_kcld(
+        stack,
+        &["--config", config.to_str().unwrap(), "status", "--json"],
+    )
+    .await;
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// `kcld status` for people.
+async fn kcld_status_text(stack: &Stack, config: &std::path::Path) -> String {
+    run_kcld(stack, &["--config", config.to_str().unwrap(), "status"]).await
+}
+
+async fn run_kcld(stack: &Stack, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(KCLD)
+        .args(args)
+        .env_clear()
+        .envs(stack.consumer_env())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "kcld {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 fn account_and_name(arn: &str) -> (String, String) {

@@ -222,20 +222,44 @@ impl Stack {
         name: &str,
         shards: i32,
     ) -> Result<String> {
+        let kinesis = self.owner_kinesis(account, region).await;
+        let arn = Self::create_stream_at(&kinesis, account, region, name, shards).await?;
+        self.share(&kinesis, &arn).await?;
+        Ok(arn)
+    }
+
+    /// Deletes the stream `arn` as its owner (the account and region in the
+    /// ARN) would.
+    pub async fn delete_stream(&self, arn: &str) -> Result<()> {
+        let parts: Vec<&str> = arn.split(':').collect();
+        let (Some(region), Some(account)) = (parts.get(3), parts.get(4)) else {
+            bail!("not a stream ARN: {arn}");
+        };
+        self.owner_kinesis(account, region)
+            .await
+            .delete_stream()
+            .stream_arn(arn)
+            .enforce_consumer_deletion(true)
+            .send()
+            .await
+            .with_context(|| format!("DeleteStream {arn}"))?;
+        Ok(())
+    }
+
+    /// A Kinesis client as `account` in `region` (the emulator takes a
+    /// 12-digit access key id as the caller's account).
+    async fn owner_kinesis(&self, account: &str, region: &str) -> aws_sdk_kinesis::Client {
         let conf = self
             .sdk_config(&(account.to_owned(), "secret".to_owned()))
             .await
             .into_builder()
             .region(Region::new(region.to_owned()))
             .build();
-        let kinesis = aws_sdk_kinesis::Client::from_conf(
+        aws_sdk_kinesis::Client::from_conf(
             aws_sdk_kinesis::config::Builder::from(&conf)
                 .endpoint_url(&self.kinesis_endpoint)
                 .build(),
-        );
-        let arn = Self::create_stream_at(&kinesis, account, region, name, shards).await?;
-        self.share(&kinesis, &arn).await?;
-        Ok(arn)
+        )
     }
 
     async fn create_stream_as(

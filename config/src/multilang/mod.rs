@@ -270,14 +270,20 @@ pub fn from_properties(
             "name the record processor to start for each shard, e.g. executableName = python3 sample_kclpy_app.py",
         ));
     }
-    if get("streamArn").is_none() {
+    // The stream comes from streamArn, or from the kcld configuration
+    // (`--config`), which may list several (`[[streams]]`).
+    let no_stream_arn = || {
         let fix = match get("streamName") {
             Some(name) => format!(
                 "kcld reads streams by ARN, across accounts: add streamArn = arn:aws:kinesis:<region>:<owner account>:stream/{name}"
             ),
-            None => "add streamArn = arn:aws:kinesis:<region>:<owner account>:stream/<name>".into(),
+            None => "add streamArn = arn:aws:kinesis:<region>:<owner account>:stream/<name>, or list the streams in a kcld configuration (--config) as [[streams]]".into(),
         };
-        return Err(key_error("streamArn", "is missing", fix));
+        key_error("streamArn", "is missing", fix)
+    };
+    let missing_arn = get("streamArn").is_none();
+    if missing_arn && config.is_none() {
+        return Err(no_stream_arn());
     }
     let timeout = match get("timeoutInSeconds") {
         None => None,
@@ -370,7 +376,10 @@ pub fn from_properties(
         }
     }
 
-    let settings = load(config, vars.into_iter().chain(env)).map_err(rename_key)?;
+    let settings = load(config, vars.into_iter().chain(env)).map_err(|e| match e {
+        ConfigError::Key { key, .. } if missing_arn && key == "stream_arn" => no_stream_arn(),
+        e => rename_key(e),
+    })?;
     Ok((
         settings,
         MultiLangSettings {

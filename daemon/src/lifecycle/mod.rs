@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::error::Error;
+use crate::ops::ShardLabels;
 use crate::record::Batch;
 use crate::retrieval::prefetch::{ByteBudget, Prefetch};
 use crate::retrieval::{Fetched, Reader, Resume, LATEST_MARGIN_MS};
@@ -234,10 +235,24 @@ pub enum CheckpointFailure {
     Fatal(CheckpointError),
 }
 
+/// A grant with its shard's metric labels: what a shard's consumer keeps.
+struct Granted {
+    grant: Grant,
+    labels: ShardLabels,
+}
+
+impl std::ops::Deref for Granted {
+    type Target = Grant;
+
+    fn deref(&self) -> &Grant {
+        &self.grant
+    }
+}
+
 /// Checkpoints a shard for its processor, judged as the KCL's checkpointer
 /// judges them.
 pub struct Checkpointer<'a> {
-    grant: &'a Grant,
+    grant: &'a Granted,
     positions: &'a mut Positions,
     /// The children, while the processor is told the shard ended.
     end: Option<&'a [ShardSpec]>,
@@ -291,8 +306,7 @@ impl Checkpointer<'_> {
         };
         match written {
             Ok(()) => {
-                metrics::counter!("kcld_checkpoints_total", "shard" => self.grant.shard.shard_id.clone())
-                    .increment(1);
+                metrics::counter!("kcld_checkpoints_total", self.grant.labels.get()).increment(1);
                 self.positions.last = target;
                 Ok(())
             }
@@ -314,12 +328,15 @@ enum Finish {
 
 /// Runs one shard until its end, the loss of its lease, or a fatal error.
 /// `budget` bounds the record data read ahead of the processor.
+/// `labels` name the shard (and its stream) in the metrics.
 pub async fn run(
     grant: Grant,
+    labels: ShardLabels,
     mut sources: impl Sources,
     processors: Arc<dyn ProcessorFactory>,
     budget: ByteBudget,
 ) -> Result<Outcome, Error> {
+    let grant = Granted { grant, labels };
     let shard_id = grant.shard.shard_id.clone();
     let mut positions = Positions {
         last: grant.start.clone(),
@@ -363,8 +380,7 @@ pub async fn run(
             }
             Err(ProcessorError::Failed(e)) => {
                 processor.close(true).await;
-                metrics::counter!("kcld_processor_failures_total", "shard" => shard_id.clone())
-                    .increment(1);
+                metrics::counter!("kcld_processor_failures_total", grant.labels.get()).increment(1);
                 tracing::warn!(shard = %shard_id, "{e}; starting a new one at the last checkpoint {}", positions.last);
             }
         }
@@ -387,7 +403,7 @@ pub async fn run(
 /// One processor's life: initialize, records until the shard ends or the
 /// lease goes, and the matching goodbye.
 async fn drive(
-    grant: &Grant,
+    grant: &Granted,
     positions: &mut Positions,
     processor: &mut dyn ShardProcessor,
     source: Box<dyn RecordSource>,
@@ -458,7 +474,7 @@ async fn drive(
             end: None,
         };
         processor.process_records(&batch, &mut cp).await?;
-        record_delivery(shard_id, &batch);
+        record_delivery(&grant.labels, &batch);
         if grant.stop.is_cancelled() {
             // The lease went while the processor had the batch: it may not
             // have taken all of it, so the shard's end (gathered with the
@@ -474,7 +490,7 @@ async fn drive(
 /// The shard was read to its end: the processor checkpoints SHARD_END (the
 /// children's leases are made with it).
 async fn shard_end(
-    grant: &Grant,
+    grant: &Granted,
     positions: &mut Positions,
     processor: &mut dyn ShardProcessor,
     children: &[ShardSpec],
@@ -503,7 +519,7 @@ async fn shard_end(
 /// possible). Shutdown or handoff: `shutdown_requested` (the last chance to
 /// checkpoint), then `lease_lost`.
 async fn goodbye(
-    grant: &Grant,
+    grant: &Granted,
     positions: &mut Positions,
     processor: &mut dyn ShardProcessor,
 ) -> Result<Finish, ProcessorError> {
@@ -547,21 +563,21 @@ async fn fill(
 
 /// Counts a processed batch: records, bytes, and how far behind the tip it
 /// was read.
-fn record_delivery(shard_id: &str, batch: &Batch) {
-    let shard = shard_id.to_owned();
-    metrics::counter!("kcld_records_delivered_total", "shard" => shard.clone())
+fn record_delivery(labels: &ShardLabels, batch: &Batch) {
+    let shard = labels.get();
+    metrics::counter!("kcld_records_delivered_total", shard.clone())
         .increment(batch.records.len() as u64);
-    metrics::counter!("kcld_bytes_delivered_total", "shard" => shard.clone())
+    metrics::counter!("kcld_bytes_delivered_total", shard.clone())
         .increment(batch.data_bytes() as u64);
     if let Some(ms) = batch.millis_behind_latest {
-        metrics::gauge!("kcld_lag_seconds", "shard" => shard).set(ms as f64 / 1000.0);
+        metrics::gauge!("kcld_lag_seconds", shard.clone()).set(ms as f64 / 1000.0);
     }
 }
 
 /// The lease is going and the processor said goodbye: complete a handoff
 /// nobody wrote yet. Nothing else is written here: checkpoints are the
 /// processor's.
-async fn stopped(grant: &Grant) -> Result<Outcome, Error> {
+async fn stopped(grant: &Granted) -> Result<Outcome, Error> {
     match grant.lease.stopped(None).await {
         Err(e @ CheckpointError::Fatal(_)) => Err(e.into()),
         _ => Ok(Outcome::Stopped),
@@ -571,7 +587,7 @@ async fn stopped(grant: &Grant) -> Result<Outcome, Error> {
 /// A lease granted at SHARD_END (finished before, the end not yet handed
 /// on): SHARD_END again, so the children are made and the lease let go.
 /// Retried while the lease table is unavailable.
-async fn end_again(grant: &Grant) -> Result<Outcome, Error> {
+async fn end_again(grant: &Granted) -> Result<Outcome, Error> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match grant.lease.shard_ended(&[]).await {

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::backoff::Backoff;
 use crate::error::Error;
+use crate::ops::ShardLabels;
 use crate::record::Batch;
 use crate::sink::{Sink, SinkError};
 
@@ -70,10 +71,13 @@ pub struct SinkProcessors {
     pub sink: Arc<dyn Sink>,
     /// When each shard's confirmed records are checkpointed.
     pub policy: LivePolicy,
+    /// The `stream` label of the shards' series when several streams are
+    /// read ([`crate::ops::ShardLabels`]); `None` with one.
+    pub stream_label: Option<Arc<str>>,
 }
 
 impl ProcessorFactory for SinkProcessors {
-    fn create(&self, _shard: &ShardSpec) -> Result<Box<dyn ShardProcessor>, Error> {
+    fn create(&self, shard: &ShardSpec) -> Result<Box<dyn ShardProcessor>, Error> {
         Ok(Box::new(SinkProcessor {
             sink: self.sink.clone(),
             policy: self.policy.clone(),
@@ -82,6 +86,7 @@ impl ProcessorFactory for SinkProcessors {
             last_write: Instant::now(),
             stop: CancellationToken::new(),
             shard_id: String::new(),
+            labels: ShardLabels::new(self.stream_label.as_deref(), &shard.shard_id),
         }))
     }
 }
@@ -97,6 +102,7 @@ pub struct SinkProcessor {
     last_write: Instant,
     stop: CancellationToken,
     shard_id: String,
+    labels: ShardLabels,
 }
 
 impl SinkProcessor {
@@ -144,7 +150,7 @@ impl ShardProcessor for SinkProcessor {
         batch: &Batch,
         cp: &mut Checkpointer<'_>,
     ) -> Result<(), ProcessorError> {
-        let confirmed = deliver(&*self.sink, batch, &self.stop).await?;
+        let confirmed = deliver(&*self.sink, batch, &self.labels, &self.stop).await?;
         if confirmed > 0 {
             self.confirmed = Some(batch.records[confirmed - 1].position());
             self.unwritten += confirmed as u64;
@@ -236,6 +242,7 @@ impl ShardProcessor for SinkProcessor {
 async fn deliver(
     sink: &dyn Sink,
     batch: &Batch,
+    labels: &ShardLabels,
     stop: &CancellationToken,
 ) -> Result<usize, ProcessorError> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
@@ -244,12 +251,11 @@ async fn deliver(
             Ok(()) => return Ok(batch.records.len()),
             Err(SinkError::Stopped { confirmed }) => return Ok(confirmed.min(batch.records.len())),
             Err(SinkError::Fatal(e)) => {
-                metrics::counter!("kcld_sink_failures_total", "shard" => batch.shard_id.to_string()).increment(1);
+                metrics::counter!("kcld_sink_failures_total", labels.get()).increment(1);
                 return Err(ProcessorError::Fatal(Error::Sink(SinkError::Fatal(e))));
             }
             Err(SinkError::Retry(e)) => {
-                metrics::counter!("kcld_sink_retries_total", "shard" => batch.shard_id.to_string())
-                    .increment(1);
+                metrics::counter!("kcld_sink_retries_total", labels.get()).increment(1);
                 let wait = backoff.next_wait();
                 if backoff.worth_logging() {
                     tracing::warn!(shard = %batch.shard_id, attempt = backoff.failures(), "{e}; offering the batch again in {wait:?}");

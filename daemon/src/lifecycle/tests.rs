@@ -57,6 +57,11 @@ fn at(seq: u64) -> Checkpoint {
     Checkpoint::parse(&seq.to_string(), None).unwrap()
 }
 
+/// A shard's metric labels, of one stream.
+fn labels() -> crate::ops::ShardLabels {
+    crate::ops::ShardLabels::new(None, "shardId-000000000000")
+}
+
 fn budget() -> ByteBudget {
     ByteBudget::new(Arc::new(Semaphore::new(1 << 20)), 1 << 20, 1 << 20)
 }
@@ -315,7 +320,13 @@ async fn run_to_end(
     // Virtual time (paused clocks): restart back-offs pass at once.
     tokio::time::timeout(
         Duration::from_secs(24 * 3600),
-        run(g, move |at: &Resume| s.open(at), factory, budget()),
+        run(
+            g,
+            labels(),
+            move |at: &Resume| s.open(at),
+            factory,
+            budget(),
+        ),
     )
     .await
     .expect("the shard consumer finished")
@@ -438,6 +449,7 @@ async fn a_shard_end_not_checkpointed_is_read_again_from_the_last_checkpoint() {
     let stop = g.stop.clone();
     let task = tokio::spawn(run(
         g,
+        labels(),
         move |at: &Resume| source.open(&at.clone()),
         f.clone(),
         budget(),
@@ -461,6 +473,7 @@ async fn a_lost_lease_sends_only_lease_lost_and_a_shutdown_both() {
         let source = shard.clone();
         let task = tokio::spawn(run(
             g,
+            labels(),
             move |at: &Resume| source.open(at),
             f.clone(),
             budget(),
@@ -538,6 +551,7 @@ async fn the_checkpointer_takes_only_positions_between_the_last_checkpoint_and_t
     let source = shard.clone();
     let task = tokio::spawn(run(
         g,
+        labels(),
         move |at: &Resume| source.open(at),
         Arc::new(AsksFactory(Mutex::new(Some(asks)))),
         budget(),
@@ -587,6 +601,7 @@ async fn the_sink_processor_checkpoints_only_the_confirmed_prefix() {
             max_records: 1000,
         }
         .into(),
+        stream_label: None,
     });
     let outcome = run_to_end(g, &shard, processors).await.unwrap();
     assert_eq!(outcome, Outcome::Stopped);
@@ -698,6 +713,7 @@ async fn a_shard_end_gathered_with_an_unconfirmed_batch_is_not_checkpointed() {
             max_records: 1000,
         }
         .into(),
+        stream_label: None,
     });
     let outcome = run_to_end(g, &shard, processors).await.unwrap();
     assert_eq!(outcome, Outcome::Stopped);

@@ -94,18 +94,25 @@ pub fn resolve_program(program: &str, base_dir: &Path) -> PathBuf {
 }
 
 impl Child {
-    /// Starts `command` for `shard`. An error here (no such program, not
-    /// executable) is the configuration's: it is reported and kcld stops.
+    /// Starts `command` for `shard` (of `stream`, named in the process's
+    /// environment when several streams are read). An error here (no such
+    /// program, not executable) is the configuration's: it is reported and
+    /// kcld stops.
     pub fn spawn(
         command: &[String],
         base_dir: &Path,
-        shard: &str,
+        (shard, stream): (&str, Option<&str>),
         timeout: Option<Duration>,
     ) -> std::io::Result<Self> {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| std::io::Error::other("executableName is empty"))?;
-        let mut process = Command::new(resolve_program(program, base_dir))
+        let mut command = Command::new(resolve_program(program, base_dir));
+        if let Some(arn) = stream {
+            // Shard ids repeat from stream to stream.
+            command.env("KCLD_STREAM_ARN", arn);
+        }
+        let mut process = command
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

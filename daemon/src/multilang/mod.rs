@@ -41,19 +41,39 @@ const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// Starts a record processor process per shard.
 pub struct Processors {
     settings: Arc<MultiLangSettings>,
+    /// The stream whose shards these processors read, named to them when
+    /// several streams are read.
+    stream_arn: Option<Arc<str>>,
 }
 
 impl Processors {
     /// Starts processors as the properties file describes.
     pub fn new(settings: Arc<MultiLangSettings>) -> Self {
-        Processors { settings }
+        Processors {
+            settings,
+            stream_arn: None,
+        }
+    }
+
+    /// The same, for the shards of the stream `arn` of several: each
+    /// processor is told its stream (`streamArn` in `initialize`,
+    /// `KCLD_STREAM_ARN` in its environment).
+    pub fn of_stream(mut self, arn: Option<Arc<str>>) -> Self {
+        self.stream_arn = arn;
+        self
     }
 }
 
 impl ProcessorFactory for Processors {
     fn create(&self, shard: &ShardSpec) -> Result<Box<dyn ShardProcessor>, Error> {
         let s = &self.settings;
-        let child = Child::spawn(&s.command, &s.base_dir, &shard.shard_id, s.timeout).map_err(|e| {
+        let child = Child::spawn(
+            &s.command,
+            &s.base_dir,
+            (&shard.shard_id, self.stream_arn.as_deref()),
+            s.timeout,
+        )
+        .map_err(|e| {
             Error::Config(kcld_config::ConfigError::Key {
                 key: "executableName (properties file)".into(),
                 problem: format!("cannot start {:?}: {e}", s.command.join(" ")),
@@ -64,6 +84,7 @@ impl ProcessorFactory for Processors {
         Ok(Box::new(MultiLangProcessor {
             child: Some(child),
             shard_id: shard.shard_id.clone(),
+            stream_arn: self.stream_arn.clone(),
         }))
     }
 }
@@ -73,6 +94,7 @@ pub struct MultiLangProcessor {
     /// Taken by `close`.
     child: Option<Child>,
     shard_id: String,
+    stream_arn: Option<Arc<str>>,
 }
 
 impl From<ChildError> for ProcessorError {
@@ -172,7 +194,8 @@ async fn checkpoint(
 #[async_trait::async_trait]
 impl ShardProcessor for MultiLangProcessor {
     async fn initialize(&mut self, shard: &ShardInfo<'_>) -> Result<(), ProcessorError> {
-        let message = protocol::initialize(shard.shard_id, shard.checkpoint);
+        let message =
+            protocol::initialize(shard.shard_id, self.stream_arn.as_deref(), shard.checkpoint);
         self.exchange(Action::Initialize, &message, None).await
     }
 

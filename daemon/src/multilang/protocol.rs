@@ -9,6 +9,11 @@
 //! null). Null fields are written, not left out: amazon-kclpy reads every
 //! key. From the processor: `status` (`responseFor` the action it
 //! finished) and `checkpoint` requests; other lines are skipped.
+//!
+//! The KCL's MultiLangDaemon reads one stream. kcld reads several, whose
+//! shard ids repeat, so with several streams `initialize` also names the
+//! shard's stream (`streamArn`, a field the KCL's processor libraries pass
+//! over), as does the processor's environment (`KCLD_STREAM_ARN`).
 
 use base64::Engine;
 use kcld_checkpoint::Checkpoint;
@@ -52,6 +57,8 @@ struct Initialize<'a> {
     shard_id: &'a str,
     sequence_number: &'a str,
     sub_sequence_number: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_arn: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -95,13 +102,14 @@ fn line(value: &impl Serialize) -> String {
 }
 
 /// `initialize` with the lease's checkpoint (a sentinel name or a sequence
-/// number, and its sub-sequence number).
-pub fn initialize(shard_id: &str, checkpoint: &Checkpoint) -> String {
+/// number, and its sub-sequence number); `stream_arn` with several streams.
+pub fn initialize(shard_id: &str, stream_arn: Option<&str>, checkpoint: &Checkpoint) -> String {
     line(&Initialize {
         action: "initialize",
         shard_id,
         sequence_number: checkpoint.as_str(),
         sub_sequence_number: checkpoint.sub_sequence(),
+        stream_arn,
     })
 }
 
@@ -265,12 +273,17 @@ mod tests {
     #[test]
     fn messages_to_the_processor_have_the_java_daemons_shape() {
         assert_eq!(
-            initialize("shardId-000000000001", &Checkpoint::TrimHorizon),
+            initialize("shardId-000000000001", None, &Checkpoint::TrimHorizon),
             "{\"action\":\"initialize\",\"shardId\":\"shardId-000000000001\",\"sequenceNumber\":\"TRIM_HORIZON\",\"subSequenceNumber\":0}\n"
         );
         assert_eq!(
-            initialize("s", &at("4959", 3)),
+            initialize("s", None, &at("4959", 3)),
             "{\"action\":\"initialize\",\"shardId\":\"s\",\"sequenceNumber\":\"4959\",\"subSequenceNumber\":3}\n"
+        );
+        // With several streams the shard's stream is named.
+        assert_eq!(
+            initialize("s", Some("arn:aws:kinesis:us-east-1:111111111111:stream/a"), &Checkpoint::Latest),
+            "{\"action\":\"initialize\",\"shardId\":\"s\",\"sequenceNumber\":\"LATEST\",\"subSequenceNumber\":0,\"streamArn\":\"arn:aws:kinesis:us-east-1:111111111111:stream/a\"}\n"
         );
         let batch = Batch {
             shard_id: Arc::from("s"),

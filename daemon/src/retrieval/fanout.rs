@@ -70,10 +70,11 @@ impl FanOutReader {
         range: Option<HashRange>,
         settings: &FanOutSettings,
     ) -> Self {
+        let unpacker = Unpacker::new(shard_id, stream.metric_label(), start, range);
         FanOutReader {
             stream,
             consumer_arn,
-            unpacker: Unpacker::new(shard_id, start, range),
+            unpacker,
             start: super::start_at(shard_id, start, at_timestamp_millis),
             continuation: None,
             subscription: None,
@@ -122,7 +123,8 @@ impl FanOutReader {
             let event = match received {
                 Err(_) => {
                     tracing::warn!(shard = %self.unpacker.shard_id, "no event for {:?}; subscribing again", self.stall_timeout);
-                    metrics::counter!("kcld_subscription_stalls_total", "shard" => self.unpacker.shard_label.clone()).increment(1);
+                    metrics::counter!("kcld_subscription_stalls_total", self.unpacker.labels.get())
+                        .increment(1);
                     self.subscription = None;
                     continue;
                 }
@@ -182,11 +184,10 @@ impl FanOutReader {
     /// to hand on, if anything; a shard end that comes with records is
     /// handed on by the next call of [`super::Reader::next`].
     fn on_event(&mut self, event: SubscribeEvent) -> Result<Option<Fetched>, KinesisError> {
-        let shard = &self.unpacker.shard_label;
-        metrics::counter!("kcld_subscribetoshard_events_total", "shard" => shard.clone())
-            .increment(1);
+        let shard = self.unpacker.labels.get();
+        metrics::counter!("kcld_subscribetoshard_events_total", shard.clone()).increment(1);
         let millis_behind_latest = event.millis_behind_latest.unwrap_or(0);
-        metrics::gauge!("kcld_lag_seconds", "shard" => shard.clone())
+        metrics::gauge!("kcld_lag_seconds", shard.clone())
             .set(millis_behind_latest as f64 / 1000.0);
         let records = self.unpacker.unpack(event.records.into_iter());
         let children = event.child_shards.unwrap_or_default();
@@ -235,16 +236,15 @@ impl FanOutReader {
         // A second subscription before the first event starts from when
         // LATEST was taken, never at a new LATEST.
         self.start = super::pin_latest(&self.start, std::time::SystemTime::now());
-        let shard = &self.unpacker.shard_label;
+        let shard = self.unpacker.labels.get();
         let started = Instant::now();
         self.last_subscribe = Some(started);
-        metrics::counter!("kcld_subscribetoshard_calls_total", "shard" => shard.clone())
-            .increment(1);
+        metrics::counter!("kcld_subscribetoshard_calls_total", shard.clone()).increment(1);
         let result = tokio::select! {
             r = self.stream.subscribe(&self.consumer_arn, &self.unpacker.shard_id, &at) => r,
             _ = cancel.cancelled() => return Ok(false),
         };
-        metrics::histogram!("kcld_subscribetoshard_duration_seconds", "shard" => shard.clone())
+        metrics::histogram!("kcld_subscribetoshard_duration_seconds", shard.clone())
             .record(started.elapsed().as_secs_f64());
         let subscription = result.inspect_err(|e| {
             metrics::counter!("kcld_kinesis_errors_total", "operation" => "SubscribeToShard", "kind" => e.kind())
@@ -272,8 +272,7 @@ impl FanOutReader {
         self.last_end_check = Instant::now();
         let continuation = self.continuation.clone()?;
         let shard = &self.unpacker.shard_id;
-        metrics::counter!("kcld_fanout_end_checks_total", "shard" => self.unpacker.shard_label.clone())
-            .increment(1);
+        metrics::counter!("kcld_fanout_end_checks_total", self.unpacker.labels.get()).increment(1);
         let iterator = self
             .stream
             .shard_iterator(shard, &StartAt::AfterSequence(continuation))

@@ -64,7 +64,7 @@ impl StreamAccess {
     fn failed(&self, shard: &str, err: &KinesisError) {
         metrics::counter!(
             "kcld_stream_errors_total",
-            "stream_arn" => self.arn.clone(),
+            "stream" => self.arn.clone(),
             "kind" => err.kind()
         )
         .increment(1);

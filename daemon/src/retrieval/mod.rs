@@ -13,6 +13,7 @@ use kcld_lease::ShardSpec;
 use kcld_records::kpl::{self, HashRange};
 use tokio_util::sync::CancellationToken;
 
+use crate::ops::ShardLabels;
 use crate::record::{Batch, Record};
 use crate::stream::{KinesisError, StartAt, Stream};
 
@@ -258,8 +259,7 @@ async fn shard_gone(
         "shard no longer exists ({err}): it expired past the stream's retention period before it was read \
          to its end, so records after {last} that were not read are lost; reading its children next"
     );
-    metrics::counter!("kcld_shards_lost_total", "shard" => unpacker.shard_label.clone())
-        .increment(1);
+    metrics::counter!("kcld_shards_lost_total", unpacker.labels.get()).increment(1);
     Ok(Fetched::ShardEnd { children })
 }
 
@@ -301,8 +301,7 @@ impl Backoff {
             tracing::warn!(shard = %shard.shard_id, failures, "{error}; {retrying} in {wait:?}");
         }
         if matches!(error, KinesisError::Throttled(_)) {
-            metrics::counter!("kcld_throttles_total", "shard" => shard.shard_label.clone())
-                .increment(1);
+            metrics::counter!("kcld_throttles_total", shard.labels.get()).increment(1);
         }
         crate::backoff::Backoff::sleep(wait, cancel).await
     }
@@ -323,8 +322,8 @@ enum Skip {
 /// dropped, sub-sequence numbers included.
 pub struct Unpacker {
     pub(crate) shard_id: Arc<str>,
-    /// `shard_id` as a metric label, made once.
-    pub(crate) shard_label: String,
+    /// The shard's metric labels, made once.
+    pub(crate) labels: ShardLabels,
     range: Option<HashRange>,
     /// Records the reader's start leaves out (until the first one kept).
     skip: Skip,
@@ -334,11 +333,17 @@ pub struct Unpacker {
 impl Unpacker {
     /// An unpacker for `shard_id` that drops what `start` says was read before;
     /// `range` is the shard's hash key range, when known, for counting
-    /// out-of-range user records.
-    pub fn new(shard_id: &str, start: &Resume, range: Option<HashRange>) -> Self {
+    /// out-of-range user records. `stream` labels its series when several
+    /// streams are read ([`ShardLabels`]).
+    pub fn new(
+        shard_id: &str,
+        stream: Option<&str>,
+        start: &Resume,
+        range: Option<HashRange>,
+    ) -> Self {
         Unpacker {
             shard_id: Arc::from(shard_id),
-            shard_label: shard_id.to_owned(),
+            labels: ShardLabels::new(stream, shard_id),
             range,
             skip: match start {
                 Resume::After(checkpoint @ Checkpoint::At(_)) => Skip::Covered(checkpoint.clone()),
@@ -372,7 +377,7 @@ impl Unpacker {
     /// Deaggregation counts: exported, and logged when worth a person's
     /// attention.
     fn report(&self, before: &kpl::Stats) {
-        let shard = &self.shard_label;
+        let shard = self.labels.get();
         for (name, now, then) in [
             (
                 "kcld_kpl_aggregates_total",
@@ -392,7 +397,7 @@ impl Unpacker {
             ),
         ] {
             if now > then {
-                metrics::counter!(name, "shard" => shard.clone()).increment(now - then);
+                metrics::counter!(name, shard.clone()).increment(now - then);
             }
         }
         let corrupt = self.stats.corrupt - before.corrupt;

@@ -56,9 +56,10 @@ impl PollingReader {
         settings: &PollingSettings,
     ) -> Self {
         let idle_min = settings.idle_time_between_reads;
+        let unpacker = Unpacker::new(shard_id, stream.metric_label(), start, range);
         PollingReader {
             stream,
-            unpacker: Unpacker::new(shard_id, start, range),
+            unpacker,
             start: super::start_at(shard_id, start, at_timestamp_millis),
             iterator: None,
             last_sequence: None,
@@ -105,9 +106,9 @@ impl PollingReader {
             let started = Instant::now();
             self.last_call = Some(started);
             let result = self.stream.get_records(&iterator, self.max_records).await;
-            let shard = &self.unpacker.shard_label;
-            metrics::counter!("kcld_getrecords_calls_total", "shard" => shard.clone()).increment(1);
-            metrics::histogram!("kcld_getrecords_duration_seconds", "shard" => shard.clone())
+            let shard = self.unpacker.labels.get();
+            metrics::counter!("kcld_getrecords_calls_total", shard.clone()).increment(1);
+            metrics::histogram!("kcld_getrecords_duration_seconds", shard.clone())
                 .record(started.elapsed().as_secs_f64());
             if let Err(e) = &result {
                 metrics::counter!("kcld_kinesis_errors_total", "operation" => "GetRecords", "kind" => e.kind())
@@ -117,8 +118,7 @@ impl PollingReader {
                 Ok(r) => {
                     self.backoff.reset();
                     if let Some(ms) = r.millis_behind_latest {
-                        metrics::gauge!("kcld_lag_seconds", "shard" => shard.clone())
-                            .set(ms as f64 / 1000.0);
+                        metrics::gauge!("kcld_lag_seconds", shard.clone()).set(ms as f64 / 1000.0);
                     }
                     r
                 }

@@ -19,6 +19,7 @@
 use crate::backoff::Backoff;
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -34,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use super::event::{encoded_len, write_record, EventContext};
 use super::{Sink, SinkError};
 use crate::error::Error;
+use crate::ops::ShardLabels;
 use crate::record::{Batch, Record};
 
 /// POSTs each shard's batches to `sink.url` as Lambda Kinesis events, retrying
@@ -47,6 +49,9 @@ pub struct HttpSink {
     uri: hyper::Uri,
     client: Client<HttpConnector, Full<Bytes>>,
     failures: Option<Mutex<tokio::fs::File>>,
+    /// The `stream` label of its series when several streams are read
+    /// ([`crate::ops::ShardLabels`]).
+    stream_label: Option<Arc<str>>,
 }
 
 /// What one request achieved, for the records it carried.
@@ -115,7 +120,19 @@ impl HttpSink {
             uri,
             client: Client::builder(TokioExecutor::new()).build_http(),
             failures,
+            stream_label: None,
         })
+    }
+
+    /// The same sink, its series labelled with the stream it delivers: for
+    /// a process reading several streams.
+    pub fn labelled_in_metrics(mut self, stream: Option<Arc<str>>) -> Self {
+        self.stream_label = stream;
+        self
+    }
+
+    fn labels(&self, shard_id: &str) -> ShardLabels {
+        ShardLabels::new(self.stream_label.as_deref(), shard_id)
     }
 
     async fn post(&self, shard_id: &str, records: &[Record]) -> Outcome {
@@ -189,7 +206,7 @@ impl HttpSink {
         written
             .await
             .map_err(|e| SinkError::Fatal(format!("cannot write the failure file: {e}")))?;
-        metrics::counter!("kcld_sink_failures_total", "shard" => shard_id.to_owned())
+        metrics::counter!("kcld_sink_failures_total", self.labels(shard_id).get())
             .increment(records.len() as u64);
         tracing::warn!(
             shard = shard_id,
@@ -351,8 +368,7 @@ impl HttpSink {
                     Outcome::Error(e) => e,
                 };
                 attempts += 1;
-                metrics::counter!("kcld_sink_retries_total", "shard" => shard.to_owned())
-                    .increment(1);
+                metrics::counter!("kcld_sink_retries_total", self.labels(shard).get()).increment(1);
                 let exhausted = self
                     .settings
                     .borrow()

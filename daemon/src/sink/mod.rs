@@ -55,25 +55,28 @@ pub trait Sink: Send + Sync {
 
 /// The sink the configuration names.
 pub fn from_settings(settings: &Settings) -> Result<Arc<dyn Sink>, crate::Error> {
-    from_live_settings(settings, None)
+    from_live_settings(settings, None, None)
 }
 
 /// [`from_settings`], the HTTP sink's tunables following `http` when
-/// given (a configuration reload).
+/// given (a configuration reload); `stream_label` labels its series when
+/// several streams are read.
 pub fn from_live_settings(
     settings: &Settings,
     http: Option<tokio::sync::watch::Receiver<kcld_config::HttpSinkSettings>>,
+    stream_label: Option<Arc<str>>,
 ) -> Result<Arc<dyn Sink>, crate::Error> {
     let context = event::context(settings);
     Ok(match (&settings.sink.kind, &settings.sink.http, http) {
         // The URL is this stream's (`Settings::for_stream`); the tunables
         // follow reloads.
-        (SinkKind::Http, Some(http), Some(live)) => Arc::new(http::HttpSink::following_to(
-            context,
-            live,
-            http.url.clone(),
-        )?),
-        (SinkKind::Http, Some(http), None) => Arc::new(http::HttpSink::new(context, http.clone())?),
+        (SinkKind::Http, Some(http), Some(live)) => Arc::new(
+            http::HttpSink::following_to(context, live, http.url.clone())?
+                .labelled_in_metrics(stream_label),
+        ),
+        (SinkKind::Http, Some(http), None) => {
+            Arc::new(http::HttpSink::new(context, http.clone())?.labelled_in_metrics(stream_label))
+        }
         _ => Arc::new(stdout::StdoutSink::new(context)),
     })
 }

@@ -81,6 +81,9 @@ pub struct Stream {
     /// GetRecords without the SDK's orchestration, set up after the first
     /// GetRecords through the SDK; shared by every clone (every shard).
     direct: Arc<OnceLock<DirectGetRecords>>,
+    /// The `stream` label of its shards' series, when several streams are
+    /// read ([`crate::ops::ShardLabels`]).
+    metric_label: Option<Arc<str>>,
 }
 
 impl Stream {
@@ -92,7 +95,20 @@ impl Stream {
             arn,
             arn_text,
             direct: Arc::default(),
+            metric_label: None,
         }
+    }
+
+    /// The same stream, its shards' series labelled with its ARN: for a
+    /// process reading several streams.
+    pub fn labelled_in_metrics(mut self) -> Self {
+        self.metric_label = Some(Arc::from(self.arn_text.as_str()));
+        self
+    }
+
+    /// The `stream` label of its shards' series, if they need one.
+    pub fn metric_label(&self) -> Option<&str> {
+        self.metric_label.as_deref()
     }
 
     /// The stream's ARN.
