@@ -99,8 +99,15 @@ impl Consumer {
             shutdown.await;
             trigger.cancel();
         });
-        let result =
-            worker::run_embedded(self.settings, self.delivery, token, self.credentials, None).await;
+        let result = worker::run_embedded(
+            self.settings,
+            self.delivery,
+            token,
+            self.credentials,
+            None,
+            None,
+        )
+        .await;
         watcher.abort();
         result
     }

@@ -6,8 +6,12 @@
 //! processor reads at each decision; and the HTTP sink's tunables
 //! (`batch_size`, `max_retry_attempts`, `max_record_age_seconds`,
 //! `bisect_on_error`, `timeout_ms`), read at each request and retry, so a
-//! retry limit set now lets a stuck batch go to the failure file. Everything
-//! else (the stream, the lease table and its timing, the readers, the sink's
+//! retry limit set now lets a stuck batch go to the failure file. Streams
+//! listed after the running `[[streams]]` are added: each is opened (its
+//! role, its region, its fan-out consumer), its shards leased and balanced
+//! with the others' (one that cannot be opened is named, and the next
+//! SIGHUP tries it again). Everything
+//! else (a stream removed or changed, the lease table and its timing, the readers, the sink's
 //! URL, failure file, type and parallelism, the endpoints) would need the
 //! shards stopped and read again: a change there is refused with one warning
 //! naming the keys, the running values stay, and a restart applies them (a
@@ -17,10 +21,11 @@
 use std::path::PathBuf;
 
 use kcld_config::{HttpSinkSettings, Settings};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::lifecycle::sink::{CheckpointPolicy, LivePolicy};
+use crate::worker::AddStream;
 
 /// What running shards follow as reloads change it.
 pub struct Live {
@@ -28,6 +33,8 @@ pub struct Live {
     pub policy: LivePolicy,
     /// The HTTP sink's settings, when the sink is HTTP.
     pub http: Option<watch::Receiver<HttpSinkSettings>>,
+    /// Streams to add.
+    pub added: Option<mpsc::UnboundedReceiver<AddStream>>,
 }
 
 /// What a reload did.
@@ -37,6 +44,9 @@ pub struct Outcome {
     pub applied: Vec<&'static str>,
     /// Sections whose changes need a restart; their running values stay.
     pub refused: Vec<&'static str>,
+    /// How many streams the loaded `[[streams]]` lists after the running
+    /// ones (which it lists unchanged, in order): to be added.
+    pub added_streams: usize,
 }
 
 /// The settings that differ between `running` and `loaded`: which apply
@@ -45,6 +55,16 @@ pub fn compare(running: &Settings, loaded: &Settings) -> Outcome {
     let mut out = Outcome::default();
     let differs =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    // Streams added at the end of `[[streams]]`; any other change of the
+    // list (one removed, reordered or changed) needs a restart.
+    let (now, then) = (&running.streams, &loaded.streams);
+    if running.multi_stream
+        && loaded.multi_stream
+        && then.len() > now.len()
+        && !differs(&&now[..], &&then[..now.len()])
+    {
+        out.added_streams = then.len() - now.len();
+    }
     if running.log.level != loaded.log.level {
         out.applied.push("log.level");
     }
@@ -88,7 +108,10 @@ pub fn compare(running: &Settings, loaded: &Settings) -> Outcome {
             "application_name",
             running.application_name != loaded.application_name,
         ),
-        ("stream_arn", running.stream_arn != loaded.stream_arn),
+        (
+            "stream_arn / [[streams]]",
+            out.added_streams == 0 && differs(&running.streams, &loaded.streams),
+        ),
         ("lease_table", running.lease_table != loaded.lease_table),
         ("worker_id", worker_id_changed),
         (
@@ -156,6 +179,7 @@ pub fn spawn(
         }
         None => (None, None),
     };
+    let (add, added) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut running = running;
         loop {
@@ -163,22 +187,35 @@ pub fn spawn(
                 _ = stop.cancelled() => return,
                 request = requests.recv() => if request.is_none() { return },
             }
-            running = reload(config.as_deref(), running, &policy, http.as_ref()).await;
+            let to = Follow {
+                policy: &policy,
+                http: http.as_ref(),
+                add: &add,
+            };
+            running = reload(config.as_deref(), running, to).await;
         }
     });
     Live {
         policy: LivePolicy::following(follows),
         http: http_follows,
+        added: Some(added),
     }
+}
+
+/// Where a reload's changes go.
+struct Follow<'a> {
+    policy: &'a watch::Sender<CheckpointPolicy>,
+    http: Option<&'a watch::Sender<HttpSinkSettings>>,
+    add: &'a mpsc::UnboundedSender<AddStream>,
 }
 
 /// One reload: the settings that now run.
 async fn reload(
     config: Option<&std::path::Path>,
     mut running: Settings,
-    policy: &watch::Sender<CheckpointPolicy>,
-    http: Option<&watch::Sender<HttpSinkSettings>>,
+    to: Follow<'_>,
 ) -> Settings {
+    let Follow { policy, http, add } = to;
     let mut loaded = match kcld_config::load(config, std::env::vars()) {
         Ok(s) => s,
         Err(e) => {
@@ -200,13 +237,48 @@ async fn reload(
         running.sink.http = Some(new.clone());
         tx.send_replace(new.clone());
     }
+    // Added streams, one at a time and in order: the first that cannot be
+    // added stops the rest, so the running list stays a prefix of the file.
+    let mut added = Vec::new();
+    for stream in loaded.streams.iter().skip(running.streams.len()).cloned() {
+        let arn = stream.arn.to_string();
+        let (done, result) = oneshot::channel();
+        let outcome = match add.send(AddStream {
+            stream: stream.clone(),
+            done,
+        }) {
+            Ok(()) => result
+                .await
+                .unwrap_or_else(|_| Err("the worker is stopping".into())),
+            Err(_) => Err("the worker is stopping".into()),
+        };
+        match outcome {
+            Ok(()) => {
+                running.streams.push(stream);
+                added.push(arn);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "SIGHUP: stream {arn} not added ({e}); fix it and send SIGHUP again{}",
+                    match loaded.streams.len() - running.streams.len() - 1 {
+                        0 => String::new(),
+                        n => format!(" (the {n} listed after it wait for it)"),
+                    }
+                );
+                break;
+            }
+        }
+    }
+    if !added.is_empty() {
+        tracing::info!("SIGHUP: streams added: {}", added.join(", "));
+    }
     if !outcome.refused.is_empty() {
         tracing::warn!(
             "SIGHUP: not applied, needs a restart (the running values stay): {}",
             outcome.refused.join(", ")
         );
     }
-    if outcome.applied.is_empty() && outcome.refused.is_empty() {
+    if outcome.applied.is_empty() && outcome.refused.is_empty() && outcome.added_streams == 0 {
         tracing::info!("SIGHUP: configuration reloaded, nothing changed");
     } else if !outcome.applied.is_empty() {
         tracing::info!(
@@ -255,7 +327,7 @@ mod tests {
         ]);
         let outcome = compare(&running, &loaded);
         assert_eq!(outcome.applied, ["log.level", "checkpoint.interval_ms"]);
-        assert_eq!(outcome.refused, ["stream_arn", "polling"]);
+        assert_eq!(outcome.refused, ["stream_arn / [[streams]]", "polling"]);
         // The HTTP sink: its tunables apply live; a new URL needs a restart.
         let http = [
             ("KCLD_SINK__TYPE", "http"),
@@ -276,5 +348,48 @@ mod tests {
         let a = settings(&[("KCLD_WORKER_ID", "a")]);
         let b = settings(&[("KCLD_WORKER_ID", "b")]);
         assert_eq!(compare(&a, &b).refused, ["worker_id"]);
+    }
+
+    /// Settings from a file listing `arns` as `[[streams]]`.
+    fn listing(arns: &[&str]) -> Settings {
+        let mut text = String::from("application_name = \"app\"\n");
+        for arn in arns {
+            text.push_str(&format!("[[streams]]\narn = \"{arn}\"\n"));
+        }
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        kcld_config::load(
+            Some(file.path()),
+            [("AWS_REGION".to_owned(), "us-east-1".to_owned())],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn streams_listed_after_the_running_ones_are_added_and_other_changes_refused() {
+        let a = "arn:aws:kinesis:us-east-1:111111111111:stream/a";
+        let b = "arn:aws:kinesis:eu-west-1:444444444444:stream/b";
+        let c = "arn:aws:kinesis:us-east-1:333333333333:stream/c";
+        let running = listing(&[a]);
+        let more = compare(&running, &listing(&[a, b, c]));
+        assert_eq!(more.added_streams, 2);
+        assert!(more.refused.is_empty(), "{more:?}");
+        // Removed, reordered or replaced: a restart.
+        for loaded in [listing(&[b]), listing(&[b, a]), listing(&[c, b])] {
+            let outcome = compare(&listing(&[a, b]), &loaded);
+            assert_eq!(outcome.added_streams, 0);
+            assert_eq!(outcome.refused, ["stream_arn / [[streams]]"]);
+        }
+        // From stream_arn to [[streams]]: the lease keys would change.
+        let single = settings(&[]);
+        let outcome = compare(
+            &single,
+            &listing(&["arn:aws:kinesis:us-east-1:111111111111:stream/orders", b]),
+        );
+        assert_eq!(outcome.added_streams, 0);
+        assert!(
+            outcome.refused.contains(&"stream_arn / [[streams]]"),
+            "{outcome:?}"
+        );
     }
 }

@@ -564,6 +564,139 @@ async fn a_stream_deleted_mid_run_stops_alone_and_keeps_its_checkpoints() {
     assert_eq!(of_deleted().await, last);
 }
 
+/// Sends SIGHUP and waits for the reload's line `wanted` in the log.
+async fn reload(kcld: &Kcld, wanted: &str) {
+    let before = kcld.stderr_text().matches(wanted).count();
+    std::process::Command::new("kill")
+        .args(["-HUP", &kcld.pid().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kcld.stderr_text().matches(wanted).count() == before {
+        assert!(
+            Instant::now() < deadline,
+            "no {wanted:?} after SIGHUP:\n{}",
+            kcld.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_added_to_the_file_are_read_after_sighup() {
+    let stack = Stack::from_env().unwrap();
+    let (account, region) = OWNERS[0];
+    let mut arns = Vec::new();
+    for _ in 0..2 {
+        arns.push(
+            stack
+                .create_stream_in(account, region, &unique_name("added"), 2)
+                .await
+                .unwrap(),
+        );
+    }
+    let app = unique_name("added-app");
+    let config = config_file(&app, &arns);
+    let mut kcld = spawn(&stack, config.path(), "worker-a");
+    let data = |records: &[(String, Vec<u8>)]| -> HashSet<Vec<u8>> {
+        records.iter().map(|(_, d)| d.clone()).collect()
+    };
+    let mut delivered: Vec<Delivered> = Vec::new();
+    let put = |arns: &[String], tag: &'static str| {
+        let stack = &stack;
+        let arns = arns.to_vec();
+        async move {
+            let mut all = Vec::new();
+            for arn in &arns {
+                let records = records_for(arn, tag, 30);
+                stack.put_records(arn, &records).await.unwrap();
+                all.extend(records);
+            }
+            all
+        }
+    };
+    let first = put(&arns, "first").await;
+    delivered.extend(collect(&mut [&mut kcld], &data(&first), Duration::from_secs(60)).await);
+
+    // A third stream of another owner and region, with records already in
+    // it, is added to the file: SIGHUP reads it from TRIM_HORIZON.
+    let (account, region) = OWNERS[2];
+    let third = stack
+        .create_stream_in(account, region, &unique_name("added"), 2)
+        .await
+        .unwrap();
+    let early = put(std::slice::from_ref(&third), "early").await;
+    arns.push(third.clone());
+    std::fs::write(
+        config.path(),
+        std::fs::read_to_string(config_file(&app, &arns).path()).unwrap(),
+    )
+    .unwrap();
+    reload(&kcld, "SIGHUP: streams added").await;
+    let later = put(&arns, "later").await;
+    let want: HashSet<Vec<u8>> = data(&early).union(&data(&later)).cloned().collect();
+    delivered.extend(collect(&mut [&mut kcld], &want, Duration::from_secs(60)).await);
+    for d in delivered.iter().filter(|d| want.contains(&d.data)) {
+        let text = String::from_utf8_lossy(&d.data);
+        assert!(
+            text.starts_with(&d.event_source_arn),
+            "{text} from {}",
+            d.event_source_arn
+        );
+    }
+    let owners = stack.lease_owners(&app).await.unwrap();
+    let (third_account, third_name) = account_and_name(&third);
+    let of_third: Vec<&Option<String>> = owners
+        .iter()
+        .filter(|(key, _)| key.starts_with(&format!("{third_account}:{third_name}:")))
+        .map(|(_, owner)| owner)
+        .collect();
+    assert_eq!(of_third.len(), 2, "{owners:?}");
+    assert!(
+        of_third.iter().all(|o| o.as_deref() == Some("worker-a")),
+        "{owners:?}"
+    );
+
+    // The second time round: a stream that is not there yet is named and
+    // not added; the others go on; once it exists, the next SIGHUP adds it.
+    let fourth_name = unique_name("added");
+    let fourth = format!("arn:aws:kinesis:{region}:{account}:stream/{fourth_name}");
+    arns.push(fourth.clone());
+    std::fs::write(
+        config.path(),
+        std::fs::read_to_string(config_file(&app, &arns).path()).unwrap(),
+    )
+    .unwrap();
+    reload(&kcld, "fix it and send SIGHUP again").await;
+    let refusal: Vec<String> = kcld
+        .stderr_text()
+        .lines()
+        .filter(|l| l.contains("SIGHUP: stream") && l.contains("not added"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(refusal.len(), 1, "{refusal:?}");
+    assert!(refusal[0].contains(&fourth), "{refusal:?}");
+    let meanwhile = put(&arns[..3], "meanwhile").await;
+    delivered.extend(collect(&mut [&mut kcld], &data(&meanwhile), Duration::from_secs(60)).await);
+    stack
+        .create_stream_in(account, region, &fourth_name, 1)
+        .await
+        .unwrap();
+    let last = put(&arns, "last").await;
+    reload(&kcld, "SIGHUP: streams added").await;
+    delivered.extend(collect(&mut [&mut kcld], &data(&last), Duration::from_secs(60)).await);
+
+    let distinct: HashSet<&Vec<u8>> = delivered.iter().map(|d| &d.data).collect();
+    assert_eq!(distinct.len(), delivered.len(), "records delivered twice");
+    // Nothing else was changed: no restart asked for.
+    assert!(
+        !kcld.stderr_text().contains("needs a restart"),
+        "{}",
+        kcld.stderr_text()
+    );
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multi_stream_table_the_kcl_wrote_is_resumed_from_its_checkpoints() {
     use aws_sdk_dynamodb::types::AttributeValue;

@@ -1,11 +1,12 @@
 //! One stream of several that cannot be read stops only its own shards.
 //!
-//! With one stream, an error only a person can fix (access denied, the
+//! With `stream_arn`, an error only a person can fix (access denied, the
 //! stream deleted, its KMS key unusable) stops kcld: there is nothing else
 //! to do. A daemon reading the streams of many accounts must go on with the
 //! others when one owner deletes a stream or revokes access, and pick the
-//! stream up again when access comes back. So with several streams each
-//! shard's source is [`Patient`]: such an error is reported once for the
+//! stream up again when access comes back. So with `[[streams]]` (one
+//! entry or many: more can be added while it runs) each shard's source is
+//! [`Patient`]: such an error is reported once for the
 //! stream (one error line naming the stream and what is missing, a metric,
 //! `/readyz`), and the shard waits and tries again, from where it was,
 //! while its lease is held and renewed. Nothing is checkpointed meanwhile:

@@ -140,7 +140,7 @@ impl LeaseHandle for DynamoLease {
     /// duplicates, never a gap. During a handoff the SHARD_END write is the
     /// closing one and the lease is the new owner's.
     async fn shard_ended(&self, children: &[ShardSpec]) -> Result<(), CheckpointError> {
-        let lineage = lock(&self.inner.streams[self.held.stream].known).lineage();
+        let lineage = lock(&self.inner.streams()[self.held.stream].known).lineage();
         for child in children {
             if lineage.is_finished(&child.shard_id) {
                 // Read to its end and cleaned up already (a descendant has

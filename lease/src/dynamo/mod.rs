@@ -134,7 +134,9 @@ struct Inner {
     table: LeaseTable,
     settings: LeaseSettings,
     /// The streams read, in the order given: a [`Grant`]'s `stream`.
-    streams: Vec<StreamState>,
+    /// Append-only ([`StreamAdder`]), so an index stays the same stream;
+    /// read as a snapshot ([`Inner::streams`]).
+    streams: StdMutex<Arc<Vec<Arc<StreamState>>>>,
     held: StdMutex<HashMap<String, Arc<Held>>>,
     health: Arc<TableHealth>,
     /// Set when the source had to close by itself.
@@ -230,7 +232,10 @@ impl DynamoLeases {
         settings: LeaseSettings,
         shutdown: CancellationToken,
     ) -> Result<Self, TableError> {
-        let streams: Vec<StreamState> = streams.into_iter().map(StreamState::new).collect();
+        let streams: Vec<Arc<StreamState>> = streams
+            .into_iter()
+            .map(|s| Arc::new(StreamState::new(s)))
+            .collect();
         table.ensure(Duration::from_secs(60)).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let closing = CancellationToken::new();
@@ -239,7 +244,7 @@ impl DynamoLeases {
             renewals: tokio::sync::Semaphore::new(RENEWALS_AT_ONCE),
             table,
             settings,
-            streams,
+            streams: StdMutex::new(Arc::new(streams)),
             held: StdMutex::new(HashMap::new()),
             health: Arc::new(TableHealth::default()),
             failure: StdMutex::new(None),
@@ -284,6 +289,53 @@ impl DynamoLeases {
     /// The lease table's health, for readiness checks.
     pub fn health(&self) -> Arc<TableHealth> {
         self.health.clone()
+    }
+
+    /// Adds streams while the source runs (a configuration reload).
+    pub fn adder(&self) -> StreamAdder {
+        StreamAdder {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// Adds a stream to a running [`DynamoLeases`]: its leases are created
+/// (shard sync) and balanced with the others' from the next scan on.
+#[derive(Clone)]
+pub struct StreamAdder {
+    inner: Arc<Inner>,
+}
+
+impl StreamAdder {
+    /// Adds `stream` after the ones already read; returns its index (a
+    /// [`Grant`]'s `stream`). Its shards are synced at once; when that
+    /// fails (the table or the stream does not answer) it is logged and
+    /// done again at each shard sync, as for the streams read from the
+    /// start.
+    pub async fn add(&self, stream: LeaseStream) -> usize {
+        let inner = &self.inner;
+        let index = {
+            let mut streams = lock(&inner.streams);
+            let mut grown: Vec<Arc<StreamState>> = streams.iter().cloned().collect();
+            grown.push(Arc::new(StreamState::new(stream)));
+            let index = grown.len() - 1;
+            *streams = Arc::new(grown);
+            index
+        };
+        let scan = inner.table.scan_all().await;
+        inner.health.record(scan.is_ok());
+        match scan {
+            Ok(scan) => {
+                inner.learn_template(&scan.leases);
+                let unreadable = inner.unreadable_shards(&scan.unreadable);
+                if let Err(e) = inner.sync_shards(&scan.leases, &unreadable).await {
+                    tracing::warn!("shard sync: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("shard sync of an added stream (done again at the next): {e}"),
+        }
+        inner.take_now.notify_one();
+        index
     }
 }
 

@@ -64,13 +64,19 @@ impl StreamState {
 }
 
 impl Inner {
+    /// The streams read now (a snapshot: streams are only ever added).
+    pub(super) fn streams(&self) -> Arc<Vec<Arc<StreamState>>> {
+        lock(&self.streams).clone()
+    }
+
     /// Which stream a lease is of, if it is of one read here. Shard ids
     /// alone name the one stream of a single-stream application: with
     /// several streams they are nobody's.
     pub(super) fn stream_of(&self, key: &LeaseKey) -> Option<usize> {
+        let streams = self.streams();
         match key {
-            LeaseKey::Single { .. } => (self.streams.len() == 1).then_some(0),
-            LeaseKey::Multi { .. } => self.streams.iter().position(|s| s.scope.owns(key)),
+            LeaseKey::Single { .. } => (streams.len() == 1).then_some(0),
+            LeaseKey::Multi { .. } => streams.iter().position(|s| s.scope.owns(key)),
         }
     }
 
@@ -84,9 +90,13 @@ impl Inner {
 
     /// `ours` split by stream, in [`Inner::streams`]' order.
     pub(super) fn by_stream<'a>(&self, ours: &[&'a LeaseRecord]) -> Vec<Vec<&'a LeaseRecord>> {
-        let mut split = vec![Vec::new(); self.streams.len()];
+        let mut split = vec![Vec::new(); self.streams().len()];
         for lease in ours {
             if let Some(i) = self.stream_of(&lease.key) {
+                // A stream added meanwhile comes at the end.
+                if split.len() <= i {
+                    split.resize(i + 1, Vec::new());
+                }
                 split[i].push(*lease);
             }
         }
@@ -97,12 +107,12 @@ impl Inner {
     pub(super) fn learn_template(&self, leases: &[LeaseRecord]) {
         for lease in self.ours(leases) {
             if let (LeaseKey::Multi { .. }, Some(i)) = (&lease.key, self.stream_of(&lease.key)) {
-                *lock(&self.streams[i].template) = lease.key.clone();
+                *lock(&self.streams()[i].template) = lease.key.clone();
             }
         }
     }
 
     pub(super) fn key_for(&self, stream: usize, shard_id: &str) -> LeaseKey {
-        lock(&self.streams[stream].template).sibling(shard_id)
+        lock(&self.streams()[stream].template).sibling(shard_id)
     }
 }

@@ -53,12 +53,19 @@ impl Inner {
         leases: &[LeaseRecord],
         unreadable: &[HashSet<String>],
     ) -> Result<(), String> {
+        let streams = self.streams();
         let ours = self.ours(leases);
         let split = self.by_stream(&ours);
         let mut first_error = None;
         let mut synced = 0;
-        for (i, stream) in self.streams.iter().enumerate() {
-            match self.sync_stream(i, &split[i], &unreadable[i]).await {
+        let nothing = HashSet::new();
+        for (i, stream) in streams.iter().enumerate() {
+            // A stream added since `leases` were read has none in them.
+            let (of_stream, unreadable) = (
+                split.get(i).map(Vec::as_slice).unwrap_or_default(),
+                unreadable.get(i).unwrap_or(&nothing),
+            );
+            match self.sync_stream(i, of_stream, unreadable).await {
                 Ok(()) => {
                     synced += 1;
                     if stream.sync_failing.swap(false, Ordering::AcqRel) {
@@ -66,7 +73,7 @@ impl Inner {
                     }
                 }
                 Err(e) => {
-                    if self.streams.len() > 1 && !stream.sync_failing.swap(true, Ordering::AcqRel) {
+                    if streams.len() > 1 && !stream.sync_failing.swap(true, Ordering::AcqRel) {
                         tracing::error!(
                             stream = %stream.scope.stream_name,
                             account = %stream.scope.account,
@@ -91,7 +98,8 @@ impl Inner {
         ours: &[&LeaseRecord],
         unreadable: &HashSet<String>,
     ) -> Result<(), String> {
-        let state = &self.streams[stream];
+        let streams = self.streams();
+        let state = &streams[stream];
         let shards = state.lister.list_shards().await?;
         let first_start = ours.is_empty() && unreadable.is_empty();
         let leased = leased(ours, unreadable);

@@ -46,8 +46,13 @@ impl Inner {
             break (leases, unreadable, now);
         };
         let ours = self.ours(&leases);
+        let streams = self.streams();
+        let nothing = HashSet::new();
         for (i, stream) in self.by_stream(&ours).iter().enumerate() {
-            lock(&self.streams[i].known).leased = super::sync::leased(stream, &unreadable[i]);
+            if let Some(state) = streams.get(i) {
+                lock(&state.known).leased =
+                    super::sync::leased(stream, unreadable.get(i).unwrap_or(&nothing));
+            }
         }
 
         // Leases held here that the table says belong to someone else (or
@@ -409,7 +414,7 @@ impl Inner {
         unreadable: &[crate::table::Unreadable],
     ) -> Vec<HashSet<String>> {
         let mut reported = lock(&self.reported_unreadable);
-        let mut shards = vec![HashSet::new(); self.streams.len()];
+        let mut shards = vec![HashSet::new(); self.streams().len()];
         for item in unreadable {
             let key = crate::key::LeaseKey::parse(&item.key);
             let Some(stream) = self.stream_of(&key) else {
@@ -422,6 +427,10 @@ impl Inner {
                      is fixed or deleted",
                     item.error
                 );
+            }
+            if shards.len() <= stream {
+                // A stream added meanwhile.
+                shards.resize(stream + 1, HashSet::new());
             }
             shards[stream].insert(key.shard_id().to_owned());
         }

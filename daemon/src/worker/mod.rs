@@ -1,22 +1,22 @@
-//! The worker: checks the stream, starts the lease source, runs one shard
+//! The worker: checks the streams, starts the lease source, runs one shard
 //! consumer task per granted shard, and shuts down in order: stop reading,
 //! let in-flight batches be confirmed, write final checkpoints, release the
 //! leases, all within `shutdown_timeout_ms`.
+
+mod streams;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_credential_types::provider::SharedCredentialsProvider;
 use futures::FutureExt;
-use kcld_checkpoint::Checkpoint;
 use kcld_config::multilang::MultiLangSettings;
-use kcld_config::{InitialPosition, LeaseStore, Settings};
-use kcld_lease::dynamo::{DynamoLeases, LeaseSettings, LeaseStream};
-use kcld_lease::key::StreamScope;
+use kcld_config::{LeaseStore, Settings};
+use kcld_lease::dynamo::{DynamoLeases, LeaseSettings};
 use kcld_lease::memory::MemoryLeases;
 use kcld_lease::table::LeaseTable;
-use kcld_lease::{Grant, LeaseSource, ShardSpec};
-use kcld_records::kpl::HashRange;
+use kcld_lease::{Grant, LeaseSource};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -24,22 +24,22 @@ use crate::error::{Error, Result};
 use crate::lifecycle::sink::{CheckpointPolicy, LivePolicy, SinkProcessors};
 use crate::lifecycle::{self, Outcome, ProcessorFactory, RecordSource};
 use crate::ops::{self, Health, ShardLabels};
-use crate::retrieval::fanout::FanOutReader;
-use crate::retrieval::isolation::{Patient, StreamAccess};
-use crate::retrieval::polling::PollingReader;
+use crate::retrieval::isolation::Patient;
 use crate::retrieval::prefetch::ByteBudget;
-use crate::retrieval::{registration, Reader, Resume};
+use crate::retrieval::Resume;
 use crate::sink::Sink;
-use crate::stream::Stream;
-use crate::{aws, multilang, sink};
+use crate::{aws, sink};
+pub use streams::{AddStream, SinkMaker};
+use streams::{Factories, Maker, Parts, StreamParts};
 
 /// Where a worker's records go.
 pub enum Delivery {
     /// To a sink; kcld checkpoints what it confirmed.
     Sink(Arc<dyn Sink>),
-    /// To one sink per stream (in the order of `streams`), so that each
-    /// record names its own stream; kcld checkpoints what each confirmed.
-    Sinks(Vec<Arc<dyn Sink>>),
+    /// To one sink per stream, made for each stream (also one added while
+    /// kcld runs), so that each record names its own stream; kcld
+    /// checkpoints what each confirmed.
+    SinkPerStream(SinkMaker),
     /// To MultiLang record processor processes, one per shard, which
     /// checkpoint for themselves (`kcld multilang`).
     MultiLang(Arc<MultiLangSettings>),
@@ -54,6 +54,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<()> 
     let live = crate::reload::Live {
         policy: CheckpointPolicy::from(&settings.checkpoint).into(),
         http: None,
+        added: None,
     };
     run_live(settings, shutdown, live).await
 }
@@ -66,35 +67,18 @@ pub async fn run_live(
     shutdown: CancellationToken,
     live: crate::reload::Live,
 ) -> Result<()> {
-    let sinks = (0..settings.streams.len())
-        .map(|i| {
-            sink::from_live_settings(
-                &settings.for_stream(i),
-                live.http.clone(),
-                stream_label(&settings, i),
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let http = live.http.clone();
+    let make: SinkMaker =
+        Arc::new(move |one, label| sink::from_live_settings(one, http.clone(), label));
     run_embedded(
         settings,
-        Delivery::Sinks(sinks),
+        Delivery::SinkPerStream(make),
         shutdown,
         None,
         Some(live.policy),
+        live.added,
     )
     .await
-}
-
-/// The `stream` label of stream `i`'s series: its ARN when several streams
-/// are read ([`ops::ShardLabels`]).
-fn stream_label(settings: &Settings, i: usize) -> Option<Arc<str>> {
-    match settings.streams.as_slice() {
-        [_, _, ..] => settings
-            .streams
-            .get(i)
-            .map(|s| Arc::from(s.arn.to_string())),
-        _ => None,
-    }
 }
 
 /// The same, delivering to `sink`: how a Rust application embeds kcld with
@@ -113,82 +97,27 @@ pub async fn run_with(
     delivery: Delivery,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    run_embedded(settings, delivery, shutdown, None, None).await
-}
-
-/// One stream as the worker reads it.
-struct StreamRun {
-    /// The settings as if this were the only stream.
-    settings: Settings,
-    stream: Stream,
-    consumer_arn: Option<Arc<str>>,
-    initial: Checkpoint,
-    at_timestamp: Option<i64>,
-    scope: StreamScope,
-}
-
-/// Describes one stream and resolves its fan-out consumer.
-async fn open_stream(settings: Settings, clients: &aws::Clients) -> Result<StreamRun> {
-    let stream = Stream::new(clients.kinesis.clone(), settings.stream_arn.clone());
-    let summary = stream.describe().await?;
-    tracing::info!(
-        stream = %settings.stream_arn,
-        status = %summary.status,
-        open_shards = summary.open_shards,
-        encryption = %summary.encryption,
-        retention_hours = summary.retention_hours,
-        worker_id = %settings.worker_id,
-        "stream described"
-    );
-    // Fan-out: the consumer must be ACTIVE before any shard is read.
-    let consumer_arn: Option<Arc<str>> = match &settings.fan_out {
-        None => None,
-        Some(fan_out) => {
-            let arn = registration::resolve(&stream, fan_out, || clients.caller_account()).await?;
-            tracing::info!(consumer = %arn, "reading through enhanced fan-out");
-            Some(Arc::from(arn))
-        }
-    };
-    let (initial, at_timestamp) = match &settings.initial_position {
-        InitialPosition::TrimHorizon => (Checkpoint::TrimHorizon, None),
-        InitialPosition::Latest => (Checkpoint::Latest, None),
-        InitialPosition::AtTimestamp { epoch_millis, .. } => {
-            (Checkpoint::AtTimestamp, Some(*epoch_millis))
-        }
-    };
-    let scope = StreamScope {
-        account: settings.stream_arn.account.clone(),
-        stream_name: settings.stream_arn.stream_name.clone(),
-        creation_epoch: summary.creation_epoch,
-    };
-    Ok(StreamRun {
-        settings,
-        stream,
-        consumer_arn,
-        initial,
-        at_timestamp,
-        scope,
-    })
+    run_embedded(settings, delivery, shutdown, None, None, None).await
 }
 
 /// The same, calling AWS with `credentials` when given (else the default
-/// chain, or the configured role).
+/// chain, or the configured role); streams asked for on `added` are added
+/// while it runs (with the lease table).
 pub(crate) async fn run_embedded(
     settings: Settings,
     delivery: Delivery,
     shutdown: CancellationToken,
     credentials: Option<SharedCredentialsProvider>,
     policy: Option<LivePolicy>,
+    added: Option<mpsc::UnboundedReceiver<AddStream>>,
 ) -> Result<()> {
     let health = Arc::new(Health::default());
     // The ops listener outlives the shard consumers: it stops last.
     let ops_stop = CancellationToken::new();
     let _ops_guard = ops_stop.clone().drop_guard();
     if let Some(listen) = settings.ops.listen {
-        let label = match settings.streams.as_slice() {
-            [one] => Some(one.arn.to_string()),
-            _ => None,
-        };
+        // With `[[streams]]` each series names its stream itself.
+        let label = (!settings.multi_stream).then(|| settings.stream_arn.to_string());
         let metrics = ops::install_metrics(label.as_deref())?;
         ops::serve(listen, metrics, health.clone(), ops_stop.clone()).await?;
     }
@@ -197,25 +126,41 @@ pub(crate) async fn run_embedded(
     let mut settings = settings;
     aws::settle_consumer_region(&mut settings).await;
     tracing::debug!(region = %settings.aws.dynamodb_region, from = %settings.aws.dynamodb_region_from, "lease table region");
-    let mut cache = aws::ClientsCache::default();
+    let policy = policy.unwrap_or_else(|| CheckpointPolicy::from(&settings.checkpoint).into());
+    let factories = match delivery {
+        Delivery::Sink(sink) => Factories::Shared(Arc::new(SinkProcessors {
+            sink,
+            policy,
+            stream_label: None,
+        })),
+        Delivery::SinkPerStream(make) => Factories::Sinks(make, policy),
+        Delivery::MultiLang(ml) => Factories::MultiLang(ml),
+        Delivery::Processors(factory) => Factories::Shared(factory),
+    };
+    let mut maker = Maker {
+        settings: settings.clone(),
+        credentials: credentials.clone(),
+        cache: aws::ClientsCache::default(),
+        health: health.clone(),
+        factories,
+    };
     let mut streams = Vec::with_capacity(settings.streams.len());
-    let mut lease_clients = None;
+    let mut parts = Vec::with_capacity(settings.streams.len());
     for i in 0..settings.streams.len() {
-        let one = settings.for_stream(i);
-        let clients = cache.get(&one, &credentials).await?;
-        health.credentials_resolved();
-        lease_clients.get_or_insert_with(|| clients.clone());
-        let mut run = open_stream(one, &clients).await?;
-        if stream_label(&settings, i).is_some() {
-            run.stream = run.stream.labelled_in_metrics();
-        }
+        let run = maker.open(i).await?;
+        parts.push(maker.parts(i, &run)?);
         streams.push(run);
     }
     health.stream_described();
-    let Some(clients) = lease_clients else {
+    let Some(first) = streams.first() else {
         return Err(Error::Usage("no stream to read"));
     };
+    // The lease table with the default credentials (those of every stream
+    // read without a role of its own), in the consumer's region.
+    let clients = maker.cache.get(&first.settings, &credentials).await?;
+    let parts: Parts = Arc::new(std::sync::Mutex::new(parts));
 
+    let mut adder = None;
     let leases: Box<dyn LeaseSource> = match settings.lease.store {
         LeaseStore::Memory => {
             // One stream (the configuration refuses more).
@@ -244,16 +189,11 @@ pub(crate) async fn run_embedded(
                     n => n as usize,
                 },
                 max_steal: settings.lease.max_leases_to_steal as usize,
-                initial: streams[0].initial.clone(),
+                initial: first.initial.clone(),
             };
             let lease_streams = streams
                 .iter()
-                .map(|s| LeaseStream {
-                    scope: s.scope.clone(),
-                    lister: Arc::new(s.stream.clone()),
-                    multi_stream: settings.multi_stream,
-                    initial: s.initial.clone(),
-                })
+                .map(|s| s.lease_stream(settings.multi_stream))
                 .collect();
             let table = LeaseTable::new(clients.dynamodb.clone(), &settings.lease_table);
             let leases = DynamoLeases::start_streams(
@@ -272,70 +212,57 @@ pub(crate) async fn run_embedded(
                 failover.max(3 * settings.lease.take_interval),
             );
             tracing::info!(table = %settings.lease_table, "lease table ready");
+            adder = Some(leases.adder());
             Box::new(leases)
         }
     };
+    drop(streams);
+    // Streams a reload adds: only to `[[streams]]` (whose keys name their
+    // stream) over the lease table.
+    match (added, adder) {
+        (Some(requests), Some(adder)) if settings.multi_stream => {
+            tokio::spawn(streams::add_streams(
+                maker,
+                parts.clone(),
+                adder,
+                requests,
+                shutdown.child_token(),
+            ));
+        }
+        (Some(mut requests), _) => {
+            // Refused: the reload names it as a change for a restart.
+            tokio::spawn(async move {
+                while let Some(request) = requests.recv().await {
+                    let _ = request.done.send(Err(
+                        "streams are added to a running kcld only when they are listed as [[streams]] over the DynamoDB lease table; restart to apply".into(),
+                    ));
+                }
+            });
+        }
+        (None, _) => {}
+    }
 
     health.leases_started();
     ops::systemd::ready();
-    let policy = policy.unwrap_or_else(|| CheckpointPolicy::from(&settings.checkpoint).into());
     let budget = settings.shutdown_timeout;
     let prefetch_bytes = settings.polling.prefetch_bytes as usize;
     let total_bytes = settings.polling.prefetch_total_bytes as usize;
     let worker_budget = ByteBudget::worker(total_bytes);
-    let several = streams.len() > 1;
-    let readers: Vec<Readers> = streams
-        .into_iter()
-        .map(|s| {
-            // With several streams, one that cannot be read waits alone.
-            let access = several.then(|| {
-                let access = StreamAccess::new(s.settings.stream_arn.to_string());
-                health.watch_stream(access.clone());
-                access
-            });
-            Readers {
-                stream: s.stream,
-                consumer_arn: s.consumer_arn,
-                settings: s.settings,
-                at_timestamp: s.at_timestamp,
-                access,
-            }
-        })
-        .collect();
-    let processors: Vec<Arc<dyn ProcessorFactory>> = match delivery {
-        Delivery::Sink(sink) => vec![Arc::new(SinkProcessors {
-            sink,
-            policy,
-            stream_label: None,
-        })],
-        Delivery::Sinks(sinks) => sinks
-            .into_iter()
-            .enumerate()
-            .map(|(i, sink)| {
-                Arc::new(SinkProcessors {
-                    sink,
-                    policy: policy.clone(),
-                    stream_label: stream_label(&settings, i),
-                }) as Arc<dyn ProcessorFactory>
-            })
-            .collect(),
-        Delivery::MultiLang(ml) => (0..settings.streams.len())
-            .map(|i| {
-                Arc::new(
-                    multilang::Processors::new(ml.clone()).of_stream(stream_label(&settings, i)),
-                ) as Arc<dyn ProcessorFactory>
-            })
-            .collect(),
-        Delivery::Processors(factory) => vec![factory],
-    };
     drive(
         leases,
         |grant: Grant| {
             let budget = ByteBudget::new(worker_budget.clone(), total_bytes, prefetch_bytes);
             let shard = grant.shard.clone();
-            let readers = readers[grant.stream.min(readers.len() - 1)].clone();
+            let StreamParts {
+                readers,
+                processors,
+            } = {
+                let parts = parts.lock().unwrap_or_else(|p| p.into_inner());
+                // Every granted stream has its parts (added before it is
+                // leased); the last one stands in were it ever otherwise.
+                parts[grant.stream.min(parts.len() - 1)].clone()
+            };
             let labels = ShardLabels::new(readers.stream.metric_label(), &shard.shard_id);
-            let processors = processors[grant.stream.min(processors.len() - 1)].clone();
             let sources = move |at: &Resume| -> Box<dyn RecordSource> {
                 let reader: Box<dyn RecordSource> = Box::new(readers.reader(&shard, at));
                 match &readers.access {
@@ -349,43 +276,6 @@ pub(crate) async fn run_embedded(
         budget,
     )
     .await
-}
-
-/// Makes the reader of a shard, positioned at a checkpoint, by the
-/// configured strategy.
-#[derive(Clone)]
-struct Readers {
-    stream: Stream,
-    consumer_arn: Option<Arc<str>>,
-    settings: Settings,
-    at_timestamp: Option<i64>,
-    /// With several streams, the stream's access its shards share.
-    access: Option<Arc<StreamAccess>>,
-}
-
-impl Readers {
-    fn reader(&self, shard: &ShardSpec, start: &Resume) -> Reader {
-        let range = HashRange::parse(&shard.starting_hash_key, &shard.ending_hash_key);
-        match (&self.consumer_arn, &self.settings.fan_out) {
-            (Some(arn), Some(fan_out)) => Reader::FanOut(Box::new(FanOutReader::new(
-                self.stream.clone(),
-                arn.clone(),
-                &shard.shard_id,
-                start,
-                self.at_timestamp,
-                range,
-                fan_out,
-            ))),
-            _ => Reader::Polling(Box::new(PollingReader::new(
-                self.stream.clone(),
-                &shard.shard_id,
-                start,
-                self.at_timestamp,
-                range,
-                &self.settings.polling,
-            ))),
-        }
-    }
 }
 
 /// Spawns a consumer for every grant until shutdown, then stops them within
