@@ -454,6 +454,68 @@ async fn a_stream_whose_access_is_revoked_waits_alone_and_resumes_when_it_comes_
     let distinct: HashSet<&Vec<u8>> = delivered.iter().map(|d| &d.data).collect();
     assert_eq!(distinct.len(), delivered.len(), "records delivered twice");
     kcld.stop_cleanly(Duration::from_secs(25)).await;
+
+    // The second time round: kcld restarts while access is revoked again,
+    // this time to the stream itself. The other streams start and deliver;
+    // the revoked one is opened again until it can be, then resumes from
+    // its checkpoints.
+    for call in [
+        "DescribeStreamSummary",
+        "ListShards",
+        "GetRecords",
+        "GetShardIterator",
+    ] {
+        proxy.fail_matching(
+            &format!("Kinesis_20131202.{call}"),
+            revoked,
+            Fault::access_denied(&format!("kinesis:{call}")),
+        );
+    }
+    let mut again: HashMap<&String, Vec<(String, Vec<u8>)>> = HashMap::new();
+    for arn in &arns {
+        let records = records_for(arn, "again", 30);
+        stack.put_records(arn, &records).await.unwrap();
+        again.insert(arn, records);
+    }
+    let mut kcld = Kcld::spawn(
+        KCLD,
+        &["--config", config.path().to_str().unwrap(), "run"],
+        &env,
+    )
+    .unwrap();
+    let others: HashSet<Vec<u8>> = [&arns[0], &arns[2]]
+        .iter()
+        .flat_map(|arn| data(&again[arn]))
+        .collect();
+    let mut second = collect(&mut [&mut kcld], &others, Duration::from_secs(60)).await;
+    let addr = kcld.ops_addr(Duration::from_secs(5)).await.unwrap();
+    let (code, body) = http_get(addr, "/readyz").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains(revoked.as_str()), "{body}");
+    let errors: Vec<String> = kcld
+        .stderr_text()
+        .lines()
+        .filter(|l| l.contains("stream cannot be read"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains(revoked.as_str()), "{errors:?}");
+    proxy.clear();
+    second.extend(
+        collect(
+            &mut [&mut kcld],
+            &data(&again[revoked]),
+            Duration::from_secs(90),
+        )
+        .await,
+    );
+    // Nothing read before the restart came again.
+    let before: HashSet<&Vec<u8>> = delivered.iter().map(|d| &d.data).collect();
+    assert!(
+        second.iter().all(|d| !before.contains(&d.data)),
+        "records read again after the restart"
+    );
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,9 +22,9 @@ use crate::lifecycle::RecordSource;
 use crate::stream::KinesisError;
 
 /// The first wait after a failure; it doubles up to [`MAX_WAIT`].
-const FIRST_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const FIRST_WAIT: Duration = Duration::from_secs(1);
 /// The longest wait between two tries of a failing shard.
-const MAX_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(30);
 /// A stream counts as failing this long after its last failure: failing
 /// shards try again at least every `MAX_WAIT`.
 const FAILING_FOR: Duration = Duration::from_secs(2 * MAX_WAIT.as_secs());
@@ -60,9 +60,10 @@ impl StreamAccess {
         &self.arn
     }
 
-    /// Notes a failure; logged when the stream was not failing already
-    /// (one line for the stream, not one per shard and try).
-    fn failed(&self, shard: &str, err: &KinesisError) {
+    /// Notes a failure of `shard`'s reads, or of opening the stream
+    /// (`None`); logged when the stream was not failing already (one line
+    /// for the stream, not one per shard and try).
+    pub(crate) fn failed(&self, shard: Option<&str>, err: &KinesisError) {
         metrics::counter!(
             "kcld_stream_errors_total",
             "stream" => self.arn.clone(),
@@ -74,19 +75,26 @@ impl StreamAccess {
             .as_ref()
             .is_some_and(|(at, _)| at.elapsed() < FAILING_FOR);
         *last = Some((Instant::now(), err.kind().to_owned()));
-        if !was_failing {
-            tracing::error!(
+        match shard {
+            _ if was_failing => {}
+            Some(shard) => tracing::error!(
                 stream = %self.arn,
                 shard,
                 "stream cannot be read: {err}. Its shards wait and try again every {} s at most, \
                  holding their leases and checkpoints; the other streams go on",
                 MAX_WAIT.as_secs()
-            );
+            ),
+            None => tracing::error!(
+                stream = %self.arn,
+                "stream cannot be read: {err}. It is opened again every {} s at most, and its \
+                 shards read from their checkpoints once it can be; the other streams go on",
+                MAX_WAIT.as_secs()
+            ),
         }
     }
 
-    /// Notes a successful read after failures.
-    fn recovered(&self) {
+    /// Notes a successful read (or opening) after failures.
+    pub(crate) fn recovered(&self) {
         let mut last = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
         if last.take().is_some() {
             tracing::info!(stream = %self.arn, "stream readable again");
@@ -96,7 +104,7 @@ impl StreamAccess {
 
 /// Errors that concern the stream rather than one call: retrying soon does
 /// not help, a person must act.
-fn stream_level(err: &KinesisError) -> bool {
+pub(crate) fn stream_level(err: &KinesisError) -> bool {
     matches!(
         err,
         KinesisError::AccessDenied { .. } | KinesisError::NotFound(_) | KinesisError::Kms(_)
@@ -129,7 +137,7 @@ impl RecordSource for Patient {
         loop {
             match self.inner.next(cancel).await {
                 Err(e) if stream_level(&e) => {
-                    self.access.failed(&self.shard, &e);
+                    self.access.failed(Some(&self.shard), &e);
                     tokio::select! {
                         _ = cancel.cancelled() => return Ok(None),
                         _ = tokio::time::sleep(self.wait) => {}

@@ -138,23 +138,39 @@ pub(crate) async fn run_embedded(
         Delivery::Processors(factory) => Factories::Shared(factory),
     };
     let mut maker = Maker {
-        settings: settings.clone(),
+        settings: Settings {
+            streams: Vec::new(),
+            ..settings.clone()
+        },
         credentials: credentials.clone(),
         cache: aws::ClientsCache::default(),
         health: health.clone(),
         factories,
+        accesses: Default::default(),
     };
     let mut streams = Vec::with_capacity(settings.streams.len());
     let mut parts = Vec::with_capacity(settings.streams.len());
-    for i in 0..settings.streams.len() {
-        let run = maker.open(i).await?;
-        parts.push(maker.parts(i, &run)?);
-        streams.push(run);
+    // With `[[streams]]`, a stream its owner deleted or stopped sharing
+    // does not keep the others from starting: it is opened again later.
+    let mut waiting = Vec::new();
+    let mut refusal = None;
+    for stream in settings.streams.iter().cloned() {
+        match maker.open_next(stream.clone()).await {
+            Ok((run, made)) => {
+                streams.push(run);
+                parts.push(made);
+            }
+            Err(e) if maker.refused(&stream, &e) => {
+                waiting.push(stream);
+                refusal.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
     }
-    health.stream_described();
     let Some(first) = streams.first() else {
-        return Err(Error::Usage("no stream to read"));
+        return Err(refusal.unwrap_or(Error::Usage("no stream to read")));
     };
+    health.stream_described();
     // The lease table with the default credentials (those of every stream
     // read without a role of its own), in the consumer's region.
     let clients = maker.cache.get(&first.settings, &credentials).await?;
@@ -220,12 +236,13 @@ pub(crate) async fn run_embedded(
     // Streams a reload adds: only to `[[streams]]` (whose keys name their
     // stream) over the lease table.
     match (added, adder) {
-        (Some(requests), Some(adder)) if settings.multi_stream => {
+        (requests, Some(adder)) if settings.multi_stream => {
             tokio::spawn(streams::add_streams(
                 maker,
                 parts.clone(),
                 adder,
                 requests,
+                waiting,
                 shutdown.child_token(),
             ));
         }

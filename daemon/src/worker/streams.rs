@@ -3,6 +3,7 @@
 //! processors of its shards, and streams added while the worker runs (a
 //! configuration reload that lists more `[[streams]]`).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex as StdMutex};
 
 use aws_credential_types::provider::SharedCredentialsProvider;
@@ -16,12 +17,12 @@ use kcld_records::kpl::HashRange;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lifecycle::sink::{LivePolicy, SinkProcessors};
 use crate::lifecycle::ProcessorFactory;
 use crate::ops::Health;
 use crate::retrieval::fanout::FanOutReader;
-use crate::retrieval::isolation::StreamAccess;
+use crate::retrieval::isolation::{stream_level, StreamAccess, FIRST_WAIT, MAX_WAIT};
 use crate::retrieval::polling::PollingReader;
 use crate::retrieval::{registration, Reader, Resume};
 use crate::sink::Sink;
@@ -184,18 +185,64 @@ pub(super) enum Factories {
 
 /// What making a stream's parts needs, kept for streams added later.
 pub(super) struct Maker {
-    /// The running settings; `streams` grows as streams are added.
+    /// The running settings; `streams` lists the streams read, in the
+    /// lease source's order, and grows as streams are added.
     pub(super) settings: Settings,
     pub(super) credentials: Option<SharedCredentialsProvider>,
     pub(super) cache: aws::ClientsCache,
     pub(super) health: Arc<Health>,
     pub(super) factories: Factories,
+    /// Each stream's access (readiness, its error line), made once.
+    pub(super) accesses: HashMap<String, Arc<StreamAccess>>,
 }
 
 impl Maker {
+    /// Opens `stream` as the next stream read: its run and parts. An error
+    /// leaves the streams read as they were.
+    pub(super) async fn open_next(
+        &mut self,
+        stream: StreamSettings,
+    ) -> Result<(StreamRun, StreamParts)> {
+        let i = self.settings.streams.len();
+        self.settings.streams.push(stream);
+        let opened = match self.open(i).await {
+            Ok(run) => self.parts(i, &run).map(|p| (run, p)),
+            Err(e) => Err(e),
+        };
+        if opened.is_err() {
+            self.settings.streams.pop();
+        }
+        opened
+    }
+
+    /// With `[[streams]]`, whether `e`, met opening `stream`, is the
+    /// stream's own (deleted, access refused, KMS): then the stream is
+    /// reported failing and opened again later, and the others go on.
+    pub(super) fn refused(&mut self, stream: &StreamSettings, e: &Error) -> bool {
+        match e {
+            Error::Kinesis(k) if self.settings.multi_stream && stream_level(k) => {
+                self.access(&stream.arn.to_string()).failed(None, k);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The access of the stream `arn`, watched by readiness.
+    fn access(&mut self, arn: &str) -> Arc<StreamAccess> {
+        self.accesses
+            .entry(arn.to_owned())
+            .or_insert_with(|| {
+                let access = StreamAccess::new(arn);
+                self.health.watch_stream(access.clone());
+                access
+            })
+            .clone()
+    }
+
     /// Connects (clients shared per region and role) and opens stream `i`
     /// of the settings.
-    pub(super) async fn open(&mut self, i: usize) -> Result<StreamRun> {
+    async fn open(&mut self, i: usize) -> Result<StreamRun> {
         let one = self.settings.for_stream(i);
         let clients = self.cache.get(&one, &self.credentials).await?;
         self.health.credentials_resolved();
@@ -207,14 +254,16 @@ impl Maker {
     }
 
     /// The readers and processors of stream `i`, opened as `run`.
-    pub(super) fn parts(&self, i: usize, run: &StreamRun) -> Result<StreamParts> {
+    fn parts(&mut self, i: usize, run: &StreamRun) -> Result<StreamParts> {
         let label = stream_label(&self.settings, i);
         // With `[[streams]]`, one stream that cannot be read waits alone.
-        let access = self.settings.multi_stream.then(|| {
-            let access = StreamAccess::new(run.settings.stream_arn.to_string());
-            self.health.watch_stream(access.clone());
-            access
-        });
+        let access = self
+            .settings
+            .multi_stream
+            .then(|| self.access(&run.settings.stream_arn.to_string()));
+        if let Some(access) = &access {
+            access.recovered();
+        }
         let processors: Arc<dyn ProcessorFactory> = match &self.factories {
             Factories::Shared(factory) => factory.clone(),
             Factories::Sinks(make, policy) => Arc::new(SinkProcessors {
@@ -242,51 +291,78 @@ impl Maker {
 /// Adds each stream `requests` asks for, until `shutdown`: opened, its
 /// parts made, then handed to the lease source, whose grants of it find
 /// them. A stream that cannot be opened (not shared yet, no such stream)
-/// is not added; the request is answered with why.
+/// is not added; the request is answered with why. Streams that could not
+/// be opened at start (`waiting`) are opened again, every 30 s at most,
+/// and added once they can be.
 pub(super) async fn add_streams(
     mut maker: Maker,
     parts: Parts,
     adder: StreamAdder,
-    mut requests: mpsc::UnboundedReceiver<AddStream>,
+    mut requests: Option<mpsc::UnboundedReceiver<AddStream>>,
+    mut waiting: Vec<StreamSettings>,
     shutdown: CancellationToken,
 ) {
+    let mut wait = FIRST_WAIT;
     loop {
-        let request = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = requests.recv() => match r {
-                Some(r) => r,
-                None => return,
-            },
+        let retry = async {
+            if waiting.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(wait).await;
         };
-        let arn = request.stream.arn.to_string();
-        let result = add_one(&mut maker, &parts, &adder, request.stream).await;
-        match &result {
-            Ok(()) => tracing::info!(stream = %arn, "stream added"),
-            Err(e) => tracing::warn!(stream = %arn, "stream not added: {e}"),
+        let request = async {
+            match requests.as_mut() {
+                Some(r) => r.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = retry => {
+                let mut still = Vec::new();
+                for stream in std::mem::take(&mut waiting) {
+                    let arn = stream.arn.to_string();
+                    match add_one(&mut maker, &parts, &adder, stream.clone()).await {
+                        Ok(()) => tracing::info!(stream = %arn, "stream opened: its shards are read"),
+                        Err(e) => {
+                            // Still failing: readiness keeps naming it.
+                            if !maker.refused(&stream, &e) {
+                                tracing::warn!(stream = %arn, "stream not opened: {e}");
+                            }
+                            still.push(stream);
+                        }
+                    }
+                }
+                waiting = still;
+                wait = (wait * 2).min(MAX_WAIT);
+            }
+            request = request => match request {
+                Some(request) => {
+                    let arn = request.stream.arn.to_string();
+                    let result = add_one(&mut maker, &parts, &adder, request.stream)
+                        .await
+                        .map_err(|e| e.to_string());
+                    match &result {
+                        Ok(()) => tracing::info!(stream = %arn, "stream added"),
+                        Err(e) => tracing::warn!(stream = %arn, "stream not added: {e}"),
+                    }
+                    let _ = request.done.send(result);
+                }
+                None => requests = None,
+            },
         }
-        let _ = request.done.send(result);
     }
 }
 
+/// Opens `stream` and hands it to the lease source.
 async fn add_one(
     maker: &mut Maker,
     parts: &Parts,
     adder: &StreamAdder,
     stream: StreamSettings,
-) -> std::result::Result<(), String> {
-    let i = maker.settings.streams.len();
-    maker.settings.streams.push(stream);
-    let opened = match maker.open(i).await {
-        Ok(run) => maker.parts(i, &run).map(|p| (run, p)),
-        Err(e) => Err(e),
-    };
-    let (run, made) = match opened {
-        Ok(ok) => ok,
-        Err(e) => {
-            maker.settings.streams.pop();
-            return Err(e.to_string());
-        }
-    };
+) -> Result<()> {
+    let (run, made) = maker.open_next(stream).await?;
+    let i = maker.settings.streams.len() - 1;
     // The parts first: a grant of the new stream finds them.
     parts.lock().unwrap_or_else(|p| p.into_inner()).push(made);
     let leased = adder
