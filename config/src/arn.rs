@@ -1,10 +1,12 @@
-//! Kinesis stream ARNs: `arn:<partition>:kinesis:<region>:<account>:stream/<name>`.
+//! Stream ARNs: a Kinesis data stream's,
+//! `arn:<partition>:kinesis:<region>:<account>:stream/<name>`, or a DynamoDB
+//! table's stream, `arn:<partition>:dynamodb:<region>:<account>:table/<table>/stream/<label>`.
 //! Region and account of the stream come from here and nowhere else.
 
 use std::fmt;
 use std::str::FromStr;
 
-/// A parsed Kinesis data stream ARN.
+/// A parsed stream ARN: a Kinesis data stream or a DynamoDB table's stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamArn {
     /// The AWS partition, e.g. `aws` or `aws-cn`.
@@ -13,8 +15,49 @@ pub struct StreamArn {
     pub region: String,
     /// The 12-digit id of the account that owns the stream.
     pub account: String,
-    /// The stream's name, the part after `stream/`.
+    /// The Kinesis stream's name (the part after `stream/`), or the
+    /// DynamoDB table's.
     pub stream_name: String,
+    /// Which service's stream this is.
+    pub kind: StreamKind,
+}
+
+/// The service a stream belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    /// A Kinesis data stream.
+    Kinesis,
+    /// A DynamoDB table's stream (DynamoDB Streams).
+    DynamoDb {
+        /// The stream's label, its creation time as the ARN spells it
+        /// (`2026-12-07T09:12:57.169`).
+        label: String,
+    },
+}
+
+impl StreamArn {
+    /// Whether this is a DynamoDB table's stream.
+    pub fn is_dynamodb(&self) -> bool {
+        matches!(self.kind, StreamKind::DynamoDb { .. })
+    }
+
+    /// The stream's name in multi-stream lease keys
+    /// (`account:<this>:creationEpoch:shardId`): a Kinesis stream's name,
+    /// or for a DynamoDB stream what the KCL's DynamoDB Streams adapter
+    /// writes, `<region>$<account>$<table>$<label>` with the label's `:`
+    /// as `_` (lease keys split on `:`).
+    pub fn lease_stream_name(&self) -> String {
+        match &self.kind {
+            StreamKind::Kinesis => self.stream_name.clone(),
+            StreamKind::DynamoDb { label } => format!(
+                "{}${}${}${}",
+                self.region,
+                self.account,
+                self.stream_name,
+                label.replace(':', "_")
+            ),
+        }
+    }
 }
 
 /// Why a string is not a stream ARN; the text says what was expected.
@@ -27,6 +70,9 @@ impl FromStr for StreamArn {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: &str| ArnError(format!("{s:?} is not a Kinesis stream ARN: {why}"));
+        if s.split(':').nth(2) == Some("dynamodb") {
+            return parse_dynamodb(s);
+        }
         let parts: Vec<&str> = s.splitn(6, ':').collect();
         if parts.len() != 6 || parts[0] != "arn" {
             return Err(bad(
@@ -45,7 +91,9 @@ impl FromStr for StreamArn {
             ));
         }
         if service != "kinesis" {
-            return Err(bad("the service (third field) must be kinesis"));
+            return Err(bad(
+                "the service (third field) must be kinesis (or dynamodb, for a DynamoDB table's stream)",
+            ));
         }
         if region.is_empty()
             || !region
@@ -77,8 +125,68 @@ impl FromStr for StreamArn {
             region: region.to_owned(),
             account: account.to_owned(),
             stream_name: name.to_owned(),
+            kind: StreamKind::Kinesis,
         })
     }
+}
+
+/// `arn:<partition>:dynamodb:<region>:<account>:table/<table>/stream/<label>`.
+fn parse_dynamodb(s: &str) -> Result<StreamArn, ArnError> {
+    let bad = |why: &str| ArnError(format!("{s:?} is not a DynamoDB stream ARN: {why}"));
+    let parts: Vec<&str> = s.splitn(6, ':').collect();
+    let [_, partition, _, region, account, resource] = parts.as_slice() else {
+        return Err(bad(
+            "expected arn:aws:dynamodb:<region>:<account>:table/<table>/stream/<label>",
+        ));
+    };
+    if !partition.starts_with("aws") {
+        return Err(bad(
+            "the partition (second field) must be aws, aws-cn, aws-us-gov, ...",
+        ));
+    }
+    if region.is_empty()
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(bad("the region (fourth field) must look like us-east-1"));
+    }
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(
+            "the account (fifth field) must be the table owner's 12-digit account id",
+        ));
+    }
+    let Some(rest) = resource.strip_prefix("table/") else {
+        return Err(bad("the resource must be table/<table>/stream/<label>"));
+    };
+    let Some((table, label)) = rest.split_once("/stream/") else {
+        return Err(bad(
+            "this is a table ARN; use its stream's ARN (aws dynamodb describe-table --table-name <table> --query Table.LatestStreamArn)",
+        ));
+    };
+    let table_ok = (3..=255).contains(&table.len())
+        && table
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !table_ok {
+        return Err(bad(
+            "the table name must be 3 to 255 characters of a-z, A-Z, 0-9, '_', '.', '-'",
+        ));
+    }
+    if label.is_empty() || label.contains('/') {
+        return Err(bad(
+            "the stream label after /stream/ must be the stream's creation time, e.g. 2026-12-07T09:12:57.169",
+        ));
+    }
+    Ok(StreamArn {
+        partition: (*partition).to_owned(),
+        region: (*region).to_owned(),
+        account: (*account).to_owned(),
+        stream_name: table.to_owned(),
+        kind: StreamKind::DynamoDb {
+            label: label.to_owned(),
+        },
+    })
 }
 
 /// A registered enhanced fan-out consumer:
@@ -178,17 +286,73 @@ impl serde::Serialize for StreamArn {
 
 impl fmt::Display for StreamArn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "arn:{}:kinesis:{}:{}:stream/{}",
-            self.partition, self.region, self.account, self.stream_name
-        )
+        match &self.kind {
+            StreamKind::Kinesis => write!(
+                f,
+                "arn:{}:kinesis:{}:{}:stream/{}",
+                self.partition, self.region, self.account, self.stream_name
+            ),
+            StreamKind::DynamoDb { label } => write!(
+                f,
+                "arn:{}:dynamodb:{}:{}:table/{}/stream/{}",
+                self.partition, self.region, self.account, self.stream_name, label
+            ),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dynamodb_stream_arns_parse_and_name_their_stream_as_the_adapter_does() {
+        let text = "arn:aws:dynamodb:us-west-2:123456789012:table/TestTable/stream/2024-02-03T00:00:00.000";
+        let arn: StreamArn = text.parse().unwrap();
+        assert!(arn.is_dynamodb());
+        assert_eq!(
+            (
+                arn.region.as_str(),
+                arn.account.as_str(),
+                arn.stream_name.as_str()
+            ),
+            ("us-west-2", "123456789012", "TestTable")
+        );
+        assert_eq!(arn.to_string(), text);
+        // The KCL DynamoDB Streams adapter's stream name (its own test's value).
+        assert_eq!(
+            arn.lease_stream_name(),
+            "us-west-2$123456789012$TestTable$2024-02-03T00_00_00.000"
+        );
+        for (bad, says) in [
+            (
+                "arn:aws:dynamodb:us-west-2:123456789012:table/TestTable",
+                "table ARN",
+            ),
+            (
+                "arn:aws:dynamodb:us-west-2:1234:table/T1x/stream/x",
+                "12-digit",
+            ),
+            (
+                "arn:aws:dynamodb:us-west-2:123456789012:table/T!/stream/x",
+                "table name",
+            ),
+            (
+                "arn:aws:dynamodb:us-west-2:123456789012:table/Tab/stream/",
+                "label",
+            ),
+            (
+                "arn:aws:dynamodb:us-west-2:123456789012:index/x",
+                "table/<table>",
+            ),
+        ] {
+            let e = bad.parse::<StreamArn>().unwrap_err().to_string();
+            assert!(
+                e.contains("DynamoDB stream ARN") && e.contains(says),
+                "{bad}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn parses_region_account_and_name() {

@@ -127,6 +127,11 @@ pub fn load(
             "AWS_ENDPOINT_URL_DYNAMODB",
         ),
         (
+            "aws.dynamodb_streams_endpoint",
+            &settings.aws.dynamodb_streams_endpoint,
+            "AWS_ENDPOINT_URL_DYNAMODB_STREAMS",
+        ),
+        (
             "aws.sts_endpoint",
             &settings.aws.sts_endpoint,
             "AWS_ENDPOINT_URL_STS",

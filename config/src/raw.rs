@@ -62,6 +62,7 @@ pub(crate) struct RawAws {
     pub(crate) endpoint: Option<String>,
     pub(crate) kinesis_endpoint: Option<String>,
     pub(crate) dynamodb_endpoint: Option<String>,
+    pub(crate) dynamodb_streams_endpoint: Option<String>,
     pub(crate) sts_endpoint: Option<String>,
     pub(crate) dynamodb_region: Option<String>,
     pub(crate) ca_file: Option<String>,

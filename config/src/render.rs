@@ -72,6 +72,10 @@ pub(crate) fn render(settings: &Settings) -> String {
     let mut aws = vec![
         Line::Set("kinesis_endpoint", opt(&a.kinesis_endpoint)),
         Line::Set("dynamodb_endpoint", opt(&a.dynamodb_endpoint)),
+        Line::Set(
+            "dynamodb_streams_endpoint",
+            opt(&a.dynamodb_streams_endpoint),
+        ),
         Line::Set("sts_endpoint", opt(&a.sts_endpoint)),
         if a.dynamodb_region_fallback {
             Line::Unset(

@@ -169,6 +169,10 @@ pub struct AwsSettings {
     /// Resolved like `kinesis_endpoint`, from `aws.dynamodb_endpoint` and
     /// `AWS_ENDPOINT_URL_DYNAMODB`.
     pub dynamodb_endpoint: Option<String>,
+    /// Resolved like `kinesis_endpoint`, from `aws.dynamodb_streams_endpoint`
+    /// and `AWS_ENDPOINT_URL_DYNAMODB_STREAMS`: where a DynamoDB table's
+    /// stream is read.
+    pub dynamodb_streams_endpoint: Option<String>,
     /// Resolved like `kinesis_endpoint`, from `aws.sts_endpoint` and
     /// `AWS_ENDPOINT_URL_STS`.
     pub sts_endpoint: Option<String>,

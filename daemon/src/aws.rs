@@ -32,6 +32,9 @@ pub struct Clients {
     pub kinesis: aws_sdk_kinesis::Client,
     /// DynamoDB in the lease table's region, with the default credentials.
     pub dynamodb: aws_sdk_dynamodb::Client,
+    /// DynamoDB Streams in the stream's region, with Kinesis' credentials:
+    /// for a DynamoDB table's stream.
+    pub dynamodb_streams: aws_sdk_dynamodbstreams::Client,
     /// STS with the default credentials, for the caller's identity.
     pub sts: aws_sdk_sts::Client,
     /// The account of the assumed role, when Kinesis uses one.
@@ -152,6 +155,11 @@ pub async fn connect_with(
         }
     };
 
+    let mut dynamodb_streams = aws_sdk_dynamodbstreams::config::Builder::from(&base)
+        .credentials_provider(kinesis_credentials.clone());
+    if let Some(url) = &settings.aws.dynamodb_streams_endpoint {
+        dynamodb_streams = dynamodb_streams.endpoint_url(url);
+    }
     let mut kinesis = aws_sdk_kinesis::config::Builder::from(&base)
         .credentials_provider(kinesis_credentials)
         .interceptor(CountAttemptErrors);
@@ -179,6 +187,7 @@ pub async fn connect_with(
     Ok(Clients {
         kinesis: aws_sdk_kinesis::Client::from_conf(kinesis.build()),
         dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb.build()),
+        dynamodb_streams: aws_sdk_dynamodbstreams::Client::from_conf(dynamodb_streams.build()),
         sts: aws_sdk_sts::Client::from_conf(sts.build()),
         assumed_account: settings
             .aws

@@ -146,7 +146,7 @@ async fn stream_checks(report: &mut Report, settings: &Settings, clients: &crate
     } else {
         policy::role_placeholder(None)
     };
-    let stream = Stream::new(clients.kinesis.clone(), settings.stream_arn.clone());
+    let stream = Stream::open(clients, settings.stream_arn.clone());
     let kinesis_fix = |action: &str| {
         Fix {
         missing_action: action.to_owned(),
@@ -181,8 +181,14 @@ async fn stream_checks(report: &mut Report, settings: &Settings, clients: &crate
             s.status, s.open_shards, s.encryption
         )
     });
-    let stream_ok = kinesis(report, "DescribeStreamSummary", described.clone());
-    if stream_ok {
+    // A DynamoDB table's stream answers DescribeStream for all three.
+    let dynamodb = settings.stream_arn.is_dynamodb();
+    let (describe_check, list_check) = match dynamodb {
+        true => ("DescribeStream", "DescribeStream (shards)"),
+        false => ("DescribeStreamSummary", "ListShards"),
+    };
+    let stream_ok = kinesis(report, describe_check, described.clone());
+    if stream_ok && !dynamodb {
         let full = stream
             .describe_stream()
             .await
@@ -200,7 +206,7 @@ async fn stream_checks(report: &mut Report, settings: &Settings, clients: &crate
             .and_then(|s| s.iter().find(|s| !s.closed).or(s.first()))
             .map(|s| s.shard_id.clone());
         let listed = shards.map(|s| format!("{} shards", s.len()));
-        if kinesis(report, "ListShards", listed) {
+        if kinesis(report, list_check, listed) {
             if let Some(shard) = &first {
                 let iterator = stream.shard_iterator(shard, &StartAt::Latest).await;
                 let it = iterator.as_ref().ok().cloned();

@@ -13,6 +13,24 @@ pub const STREAM_READ_ACTIONS: [&str; 5] = [
     "kinesis:ListShards",
 ];
 
+/// Every action reading a DynamoDB table's stream needs, on the stream
+/// (what its resource policy can grant; AWS managed keys cannot be shared,
+/// so the table must use its own or a customer-managed key).
+pub const DYNAMODB_STREAM_READ_ACTIONS: [&str; 3] = [
+    "dynamodb:DescribeStream",
+    "dynamodb:GetRecords",
+    "dynamodb:GetShardIterator",
+];
+
+/// The actions reading `stream` needs.
+pub fn read_actions(stream: &StreamArn) -> &'static [&'static str] {
+    if stream.is_dynamodb() {
+        &DYNAMODB_STREAM_READ_ACTIONS
+    } else {
+        &STREAM_READ_ACTIONS
+    }
+}
+
 /// The statement the stream owner adds to the stream's resource policy.
 /// `principal` is the consumer's IAM role ARN (a role, never a function or
 /// user ARN: the console rejects those).
@@ -21,7 +39,7 @@ pub fn stream_read_statement(stream: &StreamArn, principal: &str) -> serde_json:
         "Sid": "kcld-cross-account-read",
         "Effect": "Allow",
         "Principal": { "AWS": principal },
-        "Action": STREAM_READ_ACTIONS,
+        "Action": read_actions(stream),
         "Resource": stream.to_string(),
     })
 }
@@ -217,7 +235,7 @@ pub fn policies(req: &PolicyRequest<'_>) -> serde_json::Value {
         "stream_resource_policy".into(),
         serde_json::json!({ "Version": "2012-10-17", "Statement": [stream_read_statement(req.stream, req.role_arn)] }),
     );
-    let mut read_actions: Vec<&str> = STREAM_READ_ACTIONS.to_vec();
+    let mut read_actions: Vec<&str> = read_actions(req.stream).to_vec();
     let mut read_resources = vec![stream.clone()];
     // A consumer by name: its ARN ends with the registration's timestamp,
     // unknown until it is registered.
@@ -301,7 +319,10 @@ pub fn policies(req: &PolicyRequest<'_>) -> serde_json::Value {
         owner,
         "stream owner",
         "stream_resource_policy -> stream-policy.json",
-        format!("aws kinesis put-resource-policy --region {region} --resource-arn {stream} --policy file://stream-policy.json"),
+        format!(
+            "aws {} put-resource-policy --region {region} --resource-arn {stream} --policy file://stream-policy.json",
+            if req.stream.is_dynamodb() { "dynamodb" } else { "kinesis" }
+        ),
     )];
     if let Some(consumer) = req.consumer_arn {
         commands.push(step(

@@ -99,10 +99,10 @@ impl Watch {
             });
             streams.push(Watched {
                 arn: one.stream_arn.to_string(),
-                stream: Stream::new(clients.kinesis, one.stream_arn.clone()),
+                stream: Stream::open(&clients, one.stream_arn.clone()),
                 scope: StreamScope {
                     account: one.stream_arn.account.clone(),
-                    stream_name: one.stream_arn.stream_name.clone(),
+                    stream_name: one.stream_arn.lease_stream_name(),
                     // Without describing the stream: the status of every
                     // lease of this stream name, the former streams'
                     // included.

@@ -25,6 +25,9 @@ pub struct EventContext {
     invoke_identity_arn: String,
     /// Everything after `eventID`'s value, preformatted.
     tail: Vec<u8>,
+    /// The records are DynamoDB stream records: written as they came, with
+    /// `eventSourceARN` added ([`write_dynamodb_record`]).
+    dynamodb: bool,
 }
 
 impl EventContext {
@@ -53,7 +56,25 @@ impl EventContext {
             event_source_arn,
             invoke_identity_arn,
             tail,
+            dynamodb: false,
         }
+    }
+
+    /// The context of a DynamoDB stream's records: Lambda's DynamoDB event
+    /// record shape, which has no `invokeIdentityArn`.
+    pub fn dynamodb(aws_region: impl Into<String>, event_source_arn: impl Into<String>) -> Self {
+        let mut ctx = EventContext::new(aws_region, event_source_arn, "");
+        ctx.tail.clear();
+        ctx.tail.extend_from_slice(br#","eventSourceARN":""#);
+        escape_into(&mut ctx.tail, &ctx.event_source_arn.clone());
+        ctx.tail.extend_from_slice(br#""}"#);
+        ctx.dynamodb = true;
+        ctx
+    }
+
+    /// Whether the records are a DynamoDB stream's.
+    pub fn is_dynamodb(&self) -> bool {
+        self.dynamodb
     }
 
     /// `awsRegion`: the stream's region.
@@ -76,6 +97,9 @@ impl EventContext {
 /// that many unless its key needs escaping): size a buffer for a batch once
 /// instead of letting it grow and copy.
 pub fn encoded_len(ctx: &EventContext, shard_id: &str, record: &Record) -> usize {
+    if ctx.dynamodb {
+        return record.data.len() + ctx.tail.len();
+    }
     // The constant parts and the numbers fit in 300 bytes.
     300 + ctx.tail.len()
         + record.partition_key.len()
@@ -88,6 +112,9 @@ pub fn encoded_len(ctx: &EventContext, shard_id: &str, record: &Record) -> usize
 /// The sinks size `out` once per batch with [`encoded_len`]; nothing is
 /// reserved here, so that the size is not worked out twice per record.
 pub fn write_record(out: &mut Vec<u8>, ctx: &EventContext, shard_id: &str, record: &Record) {
+    if ctx.dynamodb {
+        return write_dynamodb_record(out, ctx, record);
+    }
     let seq = record.sequence_number.as_str();
     out.extend_from_slice(br#"{"kinesis":{"kinesisSchemaVersion":"1.0","partitionKey":""#);
     escape_into(out, record.partition_key.as_str());
@@ -111,6 +138,28 @@ pub fn write_record(out: &mut Vec<u8>, ctx: &EventContext, shard_id: &str, recor
         let _ = write!(out, ":{}", record.sub_sequence_number);
     }
     out.extend_from_slice(&ctx.tail);
+}
+
+/// Appends a DynamoDB stream record (its JSON object as GetRecords returned
+/// it, [`crate::dynamodb`]) as Lambda's DynamoDB event record: the same
+/// object with `eventSourceARN` added at its end. The images stay the
+/// DynamoDB JSON they were.
+pub fn write_dynamodb_record(out: &mut Vec<u8>, ctx: &EventContext, record: &Record) {
+    let data = record.data.trim_ascii_end();
+    match data.split_last() {
+        Some((b'}', body)) => {
+            out.extend_from_slice(body);
+            // `{}`: nothing before the added field, so no comma.
+            let tail = if body.trim_ascii() == b"{" {
+                &ctx.tail[1..]
+            } else {
+                &ctx.tail[..]
+            };
+            out.extend_from_slice(tail);
+        }
+        // Not an object (never from the decoder): as it came.
+        _ => out.extend_from_slice(data),
+    }
 }
 
 /// Milliseconds since the epoch as seconds with a fraction, exactly as

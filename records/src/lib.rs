@@ -18,6 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kcld_checkpoint::{ExtendedSequenceNumber, SequenceNumber};
 
+pub mod dynamodb;
 pub mod getrecords;
 pub mod kpl;
 pub mod lambda;

@@ -34,6 +34,9 @@ pub struct Stack {
     pub kinesis_endpoint: String,
     pub kinesis_tls_endpoint: String,
     pub dynamodb_endpoint: String,
+    /// DynamoDB and DynamoDB Streams of the source tables (moto behind the
+    /// account relay): tables of any account, read by stream ARN.
+    pub streams_endpoint: String,
     pub ca_file: PathBuf,
     pub producer_account: String,
     pub producer_key: (String, String),
@@ -62,6 +65,7 @@ impl Stack {
             kinesis_endpoint: var("AWS_ENDPOINT_URL_KINESIS")?,
             kinesis_tls_endpoint: var("LOCALAWS_KINESIS_TLS_ENDPOINT")?,
             dynamodb_endpoint: var("AWS_ENDPOINT_URL_DYNAMODB")?,
+            streams_endpoint: var("AWS_ENDPOINT_URL_DYNAMODB_STREAMS")?,
             ca_file: var("LOCALAWS_CA_FILE")?.into(),
             producer_account: var("LOCALAWS_PRODUCER_ACCOUNT")?,
             producer_key: (
@@ -140,7 +144,109 @@ impl Stack {
                 "AWS_ENDPOINT_URL_DYNAMODB".into(),
                 self.dynamodb_endpoint.clone(),
             ),
+            (
+                "AWS_ENDPOINT_URL_DYNAMODB_STREAMS".into(),
+                self.streams_endpoint.clone(),
+            ),
         ])
+    }
+
+    /// DynamoDB as `account` in `region`, on the source tables' emulator.
+    pub async fn source_dynamodb(&self, account: &str, region: &str) -> aws_sdk_dynamodb::Client {
+        let conf = self
+            .sdk_config(&(account.to_owned(), "secret".to_owned()))
+            .await
+            .into_builder()
+            .region(Region::new(region.to_owned()))
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&conf)
+                .endpoint_url(&self.streams_endpoint)
+                .build(),
+        )
+    }
+
+    /// Creates a table `name` (string key `id`) with a stream of new and old
+    /// images, owned by `account` in `region`, and shares the stream with
+    /// the consumer role by its resource policy (the three actions a
+    /// reader needs). Returns the stream's ARN.
+    pub async fn create_table_stream_in(
+        &self,
+        account: &str,
+        region: &str,
+        name: &str,
+    ) -> Result<String> {
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+            StreamSpecification, StreamViewType,
+        };
+        let ddb = self.source_dynamodb(account, region).await;
+        let out = ddb
+            .create_table()
+            .table_name(name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("id")
+                    .key_type(KeyType::Hash)
+                    .build()?,
+            )
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("id")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()?,
+            )
+            .stream_specification(
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(StreamViewType::NewAndOldImages)
+                    .build()?,
+            )
+            .send()
+            .await
+            .with_context(|| format!("CreateTable {name}"))?;
+        let arn = out
+            .table_description
+            .and_then(|t| t.latest_stream_arn)
+            .context("CreateTable returned no stream ARN")?;
+        self.share_table_stream(account, region, &arn, &self.consumer_role_arn)
+            .await?;
+        Ok(arn)
+    }
+
+    /// Attaches a resource policy to the stream `arn` (as its owner) that
+    /// lets `principal` read it.
+    pub async fn share_table_stream(
+        &self,
+        account: &str,
+        region: &str,
+        arn: &str,
+        principal: &str,
+    ) -> Result<()> {
+        let policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Sid": "ShareStreamWithConsumer",
+                "Effect": "Allow",
+                "Principal": { "AWS": principal },
+                "Action": [
+                    "dynamodb:DescribeStream",
+                    "dynamodb:GetRecords",
+                    "dynamodb:GetShardIterator"
+                ],
+                "Resource": arn
+            }]
+        });
+        self.source_dynamodb(account, region)
+            .await
+            .put_resource_policy()
+            .resource_arn(arn)
+            .policy(policy.to_string())
+            .send()
+            .await
+            .with_context(|| format!("PutResourcePolicy {arn}"))?;
+        Ok(())
     }
 
     /// kcld's environment as the consumer account for `app` (its lease

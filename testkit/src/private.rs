@@ -63,6 +63,8 @@ impl PrivateStack {
                 free_port()?.to_string(),
             ),
             ("KCLD_STACK_PERSIST".to_owned(), "true".to_owned()),
+            // Kinesis and the lease table only.
+            ("KCLD_STACK_STREAMS".to_owned(), "false".to_owned()),
         ]);
         run(&vars, &["up"])?;
         let exported: HashMap<String, String> = run(&vars, &["env"])?

@@ -11,7 +11,7 @@ mod sink;
 mod streams;
 use sink::validate_http_sink;
 use streams::{
-    parse_stream_arn, required_arn, validate_assume_role, validate_fan_out,
+    check_dynamodb, parse_stream_arn, required_arn, validate_assume_role, validate_fan_out,
     validate_initial_position, validate_streams,
 };
 
@@ -103,6 +103,14 @@ pub(crate) fn validate(
             sink_url: None,
         }]
     };
+    for (i, stream) in streams.iter().enumerate() {
+        let prefix = if multi_stream {
+            format!("streams[{i}].")
+        } else {
+            String::new()
+        };
+        check_dynamodb(&prefix, stream)?;
+    }
     let store = match non_empty(raw.lease.store)
         .unwrap_or_else(|| "dynamodb".into())
         .as_str()
@@ -361,6 +369,11 @@ fn validate_aws(
         non_empty(raw.dynamodb_endpoint),
         "AWS_ENDPOINT_URL_DYNAMODB",
     )?;
+    let dynamodb_streams_endpoint = resolve(
+        "aws.dynamodb_streams_endpoint",
+        non_empty(raw.dynamodb_streams_endpoint),
+        "AWS_ENDPOINT_URL_DYNAMODB_STREAMS",
+    )?;
     let sts_endpoint = resolve(
         "aws.sts_endpoint",
         non_empty(raw.sts_endpoint),
@@ -413,6 +426,7 @@ fn validate_aws(
     Ok(AwsSettings {
         kinesis_endpoint,
         dynamodb_endpoint,
+        dynamodb_streams_endpoint,
         sts_endpoint,
         dynamodb_region,
         dynamodb_region_from,

@@ -254,3 +254,38 @@ pub(super) fn validate_streams(
     }
     Ok(streams)
 }
+
+/// What a DynamoDB table's stream cannot do: enhanced fan-out, and starting
+/// at a time (DynamoDB Streams has TRIM_HORIZON and LATEST only).
+pub(super) fn check_dynamodb(prefix: &str, stream: &StreamSettings) -> Result<(), ConfigError> {
+    if !stream.arn.is_dynamodb() {
+        return Ok(());
+    }
+    if let Some(f) = &stream.fan_out {
+        return Err(ConfigError::key(
+            &format!(
+                "{prefix}{}",
+                match f.consumer {
+                    FanOutConsumer::Arn(_) => "consumer_arn",
+                    FanOutConsumer::Name(_) => "consumer_name",
+                }
+            ),
+            format!(
+                "is set for the DynamoDB stream {}, which has no enhanced fan-out",
+                stream.arn
+            ),
+            "remove it: kcld reads DynamoDB streams with GetRecords",
+        ));
+    }
+    if matches!(stream.initial_position, InitialPosition::AtTimestamp { .. }) {
+        return Err(ConfigError::key(
+            &format!("{prefix}initial_position"),
+            format!(
+                "AT_TIMESTAMP is not a position of the DynamoDB stream {}",
+                stream.arn
+            ),
+            "use TRIM_HORIZON (the oldest change kept, up to 24 hours) or LATEST",
+        ));
+    }
+    Ok(())
+}

@@ -105,7 +105,10 @@ impl PollingReader {
             };
             let started = Instant::now();
             self.last_call = Some(started);
-            let result = self.stream.get_records(&iterator, self.max_records).await;
+            let result = self
+                .stream
+                .get_shard_records(Some(&self.unpacker.shard_id), &iterator, self.max_records)
+                .await;
             let shard = self.unpacker.labels.get();
             metrics::counter!("kcld_getrecords_calls_total", shard.clone()).increment(1);
             metrics::histogram!("kcld_getrecords_duration_seconds", shard.clone())

@@ -3,7 +3,8 @@
 //! [`error`] classifies Kinesis errors into what the caller should do about
 //! them; [`capture`] hands GetRecords bodies to kcld's own decoder;
 //! [`direct`] sends GetRecords without the SDK's orchestration once the
-//! first call showed the transport and endpoint.
+//! first call showed the transport and endpoint; [`dynamodb`] makes the
+//! same calls on a DynamoDB table's stream.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use kcld_lease::ShardSpec;
 mod capture;
 mod consumer;
 mod direct;
+mod dynamodb;
 mod error;
 
 use capture::CaptureBody;
@@ -84,6 +86,9 @@ pub struct Stream {
     /// The `stream` label of its shards' series, when several streams are
     /// read ([`crate::ops::ShardLabels`]).
     metric_label: Option<Arc<str>>,
+    /// Set for a DynamoDB table's stream: every call goes to DynamoDB
+    /// Streams.
+    dynamodb: Option<dynamodb::DynamoDbStream>,
 }
 
 impl Stream {
@@ -96,6 +101,19 @@ impl Stream {
             arn_text,
             direct: Arc::default(),
             metric_label: None,
+            dynamodb: None,
+        }
+    }
+
+    /// The stream at `arn`, a Kinesis stream or a DynamoDB table's stream,
+    /// read with `clients`.
+    pub fn open(clients: &crate::aws::Clients, arn: StreamArn) -> Self {
+        let dynamodb = arn.is_dynamodb().then(|| dynamodb::DynamoDbStream {
+            client: clients.dynamodb_streams.clone(),
+        });
+        Stream {
+            dynamodb,
+            ..Stream::new(clients.kinesis.clone(), arn)
         }
     }
 
@@ -124,6 +142,9 @@ impl Stream {
     /// DescribeStreamSummary, retried while throttled (its limit, 20 calls
     /// per second per account, is shared with every other reader).
     pub async fn describe(&self) -> Result<StreamSummary, KinesisError> {
+        if let Some(d) = &self.dynamodb {
+            return d.describe(&self.arn).await;
+        }
         let mut throttled = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let out = loop {
             let result = self
@@ -163,6 +184,9 @@ impl Stream {
     /// Every shard the stream still has (open and closed), following
     /// pagination. `page_size` is ListShards' MaxResults (1 to 10,000).
     pub async fn list_shards(&self, page_size: i32) -> Result<Vec<ShardSpec>, KinesisError> {
+        if let Some(d) = &self.dynamodb {
+            return d.list_shards(&self.arn).await;
+        }
         let mut shards = Vec::new();
         let mut next: Option<String> = None;
         let mut throttled = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -207,6 +231,9 @@ impl Stream {
         shard_id: &str,
         at: &StartAt,
     ) -> Result<String, KinesisError> {
+        if let Some(d) = &self.dynamodb {
+            return d.shard_iterator(&self.arn, shard_id, at).await;
+        }
         let mut req = self
             .client
             .get_shard_iterator()
@@ -239,6 +266,9 @@ impl Stream {
     /// DescribeStream, so the owner's policy grants it and `kcld doctor`
     /// checks it (an application moving back to the KCL needs it).
     pub async fn describe_stream(&self) -> Result<String, KinesisError> {
+        if let Some(d) = &self.dynamodb {
+            return d.describe(&self.arn).await.map(|s| s.status);
+        }
         let out = self
             .client
             .describe_stream()
@@ -263,6 +293,21 @@ impl Stream {
         iterator: &str,
         limit: i32,
     ) -> Result<getrecords::Response, KinesisError> {
+        self.get_shard_records(None, iterator, limit).await
+    }
+
+    /// [`Stream::get_records`] on `shard_id`'s iterator: at the end of a
+    /// DynamoDB stream's shard its children come with the response, as
+    /// Kinesis sends them.
+    pub async fn get_shard_records(
+        &self,
+        shard_id: Option<&str>,
+        iterator: &str,
+        limit: i32,
+    ) -> Result<getrecords::Response, KinesisError> {
+        if let Some(d) = &self.dynamodb {
+            return d.get_records(&self.arn, shard_id, iterator, limit).await;
+        }
         if let Some(direct) = self.direct.get() {
             return direct
                 .get_records(&self.arn, &self.arn_text, iterator, limit)

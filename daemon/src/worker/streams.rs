@@ -68,7 +68,7 @@ impl StreamRun {
 
 /// Describes one stream and resolves its fan-out consumer.
 pub(super) async fn open_stream(settings: Settings, clients: &aws::Clients) -> Result<StreamRun> {
-    let stream = Stream::new(clients.kinesis.clone(), settings.stream_arn.clone());
+    let stream = Stream::open(clients, settings.stream_arn.clone());
     let summary = stream.describe().await?;
     tracing::info!(
         stream = %settings.stream_arn,
@@ -97,7 +97,7 @@ pub(super) async fn open_stream(settings: Settings, clients: &aws::Clients) -> R
     };
     let scope = StreamScope {
         account: settings.stream_arn.account.clone(),
-        stream_name: settings.stream_arn.stream_name.clone(),
+        stream_name: settings.stream_arn.lease_stream_name(),
         creation_epoch: summary.creation_epoch,
     };
     Ok(StreamRun {
