@@ -36,7 +36,18 @@ async fn change_items(
     tag: &str,
     n: usize,
 ) -> BTreeMap<String, Vec<&'static str>> {
-    let ddb = stack.source_dynamodb(OWNER.0, OWNER.1).await;
+    change_items_of(stack, OWNER, table, tag, n).await
+}
+
+/// [`change_items`] on a table of `owner` (account, region).
+async fn change_items_of(
+    stack: &Stack,
+    owner: (&str, &str),
+    table: &str,
+    tag: &str,
+    n: usize,
+) -> BTreeMap<String, Vec<&'static str>> {
+    let ddb = stack.source_dynamodb(owner.0, owner.1).await;
     let mut expected: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
     for i in 0..n {
         let id = format!("{tag}-{i:04}");
@@ -345,4 +356,239 @@ async fn a_malformed_dynamodb_stream_arn_is_one_clear_config_error() {
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.contains(says) && err.contains("DynamoDB"), "{err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_kcld_prints_is_what_the_owner_attaches_and_doctor_checks_it() {
+    let stack = Stack::from_env().unwrap();
+    let table = unique_name("policy");
+    let arn = stack
+        .create_table_stream_in(OWNER.0, OWNER.1, &table)
+        .await
+        .unwrap();
+    // Not shared with this consumer yet.
+    stack
+        .share_table_stream(
+            OWNER.0,
+            OWNER.1,
+            &arn,
+            "arn:aws:iam::999999999999:role/other",
+        )
+        .await
+        .unwrap();
+    let sts = kcld_testkit::sts::Identity::start().await.unwrap();
+    let mut env = kcld_env(&stack, &arn, &unique_name("doctor"));
+    env.insert("AWS_ENDPOINT_URL_STS".into(), sts.url());
+    let checks = kcld_testkit::doctor_checks(KCLD, &env).await.unwrap();
+    let describe = checks
+        .iter()
+        .find(|c| c["check"] == "DescribeStream")
+        .unwrap_or_else(|| panic!("{checks:#?}"));
+    assert_eq!(describe["ok"], false, "{describe:#}");
+    assert_eq!(describe["fix"]["missing_action"], "dynamodb:DescribeStream");
+    assert!(
+        describe["fix"]["fixed_by"]
+            .as_str()
+            .unwrap()
+            .contains(OWNER.0),
+        "{describe:#}"
+    );
+
+    // The owner attaches what `kcld policy` prints, with the command it
+    // names; doctor then passes every stream check.
+    let out = tokio::process::Command::new(KCLD)
+        .args(["policy", "--stream-arn", &arn, "--consumer-role-arn"])
+        .arg(&stack.consumer_role_arn)
+        .args(["--lease-table", "app"])
+        .env_clear()
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let command = doc["commands"][0]["command"].as_str().unwrap();
+    assert!(
+        command.starts_with(&format!(
+            "aws dynamodb put-resource-policy --region {}",
+            OWNER.1
+        )),
+        "{command}"
+    );
+    stack
+        .source_dynamodb(OWNER.0, OWNER.1)
+        .await
+        .put_resource_policy()
+        .resource_arn(&arn)
+        .policy(doc["stream_resource_policy"].to_string())
+        .send()
+        .await
+        .unwrap();
+    let out = tokio::process::Command::new(KCLD)
+        .args(["doctor", "--json"])
+        .env_clear()
+        .envs(&env)
+        .output()
+        .await
+        .unwrap();
+    let checks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    for name in [
+        "DescribeStream",
+        "DescribeStream (shards)",
+        "GetShardIterator",
+        "GetRecords",
+    ] {
+        let check = checks
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {checks:#?}"));
+        assert_eq!(check["ok"], true, "{check:#}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beside_a_kinesis_stream_with_the_adapters_multi_stream_leases() {
+    let s = |v: &str| AttributeValue::S(v.to_owned());
+    let n = |v: i64| AttributeValue::N(v.to_string());
+    let stack = Stack::from_env().unwrap();
+    let app = unique_name("ddbmulti-app");
+    stack.create_table(&app, "leaseKey").await.unwrap();
+    // Two tables' streams and a Kinesis stream, one application.
+    let resumed_table = unique_name("resumed");
+    let resumed = stack
+        .create_table_stream_in(OWNER.0, OWNER.1, &resumed_table)
+        .await
+        .unwrap();
+    let fresh_table = unique_name("fresh");
+    let fresh = stack
+        .create_table_stream_in("333333333333", "us-east-1", &fresh_table)
+        .await
+        .unwrap();
+    let kinesis = stack
+        .create_stream_in("444444444444", "us-east-1", &unique_name("beside"), 1)
+        .await
+        .unwrap();
+
+    // The first table's changes; the KCL's DynamoDB Streams adapter (2.x,
+    // multi-stream mode) checkpointed half of them before it stopped.
+    let first = change_items(&stack, &resumed_table, "r", 20).await;
+    let probe = {
+        let mut env = stack.consumer_env();
+        env.insert("KCLD_APPLICATION_NAME".into(), unique_name("probe"));
+        env.insert("KCLD_STREAM_ARN".into(), resumed.clone());
+        env.insert("KCLD_INITIAL_POSITION".into(), "TRIM_HORIZON".into());
+        env.insert("KCLD_LEASE__STORE".into(), "memory".into());
+        let mut k = Kcld::spawn(KCLD, &["run"], &env).unwrap();
+        let lines = k.take_lines(count(&first), Duration::from_secs(60)).await;
+        k.stop_cleanly(Duration::from_secs(25)).await;
+        events(&lines)
+    };
+    assert_eq!(probe.len(), count(&first));
+    let half = probe.len() / 2;
+    let checkpoint = probe[half - 1].2.clone();
+    let shards = stack.table_stream_shards(&resumed).await.unwrap();
+    let [shard] = shards.as_slice() else {
+        panic!("one shard expected: {shards:?}");
+    };
+    let shard = shard.clone();
+    let label = resumed.rsplit("/stream/").next().unwrap().replace(':', "_");
+    let stream_id = format!(
+        "{}:{}${}${}${}:1",
+        OWNER.0, OWNER.1, OWNER.0, resumed_table, label
+    );
+    stack
+        .consumer_dynamodb()
+        .await
+        .put_item()
+        .table_name(&app)
+        .set_item(Some(HashMap::from([
+            ("leaseKey".into(), s(&format!("{stream_id}:{shard}"))),
+            ("leaseCounter".into(), n(31)),
+            ("leaseOwner".into(), s("adapter-worker-gone")),
+            ("checkpoint".into(), s(&checkpoint)),
+            ("checkpointSubSequenceNumber".into(), n(0)),
+            ("ownerSwitchesSinceCheckpoint".into(), n(0)),
+            ("startingHashKey".into(), s("0")),
+            ("endingHashKey".into(), s("1")),
+            ("streamName".into(), s(&stream_id)),
+            ("shardId".into(), s(&shard)),
+        ])))
+        .send()
+        .await
+        .unwrap();
+    let second =
+        change_items_of(&stack, ("333333333333", "us-east-1"), &fresh_table, "f", 10).await;
+    stack
+        .put_records(&kinesis, &[("k".to_owned(), b"kinesis record".to_vec())])
+        .await
+        .unwrap();
+
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        format!(
+            "application_name = \"{app}\"\ninitial_position = \"TRIM_HORIZON\"\n\
+             [polling]\nidle_time_between_reads_ms = 200\n[lease]\nfailover_time_ms = 3000\n\
+             [[streams]]\narn = \"{resumed}\"\n[[streams]]\narn = \"{fresh}\"\n\
+             [[streams]]\narn = \"{kinesis}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut env = stack.consumer_env();
+    env.insert("KCLD_WORKER_ID".into(), "kcld-1".into());
+    let mut kcld = Kcld::spawn(
+        KCLD,
+        &["--config", config.path().to_str().unwrap(), "run"],
+        &env,
+    )
+    .unwrap();
+    let expected = probe.len() - half + count(&second) + 1;
+    let lines = kcld.take_lines(expected, Duration::from_secs(90)).await;
+    assert_eq!(lines.len(), expected, "{}", kcld.stderr_text());
+    assert!(kcld.drain_for(Duration::from_secs(2)).await.is_empty());
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
+
+    // The first table resumed after the adapter's checkpoint; the second
+    // from its start; each record names its own stream.
+    let mut from_resumed = Vec::new();
+    let mut from_fresh = 0;
+    let mut from_kinesis = 0;
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        match v["eventSourceARN"].as_str().unwrap() {
+            a if a == resumed => {
+                from_resumed.push(v["dynamodb"]["SequenceNumber"].as_str().unwrap().to_owned())
+            }
+            a if a == fresh => from_fresh += 1,
+            a if a == kinesis => from_kinesis += 1,
+            other => panic!("from {other}: {line}"),
+        }
+    }
+    let after: Vec<String> = probe[half..].iter().map(|e| e.2.clone()).collect();
+    assert_eq!(
+        from_resumed, after,
+        "not resumed right after the adapter's checkpoint"
+    );
+    assert_eq!(from_fresh, count(&second));
+    assert_eq!(from_kinesis, 1);
+
+    // kcld's own lease of the second table has the adapter's key and
+    // attributes; the Kinesis stream's the KCL's multi-stream key.
+    let items = stack.scan_table(&app).await.unwrap();
+    let fresh_label = fresh.rsplit("/stream/").next().unwrap().replace(':', "_");
+    let fresh_id = format!("333333333333:us-east-1$333333333333${fresh_table}${fresh_label}:1");
+    let item = items
+        .iter()
+        .find(|i| i["leaseKey"].as_s().unwrap().starts_with(&fresh_id))
+        .unwrap_or_else(|| panic!("no {fresh_id} lease: {items:#?}"));
+    assert_eq!(item["streamName"].as_s().unwrap(), &fresh_id);
+    assert_eq!(item["shardId"].as_s().unwrap(), &shard);
+    assert_eq!(item["startingHashKey"].as_s().unwrap(), "0");
+    assert_eq!(item["endingHashKey"].as_s().unwrap(), "1");
+    assert_eq!(items.len(), 3, "{items:#?}");
 }

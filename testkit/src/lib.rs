@@ -215,6 +215,40 @@ impl Stack {
         Ok(arn)
     }
 
+    /// The shard ids of the table stream `arn`, as its owner lists them.
+    pub async fn table_stream_shards(&self, arn: &str) -> Result<Vec<String>> {
+        let parts: Vec<&str> = arn.split(':').collect();
+        let (Some(region), Some(account)) = (parts.get(3), parts.get(4)) else {
+            bail!("not a stream ARN: {arn}");
+        };
+        let conf = self
+            .sdk_config(&(account.to_string(), "secret".to_owned()))
+            .await
+            .into_builder()
+            .region(Region::new(region.to_string()))
+            .build();
+        let streams = aws_sdk_dynamodbstreams::Client::from_conf(
+            aws_sdk_dynamodbstreams::config::Builder::from(&conf)
+                .endpoint_url(&self.streams_endpoint)
+                .build(),
+        );
+        let out = streams
+            .describe_stream()
+            .stream_arn(arn)
+            .send()
+            .await
+            .with_context(|| format!("DescribeStream {arn}"))?;
+        Ok(out
+            .stream_description
+            .map(|d| {
+                d.shards()
+                    .iter()
+                    .filter_map(|s| s.shard_id().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// Attaches a resource policy to the stream `arn` (as its owner) that
     /// lets `principal` read it.
     pub async fn share_table_stream(

@@ -187,9 +187,11 @@ impl DynamoDbStream {
             StartAt::AfterSequence(seq) => {
                 (ShardIteratorType::AfterSequenceNumber, Some(seq.clone()))
             }
-            StartAt::AtTimestamp { .. } => return Err(KinesisError::Other(format!(
+            StartAt::AtTimestamp { .. } => {
+                return Err(KinesisError::Other(format!(
                 "{arn}: DynamoDB Streams has no AT_TIMESTAMP position; use TRIM_HORIZON or LATEST"
-            ))),
+            )))
+            }
         };
         let result = self
             .client
