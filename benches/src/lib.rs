@@ -391,3 +391,127 @@ pub mod pipeline {
         })
     }
 }
+
+/// DynamoDB Streams GetRecords bodies and the AWS SDK's deserializer of
+/// them (no network: a canned HTTP client).
+pub mod dynamodb {
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use rand::{Rng, SeedableRng};
+
+    /// A GetRecords body of `count` MODIFY records with NEW_AND_OLD_IMAGES,
+    /// each image about `image_bytes` of DynamoDB JSON (strings, numbers, a
+    /// map and a list), as the service writes it.
+    pub fn body(count: usize, image_bytes: usize, seed: u64) -> Bytes {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut text = |n: usize| -> String {
+            (0..n)
+                .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+                .collect()
+        };
+        let records: Vec<serde_json::Value> = (0..count)
+            .map(|i| {
+                let image = |version: u32, text: &mut dyn FnMut(usize) -> String| {
+                    serde_json::json!({
+                        "id": {"S": format!("order-{i:06}")},
+                        "version": {"N": version.to_string()},
+                        "status": {"S": "shipped"},
+                        "total": {"N": "1234.56"},
+                        "note": {"S": text(image_bytes.saturating_sub(300) / 2)},
+                        "address": {"M": {
+                            "street": {"S": text(24)},
+                            "city": {"S": text(12)},
+                            "zip": {"S": "12345"}
+                        }},
+                        "tags": {"L": [{"S": "a"}, {"S": "b"}, {"N": "3"}]},
+                        "lines": {"SS": [text(10), text(10)]},
+                        "comment": {"S": text(image_bytes.saturating_sub(300) / 2)}
+                    })
+                };
+                serde_json::json!({
+                    "eventID": format!("{:032x}", i),
+                    "eventName": "MODIFY",
+                    "eventVersion": "1.1",
+                    "eventSource": "aws:dynamodb",
+                    "awsRegion": "us-east-1",
+                    "dynamodb": {
+                        "ApproximateCreationDateTime": 1_709_100_911 + i as i64,
+                        "Keys": {"id": {"S": format!("order-{i:06}")}},
+                        "NewImage": image(2, &mut text),
+                        "OldImage": image(1, &mut text),
+                        "SequenceNumber": format!("{}", 4_421_584_500_000_000_017_450_439_091u128 + i as u128),
+                        "SizeBytes": 2 * image_bytes,
+                        "StreamViewType": "NEW_AND_OLD_IMAGES"
+                    }
+                })
+            })
+            .collect();
+        Bytes::from(
+            serde_json::to_vec(&serde_json::json!({
+                "Records": records,
+                "NextShardIterator": "arn:aws:dynamodb:us-east-1:111111111111:table/orders/stream/2026-12-07T09:12:57.169|1|AAAAAAAAAA".repeat(2)
+            }))
+            .unwrap_or_default(),
+        )
+    }
+
+    /// The SDK's DynamoDB Streams GetRecords: request building, signing and
+    /// its deserializer (attribute-value trees for every image) all run.
+    pub struct SdkDecoder {
+        runtime: tokio::runtime::Runtime,
+        client: aws_sdk_dynamodbstreams::Client,
+        body: Arc<Mutex<Bytes>>,
+    }
+
+    impl SdkDecoder {
+        pub fn new() -> Self {
+            let body = Arc::new(Mutex::new(Bytes::new()));
+            let canned = body.clone();
+            let http = aws_smithy_http_client::test_util::infallible_client_fn(move |_req| {
+                let b = canned.lock().map(|b| b.clone()).unwrap_or_default();
+                let mut response = http::Response::new(aws_smithy_types::body::SdkBody::from(b));
+                response.headers_mut().insert(
+                    "content-type",
+                    http::HeaderValue::from_static("application/x-amz-json-1.0"),
+                );
+                response
+            });
+            let config = aws_sdk_dynamodbstreams::Config::builder()
+                .behavior_version(aws_sdk_dynamodbstreams::config::BehaviorVersion::latest())
+                .region(aws_sdk_dynamodbstreams::config::Region::new("us-east-1"))
+                .credentials_provider(aws_credential_types::Credentials::new(
+                    "AKID", "SECRET", None, None, "bench",
+                ))
+                .http_client(http)
+                .build();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
+            SdkDecoder {
+                runtime,
+                client: aws_sdk_dynamodbstreams::Client::from_conf(config),
+                body,
+            }
+        }
+
+        /// Decodes `body` the SDK's way; returns how many records.
+        pub fn decode(&self, body: Bytes) -> usize {
+            if let Ok(mut slot) = self.body.lock() {
+                *slot = body;
+            }
+            self.runtime
+                .block_on(self.client.get_records().shard_iterator("iterator").send())
+                .unwrap_or_else(|e| panic!("SDK GetRecords: {e:?}"))
+                .records
+                .map_or(0, |r| r.len())
+        }
+    }
+
+    impl Default for SdkDecoder {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+}
