@@ -592,3 +592,92 @@ async fn beside_a_kinesis_stream_with_the_adapters_multi_stream_leases() {
     assert_eq!(item["endingHashKey"].as_s().unwrap(), "1");
     assert_eq!(items.len(), 3, "{items:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_roll_overs_keep_each_items_changes_in_order_parent_before_child() {
+    let stack = Stack::from_env().unwrap();
+    let table = unique_name("rolling");
+    let arn = stack
+        .create_table_stream_in(OWNER.0, OWNER.1, &table)
+        .await
+        .unwrap();
+    let app = unique_name("rolling-app");
+    let mut env = kcld_env(&stack, &arn, &app);
+    env.insert("KCLD_LEASE__SHARD_SYNC_INTERVAL_MS".into(), "1000".into());
+    let mut kcld = Kcld::spawn(KCLD, &["run"], &env).unwrap();
+    let ddb = stack.source_dynamodb(OWNER.0, OWNER.1).await;
+    let mut expected = change_items(&stack, &table, "k", 20).await;
+    let mut lines = kcld
+        .take_lines(count(&expected), Duration::from_secs(60))
+        .await;
+    assert_eq!(lines.len(), count(&expected), "{}", kcld.stderr_text());
+
+    // Twice: the open shard rolls over, then every item changes again (the
+    // new version lands in the child shard).
+    let mut closed = Vec::new();
+    let mut open = String::new();
+    for version in 3..=4 {
+        let (parent, _, child) = stack.rollover_table_stream(&arn).await.unwrap();
+        closed.push(parent);
+        open = child;
+        for (id, changes) in expected.iter_mut() {
+            if changes.last() == Some(&"REMOVE") {
+                continue;
+            }
+            ddb.update_item()
+                .table_name(&table)
+                .key("id", AttributeValue::S(id.clone()))
+                .update_expression("SET v = :v")
+                .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
+                .send()
+                .await
+                .unwrap();
+            changes.push("MODIFY");
+        }
+        let more = kcld.take_lines(16, Duration::from_secs(60)).await;
+        assert_eq!(more.len(), 16, "{}", kcld.stderr_text());
+        lines.extend(more);
+    }
+    assert!(kcld.drain_for(Duration::from_secs(2)).await.is_empty());
+
+    // Each item's changes once and in order: its versions only go up.
+    let mut per_key: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+    let mut versions: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut sequences = HashSet::new();
+    for (key, name, seq, v) in events(&lines) {
+        assert!(sequences.insert(seq), "twice: {v}");
+        if let Some(n) = v["dynamodb"]["NewImage"]["v"]["N"].as_str() {
+            versions
+                .entry(key.clone())
+                .or_default()
+                .push(n.parse().unwrap());
+        }
+        per_key.entry(key).or_default().push(match name.as_str() {
+            "INSERT" => "INSERT",
+            "MODIFY" => "MODIFY",
+            _ => "REMOVE",
+        });
+    }
+    assert_eq!(per_key, expected);
+    for (key, seen) in &versions {
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{key}: {seen:?}");
+    }
+    // Both closed shards were read to their end (SHARD_END, or their lease
+    // removed once the child went on); the last open shard is being read.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let checkpoints = stack.checkpoints(&app).await;
+        let finished = closed
+            .iter()
+            .all(|shard| checkpoints.get(shard).is_none_or(|(c, _)| c == "SHARD_END"));
+        let reading = checkpoints
+            .get(&open)
+            .is_some_and(|(c, _)| c.chars().all(|d| d.is_ascii_digit()));
+        if finished && reading {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{checkpoints:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
+}

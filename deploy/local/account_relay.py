@@ -23,6 +23,15 @@ resource policy cannot be put on a stream ARN. This relay:
 Anything else (other services, bodies that are not JSON) passes through in
 the caller's account.
 
+moto's streams have one shard that never closes. To test what a reader does
+when DynamoDB rolls a stream's shard over (every few hours on AWS), a
+`POST /_relay/rollover` with `{"StreamArn": ...}` closes the stream's open
+shard at its last record and opens a child after it: the relay then shows
+DescribeStream the shards it made (parents with their ending sequence
+number; the CHILD_SHARDS filter works), positions iterators of each on
+moto's one shard, keeps a closed shard's records to its range and ends its
+reads (no NextShardIterator) once its last record was read.
+
     account_relay.py --listen 127.0.0.1:PORT --upstream http://127.0.0.1:MOTO_PORT
 """
 
@@ -45,13 +54,18 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 
 
 class State:
-    """Policies by resource ARN, and the stream each iterator reads."""
+    """Policies by resource ARN, the stream each iterator reads, and the
+    shards made by roll-overs."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.policies = {}
         self.revisions = {}
         self.iterators = {}
+        # stream ARN -> [{"id", "parent", "start" (after), "end"}], oldest first
+        self.shards = {}
+        # moto's iterator -> (virtual shard, the sequence number read up to)
+        self.positions = {}
 
     def policy(self, arn):
         with self.lock:
@@ -82,6 +96,16 @@ class State:
 
 
 STATE = State()
+
+
+def seq_key(seq):
+    return (len(seq), seq)
+
+
+def shard_ids(arn, n):
+    """Shard ids in DynamoDB's shape, distinct per stream and roll-over."""
+    base = int(uuid.uuid5(uuid.NAMESPACE_URL, arn).int % 10**12)
+    return f"shardId-{base + n:020d}-{uuid.uuid5(uuid.NAMESPACE_URL, f'{arn}/{n}').hex[:8]}"
 
 
 def caller_account(headers):
@@ -172,9 +196,67 @@ class Relay(http.server.BaseHTTPRequestHandler):
     def do_PUT(self):
         self.do_POST()
 
+    def moto_call(self, arn, target, body):
+        """One call to moto, in the account and region of the stream `arn`;
+        the answer as JSON."""
+        url = urllib.parse.urlsplit(self.upstream)
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+        region, account = ARN.match(arn).group(1), ARN.match(arn).group(2)
+        headers = {
+            "Content-Type": "application/x-amz-json-1.0",
+            "X-Amz-Target": target,
+            "x-moto-account-id": account,
+            "Authorization": f"AWS4-HMAC-SHA256 Credential={account}/20260101/{region}/dynamodb/aws4_request, SignedHeaders=host, Signature=0",
+        }
+        try:
+            conn.request("POST", "/", body=json.dumps(body).encode(), headers=headers)
+            return json.loads(conn.getresponse().read() or b"{}")
+        finally:
+            conn.close()
+
+    def rollover(self, raw):
+        arn = json.loads(raw or b"{}").get("StreamArn", "")
+        match = ARN.match(arn)
+        if not match:
+            return self.error(400, "ValidationException", "rollover: StreamArn missing")
+        account = match.group(2)
+        real = self.moto_call(arn, "DynamoDBStreams_20120810.DescribeStream", {"StreamArn": arn})
+        real_shard = real["StreamDescription"]["Shards"][0]["ShardId"]
+        # The stream's last record: read the one shard to its tip.
+        it = self.moto_call(arn, "DynamoDBStreams_20120810.GetShardIterator",
+                            {"StreamArn": arn, "ShardId": real_shard, "ShardIteratorType": "TRIM_HORIZON"})["ShardIterator"]
+        last = None
+        while True:
+            out = self.moto_call(arn, "DynamoDBStreams_20120810.GetRecords", {"ShardIterator": it, "Limit": 1000})
+            records = out.get("Records", [])
+            if records:
+                last = records[-1]["dynamodb"]["SequenceNumber"]
+            if not records or not out.get("NextShardIterator"):
+                break
+            it = out["NextShardIterator"]
+        with STATE.lock:
+            shards = STATE.shards.setdefault(arn, [])
+            if not shards:
+                # The first shard is moto's own: readers already on it go on.
+                shards.append({"id": real_shard, "parent": None, "start": None, "end": None, "real": real_shard})
+            open_shard = shards[-1]
+            # An empty shard closes where its parent did.
+            open_shard["end"] = last or open_shard["start"] or "0"
+            child = {"id": shard_ids(arn, len(shards)), "parent": open_shard["id"],
+                     "start": open_shard["end"], "end": None, "real": real_shard}
+            shards.append(child)
+            answer = {"Closed": open_shard["id"], "EndingSequenceNumber": open_shard["end"], "Opened": child["id"]}
+        self.reply(200, answer)
+
+    def virtual(self, arn):
+        with STATE.lock:
+            return [dict(s) for s in STATE.shards.get(arn, [])]
+
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        if self.path.startswith("/_relay/rollover"):
+            return self.rollover(raw)
         caller = caller_account(self.headers)
         target = self.headers.get("X-Amz-Target", "")
         try:
@@ -209,9 +291,87 @@ class Relay(http.server.BaseHTTPRequestHandler):
             if not allowed(STATE.policy(arn), caller, action, arn):
                 return self.error(400, "AccessDeniedException",
                                   f"User: arn:aws:sts::{caller}:assumed-role/caller is not authorized to perform: {action} on resource: {arn} because no resource-based policy allows the {action} action")
-        self.forward(raw, owner, stream_arn=arn if operation in ("GetShardIterator", "GetRecords") else None)
+        shards = self.virtual(arn) if arn and "/stream/" in arn else []
+        if shards and operation in ("DescribeStream", "GetShardIterator", "GetRecords"):
+            return self.rolled(operation, body, owner, arn, shards)
+        self.forward(raw, owner, stream_arn=arn if operation in ("GetShardIterator", "GetRecords") else None,
+                     request=(operation, body))
 
-    def forward(self, raw, account, answer=True, stream_arn=None):
+    def rolled(self, operation, body, owner, arn, shards):
+        """A call on a stream whose shard was rolled over (see the module)."""
+        by_id = {s["id"]: s for s in shards}
+        if operation == "DescribeStream":
+            out = self.moto_call(arn, "DynamoDBStreams_20120810.DescribeStream", {"StreamArn": arn})
+            listed = shards
+            wanted = body.get("ShardFilter") or {}
+            if wanted.get("Type") == "CHILD_SHARDS":
+                listed = [s for s in shards if s["parent"] == wanted.get("ShardId")]
+            after = body.get("ExclusiveStartShardId")
+            if after in by_id:
+                listed = listed[[s["id"] for s in listed].index(after) + 1:] if after in [s["id"] for s in listed] else listed
+            out["StreamDescription"]["Shards"] = [
+                {k: v for k, v in {
+                    "ShardId": s["id"],
+                    "ParentShardId": s["parent"],
+                    "SequenceNumberRange": {k2: v2 for k2, v2 in {
+                        "StartingSequenceNumber": s["start"] or "0",
+                        "EndingSequenceNumber": s["end"],
+                    }.items() if v2 is not None},
+                }.items() if v is not None}
+                for s in listed
+            ]
+            out["StreamDescription"].pop("LastEvaluatedShardId", None)
+            return self.reply(200, out)
+        if operation == "GetShardIterator":
+            shard = by_id.get(body.get("ShardId"))
+            if shard is None:
+                return self.error(400, "ResourceNotFoundException", f"Requested resource not found: Shard: {body.get('ShardId')} in Stream: {arn}")
+            kind = body.get("ShardIteratorType")
+            seq = body.get("SequenceNumber")
+            request = {"StreamArn": arn, "ShardId": shard["real"], "ShardIteratorType": kind}
+            position = None
+            if kind in ("AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER"):
+                request["SequenceNumber"] = seq
+                position = seq if kind == "AFTER_SEQUENCE_NUMBER" else None
+            elif kind == "TRIM_HORIZON" and shard["start"]:
+                request = {"StreamArn": arn, "ShardId": shard["real"],
+                           "ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": shard["start"]}
+                position = shard["start"]
+            out = self.moto_call(arn, "DynamoDBStreams_20120810.GetShardIterator", request)
+            iterator = out.get("ShardIterator")
+            with STATE.lock:
+                STATE.positions[iterator] = (arn, shard["id"], position)
+            STATE.remember(iterator, arn)
+            return self.reply(200, {"ShardIterator": iterator})
+        # GetRecords
+        iterator = body.get("ShardIterator")
+        with STATE.lock:
+            known = STATE.positions.get(iterator)
+        out = self.moto_call(arn, "DynamoDBStreams_20120810.GetRecords", body)
+        if "Records" not in out:
+            return self.reply(200, out)
+        # An iterator from before the first roll-over reads the first shard.
+        _, shard_id, position = known or (arn, None, None)
+        shard = by_id.get(shard_id) or shards[0]
+        shard_id = shard["id"]
+        records = out["Records"]
+        if shard["end"] is not None:
+            kept = [r for r in records if seq_key(r["dynamodb"]["SequenceNumber"]) <= seq_key(shard["end"])]
+            read_to = kept[-1]["dynamodb"]["SequenceNumber"] if kept else position
+            done = len(kept) < len(records) or (read_to is not None and seq_key(read_to) >= seq_key(shard["end"]))
+            out["Records"] = kept
+            if done:
+                out.pop("NextShardIterator", None)
+        else:
+            read_to = records[-1]["dynamodb"]["SequenceNumber"] if records else position
+        following = out.get("NextShardIterator")
+        if following:
+            with STATE.lock:
+                STATE.positions[following] = (arn, shard_id, read_to)
+            STATE.remember(following, arn)
+        return self.reply(200, out)
+
+    def forward(self, raw, account, answer=True, stream_arn=None, request=None):
         url = urllib.parse.urlsplit(self.upstream)
         conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -232,7 +392,19 @@ class Relay(http.server.BaseHTTPRequestHandler):
                 out = json.loads(data)
                 STATE.remember(out.get("ShardIterator"), stream_arn)
                 STATE.remember(out.get("NextShardIterator"), stream_arn)
-            except ValueError:
+                # Where each iterator reads from, should the shard be rolled
+                # over later (its reads then end at the shard's end).
+                operation, body = request or (None, {})
+                with STATE.lock:
+                    if operation == "GetShardIterator" and out.get("ShardIterator"):
+                        after = body.get("SequenceNumber") if body.get("ShardIteratorType") == "AFTER_SEQUENCE_NUMBER" else None
+                        STATE.positions[out["ShardIterator"]] = (stream_arn, None, after)
+                    elif operation == "GetRecords" and out.get("NextShardIterator"):
+                        before = STATE.positions.get(body.get("ShardIterator"), (stream_arn, None, None))[2]
+                        records = out.get("Records") or []
+                        last = records[-1]["dynamodb"]["SequenceNumber"] if records else before
+                        STATE.positions[out["NextShardIterator"]] = (stream_arn, None, last)
+            except (ValueError, KeyError, TypeError):
                 pass
         if not answer:
             return

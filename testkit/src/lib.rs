@@ -249,6 +249,43 @@ impl Stack {
             .unwrap_or_default())
     }
 
+    /// Rolls the table stream `arn`'s open shard over, as DynamoDB does
+    /// every few hours: the account relay closes it at its last record and
+    /// opens a child after it. Returns (closed shard, its ending sequence
+    /// number, the new shard).
+    pub async fn rollover_table_stream(&self, arn: &str) -> Result<(String, String, String)> {
+        use http_body_util::BodyExt;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let request = hyper::Request::post(format!("{}/_relay/rollover", self.streams_endpoint))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                serde_json::json!({ "StreamArn": arn }).to_string(),
+            )))?;
+        let response = client.request(request).await.context("rollover")?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!(
+                "rollover of {arn}: {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let out: serde_json::Value = serde_json::from_slice(&body)?;
+        let field = |k: &str| {
+            out[k]
+                .as_str()
+                .map(str::to_owned)
+                .context("rollover answer")
+        };
+        Ok((
+            field("Closed")?,
+            field("EndingSequenceNumber")?,
+            field("Opened")?,
+        ))
+    }
+
     /// Attaches a resource policy to the stream `arn` (as its owner) that
     /// lets `principal` read it.
     pub async fn share_table_stream(
