@@ -39,7 +39,18 @@ async fn change_items(
     change_items_of(stack, OWNER, table, tag, n).await
 }
 
-/// [`change_items`] on a table of `owner` (account, region).
+/// Runs `calls` 16 at a time.
+async fn all<F: std::future::Future<Output = ()>>(calls: Vec<F>) {
+    use futures::StreamExt;
+    let _: Vec<()> = futures::stream::iter(calls)
+        .buffer_unordered(16)
+        .collect()
+        .await;
+}
+
+/// [`change_items`] on a table of `owner` (account, region). The puts,
+/// then the updates, then the deletes go 16 at a time: each key's changes
+/// keep their order.
 async fn change_items_of(
     stack: &Stack,
     owner: (&str, &str),
@@ -48,41 +59,62 @@ async fn change_items_of(
     n: usize,
 ) -> BTreeMap<String, Vec<&'static str>> {
     let ddb = stack.source_dynamodb(owner.0, owner.1).await;
-    let mut expected: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
-    for i in 0..n {
-        let id = format!("{tag}-{i:04}");
-        ddb.put_item()
-            .table_name(table)
-            .item("id", AttributeValue::S(id.clone()))
-            .item("v", AttributeValue::N("1".into()))
-            .item("note", AttributeValue::S(format!("first \"{i}\" ü")))
-            .send()
-            .await
-            .unwrap();
-        expected.entry(id).or_default().push("INSERT");
-    }
-    for i in 0..n {
-        let id = format!("{tag}-{i:04}");
-        ddb.update_item()
-            .table_name(table)
-            .key("id", AttributeValue::S(id.clone()))
-            .update_expression("SET v = :v")
-            .expression_attribute_values(":v", AttributeValue::N("2".into()))
-            .send()
-            .await
-            .unwrap();
-        expected.get_mut(&id).unwrap().push("MODIFY");
-        if i % 5 == 0 {
-            ddb.delete_item()
+    let ids: Vec<String> = (0..n).map(|i| format!("{tag}-{i:04}")).collect();
+    all(ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let put = ddb
+                .put_item()
+                .table_name(table)
+                .item("id", AttributeValue::S(id.clone()))
+                .item("v", AttributeValue::N("1".into()))
+                .item("note", AttributeValue::S(format!("first \"{i}\" ü")));
+            async move {
+                put.send().await.unwrap();
+            }
+        })
+        .collect())
+    .await;
+    all(ids
+        .iter()
+        .map(|id| {
+            let update = ddb
+                .update_item()
                 .table_name(table)
                 .key("id", AttributeValue::S(id.clone()))
-                .send()
-                .await
-                .unwrap();
-            expected.get_mut(&id).unwrap().push("REMOVE");
-        }
-    }
-    expected
+                .update_expression("SET v = :v")
+                .expression_attribute_values(":v", AttributeValue::N("2".into()));
+            async move {
+                update.send().await.unwrap();
+            }
+        })
+        .collect())
+    .await;
+    all(ids
+        .iter()
+        .step_by(5)
+        .map(|id| {
+            let delete = ddb
+                .delete_item()
+                .table_name(table)
+                .key("id", AttributeValue::S(id.clone()));
+            async move {
+                delete.send().await.unwrap();
+            }
+        })
+        .collect())
+    .await;
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mut events = vec!["INSERT", "MODIFY"];
+            if i % 5 == 0 {
+                events.push("REMOVE");
+            }
+            (id.clone(), events)
+        })
+        .collect()
 }
 
 /// The events printed, in the order printed: (key, eventName, sequence
@@ -606,36 +638,43 @@ async fn shard_roll_overs_keep_each_items_changes_in_order_parent_before_child()
     env.insert("KCLD_LEASE__SHARD_SYNC_INTERVAL_MS".into(), "1000".into());
     let mut kcld = Kcld::spawn(KCLD, &["run"], &env).unwrap();
     let ddb = stack.source_dynamodb(OWNER.0, OWNER.1).await;
-    let mut expected = change_items(&stack, &table, "k", 20).await;
+    // A thousand items, whose changes end up spread over three shards.
+    let mut expected = change_items(&stack, &table, "k", 1_000).await;
     let mut lines = kcld
-        .take_lines(count(&expected), Duration::from_secs(60))
+        .take_lines(count(&expected), Duration::from_secs(120))
         .await;
     assert_eq!(lines.len(), count(&expected), "{}", kcld.stderr_text());
 
-    // Twice: the open shard rolls over, then every item changes again (the
-    // new version lands in the child shard).
+    // Twice: the open shard rolls over, then every item left changes again
+    // (the new version lands in the child shard).
     let mut closed = Vec::new();
     let mut open = String::new();
     for version in 3..=4 {
         let (parent, _, child) = stack.rollover_table_stream(&arn).await.unwrap();
         closed.push(parent);
         open = child;
-        for (id, changes) in expected.iter_mut() {
-            if changes.last() == Some(&"REMOVE") {
-                continue;
-            }
-            ddb.update_item()
+        let alive: Vec<String> = expected
+            .iter()
+            .filter(|(_, changes)| changes.last() != Some(&"REMOVE"))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let updates = alive.iter().map(|id| {
+            let update = ddb
+                .update_item()
                 .table_name(&table)
                 .key("id", AttributeValue::S(id.clone()))
                 .update_expression("SET v = :v")
-                .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
-                .send()
-                .await
-                .unwrap();
-            changes.push("MODIFY");
+                .expression_attribute_values(":v", AttributeValue::N(version.to_string()));
+            async move {
+                update.send().await.unwrap();
+            }
+        });
+        all(updates.collect()).await;
+        for id in &alive {
+            expected.get_mut(id).unwrap().push("MODIFY");
         }
-        let more = kcld.take_lines(16, Duration::from_secs(60)).await;
-        assert_eq!(more.len(), 16, "{}", kcld.stderr_text());
+        let more = kcld.take_lines(alive.len(), Duration::from_secs(120)).await;
+        assert_eq!(more.len(), alive.len(), "{}", kcld.stderr_text());
         lines.extend(more);
     }
     assert!(kcld.drain_for(Duration::from_secs(2)).await.is_empty());

@@ -1,5 +1,6 @@
-//! Local stack chores for the demo: create a shared stream in the producer
-//! account and put sample records into it. Reads the environment printed by
+//! Local stack chores for the demo: create a shared stream (or a table with
+//! a shared stream) in the producer account and put sample records into it
+//! (or change its items). Reads the environment printed by
 //! `deploy/local/stack env`.
 
 use anyhow::Result;
@@ -45,6 +46,27 @@ enum Cmd {
         #[arg(long)]
         arn: String,
     },
+    /// Create a DynamoDB table with a stream (new and old images) in the
+    /// producer account and share the stream with the consumer role; prints
+    /// the stream's ARN.
+    CreateTableStream {
+        #[arg(long)]
+        name: String,
+        /// The (12-digit) account owning the table; default the producer's.
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long, default_value = kcld_testkit::REGION)]
+        region: String,
+    },
+    /// Put, update and delete items of the table whose stream ARN is given
+    /// (as its owner): `count` orders put, each then marked shipped, every
+    /// fourth deleted.
+    ChangeItems {
+        #[arg(long)]
+        arn: String,
+        #[arg(long, default_value_t = 8)]
+        count: usize,
+    },
 }
 
 #[tokio::main]
@@ -86,6 +108,59 @@ async fn main() -> Result<()> {
                 placed.len(),
                 stack.producer_account
             );
+        }
+        Cmd::CreateTableStream {
+            name,
+            account,
+            region,
+        } => {
+            let account = account.unwrap_or_else(|| stack.producer_account.clone());
+            let arn = stack
+                .create_table_stream_in(&account, &region, &name)
+                .await?;
+            println!("{arn}");
+        }
+        Cmd::ChangeItems { arn, count } => {
+            use aws_sdk_dynamodb::types::AttributeValue;
+            let parts: Vec<&str> = arn.split(':').collect();
+            let (Some(region), Some(account), Some(resource)) =
+                (parts.get(3), parts.get(4), parts.get(5))
+            else {
+                anyhow::bail!("not a DynamoDB stream ARN: {arn}");
+            };
+            let table = resource
+                .strip_prefix("table/")
+                .and_then(|r| r.split('/').next())
+                .ok_or_else(|| anyhow::anyhow!("not a DynamoDB stream ARN: {arn}"))?;
+            let ddb = stack.source_dynamodb(account, region).await;
+            for i in 0..count {
+                ddb.put_item()
+                    .table_name(table)
+                    .item("id", AttributeValue::S(format!("order-{i}")))
+                    .item("status", AttributeValue::S("placed".into()))
+                    .item("amount_cents", AttributeValue::N((100 + i * 7).to_string()))
+                    .send()
+                    .await?;
+            }
+            for i in 0..count {
+                let key = AttributeValue::S(format!("order-{i}"));
+                ddb.update_item()
+                    .table_name(table)
+                    .key("id", key.clone())
+                    .update_expression("SET #s = :s")
+                    .expression_attribute_names("#s", "status")
+                    .expression_attribute_values(":s", AttributeValue::S("shipped".into()))
+                    .send()
+                    .await?;
+                if i % 4 == 3 {
+                    ddb.delete_item()
+                        .table_name(table)
+                        .key("id", key)
+                        .send()
+                        .await?;
+                }
+            }
+            eprintln!("changed {count} items of table {table} as account {account}");
         }
         Cmd::ShowPolicy { arn } => {
             let out = stack
