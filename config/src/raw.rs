@@ -24,6 +24,13 @@ pub(crate) struct RawSettings {
     pub(crate) sink: RawSink,
     pub(crate) log: RawLog,
     pub(crate) ops: RawOps,
+    pub(crate) filter: RawFilter,
+}
+
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawFilter {
+    pub(crate) patterns: Option<Vec<String>>,
 }
 
 /// One `[[streams]]` entry.

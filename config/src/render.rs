@@ -182,6 +182,10 @@ pub(crate) fn render(settings: &Settings) -> String {
         "listen",
         s(st.ops.listen.map_or("off".to_owned(), |a| a.to_string())),
     )];
+    let filter = vec![Line::Set(
+        "patterns",
+        Value::Array(st.filter.patterns.iter().map(s).collect()),
+    )];
 
     let mut out = String::new();
     for (i, stream) in st.streams.iter().enumerate() {
@@ -221,6 +225,7 @@ pub(crate) fn render(settings: &Settings) -> String {
         ("sink", sink),
         ("log", log),
         ("ops", ops),
+        ("filter", filter),
     ] {
         if !lines.is_empty() {
             write_section(&mut out, st, Some(name), &lines);

@@ -81,6 +81,17 @@ pub struct Settings {
     pub log: LogSettings,
     /// The metrics and health endpoint.
     pub ops: OpsSettings,
+    /// Which records are delivered.
+    pub filter: FilterSettings,
+}
+
+/// Filter criteria with Lambda's syntax ([`kcld_records::filter`]): a
+/// record is delivered when it matches one of the patterns (all records
+/// without any); the others are counted and checkpointed past.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct FilterSettings {
+    /// Up to five patterns, each a JSON object as text (checked at load).
+    pub patterns: Vec<String>,
 }
 
 impl Settings {

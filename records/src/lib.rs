@@ -19,6 +19,7 @@ use bytes::Bytes;
 use kcld_checkpoint::{ExtendedSequenceNumber, SequenceNumber};
 
 pub mod dynamodb;
+pub mod filter;
 pub mod getrecords;
 pub mod kpl;
 pub mod lambda;
@@ -139,6 +140,10 @@ pub struct Batch {
     pub records: Vec<Record>,
     /// How far the read was behind the tip of the shard, when known.
     pub millis_behind_latest: Option<i64>,
+    /// Records were read after the last of `records` and filtered out (filter
+    /// criteria), up to this position: once `records` are confirmed, the
+    /// shard is done up to here. `None` when nothing was filtered out.
+    pub filtered_to: Option<ExtendedSequenceNumber>,
 }
 
 impl Batch {

@@ -330,7 +330,22 @@ pub(crate) fn validate(
         },
         log: LogSettings { format, level },
         ops: OpsSettings { listen },
+        filter: validate_filter(raw.filter)?,
     })
+}
+
+/// `filter.patterns`: each must parse as Lambda's filter criteria.
+fn validate_filter(raw: RawFilter) -> Result<FilterSettings, ConfigError> {
+    let patterns = raw.patterns.unwrap_or_default();
+    kcld_records::filter::Filters::parse(&patterns, kcld_records::filter::RecordShape::Kinesis)
+        .map_err(|e| {
+            ConfigError::key(
+                "filter.patterns",
+                e.to_string(),
+                "write each pattern as Lambda's filter criteria, a JSON object of fields and lists of rules, e.g. '{\"data\": {\"status\": [\"shipped\"]}}'",
+            )
+        })?;
+    Ok(FilterSettings { patterns })
 }
 
 fn validate_aws(

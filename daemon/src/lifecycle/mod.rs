@@ -38,6 +38,7 @@ use crate::record::Batch;
 use crate::retrieval::prefetch::{ByteBudget, Prefetch};
 use crate::retrieval::{Fetched, Reader, Resume, LATEST_MARGIN_MS};
 use crate::stream::KinesisError;
+use kcld_records::filter::Filters;
 
 pub mod sink;
 
@@ -133,6 +134,15 @@ pub trait ShardProcessor: Send {
     /// `process_records` (a batching window); `None` hands each read on.
     fn batching(&self) -> Option<(usize, Duration)> {
         None
+    }
+
+    /// Whether a batch whose records were all filtered out is still handed
+    /// over (empty, with `filtered_to`), so that the processor can
+    /// checkpoint past it. Processors that checkpoint for themselves only
+    /// see the records that passed, and checkpoint past the others with
+    /// the next record they take.
+    fn takes_filtered_batches(&self) -> bool {
+        false
     }
 
     /// The shard was read to its end: the processor must checkpoint
@@ -235,10 +245,30 @@ pub enum CheckpointFailure {
     Fatal(CheckpointError),
 }
 
-/// A grant with its shard's metric labels: what a shard's consumer keeps.
+/// What a shard's consumer is given besides its grant.
+#[derive(Clone, Debug)]
+pub struct ShardContext {
+    /// The shard's (and its stream's) metric labels.
+    pub labels: ShardLabels,
+    /// The filter criteria: records matching none are passed over
+    /// (counted, never delivered, checkpointed past); `None` delivers all.
+    pub filters: Option<Arc<Filters>>,
+}
+
+impl From<ShardLabels> for ShardContext {
+    fn from(labels: ShardLabels) -> Self {
+        ShardContext {
+            labels,
+            filters: None,
+        }
+    }
+}
+
+/// A grant with its context: what a shard's consumer keeps.
 struct Granted {
     grant: Grant,
     labels: ShardLabels,
+    filters: Option<Arc<Filters>>,
 }
 
 impl std::ops::Deref for Granted {
@@ -328,15 +358,21 @@ enum Finish {
 
 /// Runs one shard until its end, the loss of its lease, or a fatal error.
 /// `budget` bounds the record data read ahead of the processor.
-/// `labels` name the shard (and its stream) in the metrics.
+/// `context` names the shard (and its stream) in the metrics and holds the
+/// filter criteria.
 pub async fn run(
     grant: Grant,
-    labels: ShardLabels,
+    context: impl Into<ShardContext>,
     mut sources: impl Sources,
     processors: Arc<dyn ProcessorFactory>,
     budget: ByteBudget,
 ) -> Result<Outcome, Error> {
-    let grant = Granted { grant, labels };
+    let ShardContext { labels, filters } = context.into();
+    let grant = Granted {
+        grant,
+        labels,
+        filters,
+    };
     let shard_id = grant.shard.shard_id.clone();
     let mut positions = Positions {
         last: grant.start.clone(),
@@ -468,13 +504,22 @@ async fn drive(
             }
             positions.largest = Checkpoint::At(position);
         }
-        let mut cp = Checkpointer {
-            grant,
-            positions,
-            end: None,
-        };
-        processor.process_records(&batch, &mut cp).await?;
-        record_delivery(&grant.labels, &batch);
+        if let Some(filters) = &grant.filters {
+            filter_batch(&mut batch, filters, &grant.labels);
+        }
+        // A batch filtered out entirely reaches only a processor that
+        // checkpoints past it.
+        if !batch.records.is_empty()
+            || (batch.filtered_to.is_some() && processor.takes_filtered_batches())
+        {
+            let mut cp = Checkpointer {
+                grant,
+                positions,
+                end: None,
+            };
+            processor.process_records(&batch, &mut cp).await?;
+            record_delivery(&grant.labels, &batch);
+        }
         if grant.stop.is_cancelled() {
             // The lease went while the processor had the batch: it may not
             // have taken all of it, so the shard's end (gathered with the
@@ -559,6 +604,21 @@ async fn fill(
         }
     }
     Ok(None)
+}
+
+/// Drops the records `filters` do not pass, counting them; `filtered_to`
+/// then says how far the batch was read.
+fn filter_batch(batch: &mut Batch, filters: &Filters, labels: &ShardLabels) {
+    let Some(last) = batch.last_position() else {
+        return;
+    };
+    let before = batch.records.len();
+    batch.records.retain(|r| filters.matches(r));
+    let dropped = before - batch.records.len();
+    if dropped > 0 {
+        metrics::counter!("kcld_records_filtered_total", labels.get()).increment(dropped as u64);
+        batch.filtered_to = Some(last);
+    }
 }
 
 /// Counts a processed batch: records, bytes, and how far behind the tip it

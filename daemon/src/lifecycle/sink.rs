@@ -150,10 +150,20 @@ impl ShardProcessor for SinkProcessor {
         batch: &Batch,
         cp: &mut Checkpointer<'_>,
     ) -> Result<(), ProcessorError> {
-        let confirmed = deliver(&*self.sink, batch, &self.labels, &self.stop).await?;
+        let confirmed = match batch.records.is_empty() {
+            true => 0,
+            false => deliver(&*self.sink, batch, &self.labels, &self.stop).await?,
+        };
         if confirmed > 0 {
             self.confirmed = Some(batch.records[confirmed - 1].position());
             self.unwritten += confirmed as u64;
+        }
+        if confirmed == batch.records.len() {
+            // Records filtered out after the last delivered one are done too.
+            if let Some(to) = &batch.filtered_to {
+                self.confirmed = Some(to.clone());
+                self.unwritten += 1;
+            }
         }
         if confirmed < batch.records.len() {
             // Stopped before the application took the rest: it is neither
@@ -169,6 +179,10 @@ impl ShardProcessor for SinkProcessor {
 
     fn idle_interval(&self) -> Option<Duration> {
         Some(self.policy.get().interval)
+    }
+
+    fn takes_filtered_batches(&self) -> bool {
+        true
     }
 
     async fn idle(&mut self, cp: &mut Checkpointer<'_>) -> Result<(), ProcessorError> {

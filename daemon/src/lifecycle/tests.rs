@@ -50,6 +50,7 @@ fn batch(seqs: &[u64]) -> Fetched {
         shard_id: Arc::from("s"),
         records: seqs.iter().map(|&s| record(s)).collect(),
         millis_behind_latest: None,
+        filtered_to: None,
     })
 }
 

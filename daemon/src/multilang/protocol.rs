@@ -300,6 +300,7 @@ mod tests {
                 encryption: None,
             }],
             millis_behind_latest: Some(0),
+            filtered_to: None,
         };
         assert_eq!(
             process_records(&batch),

@@ -210,6 +210,7 @@ impl FanOutReader {
             shard_id: self.unpacker.shard_id.clone(),
             records,
             millis_behind_latest: Some(millis_behind_latest),
+            filtered_to: None,
         };
         Ok(self.pending_end.hand_on(batch, end))
     }

@@ -186,6 +186,7 @@ mod tests {
             shard_id: "shardId-000000000000".into(),
             records: Vec::new(),
             millis_behind_latest: None,
+            filtered_to: None,
         })))
     }
 

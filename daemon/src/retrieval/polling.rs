@@ -154,6 +154,7 @@ impl PollingReader {
                 shard_id: self.unpacker.shard_id.clone(),
                 records,
                 millis_behind_latest: response.millis_behind_latest,
+                filtered_to: None,
             };
             match self.pending_end.hand_on(batch, end) {
                 Some(fetched) => {

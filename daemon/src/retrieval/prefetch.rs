@@ -215,6 +215,7 @@ mod tests {
                     encryption: None,
                 }],
                 millis_behind_latest: None,
+                filtered_to: None,
             })))
         }
     }

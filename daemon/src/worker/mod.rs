@@ -273,6 +273,7 @@ pub(crate) async fn run_embedded(
             let StreamParts {
                 readers,
                 processors,
+                filters,
             } = {
                 let parts = parts.lock().unwrap_or_else(|p| p.into_inner());
                 // Every granted stream has its parts (added before it is
@@ -287,7 +288,8 @@ pub(crate) async fn run_embedded(
                     None => reader,
                 }
             };
-            lifecycle::run(grant, labels, sources, processors, budget).boxed()
+            let context = lifecycle::ShardContext { labels, filters };
+            lifecycle::run(grant, context, sources, processors, budget).boxed()
         },
         &shutdown,
         budget,

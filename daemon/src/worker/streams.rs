@@ -13,6 +13,7 @@ use kcld_config::{InitialPosition, Settings, StreamSettings};
 use kcld_lease::dynamo::{LeaseStream, StreamAdder};
 use kcld_lease::key::StreamScope;
 use kcld_lease::ShardSpec;
+use kcld_records::filter::{Filters, RecordShape};
 use kcld_records::kpl::HashRange;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -166,6 +167,8 @@ impl Readers {
 pub(super) struct StreamParts {
     pub(super) readers: Readers,
     pub(super) processors: Arc<dyn ProcessorFactory>,
+    /// The filter criteria, in the shape of this stream's records.
+    pub(super) filters: Option<Arc<Filters>>,
 }
 
 /// Every stream's parts, by a grant's `stream`; streams added while the
@@ -275,7 +278,27 @@ impl Maker {
                 Arc::new(multilang::Processors::new(ml.clone()).of_stream(label))
             }
         };
+        let patterns = &self.settings.filter.patterns;
+        let filters = match patterns.is_empty() {
+            true => None,
+            false => {
+                let shape = match run.settings.stream_arn.is_dynamodb() {
+                    true => RecordShape::DynamoDb,
+                    false => RecordShape::Kinesis,
+                };
+                let parsed = Filters::parse(patterns, shape).map_err(|e| {
+                    // Checked when the configuration loaded: not met here.
+                    Error::Config(kcld_config::ConfigError::Key {
+                        key: "filter.patterns".into(),
+                        problem: e.to_string(),
+                        fix: "write each pattern as Lambda's filter criteria".into(),
+                    })
+                })?;
+                Some(Arc::new(parsed))
+            }
+        };
         Ok(StreamParts {
+            filters,
             readers: Readers {
                 stream: run.stream.clone(),
                 consumer_arn: run.consumer_arn.clone(),
