@@ -103,19 +103,31 @@ pub struct SdkDecoder {
     body: Arc<Mutex<Bytes>>,
 }
 
+/// An HTTP client that answers every request with the body last put in the
+/// returned slot, as `content_type`: an SDK client over it runs its whole
+/// call path on a canned response.
+pub fn canned_http(
+    content_type: &'static str,
+) -> (
+    aws_smithy_runtime_api::client::http::SharedHttpClient,
+    Arc<Mutex<Bytes>>,
+) {
+    let body = Arc::new(Mutex::new(Bytes::new()));
+    let canned = body.clone();
+    let http = aws_smithy_http_client::test_util::infallible_client_fn(move |_req| {
+        let b = canned.lock().map(|b| b.clone()).unwrap_or_default();
+        let mut response = http::Response::new(aws_smithy_types::body::SdkBody::from(b));
+        response
+            .headers_mut()
+            .insert("content-type", http::HeaderValue::from_static(content_type));
+        response
+    });
+    (http, body)
+}
+
 impl SdkDecoder {
     pub fn new() -> Self {
-        let body = Arc::new(Mutex::new(Bytes::new()));
-        let canned = body.clone();
-        let http = aws_smithy_http_client::test_util::infallible_client_fn(move |_req| {
-            let b = canned.lock().map(|b| b.clone()).unwrap_or_default();
-            let mut response = http::Response::new(aws_smithy_types::body::SdkBody::from(b));
-            response.headers_mut().insert(
-                "content-type",
-                http::HeaderValue::from_static("application/x-amz-json-1.1"),
-            );
-            response
-        });
+        let (http, body) = canned_http("application/x-amz-json-1.1");
         let config = aws_sdk_kinesis::Config::builder()
             .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
             .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
@@ -466,17 +478,7 @@ pub mod dynamodb {
 
     impl SdkDecoder {
         pub fn new() -> Self {
-            let body = Arc::new(Mutex::new(Bytes::new()));
-            let canned = body.clone();
-            let http = aws_smithy_http_client::test_util::infallible_client_fn(move |_req| {
-                let b = canned.lock().map(|b| b.clone()).unwrap_or_default();
-                let mut response = http::Response::new(aws_smithy_types::body::SdkBody::from(b));
-                response.headers_mut().insert(
-                    "content-type",
-                    http::HeaderValue::from_static("application/x-amz-json-1.0"),
-                );
-                response
-            });
+            let (http, body) = super::canned_http("application/x-amz-json-1.0");
             let config = aws_sdk_dynamodbstreams::Config::builder()
                 .behavior_version(aws_sdk_dynamodbstreams::config::BehaviorVersion::latest())
                 .region(aws_sdk_dynamodbstreams::config::Region::new("us-east-1"))

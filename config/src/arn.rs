@@ -81,32 +81,12 @@ impl FromStr for StreamArn {
         }
         let (partition, service, region, account, resource) =
             (parts[1], parts[2], parts[3], parts[4], parts[5]);
-        if !matches!(
-            partition,
-            "aws" | "aws-cn" | "aws-us-gov" | "aws-iso" | "aws-iso-b"
-        ) && !partition.starts_with("aws-")
-        {
-            return Err(bad(
-                "the partition (second field) must be aws, aws-cn, aws-us-gov, ...",
-            ));
-        }
         if service != "kinesis" {
             return Err(bad(
                 "the service (third field) must be kinesis (or dynamodb, for a DynamoDB table's stream)",
             ));
         }
-        if region.is_empty()
-            || !region
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(bad("the region (fourth field) must look like us-east-1"));
-        }
-        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad(
-                "the account (fifth field) must be the owner's 12-digit account id",
-            ));
-        }
+        check_place(partition, region, account).map_err(bad)?;
         let Some(name) = resource.strip_prefix("stream/") else {
             return Err(bad("the resource must be stream/<name>"));
         };
@@ -130,6 +110,24 @@ impl FromStr for StreamArn {
     }
 }
 
+/// The partition, region and account fields of an ARN; the problem, if any.
+fn check_place(partition: &str, region: &str, account: &str) -> Result<(), &'static str> {
+    if partition != "aws" && !partition.starts_with("aws-") {
+        return Err("the partition (second field) must be aws, aws-cn, aws-us-gov, ...");
+    }
+    if region.is_empty()
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err("the region (fourth field) must look like us-east-1");
+    }
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("the account (fifth field) must be the owner's 12-digit account id");
+    }
+    Ok(())
+}
+
 /// `arn:<partition>:dynamodb:<region>:<account>:table/<table>/stream/<label>`.
 fn parse_dynamodb(s: &str) -> Result<StreamArn, ArnError> {
     let bad = |why: &str| ArnError(format!("{s:?} is not a DynamoDB stream ARN: {why}"));
@@ -139,23 +137,7 @@ fn parse_dynamodb(s: &str) -> Result<StreamArn, ArnError> {
             "expected arn:aws:dynamodb:<region>:<account>:table/<table>/stream/<label>",
         ));
     };
-    if !partition.starts_with("aws") {
-        return Err(bad(
-            "the partition (second field) must be aws, aws-cn, aws-us-gov, ...",
-        ));
-    }
-    if region.is_empty()
-        || !region
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        return Err(bad("the region (fourth field) must look like us-east-1"));
-    }
-    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad(
-            "the account (fifth field) must be the table owner's 12-digit account id",
-        ));
-    }
+    check_place(partition, region, account).map_err(bad)?;
     let Some(rest) = resource.strip_prefix("table/") else {
         return Err(bad("the resource must be table/<table>/stream/<label>"));
     };

@@ -93,6 +93,16 @@ impl Stack {
     }
 
     /// The Kinesis emulator's plain address, for relays in front of it.
+    /// The SDK configuration of `account` (its 12-digit id as the access
+    /// key, which the emulators take as the caller's account) in `region`.
+    async fn config_as(&self, account: &str, region: &str) -> aws_config::SdkConfig {
+        self.sdk_config(&(account.to_owned(), "secret".to_owned()))
+            .await
+            .into_builder()
+            .region(Region::new(region.to_owned()))
+            .build()
+    }
+
     pub fn kinesis_addr(&self) -> std::net::SocketAddr {
         self.kinesis_endpoint
             .trim_start_matches("http://")
@@ -153,12 +163,7 @@ impl Stack {
 
     /// DynamoDB as `account` in `region`, on the source tables' emulator.
     pub async fn source_dynamodb(&self, account: &str, region: &str) -> aws_sdk_dynamodb::Client {
-        let conf = self
-            .sdk_config(&(account.to_owned(), "secret".to_owned()))
-            .await
-            .into_builder()
-            .region(Region::new(region.to_owned()))
-            .build();
+        let conf = self.config_as(account, region).await;
         aws_sdk_dynamodb::Client::from_conf(
             aws_sdk_dynamodb::config::Builder::from(&conf)
                 .endpoint_url(&self.streams_endpoint)
@@ -221,12 +226,7 @@ impl Stack {
         let (Some(region), Some(account)) = (parts.get(3), parts.get(4)) else {
             bail!("not a stream ARN: {arn}");
         };
-        let conf = self
-            .sdk_config(&(account.to_string(), "secret".to_owned()))
-            .await
-            .into_builder()
-            .region(Region::new(region.to_string()))
-            .build();
+        let conf = self.config_as(account, region).await;
         let streams = aws_sdk_dynamodbstreams::Client::from_conf(
             aws_sdk_dynamodbstreams::config::Builder::from(&conf)
                 .endpoint_url(&self.streams_endpoint)
@@ -426,12 +426,7 @@ impl Stack {
     /// A Kinesis client as `account` in `region` (the emulator takes a
     /// 12-digit access key id as the caller's account).
     async fn owner_kinesis(&self, account: &str, region: &str) -> aws_sdk_kinesis::Client {
-        let conf = self
-            .sdk_config(&(account.to_owned(), "secret".to_owned()))
-            .await
-            .into_builder()
-            .region(Region::new(region.to_owned()))
-            .build();
+        let conf = self.config_as(account, region).await;
         aws_sdk_kinesis::Client::from_conf(
             aws_sdk_kinesis::config::Builder::from(&conf)
                 .endpoint_url(&self.kinesis_endpoint)
