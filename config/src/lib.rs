@@ -132,6 +132,11 @@ pub fn load(
             "AWS_ENDPOINT_URL_DYNAMODB_STREAMS",
         ),
         (
+            "aws.s3_endpoint",
+            &settings.aws.s3_endpoint,
+            "AWS_ENDPOINT_URL_S3",
+        ),
+        (
             "aws.sts_endpoint",
             &settings.aws.sts_endpoint,
             "AWS_ENDPOINT_URL_STS",

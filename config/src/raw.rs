@@ -70,6 +70,7 @@ pub(crate) struct RawAws {
     pub(crate) kinesis_endpoint: Option<String>,
     pub(crate) dynamodb_endpoint: Option<String>,
     pub(crate) dynamodb_streams_endpoint: Option<String>,
+    pub(crate) s3_endpoint: Option<String>,
     pub(crate) sts_endpoint: Option<String>,
     pub(crate) dynamodb_region: Option<String>,
     pub(crate) ca_file: Option<String>,
@@ -123,6 +124,20 @@ pub(crate) struct RawSink {
     pub(crate) timeout_ms: Option<i64>,
     pub(crate) parallelization_factor: Option<i64>,
     pub(crate) batching_window_ms: Option<i64>,
+    pub(crate) s3: RawS3Sink,
+}
+
+/// `[sink.s3]`.
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawS3Sink {
+    pub(crate) bucket_arn: Option<String>,
+    pub(crate) region: Option<String>,
+    pub(crate) prefix: Option<String>,
+    pub(crate) buffer_size_mib: Option<i64>,
+    pub(crate) buffer_interval_seconds: Option<i64>,
+    pub(crate) compression: Option<String>,
+    pub(crate) format: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Default)]

@@ -76,6 +76,7 @@ pub(crate) fn render(settings: &Settings) -> String {
             "dynamodb_streams_endpoint",
             opt(&a.dynamodb_streams_endpoint),
         ),
+        Line::Set("s3_endpoint", opt(&a.s3_endpoint)),
         Line::Set("sts_endpoint", opt(&a.sts_endpoint)),
         if a.dynamodb_region_fallback {
             Line::Unset(
@@ -138,6 +139,7 @@ pub(crate) fn render(settings: &Settings) -> String {
             s(match st.sink.kind {
                 SinkKind::Stdout => "stdout",
                 SinkKind::Http => "http",
+                SinkKind::S3 => "s3",
             }),
         ),
         Line::Set("invoke_identity_arn", s(&st.sink.invoke_identity_arn)),
@@ -166,6 +168,18 @@ pub(crate) fn render(settings: &Settings) -> String {
             Line::Set("timeout_ms", ms(h.timeout)),
             Line::Set("parallelization_factor", n(h.parallelization_factor)),
             Line::Set("batching_window_ms", ms(h.batching_window)),
+        ]);
+    }
+    let mut sink_s3 = Vec::new();
+    if let Some(c) = &st.sink.s3 {
+        sink_s3.extend([
+            Line::Set("bucket_arn", s(&c.bucket_arn)),
+            Line::Set("region", s(c.region.clone().unwrap_or_default())),
+            Line::Set("prefix", s(c.prefix.clone().unwrap_or_default())),
+            Line::Set("buffer_size_mib", n(c.buffer_size / (1024 * 1024))),
+            Line::Set("buffer_interval_seconds", n(c.buffer_interval.as_secs())),
+            Line::Set("compression", s(if c.gzip { "gzip" } else { "none" })),
+            Line::Set("format", s(if c.lambda_format { "lambda" } else { "raw" })),
         ]);
     }
     let log = vec![
@@ -223,6 +237,7 @@ pub(crate) fn render(settings: &Settings) -> String {
         ("checkpoint", checkpoint),
         ("polling", polling),
         ("sink", sink),
+        ("sink.s3", sink_s3),
         ("log", log),
         ("ops", ops),
         ("filter", filter),

@@ -184,6 +184,9 @@ pub struct AwsSettings {
     /// and `AWS_ENDPOINT_URL_DYNAMODB_STREAMS`: where a DynamoDB table's
     /// stream is read.
     pub dynamodb_streams_endpoint: Option<String>,
+    /// Resolved like `kinesis_endpoint`, from `aws.s3_endpoint` and
+    /// `AWS_ENDPOINT_URL_S3`: where the S3 sink writes.
+    pub s3_endpoint: Option<String>,
     /// Resolved like `kinesis_endpoint`, from `aws.sts_endpoint` and
     /// `AWS_ENDPOINT_URL_STS`.
     pub sts_endpoint: Option<String>,
@@ -301,6 +304,8 @@ pub enum SinkKind {
     Stdout,
     /// POST batches in the Lambda Kinesis event shape to `sink.url`.
     Http,
+    /// Objects in an S3 bucket, of this or another account (`[sink.s3]`).
+    S3,
 }
 
 /// Where and how records are delivered.
@@ -314,6 +319,33 @@ pub struct SinkSettings {
     /// The HTTP sink's settings; present exactly when `kind` is
     /// [`SinkKind::Http`].
     pub http: Option<HttpSinkSettings>,
+    /// The S3 sink's settings; present exactly when `kind` is
+    /// [`SinkKind::S3`].
+    pub s3: Option<S3SinkSettings>,
+}
+
+/// The S3 sink: records buffered per shard and written as objects, as
+/// Firehose writes them, the checkpoint moving only past written objects.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct S3SinkSettings {
+    /// The bucket's name (from `arn:aws:s3:::<name>`).
+    pub bucket: String,
+    /// The bucket's ARN as given.
+    pub bucket_arn: String,
+    /// The bucket's region; `None`: the consumer's region.
+    pub region: Option<String>,
+    /// The key prefix; `None`: Firehose's `YYYY/MM/DD/HH/` from the first
+    /// record's arrival time (UTC).
+    pub prefix: Option<String>,
+    /// An object is written once this many bytes are buffered.
+    pub buffer_size: u64,
+    /// ... or once the oldest buffered record waited this long.
+    pub buffer_interval: Duration,
+    /// Objects are gzip-compressed (`.gz`).
+    pub gzip: bool,
+    /// Each line is the Lambda record shape (JSON) instead of the record's
+    /// own bytes.
+    pub lambda_format: bool,
 }
 
 /// The HTTP sink, with the semantics of a Lambda event source mapping.

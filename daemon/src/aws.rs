@@ -198,6 +198,35 @@ pub async fn connect_with(
     })
 }
 
+/// An S3 client for the S3 sink: the default credentials (the consumer's
+/// own role: the bucket owner's policy names it), the bucket's region (else
+/// the consumer's), path-style addressing when an endpoint is set (local
+/// stand-ins), the SDK's retries.
+pub async fn s3_client(
+    settings: &Settings,
+    bucket_region: Option<&str>,
+) -> Result<aws_sdk_s3::Client> {
+    let http = http_client(settings)?;
+    let region = bucket_region.unwrap_or(&settings.aws.dynamodb_region);
+    let base = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .region(Region::new(region.to_owned()))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .build(),
+        )
+        .retry_config(RetryConfig::standard().with_max_attempts(3))
+        .load()
+        .await;
+    let mut s3 = aws_sdk_s3::config::Builder::from(&base);
+    if let Some(url) = &settings.aws.s3_endpoint {
+        s3 = s3.endpoint_url(url).force_path_style(true);
+    }
+    Ok(aws_sdk_s3::Client::from_conf(s3.build()))
+}
+
 /// One HTTPS-capable client (it also speaks plain HTTP to local endpoints),
 /// trusting the system roots plus `aws.ca_file` when set.
 fn http_client(

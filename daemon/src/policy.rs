@@ -44,6 +44,30 @@ pub fn stream_read_statement(stream: &StreamArn, principal: &str) -> serde_json:
     })
 }
 
+/// What the S3 sink does in a bucket of another account, as the seeds list
+/// it for a cross-account delivery (Firehose's actions).
+pub const BUCKET_WRITE_ACTIONS: [&str; 7] = [
+    "s3:AbortMultipartUpload",
+    "s3:GetBucketLocation",
+    "s3:GetObject",
+    "s3:ListBucket",
+    "s3:ListBucketMultipartUploads",
+    "s3:PutObject",
+    "s3:PutObjectAcl",
+];
+
+/// The statement the bucket owner adds to the bucket policy so that
+/// `principal` (the consumer's role) can write the S3 sink's objects.
+pub fn bucket_write_statement(bucket_arn: &str, principal: &str) -> serde_json::Value {
+    serde_json::json!({
+        "Sid": "kcld-cross-account-delivery",
+        "Effect": "Allow",
+        "Principal": { "AWS": principal },
+        "Action": BUCKET_WRITE_ACTIONS,
+        "Resource": [bucket_arn, format!("{bucket_arn}/*")],
+    })
+}
+
 /// A placeholder for the consumer role when kcld does not know it.
 pub fn role_placeholder(consumer_account: Option<&str>) -> String {
     format!(

@@ -248,13 +248,19 @@ pub(crate) fn validate(
     {
         "stdout" => SinkKind::Stdout,
         "http" => SinkKind::Http,
+        "s3" => SinkKind::S3,
         other => {
             return Err(ConfigError::key(
                 "sink.type",
                 format!("{other:?} is not a sink"),
-                "use stdout or http",
+                "use stdout, http or s3",
             ))
         }
+    };
+    let s3 = if kind == SinkKind::S3 {
+        Some(sink::validate_s3_sink(&raw.sink.s3)?)
+    } else {
+        None
     };
     let http = if kind == SinkKind::Http {
         Some(validate_http_sink(&raw.sink)?)
@@ -327,6 +333,7 @@ pub(crate) fn validate(
             kind,
             invoke_identity_arn,
             http,
+            s3,
         },
         log: LogSettings { format, level },
         ops: OpsSettings { listen },
@@ -389,6 +396,11 @@ fn validate_aws(
         non_empty(raw.dynamodb_streams_endpoint),
         "AWS_ENDPOINT_URL_DYNAMODB_STREAMS",
     )?;
+    let s3_endpoint = resolve(
+        "aws.s3_endpoint",
+        non_empty(raw.s3_endpoint),
+        "AWS_ENDPOINT_URL_S3",
+    )?;
     let sts_endpoint = resolve(
         "aws.sts_endpoint",
         non_empty(raw.sts_endpoint),
@@ -442,6 +454,7 @@ fn validate_aws(
         kinesis_endpoint,
         dynamodb_endpoint,
         dynamodb_streams_endpoint,
+        s3_endpoint,
         sts_endpoint,
         dynamodb_region,
         dynamodb_region_from,

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::non_empty;
-use crate::raw::RawSink;
-use crate::{ConfigError, HttpSinkSettings};
+use crate::raw::{RawS3Sink, RawSink};
+use crate::{ConfigError, HttpSinkSettings, S3SinkSettings};
 
 pub(super) fn validate_http_sink(raw: &RawSink) -> Result<HttpSinkSettings, ConfigError> {
     let url = non_empty(raw.url.clone()).ok_or_else(|| {
@@ -89,5 +89,83 @@ pub(super) fn validate_http_sink(raw: &RawSink) -> Result<HttpSinkSettings, Conf
         bisect_on_error: raw.bisect_on_error.unwrap_or(false),
         on_failure_file,
         timeout,
+    })
+}
+
+/// `[sink.s3]`: the bucket by ARN (of this or another account), buffering
+/// as Firehose's hints (1 to 128 MiB, 0 to 900 s), gzip or not, the
+/// records' bytes or the Lambda shape.
+pub(super) fn validate_s3_sink(raw: &RawS3Sink) -> Result<S3SinkSettings, ConfigError> {
+    let bucket_arn = non_empty(raw.bucket_arn.clone()).ok_or_else(|| {
+        ConfigError::key(
+            "sink.s3.bucket_arn",
+            "is required with sink.type = \"s3\"",
+            "set the bucket's ARN, e.g. arn:aws:s3:::analytics-landing (the bucket owner's policy must allow this consumer's role to write)",
+        )
+    })?;
+    let bucket = bucket_arn
+        .strip_prefix("arn:")
+        .and_then(|rest| rest.split_once(":s3:::"))
+        .map(|(_, name)| name.to_owned())
+        .filter(|name| {
+            (3..=63).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        })
+        .ok_or_else(|| {
+            ConfigError::key(
+                "sink.s3.bucket_arn",
+                format!("{bucket_arn:?} is not an S3 bucket ARN"),
+                "use arn:aws:s3:::<bucket>, the bucket name of 3 to 63 lower-case letters, digits, '-' and '.'",
+            )
+        })?;
+    let buffer_size_mib = raw.buffer_size_mib.unwrap_or(5);
+    if !(1..=128).contains(&buffer_size_mib) {
+        return Err(ConfigError::key(
+            "sink.s3.buffer_size_mib",
+            format!("{buffer_size_mib} is out of range"),
+            "use 1 to 128 (MiB, as Firehose's buffering hints)",
+        ));
+    }
+    let buffer_interval_seconds = raw.buffer_interval_seconds.unwrap_or(300);
+    if !(0..=900).contains(&buffer_interval_seconds) {
+        return Err(ConfigError::key(
+            "sink.s3.buffer_interval_seconds",
+            format!("{buffer_interval_seconds} is out of range"),
+            "use 0 to 900 (seconds, as Firehose's buffering hints)",
+        ));
+    }
+    let gzip = match non_empty(raw.compression.clone()).as_deref() {
+        None | Some("gzip") => true,
+        Some("none") => false,
+        Some(other) => {
+            return Err(ConfigError::key(
+                "sink.s3.compression",
+                format!("{other:?} is not a compression"),
+                "use gzip or none",
+            ))
+        }
+    };
+    let lambda_format = match non_empty(raw.format.clone()).as_deref() {
+        None | Some("raw") => false,
+        Some("lambda") => true,
+        Some(other) => {
+            return Err(ConfigError::key(
+                "sink.s3.format",
+                format!("{other:?} is not a format"),
+                "use raw (each record's bytes and a newline) or lambda (the Lambda record shape, one JSON line each)",
+            ))
+        }
+    };
+    Ok(S3SinkSettings {
+        bucket,
+        bucket_arn,
+        region: non_empty(raw.region.clone()),
+        prefix: non_empty(raw.prefix.clone()),
+        buffer_size: buffer_size_mib as u64 * 1024 * 1024,
+        buffer_interval: Duration::from_secs(buffer_interval_seconds as u64),
+        gzip,
+        lambda_format,
     })
 }

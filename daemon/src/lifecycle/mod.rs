@@ -136,6 +136,12 @@ pub trait ShardProcessor: Send {
         None
     }
 
+    /// With [`ShardProcessor::batching`]: stop gathering once the records'
+    /// data reaches this many bytes.
+    fn batching_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// Whether a batch whose records were all filtered out is still handed
     /// over (empty, with `filtered_to`), so that the processor can
     /// checkpoint past it. Processors that checkpoint for themselves only
@@ -491,7 +497,8 @@ async fn drive(
             }
         };
         if let Some(window) = processor.batching() {
-            children = fill(&mut batch, &mut prefetch, window).await?;
+            let bytes = processor.batching_bytes().unwrap_or(u64::MAX);
+            children = fill(&mut batch, &mut prefetch, window, bytes).await?;
         }
         if grant.stop.is_cancelled() {
             // Read ahead, but the lease is going (lost, handed over, or
@@ -587,14 +594,17 @@ async fn fill(
     batch: &mut Batch,
     prefetch: &mut Prefetch,
     (size, window): (usize, Duration),
+    max_bytes: u64,
 ) -> Result<Option<Vec<ShardSpec>>, ProcessorError> {
     let deadline = tokio::time::Instant::now() + window;
-    while batch.records.len() < size {
+    let mut bytes = batch.data_bytes() as u64;
+    while batch.records.len() < size && bytes < max_bytes {
         match tokio::time::timeout_at(deadline, prefetch.next()).await {
             Err(_) | Ok(None) => break,
             Ok(Some(Err(e))) => return Err(ProcessorError::Fatal(e.into())),
             Ok(Some(Ok(more))) => match more.fetched {
                 Fetched::Records(more) => {
+                    bytes += more.data_bytes() as u64;
                     batch.records.extend(more.records);
                     batch.millis_behind_latest =
                         more.millis_behind_latest.or(batch.millis_behind_latest);

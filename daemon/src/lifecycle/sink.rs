@@ -198,6 +198,10 @@ impl ShardProcessor for SinkProcessor {
         self.sink.batching_window()
     }
 
+    fn batching_bytes(&self) -> Option<u64> {
+        self.sink.batching_bytes()
+    }
+
     /// SHARD_END, retried while the lease table is unavailable; a lost
     /// lease leaves the end to the next owner (it reads the shard's tail
     /// again).

@@ -11,6 +11,7 @@ use crate::record::Batch;
 
 pub mod event;
 pub mod http;
+pub mod s3;
 pub mod stdout;
 
 /// Why a sink did not confirm a batch.
@@ -51,6 +52,12 @@ pub trait Sink: Send + Sync {
     fn batching_window(&self) -> Option<(usize, std::time::Duration)> {
         None
     }
+
+    /// With a batching window: stop gathering once the records' data
+    /// reaches this many bytes (the S3 sink's buffer size).
+    fn batching_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The sink the configuration names.
@@ -77,6 +84,10 @@ pub fn from_live_settings(
         (SinkKind::Http, Some(http), None) => {
             Arc::new(http::HttpSink::new(context, http.clone())?.labelled_in_metrics(stream_label))
         }
+        (SinkKind::S3, _, _) => match &settings.sink.s3 {
+            Some(s3) => Arc::new(s3::S3Sink::new(settings, s3.clone(), context)),
+            None => return Err(crate::Error::Usage("sink.type = \"s3\" without [sink.s3]")),
+        },
         _ => Arc::new(stdout::StdoutSink::new(context)),
     })
 }
