@@ -109,23 +109,7 @@ pub async fn connect_with(
     settings: &Settings,
     credentials: Option<SharedCredentialsProvider>,
 ) -> Result<Clients> {
-    let http = http_client(settings)?;
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if let Some(provider) = credentials {
-        loader = loader.credentials_provider(provider);
-    }
-    let base = loader
-        .http_client(http)
-        .region(Region::new(settings.stream_arn.region.clone()))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                .build(),
-        )
-        .retry_config(RetryConfig::standard().with_max_attempts(3))
-        .load()
-        .await;
+    let base = base_config(settings, &settings.stream_arn.region, credentials).await?;
 
     let default_credentials = base
         .credentials_provider()
@@ -206,10 +190,29 @@ pub async fn s3_client(
     settings: &Settings,
     bucket_region: Option<&str>,
 ) -> Result<aws_sdk_s3::Client> {
-    let http = http_client(settings)?;
     let region = bucket_region.unwrap_or(&settings.aws.dynamodb_region);
-    let base = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http)
+    let base = base_config(settings, region, None).await?;
+    let mut s3 = aws_sdk_s3::config::Builder::from(&base);
+    if let Some(url) = &settings.aws.s3_endpoint {
+        s3 = s3.endpoint_url(url).force_path_style(true);
+    }
+    Ok(aws_sdk_s3::Client::from_conf(s3.build()))
+}
+
+/// The SDK configuration every client starts from: the HTTP client (CA
+/// file included), `region`, kcld's timeouts, the SDK's standard retries
+/// (3 attempts), and `credentials` in place of the default chain when given.
+async fn base_config(
+    settings: &Settings,
+    region: &str,
+    credentials: Option<SharedCredentialsProvider>,
+) -> Result<aws_config::SdkConfig> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(provider) = credentials {
+        loader = loader.credentials_provider(provider);
+    }
+    Ok(loader
+        .http_client(http_client(settings)?)
         .region(Region::new(region.to_owned()))
         .timeout_config(
             TimeoutConfig::builder()
@@ -219,12 +222,7 @@ pub async fn s3_client(
         )
         .retry_config(RetryConfig::standard().with_max_attempts(3))
         .load()
-        .await;
-    let mut s3 = aws_sdk_s3::config::Builder::from(&base);
-    if let Some(url) = &settings.aws.s3_endpoint {
-        s3 = s3.endpoint_url(url).force_path_style(true);
-    }
-    Ok(aws_sdk_s3::Client::from_conf(s3.build()))
+        .await)
 }
 
 /// One HTTPS-capable client (it also speaks plain HTTP to local endpoints),

@@ -2,7 +2,7 @@
 //! records are delivered; the others are counted and checkpointed past, so
 //! a restart delivers nothing again. Against the local stack.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kcld_testkit::{metric_sum, unique_name, Delivered, Kcld, Stack};
 
@@ -72,28 +72,10 @@ async fn only_matching_records_are_delivered_and_the_rest_is_checkpointed_past()
 
     // Every shard's checkpoint reaches its last record, delivered or not,
     // and the metric counts what was passed over.
-    let mut last: std::collections::HashMap<&str, &str> = Default::default();
-    for (shard, seq) in &placed {
-        let e = last.entry(shard.as_str()).or_insert(seq.as_str());
-        if (seq.len(), seq.as_str()) > (e.len(), *e) {
-            *e = seq.as_str();
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let checkpoints = stack.checkpoints(&app).await;
-        if last
-            .iter()
-            .all(|(shard, seq)| checkpoints.get(*shard).is_some_and(|(c, _)| c == seq))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{checkpoints:?} never reached {last:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    stack
+        .wait_checkpointed(&app, &placed, Duration::from_secs(30))
+        .await
+        .unwrap();
     let addr = kcld.ops_addr(Duration::from_secs(5)).await.unwrap();
     let (_, page) = kcld_testkit::http_get(addr, "/metrics").await.unwrap();
     let (filtered, _) = metric_sum(&page, "kcld_records_filtered_total");

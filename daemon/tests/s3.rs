@@ -59,28 +59,11 @@ async fn landed(stack: &Stack, bucket: &str) -> (HashMap<Vec<u8>, usize>, Vec<St
 
 /// Waits until every shard's checkpoint is its last record's.
 async fn wait_checkpointed(stack: &Stack, app: &str, placed: &[(String, String)], kcld: &Kcld) {
-    let mut last: HashMap<&str, &str> = HashMap::new();
-    for (shard, seq) in placed {
-        let e = last.entry(shard.as_str()).or_insert(seq.as_str());
-        if (seq.len(), seq.as_str()) > (e.len(), *e) {
-            *e = seq.as_str();
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let checkpoints = stack.checkpoints(app).await;
-        if last
-            .iter()
-            .all(|(shard, seq)| checkpoints.get(*shard).is_some_and(|(c, _)| c == seq))
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{checkpoints:?} never reached {last:?}\n{}",
-            kcld.stderr_text()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Err(e) = stack
+        .wait_checkpointed(app, placed, Duration::from_secs(90))
+        .await
+    {
+        panic!("{e}\n{}", kcld.stderr_text());
     }
 }
 

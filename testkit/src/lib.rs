@@ -726,6 +726,38 @@ impl Stack {
             .collect()
     }
 
+    /// Waits until every shard of `placed` ((shard, sequence number), as
+    /// [`Stack::put_records`] returns them) is checkpointed at its last
+    /// record; an error with the checkpoints seen after `within`.
+    pub async fn wait_checkpointed(
+        &self,
+        table: &str,
+        placed: &[(String, String)],
+        within: Duration,
+    ) -> Result<()> {
+        let mut last: HashMap<&str, &str> = HashMap::new();
+        for (shard, seq) in placed {
+            let e = last.entry(shard.as_str()).or_insert(seq.as_str());
+            if (seq.len(), seq.as_str()) > (e.len(), *e) {
+                *e = seq.as_str();
+            }
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let checkpoints = self.checkpoints(table).await;
+            if last
+                .iter()
+                .all(|(shard, seq)| checkpoints.get(*shard).is_some_and(|(c, _)| c == seq))
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{checkpoints:?} never reached {last:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// A lease table created the way the KCL creates one (`leaseKey` S as
     /// the only key, on demand), in the consumer account; waits until it is
     /// ACTIVE. Also used to create a table of another shape (`key`).
