@@ -138,6 +138,22 @@ fn events(lines: &[String]) -> Vec<(String, String, String, serde_json::Value)> 
         .collect()
 }
 
+/// The event names of each item key, in the order printed (an unknown name
+/// as "?", which no expectation holds).
+fn changes_per_key<'a>(
+    events: impl IntoIterator<Item = &'a (String, String, String, serde_json::Value)>,
+) -> BTreeMap<String, Vec<&'static str>> {
+    let mut per_key: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+    for (key, name, _, _) in events {
+        let name = ["INSERT", "MODIFY", "REMOVE"]
+            .into_iter()
+            .find(|n| n == name)
+            .unwrap_or("?");
+        per_key.entry(key.clone()).or_default().push(name);
+    }
+    per_key
+}
+
 fn count(expected: &BTreeMap<String, Vec<&str>>) -> usize {
     expected.values().map(Vec::len).sum()
 }
@@ -167,9 +183,8 @@ async fn changes_of_another_accounts_table_arrive_once_in_order_and_survive_rest
     // Lambda's DynamoDB event records: each change once, in order per key,
     // with the images as DynamoDB JSON.
     let got = events(&lines);
-    let mut per_key: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
     let mut sequences = HashSet::new();
-    for (key, name, seq, v) in &got {
+    for (_, name, seq, v) in &got {
         assert_eq!(v["eventSource"], "aws:dynamodb", "{v}");
         assert_eq!(v["eventSourceARN"], arn.as_str(), "{v}");
         assert!(
@@ -191,16 +206,8 @@ async fn changes_of_another_accounts_table_arrive_once_in_order_and_survive_rest
             "REMOVE" => assert_eq!(v["dynamodb"]["OldImage"]["v"]["N"], "2", "{v}"),
             other => panic!("eventName {other}: {v}"),
         }
-        per_key
-            .entry(key.clone())
-            .or_default()
-            .push(match name.as_str() {
-                "INSERT" => "INSERT",
-                "MODIFY" => "MODIFY",
-                _ => "REMOVE",
-            });
     }
-    assert_eq!(per_key, expected);
+    assert_eq!(changes_per_key(&got), expected);
 
     // The lease: the shard's own id as its key (the KCL's single-stream
     // keys, as its DynamoDB Streams adapter writes them), checkpointed at
@@ -267,18 +274,11 @@ async fn changes_of_another_accounts_table_arrive_once_in_order_and_survive_rest
     }
     after.extend(kcld.drain_for(Duration::from_secs(2)).await);
     let after = events(&after);
-    let mut per_key: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
-    for (key, name, _, _) in after.iter().filter(|e| e.0.starts_with("d-")) {
-        per_key
-            .entry(key.clone())
-            .or_default()
-            .push(match name.as_str() {
-                "INSERT" => "INSERT",
-                "MODIFY" => "MODIFY",
-                _ => "REMOVE",
-            });
-    }
-    assert_eq!(per_key, fourth, "the changes made while kcld was down");
+    assert_eq!(
+        changes_per_key(after.iter().filter(|e| e.0.starts_with("d-"))),
+        fourth,
+        "the changes made while kcld was down"
+    );
     let repeated: HashSet<String> = after
         .iter()
         .filter(|e| e.0.starts_with("c-"))
@@ -680,24 +680,19 @@ async fn shard_roll_overs_keep_each_items_changes_in_order_parent_before_child()
     assert!(kcld.drain_for(Duration::from_secs(2)).await.is_empty());
 
     // Each item's changes once and in order: its versions only go up.
-    let mut per_key: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+    let got = events(&lines);
     let mut versions: HashMap<String, Vec<u64>> = HashMap::new();
     let mut sequences = HashSet::new();
-    for (key, name, seq, v) in events(&lines) {
-        assert!(sequences.insert(seq), "twice: {v}");
+    for (key, _, seq, v) in &got {
+        assert!(sequences.insert(seq.clone()), "twice: {v}");
         if let Some(n) = v["dynamodb"]["NewImage"]["v"]["N"].as_str() {
             versions
                 .entry(key.clone())
                 .or_default()
                 .push(n.parse().unwrap());
         }
-        per_key.entry(key).or_default().push(match name.as_str() {
-            "INSERT" => "INSERT",
-            "MODIFY" => "MODIFY",
-            _ => "REMOVE",
-        });
     }
-    assert_eq!(per_key, expected);
+    assert_eq!(changes_per_key(&got), expected);
     for (key, seen) in &versions {
         assert!(seen.windows(2).all(|w| w[0] < w[1]), "{key}: {seen:?}");
     }

@@ -64,10 +64,16 @@ pub fn decode(body: Bytes, now_ms: i64) -> Result<Response, DecodeError> {
         let text = raw.get();
         let fields: Fields<'_> = serde_json::from_str(text)?;
         let field = |message: String| DecodeError::Field { index, message };
-        let sequence_number: SequenceNumber = fields
-            .dynamodb
-            .sequence_number
-            .parse()
+        // The digits as a slice of the body (no copy) where they were
+        // written without escapes, which is always.
+        let digits = match &fields.dynamodb.sequence_number {
+            Cow::Borrowed(seq) => body.slice_ref(seq.as_bytes()),
+            Cow::Owned(seq) => Bytes::copy_from_slice(seq.as_bytes()),
+        };
+        let sequence_number = SequenceNumber::from_bytes(digits.clone())
+            .map_err(|e| field(format!("dynamodb.SequenceNumber: {e}")))?;
+        // Digits are UTF-8: this cannot fail.
+        let partition_key = ByteStr::from_utf8(digits)
             .map_err(|e| field(format!("dynamodb.SequenceNumber: {e}")))?;
         let approximate_arrival_ms = match fields.dynamodb.created {
             Some(seconds) if seconds.is_finite() && seconds >= 0.0 => {
@@ -83,7 +89,7 @@ pub fn decode(body: Bytes, now_ms: i64) -> Result<Response, DecodeError> {
         // The record's own bytes, a slice of the body: `text` points into it.
         let data = body.slice_ref(text.as_bytes());
         records.push(Record {
-            partition_key: ByteStr::from(sequence_number.as_str()),
+            partition_key,
             sequence_number,
             sub_sequence_number: 0,
             aggregated: false,

@@ -130,11 +130,6 @@ impl Filters {
         })
     }
 
-    /// No patterns: every record passes.
-    pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
-    }
-
     /// Whether `record` matches one of the patterns (always, without any).
     pub fn matches(&self, record: &Record) -> bool {
         if self.patterns.is_empty() {

@@ -72,11 +72,6 @@ impl EventContext {
         ctx
     }
 
-    /// Whether the records are a DynamoDB stream's.
-    pub fn is_dynamodb(&self) -> bool {
-        self.dynamodb
-    }
-
     /// `awsRegion`: the stream's region.
     pub fn aws_region(&self) -> &str {
         &self.aws_region

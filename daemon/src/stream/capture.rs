@@ -38,6 +38,17 @@ impl CaptureBody {
     pub(super) fn take(&self) -> Option<SdkBody> {
         self.slot.lock().ok()?.take()
     }
+
+    /// The captured GetRecords body, read whole, once the call succeeded.
+    pub(super) async fn body(&self) -> Result<bytes::Bytes, super::KinesisError> {
+        use super::KinesisError;
+        let body = self.take().ok_or_else(|| {
+            KinesisError::Other("GetRecords: the response body was not captured".into())
+        })?;
+        read_body(body).await.map_err(|e| {
+            KinesisError::Unreachable(format!("GetRecords: reading the response: {e}"))
+        })
+    }
 }
 
 impl Intercept for CaptureBody {

@@ -24,7 +24,7 @@ use kcld_config::StreamArn;
 use kcld_lease::ShardSpec;
 use kcld_records::getrecords;
 
-use super::capture::{self, CaptureBody};
+use super::capture::CaptureBody;
 use super::{KinesisError, StartAt, StreamSummary};
 use crate::backoff::{Backoff, CONTROL_PLANE_RETRIES};
 
@@ -40,18 +40,6 @@ const HASH_RANGE: (&str, &str) = ("0", "1");
 #[derive(Clone, Debug)]
 pub(super) struct DynamoDbStream {
     pub(super) client: Client,
-}
-
-fn classify<E, R>(
-    err: aws_sdk_kinesis::error::SdkError<E, R>,
-    arn: &StreamArn,
-    action: &'static str,
-) -> KinesisError
-where
-    E: aws_sdk_kinesis::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug + 'static,
-{
-    KinesisError::classify(err, arn, action)
 }
 
 impl DynamoDbStream {
@@ -111,7 +99,7 @@ impl DynamoDbStream {
             }
             match request.send().await {
                 Ok(out) => return Ok(out),
-                Err(e) => match classify(e, arn, "dynamodb:DescribeStream") {
+                Err(e) => match KinesisError::classify(e, arn, "dynamodb:DescribeStream") {
                     // DescribeStream allows 10 calls a second per stream.
                     KinesisError::Throttled(_) if throttled.failures() < CONTROL_PLANE_RETRIES => {
                         tokio::time::sleep(throttled.next_wait()).await;
@@ -216,7 +204,7 @@ impl DynamoDbStream {
                     .increment(1);
                 return Box::pin(self.shard_iterator(arn, shard_id, &StartAt::TrimHorizon)).await;
             }
-            Err(e) => return Err(classify(e, arn, "dynamodb:GetShardIterator")),
+            Err(e) => return Err(KinesisError::classify(e, arn, "dynamodb:GetShardIterator")),
         };
         out.shard_iterator.ok_or_else(|| {
             KinesisError::NotFound(format!(
@@ -247,14 +235,9 @@ impl DynamoDbStream {
                 // The iterator's position went past the 24 hours kept: a
                 // new iterator from the last record read finds the oldest.
                 true => KinesisError::ExpiredIterator,
-                false => classify(e, arn, "dynamodb:GetRecords"),
+                false => KinesisError::classify(e, arn, "dynamodb:GetRecords"),
             })?;
-        let body = capture.take().ok_or_else(|| {
-            KinesisError::Other("GetRecords: the response body was not captured".into())
-        })?;
-        let bytes = capture::read_body(body).await.map_err(|e| {
-            KinesisError::Unreachable(format!("GetRecords: reading the response: {e}"))
-        })?;
+        let bytes = capture.body().await?;
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);

@@ -326,12 +326,7 @@ impl Stream {
             .send()
             .await
             .map_err(|e| KinesisError::classify(e, &self.arn, "kinesis:GetRecords"))?;
-        let body = capture.take().ok_or_else(|| {
-            KinesisError::Other("GetRecords: the response body was not captured".into())
-        })?;
-        let bytes = capture::read_body(body).await.map_err(|e| {
-            KinesisError::Unreachable(format!("GetRecords: reading the response: {e}"))
-        })?;
+        let bytes = capture.body().await?;
         let response = getrecords::decode(bytes).map_err(|e| KinesisError::Other(e.to_string()))?;
         if let Some(learned) = learn.take() {
             let config = self.client.config();
