@@ -71,6 +71,8 @@ pub(crate) struct RawAws {
     pub(crate) dynamodb_endpoint: Option<String>,
     pub(crate) dynamodb_streams_endpoint: Option<String>,
     pub(crate) s3_endpoint: Option<String>,
+    pub(crate) sqs_endpoint: Option<String>,
+    pub(crate) sns_endpoint: Option<String>,
     pub(crate) sts_endpoint: Option<String>,
     pub(crate) dynamodb_region: Option<String>,
     pub(crate) ca_file: Option<String>,
@@ -121,6 +123,7 @@ pub(crate) struct RawSink {
     pub(crate) max_record_age_seconds: Option<i64>,
     pub(crate) bisect_on_error: Option<bool>,
     pub(crate) on_failure_file: Option<String>,
+    pub(crate) on_failure_destination: Option<String>,
     pub(crate) timeout_ms: Option<i64>,
     pub(crate) parallelization_factor: Option<i64>,
     pub(crate) batching_window_ms: Option<i64>,
@@ -138,6 +141,11 @@ pub(crate) struct RawS3Sink {
     pub(crate) buffer_interval_seconds: Option<i64>,
     pub(crate) compression: Option<String>,
     pub(crate) format: Option<String>,
+    pub(crate) error_prefix: Option<String>,
+    pub(crate) max_open_partitions: Option<i64>,
+    pub(crate) multipart_threshold_mib: Option<i64>,
+    pub(crate) encryption: Option<String>,
+    pub(crate) kms_key_arn: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Default)]

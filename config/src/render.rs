@@ -7,7 +7,10 @@ use std::fmt::Write;
 
 use toml::Value;
 
-use crate::settings::{FanOutConsumer, InitialPosition, LeaseStore, LogFormat, Settings, SinkKind};
+use crate::settings::{
+    FanOutConsumer, InitialPosition, LeaseStore, LogFormat, S3Compression, S3Encryption, Settings,
+    SinkKind,
+};
 
 /// One line of the rendered file: a key and its value, or a note when the
 /// key is left unset on purpose.
@@ -77,6 +80,8 @@ pub(crate) fn render(settings: &Settings) -> String {
             opt(&a.dynamodb_streams_endpoint),
         ),
         Line::Set("s3_endpoint", opt(&a.s3_endpoint)),
+        Line::Set("sqs_endpoint", opt(&a.sqs_endpoint)),
+        Line::Set("sns_endpoint", opt(&a.sns_endpoint)),
         Line::Set("sts_endpoint", opt(&a.sts_endpoint)),
         if a.dynamodb_region_fallback {
             Line::Unset(
@@ -165,6 +170,13 @@ pub(crate) fn render(settings: &Settings) -> String {
                     .map(|p| p.display().to_string())
                     .unwrap_or_default()),
             ),
+            Line::Set(
+                "on_failure_destination",
+                s(h.on_failure_destination
+                    .as_ref()
+                    .map(|d| d.arn().to_owned())
+                    .unwrap_or_default()),
+            ),
             Line::Set("timeout_ms", ms(h.timeout)),
             Line::Set("parallelization_factor", n(h.parallelization_factor)),
             Line::Set("batching_window_ms", ms(h.batching_window)),
@@ -175,11 +187,45 @@ pub(crate) fn render(settings: &Settings) -> String {
         sink_s3.extend([
             Line::Set("bucket_arn", s(&c.bucket_arn)),
             Line::Set("region", s(c.region.clone().unwrap_or_default())),
-            Line::Set("prefix", s(c.prefix.clone().unwrap_or_default())),
+            Line::Set(
+                "prefix",
+                s(c.prefix
+                    .as_ref()
+                    .map(|p| p.text.clone())
+                    .unwrap_or_default()),
+            ),
+            Line::Set("error_prefix", s(&c.error_prefix.text)),
+            Line::Set("max_open_partitions", n(c.max_open_partitions)),
             Line::Set("buffer_size_mib", n(c.buffer_size / (1024 * 1024))),
             Line::Set("buffer_interval_seconds", n(c.buffer_interval.as_secs())),
-            Line::Set("compression", s(if c.gzip { "gzip" } else { "none" })),
+            Line::Set(
+                "multipart_threshold_mib",
+                n(c.multipart_threshold / (1024 * 1024)),
+            ),
+            Line::Set(
+                "compression",
+                s(match c.compression {
+                    S3Compression::Gzip => "gzip",
+                    S3Compression::Zstd => "zstd",
+                    S3Compression::None => "none",
+                }),
+            ),
             Line::Set("format", s(if c.lambda_format { "lambda" } else { "raw" })),
+            Line::Set(
+                "encryption",
+                s(match c.encryption {
+                    S3Encryption::BucketDefault => "bucket-default",
+                    S3Encryption::S3 => "sse-s3",
+                    S3Encryption::Kms(_) => "sse-kms",
+                }),
+            ),
+            Line::Set(
+                "kms_key_arn",
+                s(match &c.encryption {
+                    S3Encryption::Kms(k) => k.clone(),
+                    _ => String::new(),
+                }),
+            ),
         ]);
     }
     let log = vec![

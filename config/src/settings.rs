@@ -187,6 +187,12 @@ pub struct AwsSettings {
     /// Resolved like `kinesis_endpoint`, from `aws.s3_endpoint` and
     /// `AWS_ENDPOINT_URL_S3`: where the S3 sink writes.
     pub s3_endpoint: Option<String>,
+    /// Resolved like `kinesis_endpoint`, from `aws.sqs_endpoint` and
+    /// `AWS_ENDPOINT_URL_SQS`: an on-failure destination queue's.
+    pub sqs_endpoint: Option<String>,
+    /// Resolved like `kinesis_endpoint`, from `aws.sns_endpoint` and
+    /// `AWS_ENDPOINT_URL_SNS`: an on-failure destination topic's.
+    pub sns_endpoint: Option<String>,
     /// Resolved like `kinesis_endpoint`, from `aws.sts_endpoint` and
     /// `AWS_ENDPOINT_URL_STS`.
     pub sts_endpoint: Option<String>,
@@ -334,18 +340,135 @@ pub struct S3SinkSettings {
     pub bucket_arn: String,
     /// The bucket's region; `None`: the consumer's region.
     pub region: Option<String>,
-    /// The key prefix; `None`: Firehose's `YYYY/MM/DD/HH/` from the first
-    /// record's arrival time (UTC).
-    pub prefix: Option<String>,
+    /// The key prefix template; `None`: Firehose's `YYYY/MM/DD/HH/` from
+    /// the first record's arrival time (UTC).
+    pub prefix: Option<KeyTemplate>,
+    /// Where records go whose partition values cannot be read (a missing
+    /// JSON field, data that is not JSON), as Firehose's error output
+    /// prefix; only used when `prefix` partitions records.
+    pub error_prefix: KeyTemplate,
+    /// Partitions buffered at once within a shard's buffer; a record of
+    /// one more writes the open ones first.
+    pub max_open_partitions: usize,
+    /// Objects larger than this are written by multipart upload.
+    pub multipart_threshold: u64,
+    /// Server-side encryption asked for on each object.
+    pub encryption: S3Encryption,
     /// An object is written once this many bytes are buffered.
     pub buffer_size: u64,
     /// ... or once the oldest buffered record waited this long.
     pub buffer_interval: Duration,
-    /// Objects are gzip-compressed (`.gz`).
-    pub gzip: bool,
+    /// How objects are compressed.
+    pub compression: S3Compression,
     /// Each line is the Lambda record shape (JSON) instead of the record's
     /// own bytes.
     pub lambda_format: bool,
+}
+
+/// How the S3 sink compresses objects.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum S3Compression {
+    /// As written (no extension).
+    None,
+    /// gzip (`.gz`), as Firehose's GZIP.
+    Gzip,
+    /// Zstandard (`.zst`).
+    Zstd,
+}
+
+/// Server-side encryption the S3 sink asks for.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub enum S3Encryption {
+    /// Nothing asked: the bucket's default encryption applies.
+    BucketDefault,
+    /// SSE-S3 (`AES256`).
+    S3,
+    /// SSE-KMS with this key (the bucket owner's key ARN).
+    Kms(String),
+}
+
+/// An S3 key prefix template: literal text and `!{...}` parts, each
+/// resolved per record (see [`KeyPart`]).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct KeyTemplate {
+    /// As written, for messages and `check-config`.
+    pub text: String,
+    /// The parsed parts, in order.
+    #[serde(skip)]
+    pub parts: Vec<KeyPart>,
+}
+
+impl KeyTemplate {
+    /// True when a part depends on the record's own partition key or data
+    /// (dynamic partitioning), not only on its arrival time, stream and
+    /// shard.
+    pub fn partitions_records(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, KeyPart::PartitionKey | KeyPart::Data(_)))
+    }
+}
+
+/// One part of a [`KeyTemplate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyPart {
+    /// Text as written.
+    Literal(String),
+    /// `!{timestamp:<pattern>}`: the record's arrival time in UTC, the
+    /// pattern's `yyyy`, `MM`, `dd`, `HH` and `mm` replaced (Firehose's).
+    Timestamp(String),
+    /// `!{stream}`: the stream's name.
+    Stream,
+    /// `!{shard}`: the shard id.
+    Shard,
+    /// `!{partitionKey}`: the record's partition key.
+    PartitionKey,
+    /// `!{data:a.b}`: the field `a.b` of the record's JSON data.
+    Data(Vec<String>),
+}
+
+/// Where a batch's details go once it exhausted its retries or age, as a
+/// Lambda event source mapping's on-failure destination.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum FailureDestination {
+    /// An SQS queue (`arn:aws:sqs:<region>:<account>:<name>`).
+    Sqs {
+        /// As given.
+        arn: String,
+        /// The queue's region.
+        region: String,
+        /// The queue owner's account.
+        account: String,
+        /// The queue's name.
+        name: String,
+    },
+    /// An SNS topic (`arn:aws:sns:<region>:<account>:<name>`).
+    Sns {
+        /// As given.
+        arn: String,
+        /// The topic's region.
+        region: String,
+    },
+    /// An S3 bucket (`arn:aws:s3:::<bucket>`).
+    S3 {
+        /// As given.
+        arn: String,
+        /// The bucket's name.
+        bucket: String,
+    },
+}
+
+impl FailureDestination {
+    /// The destination's ARN as configured.
+    pub fn arn(&self) -> &str {
+        match self {
+            FailureDestination::Sqs { arn, .. }
+            | FailureDestination::Sns { arn, .. }
+            | FailureDestination::S3 { arn, .. } => arn,
+        }
+    }
 }
 
 /// The HTTP sink, with the semantics of a Lambda event source mapping.
@@ -366,6 +489,9 @@ pub struct HttpSinkSettings {
     /// Where records that exhausted their retries are written (JSON lines)
     /// before they are checkpointed past.
     pub on_failure_file: Option<PathBuf>,
+    /// Where the details of a batch that exhausted its retries go (SQS,
+    /// SNS or S3, of any account), in Lambda's invocation record shape.
+    pub on_failure_destination: Option<FailureDestination>,
     /// How long one request may take, in milliseconds.
     #[serde(serialize_with = "millis")]
     pub timeout: Duration,

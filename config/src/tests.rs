@@ -523,3 +523,162 @@ fn streams_entries_are_refused_where_they_cannot_work() {
         assert_eq!(err_key(e), key, "{text}");
     }
 }
+
+#[test]
+fn s3_sink_keys_are_read_from_nested_variables_and_checked() {
+    let base = [
+        ("KCLD_APPLICATION_NAME", "app"),
+        ("KCLD_STREAM_ARN", ARN),
+        ("KCLD_SINK__TYPE", "s3"),
+        ("KCLD_SINK__S3__BUCKET_ARN", "arn:aws:s3:::landing-1"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut pairs = base.to_vec();
+        pairs.extend_from_slice(extra);
+        load(None, env(&pairs))
+    };
+    let s = with(&[
+        (
+            "KCLD_SINK__S3__PREFIX",
+            "c=!{data:customer.id}/!{timestamp:yyyy/MM}/",
+        ),
+        ("KCLD_SINK__S3__ENCRYPTION", "sse-kms"),
+        (
+            "KCLD_SINK__S3__KMS_KEY_ARN",
+            "arn:aws:kms:us-east-1:111111111111:key/k",
+        ),
+        ("KCLD_SINK__S3__COMPRESSION", "zstd"),
+    ])
+    .unwrap();
+    let s3 = s.sink.s3.unwrap();
+    assert_eq!(s3.bucket, "landing-1");
+    let prefix = s3.prefix.unwrap();
+    assert!(prefix.partitions_records());
+    assert_eq!(
+        prefix.parts,
+        [
+            KeyPart::Literal("c=".into()),
+            KeyPart::Data(vec!["customer".into(), "id".into()]),
+            KeyPart::Literal("/".into()),
+            KeyPart::Timestamp("yyyy/MM".into()),
+            KeyPart::Literal("/".into()),
+        ]
+    );
+    assert_eq!(
+        s3.encryption,
+        S3Encryption::Kms("arn:aws:kms:us-east-1:111111111111:key/k".into())
+    );
+    assert_eq!(s3.compression, S3Compression::Zstd);
+    // Firehose's hour layout unless a prefix is set; no partitions.
+    assert!(with(&[]).unwrap().sink.s3.unwrap().prefix.is_none());
+
+    let bad: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("KCLD_SINK__S3__PREFIX", "x/!{data:}/")],
+            "sink.s3.prefix",
+        ),
+        (
+            &[("KCLD_SINK__S3__PREFIX", "x/!{whatever}/")],
+            "sink.s3.prefix",
+        ),
+        (&[("KCLD_SINK__S3__PREFIX", "x/!{shard/")], "sink.s3.prefix"),
+        (
+            &[("KCLD_SINK__S3__ERROR_PREFIX", "e/!{partitionKey}/")],
+            "sink.s3.error_prefix",
+        ),
+        (
+            &[("KCLD_SINK__S3__ENCRYPTION", "sse-kms")],
+            "sink.s3.kms_key_arn",
+        ),
+        (
+            &[(
+                "KCLD_SINK__S3__KMS_KEY_ARN",
+                "arn:aws:kms:us-east-1:1:key/k",
+            )],
+            "sink.s3.kms_key_arn",
+        ),
+        (
+            &[("KCLD_SINK__S3__ENCRYPTION", "aes")],
+            "sink.s3.encryption",
+        ),
+        (
+            &[("KCLD_SINK__S3__MULTIPART_THRESHOLD_MIB", "4")],
+            "sink.s3.multipart_threshold_mib",
+        ),
+        (
+            &[("KCLD_SINK__S3__MAX_OPEN_PARTITIONS", "0")],
+            "sink.s3.max_open_partitions",
+        ),
+        (
+            &[("KCLD_SINK__S3__COMPRESSION", "lz4")],
+            "sink.s3.compression",
+        ),
+    ];
+    for (extra, key) in bad {
+        let e = with(extra).unwrap_err();
+        assert_eq!(err_key(e), *key, "{extra:?}");
+    }
+}
+
+#[test]
+fn on_failure_destinations_are_queue_topic_or_bucket_arns_of_any_account() {
+    let with = |destination: &str, limit: bool| {
+        let mut pairs = vec![
+            ("KCLD_APPLICATION_NAME", "app"),
+            ("KCLD_STREAM_ARN", ARN),
+            ("KCLD_SINK__TYPE", "http"),
+            ("KCLD_SINK__URL", "http://127.0.0.1:8080/"),
+            ("KCLD_SINK__ON_FAILURE_DESTINATION", destination),
+        ];
+        if limit {
+            pairs.push(("KCLD_SINK__MAX_RETRY_ATTEMPTS", "2"));
+        }
+        load(None, env(&pairs))
+    };
+    let queue = with("arn:aws:sqs:eu-west-1:222222222222:failed", true).unwrap();
+    assert_eq!(
+        queue.sink.http.unwrap().on_failure_destination,
+        Some(FailureDestination::Sqs {
+            arn: "arn:aws:sqs:eu-west-1:222222222222:failed".into(),
+            region: "eu-west-1".into(),
+            account: "222222222222".into(),
+            name: "failed".into(),
+        })
+    );
+    assert!(matches!(
+        with("arn:aws:sns:us-east-1:222222222222:t", true)
+            .unwrap()
+            .sink
+            .http
+            .unwrap()
+            .on_failure_destination,
+        Some(FailureDestination::Sns { .. })
+    ));
+    assert!(matches!(
+        with("arn:aws:s3:::failed-batches", true)
+            .unwrap()
+            .sink
+            .http
+            .unwrap()
+            .on_failure_destination,
+        Some(FailureDestination::S3 { .. })
+    ));
+    for bad in [
+        "arn:aws:sqs:eu-west-1:2222:failed",
+        "arn:aws:lambda:us-east-1:222222222222:function:f",
+        "arn:aws:s3:::B",
+        "failed",
+    ] {
+        assert_eq!(
+            err_key(with(bad, true).unwrap_err()),
+            "sink.on_failure_destination",
+            "{bad}"
+        );
+    }
+    // A retry limit needs somewhere for what it gives up.
+    assert_eq!(
+        err_key(with("", true).unwrap_err()),
+        "sink.on_failure_destination"
+    );
+    assert!(with("", false).is_ok());
+}

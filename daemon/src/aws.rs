@@ -199,6 +199,28 @@ pub async fn s3_client(
     Ok(aws_sdk_s3::Client::from_conf(s3.build()))
 }
 
+/// An SQS client for an on-failure destination queue in `region`: the
+/// consumer's own credentials (the queue policy names its role).
+pub async fn sqs_client(settings: &Settings, region: &str) -> Result<aws_sdk_sqs::Client> {
+    let base = base_config(settings, region, None).await?;
+    let mut sqs = aws_sdk_sqs::config::Builder::from(&base);
+    if let Some(url) = &settings.aws.sqs_endpoint {
+        sqs = sqs.endpoint_url(url);
+    }
+    Ok(aws_sdk_sqs::Client::from_conf(sqs.build()))
+}
+
+/// An SNS client for an on-failure destination topic in `region`: the
+/// consumer's own credentials (the topic policy names its role).
+pub async fn sns_client(settings: &Settings, region: &str) -> Result<aws_sdk_sns::Client> {
+    let base = base_config(settings, region, None).await?;
+    let mut sns = aws_sdk_sns::config::Builder::from(&base);
+    if let Some(url) = &settings.aws.sns_endpoint {
+        sns = sns.endpoint_url(url);
+    }
+    Ok(aws_sdk_sns::Client::from_conf(sns.build()))
+}
+
 /// The SDK configuration every client starts from: the HTTP client (CA
 /// file included), `region`, kcld's timeouts, the SDK's standard retries
 /// (3 attempts), and `credentials` in place of the default chain when given.

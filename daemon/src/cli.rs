@@ -323,6 +323,8 @@ async fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Re
     let mut consumer_name = args.consumer_name.clone();
     let mut notes: Vec<String> = Vec::new();
     let mut assumed: Option<kcld_config::AssumeRole> = None;
+    // The sink of a configuration: its bucket and destination policies.
+    let mut sink: Option<kcld_config::SinkSettings> = None;
     let (stream, table, table_region) = match &args.stream_arn {
         Some(arn) => {
             let stream: StreamArn = arn.parse().map_err(|e: kcld_config::ArnError| {
@@ -369,6 +371,7 @@ async fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Re
             }
             let table = args.lease_table.clone().unwrap_or(settings.lease_table);
             assumed = settings.aws.assume_role.clone();
+            sink = Some(settings.sink);
             (settings.stream_arn, table, settings.aws.dynamodb_region)
         }
     };
@@ -416,6 +419,9 @@ async fn print_policy(args: &PolicyArgs, config: Option<&std::path::Path>) -> Re
         lease_table_region: &table_region,
         assumed_with_external_id: assumed.as_ref().map(|r| r.external_id.as_deref()),
     });
+    if let Some(sink) = &sink {
+        crate::policy::add_delivery(&mut doc, sink, &args.consumer_role_arn);
+    }
     if !notes.is_empty() {
         doc["notes"] = serde_json::json!(notes);
     }
@@ -480,12 +486,14 @@ fn print_policies_for_streams(args: &PolicyArgs, settings: &Settings) -> Result<
         .lease_table
         .clone()
         .unwrap_or_else(|| settings.lease_table.clone());
-    print_json(&crate::policy::policies_for_streams(
+    let mut doc = crate::policy::policies_for_streams(
         &args.consumer_role_arn,
         &streams,
         &table,
         &settings.aws.dynamodb_region,
-    ))
+    );
+    crate::policy::add_delivery(&mut doc, &settings.sink, &args.consumer_role_arn);
+    print_json(&doc)
 }
 
 /// `kcld status --watch`: the table redrawn in place (or one JSON line per

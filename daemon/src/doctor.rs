@@ -89,8 +89,79 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
     report.stream = None;
     if let Some(clients) = lease_clients {
         table_checks(&mut report, settings, &clients).await;
+        if let Some(s3) = &settings.sink.s3 {
+            bucket_checks(&mut report, settings, s3).await;
+        }
     }
     report.checks
+}
+
+/// The S3 sink's bucket: a zero-byte object written under `_kcld/` with
+/// the bucket owner's ACL (as the sink writes), then deleted. The bucket
+/// policy kcld needs does not grant s3:DeleteObject (kcld never deletes),
+/// so the probe may stay: it is one fixed key, overwritten by every run.
+async fn bucket_checks(report: &mut Report, settings: &Settings, s3: &kcld_config::S3SinkSettings) {
+    use aws_sdk_s3::error::ProvideErrorMetadata;
+    use aws_sdk_s3::types::ObjectCannedAcl;
+    let check = "s3:PutObject (sink bucket)";
+    let client = match crate::aws::s3_client(settings, s3.region.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => return report.fail(check, format!("S3 client: {e}"), None),
+    };
+    let key = "_kcld/doctor-probe";
+    let put = |acl: bool| {
+        let mut request = client
+            .put_object()
+            .bucket(&s3.bucket)
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b""));
+        if acl {
+            request = request.acl(ObjectCannedAcl::BucketOwnerFullControl);
+        }
+        request.send()
+    };
+    let mut answer = put(true).await;
+    let mut note = "written with bucket-owner-full-control";
+    if matches!(&answer, Err(e) if e.code() == Some("AccessControlListNotSupported")) {
+        answer = put(false).await;
+        note = "the bucket refuses ACLs (bucket owner enforced): its owner owns what kcld writes";
+    }
+    match answer {
+        Ok(_) => {
+            report.pass(check, format!("wrote s3://{}/{key} ({note})", s3.bucket));
+            if let Err(e) = client
+                .delete_object()
+                .bucket(&s3.bucket)
+                .key(key)
+                .send()
+                .await
+            {
+                report.pass(
+                    "s3:DeleteObject (sink bucket, optional)",
+                    format!(
+                        "the probe s3://{}/{key} stays: {} (kcld never deletes objects and needs no s3:DeleteObject; every doctor run overwrites this one key)",
+                        s3.bucket,
+                        e.code().unwrap_or("not deleted")
+                    ),
+                );
+            }
+        }
+        Err(e) => {
+            let code = e.code().unwrap_or_default().to_owned();
+            let detail = kcld_lease::table::plain_error(&e);
+            let fix = matches!(code.as_str(), "AccessDenied" | "AllAccessDisabled").then(|| Fix {
+                missing_action: "s3:PutObject".into(),
+                fixed_by:
+                    "the bucket owner, in the bucket policy (and the consumer role's own policy)"
+                        .into(),
+                statement: policy::bucket_write_statement(
+                    &s3.bucket_arn,
+                    &policy::role_placeholder(None),
+                ),
+            });
+            report.fail(check, format!("s3://{}: {detail}", s3.bucket), fix);
+        }
+    }
 }
 
 /// The clients of one stream, its credentials resolved (and its role

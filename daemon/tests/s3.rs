@@ -11,21 +11,24 @@ use kcld_testkit::{unique_name, Kcld, Stack};
 
 const KCLD: &str = env!("CARGO_BIN_EXE_kcld");
 
-/// A bucket of the producer account (the bucket owner).
+/// A bucket of the producer account (the bucket owner) whose policy lets
+/// the consumer account write.
 async fn bucket(stack: &Stack) -> String {
-    let name = unique_name("landing").to_lowercase();
-    stack
-        .s3_as(&stack.producer_account)
-        .await
-        .create_bucket()
-        .bucket(&name)
-        .send()
-        .await
-        .unwrap();
-    name
+    stack.create_bucket("landing", true).await.unwrap()
 }
 
 fn config(app: &str, arn: &str, bucket: &str, interval_s: u64) -> tempfile::NamedTempFile {
+    config_with(app, arn, bucket, interval_s, "buffer_size_mib = 1\n")
+}
+
+/// [`config`] with more `[sink.s3]` lines.
+fn config_with(
+    app: &str,
+    arn: &str,
+    bucket: &str,
+    interval_s: u64,
+    s3: &str,
+) -> tempfile::NamedTempFile {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         file.path(),
@@ -33,28 +36,48 @@ fn config(app: &str, arn: &str, bucket: &str, interval_s: u64) -> tempfile::Name
             "application_name = \"{app}\"\nstream_arn = \"{arn}\"\ninitial_position = \"TRIM_HORIZON\"\n\
              [checkpoint]\ninterval_ms = 200\n[polling]\nidle_time_between_reads_ms = 200\n\
              [sink]\ntype = \"s3\"\n[sink.s3]\nbucket_arn = \"arn:aws:s3:::{bucket}\"\n\
-             buffer_size_mib = 1\nbuffer_interval_seconds = {interval_s}\n"
+             buffer_interval_seconds = {interval_s}\n{s3}"
         ),
     )
     .unwrap();
     file
 }
 
+/// An object's lines, decompressed as its extension says.
+fn lines_of(key: &str, body: &[u8]) -> Vec<Vec<u8>> {
+    let text = if key.ends_with(".gz") {
+        let mut text = Vec::new();
+        flate2::read::GzDecoder::new(body)
+            .read_to_end(&mut text)
+            .unwrap_or_else(|e| panic!("{key} is not gzip: {e}"));
+        text
+    } else if key.ends_with(".zst") {
+        zstd::decode_all(body).unwrap_or_else(|e| panic!("{key} is not zstd: {e}"))
+    } else {
+        body.to_vec()
+    };
+    text.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
 /// Every line of every object, gunzipped, with how often it appears.
 async fn landed(stack: &Stack, bucket: &str) -> (HashMap<Vec<u8>, usize>, Vec<String>) {
     let objects = stack.bucket_objects(bucket).await.unwrap();
     let mut lines: HashMap<Vec<u8>, usize> = HashMap::new();
+    // `kcld doctor`'s probe aside.
+    let objects: Vec<(String, Vec<u8>)> = objects
+        .into_iter()
+        .filter(|(key, _)| key != "_kcld/doctor-probe")
+        .collect();
     for (key, body) in &objects {
         assert!(key.ends_with(".gz"), "{key}");
-        let mut text = Vec::new();
-        flate2::read::GzDecoder::new(&body[..])
-            .read_to_end(&mut text)
-            .unwrap_or_else(|e| panic!("{key} is not gzip: {e}"));
-        for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            *lines.entry(line.to_vec()).or_default() += 1;
+        for line in lines_of(key, body) {
+            *lines.entry(line).or_default() += 1;
         }
     }
-    (lines, objects.into_keys().collect())
+    (lines, objects.into_iter().map(|(k, _)| k).collect())
 }
 
 /// Waits until every shard's checkpoint is its last record's.
@@ -114,6 +137,32 @@ async fn ten_thousand_records_land_in_another_accounts_bucket_each_once() {
         );
         assert!(parts[4].contains("shardId-"), "{key}");
     }
+    // Written by the consumer account, fully controlled by the bucket
+    // owner.
+    let s3 = stack.s3_as(&stack.producer_account).await;
+    let owner = s3.get_bucket_acl().bucket(&bucket).send().await.unwrap();
+    let owner_id = owner.owner().and_then(|o| o.id()).unwrap().to_owned();
+    for key in &keys {
+        let acl = s3
+            .get_object_acl()
+            .bucket(&bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(
+            acl.owner().and_then(|o| o.id()),
+            Some(owner_id.as_str()),
+            "{key}"
+        );
+        assert!(
+            acl.grants().iter().any(|g| {
+                g.permission().map(|p| p.as_str()) == Some("FULL_CONTROL")
+                    && g.grantee().and_then(|g| g.id()) == Some(owner_id.as_str())
+            }),
+            "{key}: {acl:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,4 +218,281 @@ async fn a_kill_9_while_buffering_loses_nothing() {
         );
     }
     assert_eq!(lines.len(), first.len() + second.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_partitioned_by_a_json_field_across_accounts() {
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("partitions"), 2)
+        .await
+        .unwrap();
+    let bucket = bucket(&stack).await;
+    let mut records: Vec<(String, Vec<u8>)> = (0..600)
+        .map(|i| {
+            (
+                format!("key-{i}"),
+                format!(r#"{{"customer":{{"id":"c/{}"}},"n":{i}}}"#, i % 3).into_bytes(),
+            )
+        })
+        .collect();
+    // Records whose partition cannot be read: not JSON, no such field.
+    records.push(("odd-1".into(), b"not json".to_vec()));
+    records.push(("odd-2".into(), br#"{"customer":{}}"#.to_vec()));
+    let placed = stack.put_records(&arn, &records).await.unwrap();
+    let app = unique_name("partitions-app");
+    let file = config_with(
+        &app,
+        &arn,
+        &bucket,
+        1,
+        "prefix = \"customers/!{data:customer.id}/!{timestamp:yyyy}/\"\ncompression = \"zstd\"\n",
+    );
+    let mut env = stack.consumer_env();
+    env.insert("KCLD_CONFIG".into(), file.path().to_str().unwrap().into());
+    let kcld = Kcld::spawn(KCLD, &["run"], &env).unwrap();
+    wait_checkpointed(&stack, &app, &placed, &kcld).await;
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
+
+    // Each record once, under its customer's prefix (the '/' of the value
+    // escaped), the unreadable ones under the error prefix.
+    let objects = stack.bucket_objects(&bucket).await.unwrap();
+    let mut seen: HashMap<Vec<u8>, Vec<String>> = HashMap::new();
+    for (key, body) in &objects {
+        assert!(key.ends_with(".zst"), "{key}");
+        for line in lines_of(key, body) {
+            seen.entry(line).or_default().push(key.clone());
+        }
+    }
+    assert_eq!(seen.len(), records.len());
+    for (i, (_, data)) in records.iter().enumerate() {
+        let keys = &seen[data];
+        assert_eq!(
+            keys.len(),
+            1,
+            "{} in {keys:?}",
+            String::from_utf8_lossy(data)
+        );
+        let expected = if i < 600 {
+            format!("customers/c%2F{}/", i % 3)
+        } else {
+            "processing-failed/".to_owned()
+        };
+        assert!(
+            keys[0].starts_with(&expected),
+            "{} under {}",
+            String::from_utf8_lossy(data),
+            keys[0]
+        );
+    }
+    let partitions: std::collections::BTreeSet<&str> = objects
+        .keys()
+        .filter_map(|k| k.strip_prefix("customers/"))
+        .filter_map(|k| k.split('/').next())
+        .collect();
+    assert_eq!(
+        partitions.into_iter().collect::<Vec<_>>(),
+        ["c%2F0", "c%2F1", "c%2F2"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_buffer_is_a_multipart_upload_encrypted_as_asked() {
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("multipart"), 1)
+        .await
+        .unwrap();
+    let bucket = bucket(&stack).await;
+    // 7,000 records of 1 KiB: one buffer of about 7 MiB, above the 5 MiB
+    // threshold.
+    let records: Vec<(String, Vec<u8>)> = (0..7_000)
+        .map(|i| {
+            let mut data = format!("{i:08}-").into_bytes();
+            data.resize(1024, b'a' + (i % 26) as u8);
+            (format!("k{i}"), data)
+        })
+        .collect();
+    let placed = stack.put_records(&arn, &records).await.unwrap();
+    let app = unique_name("multipart-app");
+    let file = config_with(
+        &app,
+        &arn,
+        &bucket,
+        20,
+        "buffer_size_mib = 8\nmultipart_threshold_mib = 5\ncompression = \"none\"\nencryption = \"sse-s3\"\n",
+    );
+    let mut env = stack.consumer_env();
+    env.insert("KCLD_CONFIG".into(), file.path().to_str().unwrap().into());
+    let kcld = Kcld::spawn(KCLD, &["run"], &env).unwrap();
+    wait_checkpointed(&stack, &app, &placed, &kcld).await;
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
+
+    let objects = stack.bucket_objects(&bucket).await.unwrap();
+    let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
+    for (key, body) in &objects {
+        assert!(
+            !key.contains('.'),
+            "no extension without compression: {key}"
+        );
+        for line in lines_of(key, body) {
+            *seen.entry(line).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), records.len());
+    assert!(records.iter().all(|(_, d)| seen.get(d) == Some(&1)));
+    let s3 = stack.s3_as(&stack.producer_account).await;
+    let mut multipart = 0;
+    for key in objects.keys() {
+        let head = s3
+            .head_object()
+            .bucket(&bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            head.server_side_encryption().map(|e| e.as_str()),
+            Some("AES256"),
+            "{key}"
+        );
+        // A multipart object's ETag ends with its number of parts.
+        if head
+            .e_tag()
+            .unwrap_or_default()
+            .trim_matches('"')
+            .contains('-')
+        {
+            multipart += 1;
+        }
+    }
+    assert!(
+        multipart >= 1,
+        "no object above 5 MiB went by multipart upload: {:?}",
+        objects
+            .iter()
+            .map(|(k, b)| (k, b.len()))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_that_refuses_the_consumer_is_one_clear_error_until_its_policy_is_added() {
+    let stack = Stack::from_env().unwrap();
+    let arn = stack
+        .create_shared_stream(&unique_name("refused"), 1)
+        .await
+        .unwrap();
+    let bucket = stack.create_bucket("refused", false).await.unwrap();
+    let records: Vec<(String, Vec<u8>)> = (0..50)
+        .map(|i| (format!("k{i}"), format!("refused {i}").into_bytes()))
+        .collect();
+    let placed = stack.put_records(&arn, &records).await.unwrap();
+    let app = unique_name("refused-app");
+    let file = config(&app, &arn, &bucket, 1);
+    let mut env = stack.consumer_env();
+    env.insert("KCLD_CONFIG".into(), file.path().to_str().unwrap().into());
+    // moto's STS behind the relay, for doctor's caller identity.
+    env.insert(
+        "AWS_ENDPOINT_URL_STS".into(),
+        stack.streams_endpoint.clone(),
+    );
+
+    // kcld stops with one message naming the action and the statement.
+    let kcld = Kcld::spawn(KCLD, &["run"], &env).unwrap();
+    let stderr = kcld.stderr.clone();
+    let status = kcld.wait(Duration::from_secs(60)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let text = stderr.lock().unwrap().clone();
+    assert_ne!(status.code(), Some(0), "{text}");
+    let error: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("kcld: error"))
+        .collect();
+    assert_eq!(error.len(), 1, "{text}");
+    for needed in [
+        "s3:PutObject",
+        "bucket policy",
+        "kcld-cross-account-delivery",
+        &format!("arn:aws:s3:::{bucket}/*"),
+    ] {
+        assert!(error[0].contains(needed), "{needed} missing: {}", error[0]);
+    }
+    // Nothing written, nothing checkpointed.
+    assert!(stack.bucket_objects(&bucket).await.unwrap().is_empty());
+    let checkpoints = stack.checkpoints(&app).await;
+    assert!(
+        checkpoints.values().all(|(c, _)| c == "TRIM_HORIZON"),
+        "{checkpoints:?}"
+    );
+
+    // doctor names the same; the bucket policy kcld policy prints mends it.
+    let checks = kcld_testkit::doctor_checks(KCLD, &env).await.unwrap();
+    let probe = checks
+        .iter()
+        .find(|c| {
+            c["check"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("s3:PutObject")
+        })
+        .unwrap_or_else(|| panic!("no bucket check: {checks:?}"));
+    assert_eq!(probe["ok"], false, "{probe}");
+    assert_eq!(probe["fix"]["missing_action"], "s3:PutObject", "{probe}");
+    let role = format!("arn:aws:iam::{}:role/kcld", stack.consumer_account);
+    let out = std::process::Command::new(KCLD)
+        .args(["policy", "--consumer-role-arn", &role])
+        .env_clear()
+        .envs(&env)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let policy = &doc["bucket_policy"];
+    assert_eq!(
+        policy["Statement"][0]["Principal"]["AWS"],
+        role.as_str(),
+        "{doc}"
+    );
+    assert!(
+        doc["consumer_role_policy"]["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["Sid"] == "DeliverToBucket"),
+        "{doc}"
+    );
+    stack
+        .put_bucket_policy(&bucket, &policy.to_string())
+        .await
+        .unwrap();
+    let out = std::process::Command::new(KCLD)
+        .args(["doctor", "--json"])
+        .env_clear()
+        .envs(&env)
+        .output()
+        .unwrap();
+    let checks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{checks:?}");
+    assert!(
+        checks.iter().any(|c| c["check"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("s3:PutObject")
+            && c["ok"] == true),
+        "{checks:?}"
+    );
+
+    // Started again: every record lands once.
+    let kcld = Kcld::spawn(KCLD, &["run"], &env).unwrap();
+    wait_checkpointed(&stack, &app, &placed, &kcld).await;
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
+    let (lines, keys) = landed(&stack, &bucket).await;
+    assert_eq!(lines.len(), records.len());
+    assert!(records.iter().all(|(_, d)| lines.get(d) == Some(&1)));
+    assert!(keys.iter().all(|k| !k.starts_with("_kcld/")), "{keys:?}");
 }

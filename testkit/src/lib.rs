@@ -16,6 +16,7 @@ pub mod h2relay;
 mod lease_table;
 pub mod private;
 mod process;
+mod queues;
 pub mod reshard;
 mod s3;
 mod source_tables;
@@ -163,6 +164,8 @@ impl Stack {
                 self.streams_endpoint.clone(),
             ),
             ("AWS_ENDPOINT_URL_S3".into(), self.streams_endpoint.clone()),
+            ("AWS_ENDPOINT_URL_SQS".into(), self.streams_endpoint.clone()),
+            ("AWS_ENDPOINT_URL_SNS".into(), self.streams_endpoint.clone()),
         ])
     }
 

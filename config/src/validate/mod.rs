@@ -401,6 +401,16 @@ fn validate_aws(
         non_empty(raw.s3_endpoint),
         "AWS_ENDPOINT_URL_S3",
     )?;
+    let sqs_endpoint = resolve(
+        "aws.sqs_endpoint",
+        non_empty(raw.sqs_endpoint),
+        "AWS_ENDPOINT_URL_SQS",
+    )?;
+    let sns_endpoint = resolve(
+        "aws.sns_endpoint",
+        non_empty(raw.sns_endpoint),
+        "AWS_ENDPOINT_URL_SNS",
+    )?;
     let sts_endpoint = resolve(
         "aws.sts_endpoint",
         non_empty(raw.sts_endpoint),
@@ -455,6 +465,8 @@ fn validate_aws(
         dynamodb_endpoint,
         dynamodb_streams_endpoint,
         s3_endpoint,
+        sqs_endpoint,
+        sns_endpoint,
         sts_endpoint,
         dynamodb_region,
         dynamodb_region_from,

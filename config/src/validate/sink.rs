@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use crate::non_empty;
 use crate::raw::{RawS3Sink, RawSink};
-use crate::{ConfigError, HttpSinkSettings, S3SinkSettings};
+use crate::{
+    ConfigError, FailureDestination, HttpSinkSettings, KeyPart, KeyTemplate, S3Compression,
+    S3Encryption, S3SinkSettings,
+};
 
 pub(super) fn validate_http_sink(raw: &RawSink) -> Result<HttpSinkSettings, ConfigError> {
     let url = non_empty(raw.url.clone()).ok_or_else(|| {
@@ -54,13 +57,17 @@ pub(super) fn validate_http_sink(raw: &RawSink) -> Result<HttpSinkSettings, Conf
         }
     };
     let on_failure_file = non_empty(raw.on_failure_file.clone()).map(PathBuf::from);
+    let on_failure_destination = non_empty(raw.on_failure_destination.clone())
+        .map(|arn| failure_destination(&arn))
+        .transpose()?;
     if (max_retry_attempts.is_some() || max_record_age_seconds.is_some())
         && on_failure_file.is_none()
+        && on_failure_destination.is_none()
     {
         return Err(ConfigError::key(
-            "sink.on_failure_file",
-            "is required when sink.max_retry_attempts or sink.max_record_age_seconds limits retries",
-            "name a file for records that exhaust their retries; without it they would be lost",
+            "sink.on_failure_destination",
+            "(or sink.on_failure_file) is required when sink.max_retry_attempts or sink.max_record_age_seconds limits retries",
+            "name an SQS queue, SNS topic or S3 bucket ARN for the details of batches that exhaust their retries, or a local file for the records themselves; without either they would be lost",
         ));
     }
     let timeout = super::millis("sink.timeout_ms", raw.timeout_ms, 30_000, 100, 900_000)?;
@@ -88,7 +95,113 @@ pub(super) fn validate_http_sink(raw: &RawSink) -> Result<HttpSinkSettings, Conf
         max_record_age: max_record_age_seconds.map(Duration::from_secs),
         bisect_on_error: raw.bisect_on_error.unwrap_or(false),
         on_failure_file,
+        on_failure_destination,
         timeout,
+    })
+}
+
+/// `sink.on_failure_destination`: an SQS queue, SNS topic or S3 bucket
+/// ARN, of any account (Lambda's on-failure destinations).
+fn failure_destination(arn: &str) -> Result<FailureDestination, ConfigError> {
+    let bad = || {
+        ConfigError::key(
+            "sink.on_failure_destination",
+            format!("{arn:?} is not an SQS queue, SNS topic or S3 bucket ARN"),
+            "use arn:aws:sqs:<region>:<account>:<queue>, arn:aws:sns:<region>:<account>:<topic> or arn:aws:s3:::<bucket>",
+        )
+    };
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    if parts.len() != 6 || parts[0] != "arn" || !parts[1].starts_with("aws") {
+        return Err(bad());
+    }
+    let (service, region, account, name) = (parts[2], parts[3], parts[4], parts[5]);
+    let named = !name.is_empty()
+        && name.len() <= 256
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    let placed = super::is_region(region)
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit());
+    match service {
+        "sqs" if named && placed => Ok(FailureDestination::Sqs {
+            arn: arn.to_owned(),
+            region: region.to_owned(),
+            account: account.to_owned(),
+            name: name.to_owned(),
+        }),
+        "sns" if named && placed => Ok(FailureDestination::Sns {
+            arn: arn.to_owned(),
+            region: region.to_owned(),
+        }),
+        "s3" if region.is_empty() && account.is_empty() && bucket_name(name) => {
+            Ok(FailureDestination::S3 {
+                arn: arn.to_owned(),
+                bucket: name.to_owned(),
+            })
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// An S3 bucket name: 3 to 63 lower-case letters, digits, '-' and '.'.
+fn bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+/// A key prefix template (`sink.s3.prefix`, `sink.s3.error_prefix`):
+/// literal text and `!{timestamp:<pattern>}`, `!{stream}`, `!{shard}`,
+/// `!{partitionKey}`, `!{data:<field>[.<field>...]}`.
+pub(super) fn key_template(key: &str, text: &str) -> Result<KeyTemplate, ConfigError> {
+    let fix = "use literal text and !{timestamp:yyyy/MM/dd/HH}, !{stream}, !{shard}, !{partitionKey} or !{data:<field>.<field>}, e.g. \"events/!{data:customer_id}/!{timestamp:yyyy/MM/dd}/\"";
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find("!{") {
+        if open > 0 {
+            parts.push(KeyPart::Literal(rest[..open].to_owned()));
+        }
+        let after = &rest[open + 2..];
+        let close = after.find('}').ok_or_else(|| {
+            ConfigError::key(key, format!("{text:?} has a !{{ without its }}"), fix)
+        })?;
+        let inner = &after[..close];
+        let part = match inner.split_once(':') {
+            None if inner == "stream" => KeyPart::Stream,
+            None if inner == "shard" => KeyPart::Shard,
+            None if inner == "partitionKey" => KeyPart::PartitionKey,
+            Some(("timestamp", pattern))
+                if !pattern.is_empty()
+                    && ["yyyy", "MM", "dd", "HH", "mm"]
+                        .iter()
+                        .any(|t| pattern.contains(t)) =>
+            {
+                KeyPart::Timestamp(pattern.to_owned())
+            }
+            Some(("data", path))
+                if !path.is_empty() && path.split('.').all(|f| !f.trim().is_empty()) =>
+            {
+                KeyPart::Data(path.split('.').map(|f| f.trim().to_owned()).collect())
+            }
+            _ => {
+                return Err(ConfigError::key(
+                    key,
+                    format!("!{{{inner}}} in {text:?} is not a key part"),
+                    fix,
+                ))
+            }
+        };
+        parts.push(part);
+        rest = &after[close + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(KeyPart::Literal(rest.to_owned()));
+    }
+    Ok(KeyTemplate {
+        text: text.to_owned(),
+        parts,
     })
 }
 
@@ -107,12 +220,7 @@ pub(super) fn validate_s3_sink(raw: &RawS3Sink) -> Result<S3SinkSettings, Config
         .strip_prefix("arn:")
         .and_then(|rest| rest.split_once(":s3:::"))
         .map(|(_, name)| name.to_owned())
-        .filter(|name| {
-            (3..=63).contains(&name.len())
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        })
+        .filter(|name| bucket_name(name))
         .ok_or_else(|| {
             ConfigError::key(
                 "sink.s3.bucket_arn",
@@ -136,14 +244,15 @@ pub(super) fn validate_s3_sink(raw: &RawS3Sink) -> Result<S3SinkSettings, Config
             "use 0 to 900 (seconds, as Firehose's buffering hints)",
         ));
     }
-    let gzip = match non_empty(raw.compression.clone()).as_deref() {
-        None | Some("gzip") => true,
-        Some("none") => false,
+    let compression = match non_empty(raw.compression.clone()).as_deref() {
+        None | Some("gzip") => S3Compression::Gzip,
+        Some("zstd") => S3Compression::Zstd,
+        Some("none") => S3Compression::None,
         Some(other) => {
             return Err(ConfigError::key(
                 "sink.s3.compression",
                 format!("{other:?} is not a compression"),
-                "use gzip or none",
+                "use gzip, zstd or none",
             ))
         }
     };
@@ -158,14 +267,85 @@ pub(super) fn validate_s3_sink(raw: &RawS3Sink) -> Result<S3SinkSettings, Config
             ))
         }
     };
+    let prefix = non_empty(raw.prefix.clone())
+        .map(|p| key_template("sink.s3.prefix", &p))
+        .transpose()?;
+    let error_prefix = key_template(
+        "sink.s3.error_prefix",
+        &non_empty(raw.error_prefix.clone())
+            .unwrap_or_else(|| "processing-failed/!{timestamp:yyyy/MM/dd/HH}/".to_owned()),
+    )?;
+    if error_prefix.partitions_records() {
+        return Err(ConfigError::key(
+            "sink.s3.error_prefix",
+            "takes no !{partitionKey} or !{data:...}: it is where records go whose partition cannot be read",
+            "use literal text, !{timestamp:...}, !{stream} and !{shard}",
+        ));
+    }
+    // Firehose's default limit of active partitions is 500.
+    let max_open_partitions = super::in_range(
+        "sink.s3.max_open_partitions",
+        raw.max_open_partitions,
+        500,
+        1,
+        10_000,
+    )?;
+    // S3's parts are at least 5 MiB (but the last).
+    let multipart_threshold_mib = super::in_range(
+        "sink.s3.multipart_threshold_mib",
+        raw.multipart_threshold_mib,
+        16,
+        5,
+        1024,
+    )?;
+    let kms_key_arn = non_empty(raw.kms_key_arn.clone());
+    let encryption = match (non_empty(raw.encryption.clone()).as_deref(), kms_key_arn) {
+        (None | Some("bucket-default"), None) => S3Encryption::BucketDefault,
+        (Some("sse-s3"), None) => S3Encryption::S3,
+        (Some("sse-kms"), Some(key)) if key.starts_with("arn:") && key.contains(":kms:") => {
+            S3Encryption::Kms(key)
+        }
+        (Some("sse-kms"), Some(key)) => {
+            return Err(ConfigError::key(
+                "sink.s3.kms_key_arn",
+                format!("{key:?} is not a KMS key ARN"),
+                "use the bucket owner's key ARN, arn:aws:kms:<region>:<account>:key/<id> (an alias would be resolved in this consumer's account)",
+            ))
+        }
+        (Some("sse-kms"), None) => {
+            return Err(ConfigError::key(
+                "sink.s3.kms_key_arn",
+                "is required with sink.s3.encryption = \"sse-kms\"",
+                "set the bucket owner's KMS key ARN; its key policy must allow this consumer's role kms:GenerateDataKey and kms:Decrypt",
+            ))
+        }
+        (None | Some("bucket-default" | "sse-s3"), Some(_)) => {
+            return Err(ConfigError::key(
+                "sink.s3.kms_key_arn",
+                "is only used with sink.s3.encryption = \"sse-kms\"",
+                "set encryption = \"sse-kms\", or remove the key",
+            ))
+        }
+        (Some(other), _) => {
+            return Err(ConfigError::key(
+                "sink.s3.encryption",
+                format!("{other:?} is not an encryption"),
+                "use bucket-default (nothing asked), sse-s3 or sse-kms (with kms_key_arn)",
+            ))
+        }
+    };
     Ok(S3SinkSettings {
         bucket,
         bucket_arn,
         region: non_empty(raw.region.clone()),
-        prefix: non_empty(raw.prefix.clone()),
+        prefix,
+        error_prefix,
+        max_open_partitions: max_open_partitions as usize,
+        multipart_threshold: multipart_threshold_mib * 1024 * 1024,
+        encryption,
         buffer_size: buffer_size_mib as u64 * 1024 * 1024,
         buffer_interval: Duration::from_secs(buffer_interval_seconds as u64),
-        gzip,
+        compression,
         lambda_format,
     })
 }

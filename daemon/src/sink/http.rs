@@ -12,9 +12,11 @@
 //!   tried, in order, down to single records (a split is not a retry), to
 //!   isolate a record the application cannot take;
 //! - past `max_retry_attempts` or `max_record_age_seconds`, the failing
-//!   records are appended to `on_failure_file` (flushed to disk) and only
-//!   then count as confirmed. Without limits, records are retried until the
-//!   application takes them: nothing is ever skipped silently.
+//!   batch's details go to `on_failure_destination` (SQS, SNS or S3, in
+//!   Lambda's invocation record shape: [`super::destination`]) and/or its
+//!   records to `on_failure_file` (flushed to disk), and only then count as
+//!   confirmed. Without limits, records are retried until the application
+//!   takes them: nothing is ever skipped silently.
 
 use crate::backoff::Backoff;
 use std::collections::VecDeque;
@@ -32,6 +34,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use super::destination::{Condition, Destination, FailedBatch};
 use super::event::{encoded_len, write_record, EventContext};
 use super::{Sink, SinkError};
 use crate::error::Error;
@@ -49,6 +52,8 @@ pub struct HttpSink {
     uri: hyper::Uri,
     client: Client<HttpConnector, Full<Bytes>>,
     failures: Option<Mutex<tokio::fs::File>>,
+    /// Where a given-up batch's details go (SQS, SNS, S3).
+    destination: Option<Arc<Destination>>,
     /// The `stream` label of its series when several streams are read
     /// ([`crate::ops::ShardLabels`]).
     stream_label: Option<Arc<str>>,
@@ -120,8 +125,16 @@ impl HttpSink {
             uri,
             client: Client::builder(TokioExecutor::new()).build_http(),
             failures,
+            destination: None,
             stream_label: None,
         })
+    }
+
+    /// The same sink, sending the details of batches it gives up to
+    /// `destination` (beside the failure file, when both are set).
+    pub fn with_destination(mut self, destination: Option<Arc<Destination>>) -> Self {
+        self.destination = destination;
+        self
     }
 
     /// The same sink, its series labelled with the stream it delivers: for
@@ -135,7 +148,8 @@ impl HttpSink {
         ShardLabels::new(self.stream_label.as_deref(), shard_id)
     }
 
-    async fn post(&self, shard_id: &str, records: &[Record]) -> Outcome {
+    /// The Lambda Kinesis event of `records`: `{"Records":[...]}`.
+    fn event(&self, shard_id: &str, records: &[Record]) -> Vec<u8> {
         let size: usize = records
             .iter()
             .map(|r| encoded_len(&self.context, shard_id, r) + 1)
@@ -149,28 +163,88 @@ impl HttpSink {
             write_record(&mut body, &self.context, shard_id, r);
         }
         body.extend_from_slice(b"]}");
+        body
+    }
+
+    /// One request; its outcome and the HTTP status, when an answer came.
+    async fn post(&self, shard_id: &str, records: &[Record]) -> (Outcome, Option<u16>) {
+        let body = self.event(shard_id, records);
         let request = match hyper::Request::post(self.uri.clone())
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))
         {
             Ok(r) => r,
-            Err(e) => return Outcome::Error(format!("building the request: {e}")),
+            Err(e) => return (Outcome::Error(format!("building the request: {e}")), None),
         };
         let timeout = self.settings.borrow().timeout;
         let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
-            Err(_) => return Outcome::Error(format!("no answer within {timeout:?}")),
-            Ok(Err(e)) => return Outcome::Error(format!("request failed: {e}")),
+            Err(_) => {
+                return (
+                    Outcome::Error(format!("no answer within {timeout:?}")),
+                    None,
+                )
+            }
+            Ok(Err(e)) => return (Outcome::Error(format!("request failed: {e}")), None),
             Ok(Ok(r)) => r,
         };
         let status = response.status();
+        let code = Some(status.as_u16());
         let answer = match tokio::time::timeout(timeout, response.into_body().collect()).await {
             Ok(Ok(b)) => b.to_bytes(),
-            _ => return Outcome::Error(format!("HTTP {status}: the body did not arrive")),
+            _ => {
+                return (
+                    Outcome::Error(format!("HTTP {status}: the body did not arrive")),
+                    code,
+                )
+            }
         };
         if !status.is_success() {
-            return Outcome::Error(format!("HTTP {status}"));
+            return (Outcome::Error(format!("HTTP {status}")), code);
         }
-        failed_from(&answer, records)
+        (failed_from(&answer, records), code)
+    }
+
+    /// Gives up `records`: their batch's details to the on-failure
+    /// destination and/or the records to the failure file, before they
+    /// count as confirmed. `Err(Stopped)` when `stop` fired while the
+    /// destination was being retried (nothing of `records` confirmed).
+    async fn give_up(
+        &self,
+        failed: FailedBatch<'_>,
+        reason: &str,
+        stop: &CancellationToken,
+    ) -> Result<(), SinkError> {
+        if self.destination.is_none() && self.failures.is_none() {
+            return Err(SinkError::Fatal(
+                "records exhausted their retries but neither sink.on_failure_destination nor sink.on_failure_file is set".into(),
+            ));
+        }
+        if let Some(destination) = &self.destination {
+            destination.send(&failed, stop).await?;
+            metrics::counter!(
+                "kcld_sink_failed_batches_total",
+                self.labels(failed.shard_id).get()
+            )
+            .increment(1);
+            tracing::warn!(
+                shard = failed.shard_id,
+                records = failed.records.len(),
+                attempts = failed.attempts,
+                destination = destination.arn(),
+                "a batch's details went to the on-failure destination and its records are skipped: {reason}"
+            );
+        }
+        if self.failures.is_some() {
+            self.dead_letter(failed.shard_id, failed.records, reason, failed.attempts)
+                .await?;
+        } else {
+            metrics::counter!(
+                "kcld_sink_failures_total",
+                self.labels(failed.shard_id).get()
+            )
+            .increment(failed.records.len() as u64);
+        }
+        Ok(())
     }
 
     /// Appends records to the failure file, flushed to disk, before they
@@ -183,9 +257,7 @@ impl HttpSink {
         attempts: u32,
     ) -> Result<(), SinkError> {
         let Some(file) = &self.failures else {
-            return Err(SinkError::Fatal(
-                "records exhausted their retries but no sink.on_failure_file is set".into(),
-            ));
+            return Ok(());
         };
         let mut lines = Vec::with_capacity(records.len() * 700);
         for r in records {
@@ -340,7 +412,8 @@ impl HttpSink {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
         while let Some(mut range) = queue.pop_front() {
             loop {
-                let reason = match self.post(shard, &records[range.clone()]).await {
+                let (outcome, status) = self.post(shard, &records[range.clone()]).await;
+                let reason = match outcome {
                     Outcome::Taken => {
                         attempts = 0;
                         backoff.reset();
@@ -375,18 +448,36 @@ impl HttpSink {
                     .max_retry_attempts
                     .is_some_and(|max| attempts > max);
                 if exhausted || self.too_old(&records[range.start]) {
-                    let why = if exhausted {
-                        "retries exhausted"
+                    let (why, condition) = if exhausted {
+                        ("retries exhausted", Condition::RetryAttemptsExhausted)
                     } else {
-                        "record too old"
+                        ("record too old", Condition::RecordAgeExceeded)
                     };
-                    self.dead_letter(
-                        shard,
-                        &records[range.clone()],
-                        &format!("{why}: {reason}"),
+                    let given_up = &records[range.clone()];
+                    let payload = match &self.destination {
+                        Some(d) if d.wants_payload() => self.event(shard, given_up),
+                        _ => Vec::new(),
+                    };
+                    let failed = FailedBatch {
+                        shard_id: shard,
+                        records: given_up,
+                        condition,
                         attempts,
-                    )
-                    .await?;
+                        status,
+                        payload: &payload,
+                    };
+                    match self
+                        .give_up(failed, &format!("{why}: {reason}"), stop)
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(SinkError::Stopped { .. }) => {
+                            return Err(SinkError::Stopped {
+                                confirmed: range.start,
+                            })
+                        }
+                        Err(e) => return Err(e),
+                    }
                     attempts = 0;
                     backoff.reset();
                     break;

@@ -9,10 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::record::Batch;
 
+pub mod destination;
 pub mod event;
 pub mod http;
 pub mod s3;
 pub mod stdout;
+pub mod utc;
 
 /// Why a sink did not confirm a batch.
 #[derive(Debug, thiserror::Error)]
@@ -74,16 +76,24 @@ pub fn from_live_settings(
     stream_label: Option<Arc<str>>,
 ) -> Result<Arc<dyn Sink>, crate::Error> {
     let context = event::context(settings);
+    let destination = |http: &kcld_config::HttpSinkSettings| {
+        http.on_failure_destination
+            .clone()
+            .map(|d| Arc::new(destination::Destination::new(d, settings, &http.url)))
+    };
     Ok(match (&settings.sink.kind, &settings.sink.http, http) {
         // The URL is this stream's (`Settings::for_stream`); the tunables
         // follow reloads.
         (SinkKind::Http, Some(http), Some(live)) => Arc::new(
             http::HttpSink::following_to(context, live, http.url.clone())?
-                .labelled_in_metrics(stream_label),
+                .labelled_in_metrics(stream_label)
+                .with_destination(destination(http)),
         ),
-        (SinkKind::Http, Some(http), None) => {
-            Arc::new(http::HttpSink::new(context, http.clone())?.labelled_in_metrics(stream_label))
-        }
+        (SinkKind::Http, Some(http), None) => Arc::new(
+            http::HttpSink::new(context, http.clone())?
+                .labelled_in_metrics(stream_label)
+                .with_destination(destination(http)),
+        ),
         (SinkKind::S3, _, _) => match &settings.sink.s3 {
             Some(s3) => Arc::new(s3::S3Sink::new(settings, s3.clone(), context)),
             None => return Err(crate::Error::Usage("sink.type = \"s3\" without [sink.s3]")),
