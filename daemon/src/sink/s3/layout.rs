@@ -14,6 +14,8 @@
 //! whose partition cannot be read goes under `error_prefix`, as Firehose's
 //! error output.
 
+use std::collections::HashMap;
+
 use kcld_config::{KeyPart, KeyTemplate, S3Compression, S3SinkSettings};
 
 use crate::record::Record;
@@ -41,12 +43,9 @@ pub fn plan(
         shard,
         ext: extension(settings.compression),
     };
-    let partitioned = settings
-        .prefix
-        .as_ref()
-        .is_some_and(KeyTemplate::partitions_records);
+    let partitioned = settings.prefix.as_ref().filter(|t| t.partitions_records());
     let mut out = Vec::new();
-    if !partitioned {
+    let Some(template) = partitioned else {
         let mut start = 0;
         while start < records.len() {
             let mut end = start;
@@ -59,7 +58,11 @@ pub fn plan(
             }
             let first = &records[start];
             let prefix = match &settings.prefix {
-                Some(t) => resolve(t, &names, first).unwrap_or_default(),
+                Some(t) => {
+                    let mut prefix = String::new();
+                    resolve(t, &names, first, &mut prefix);
+                    prefix
+                }
                 None => hour_prefix(first.approximate_arrival_ms),
             };
             out.push(Planned {
@@ -69,23 +72,30 @@ pub fn plan(
             start = end;
         }
         return out;
-    }
-    let template = settings.prefix.as_ref().expect("partitioned has a prefix");
-    // Open partitions in order of first appearance: (prefix, records, bytes).
+    };
+    // Open partitions in order of first appearance: (prefix, records,
+    // bytes), and where each prefix is in that list.
     let mut open: Vec<(String, Vec<usize>, u64)> = Vec::new();
+    let mut slots: HashMap<String, usize> = HashMap::new();
+    let mut prefix = String::new();
     for (i, record) in records.iter().enumerate() {
-        let prefix = resolve(template, &names, record)
-            .unwrap_or_else(|| resolve(&settings.error_prefix, &names, record).unwrap_or_default());
+        prefix.clear();
+        if !resolve(template, &names, record, &mut prefix) {
+            prefix.clear();
+            resolve(&settings.error_prefix, &names, record, &mut prefix);
+        }
         let size = record.data.len() as u64 + 1;
-        let slot = match open.iter().position(|(p, _, _)| *p == prefix) {
-            Some(slot) => slot,
+        let slot = match slots.get(prefix.as_str()) {
+            Some(&slot) => slot,
             None => {
                 if open.len() == settings.max_open_partitions {
+                    slots.clear();
                     for (prefix, held, _) in open.drain(..) {
                         out.push(names.planned(&prefix, held, records));
                     }
                 }
-                open.push((prefix, Vec::new(), 0));
+                open.push((prefix.clone(), Vec::new(), 0));
+                slots.insert(prefix.clone(), open.len() - 1);
                 open.len() - 1
             }
         };
@@ -139,53 +149,146 @@ pub fn extension(compression: S3Compression) -> &'static str {
     }
 }
 
-/// `template` for `record`; `None` when a partition value cannot be read
-/// (the field is missing or not a string, number or boolean; the data is
-/// not JSON; the value is empty).
-fn resolve(template: &KeyTemplate, names: &Names<'_>, record: &Record) -> Option<String> {
-    let mut out = String::new();
-    let mut data: Option<Option<serde_json::Value>> = None;
+/// Appends `template` for `record` to `out`; false when a partition value
+/// cannot be read (the field is missing or not a string, number or
+/// boolean; the data is not JSON; the value is empty).
+fn resolve(template: &KeyTemplate, names: &Names<'_>, record: &Record, out: &mut String) -> bool {
     for part in &template.parts {
-        match part {
-            KeyPart::Literal(text) => out.push_str(text),
+        let readable = match part {
+            KeyPart::Literal(text) => {
+                out.push_str(text);
+                true
+            }
             KeyPart::Timestamp(pattern) => {
-                out.push_str(&timestamp(pattern, record.approximate_arrival_ms))
+                out.push_str(&timestamp(pattern, record.approximate_arrival_ms));
+                true
             }
-            KeyPart::Stream => out.push_str(names.stream),
-            KeyPart::Shard => out.push_str(names.shard),
-            KeyPart::PartitionKey => push_value(&mut out, record.partition_key.as_str())?,
-            KeyPart::Data(path) => {
-                let parsed = data.get_or_insert_with(|| serde_json::from_slice(&record.data).ok());
-                let mut value = parsed.as_ref()?;
-                for field in path {
-                    value = value.get(field)?;
-                }
-                match value {
-                    serde_json::Value::String(s) => push_value(&mut out, s)?,
-                    serde_json::Value::Number(n) => push_value(&mut out, &n.to_string())?,
-                    serde_json::Value::Bool(b) => push_value(&mut out, &b.to_string())?,
-                    _ => return None,
-                }
+            KeyPart::Stream => {
+                out.push_str(names.stream);
+                true
             }
+            KeyPart::Shard => {
+                out.push_str(names.shard);
+                true
+            }
+            KeyPart::PartitionKey => push_value(out, record.partition_key.as_str()),
+            KeyPart::Data(path) => match json_field(&record.data, path) {
+                Some(Scalar::Text(text)) => push_value(out, &text),
+                Some(Scalar::Raw(raw)) => push_value(out, raw),
+                None => false,
+            },
+        };
+        if !readable {
+            return false;
         }
     }
-    Some(out)
+    true
+}
+
+/// A field's value as a key part: a string's text, or a number's or
+/// boolean's JSON as written.
+enum Scalar<'a> {
+    Text(std::borrow::Cow<'a, str>),
+    Raw(&'a str),
+}
+
+/// The scalar at `path` in JSON `data`, read in one pass without building
+/// the document: at each level only the wanted member is kept (a slice of
+/// the data), the others skipped.
+fn json_field<'a>(data: &'a [u8], path: &[String]) -> Option<Scalar<'a>> {
+    use serde::de::DeserializeSeed;
+    let (first, rest) = path.split_first()?;
+    // The top level straight from the data: one pass checks the whole
+    // document and keeps the wanted member.
+    let mut de = serde_json::Deserializer::from_slice(data);
+    let mut raw = Member(first).deserialize(&mut de).ok()??;
+    de.end().ok()?;
+    for field in rest {
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        raw = Member(field).deserialize(&mut de).ok()??;
+    }
+    let text = raw.get();
+    match text.as_bytes().first()? {
+        b'"' => serde_json::from_str::<std::borrow::Cow<'a, str>>(text)
+            .ok()
+            .map(Scalar::Text),
+        b'-' | b'0'..=b'9' | b't' | b'f' => Some(Scalar::Raw(text)),
+        _ => None,
+    }
+}
+
+/// Finds one member of a JSON object, as a slice of the input.
+struct Member<'p>(&'p str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Member<'_> {
+    type Value = Option<&'de serde_json::value::RawValue>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Member<'_> {
+    type Value = Option<&'de serde_json::value::RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(wanted) = map.next_key_seed(KeyIs(self.0))? {
+            if wanted && found.is_none() {
+                found = Some(map.next_value::<&'de serde_json::value::RawValue>()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Whether an object's key is the wanted one (escaped keys included),
+/// without keeping it.
+struct KeyIs<'p>(&'p str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for KeyIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<bool, E> {
+        Ok(key == self.0)
+    }
 }
 
 /// A partition value in a key: characters S3 calls safe kept, every other
 /// byte percent-encoded (a `/` in a value cannot open a new level).
-fn push_value(out: &mut String, value: &str) -> Option<()> {
+fn push_value(out: &mut String, value: &str) -> bool {
     if value.is_empty() {
-        return None;
+        return false;
     }
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || b"!-_.*'()=".contains(&b) {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
         }
     }
-    Some(())
+    true
 }
 
 /// Firehose's default prefix, `YYYY/MM/DD/HH/` in UTC.
@@ -274,6 +377,29 @@ mod tests {
             timestamp("y=yyyy/m=MM/mm", 1_796_635_713_000),
             "y=2026/m=12/28"
         );
+    }
+
+    #[test]
+    fn json_fields_are_read_in_place_as_written() {
+        let path = |p: &str| p.split('.').map(str::to_owned).collect::<Vec<_>>();
+        let value = |data: &str, p: &str| {
+            json_field(data.as_bytes(), &path(p)).map(|s| match s {
+                Scalar::Text(t) => format!("text {t}"),
+                Scalar::Raw(r) => format!("raw {r}"),
+            })
+        };
+        let doc = r#"{"a":{"b\u0063":"x\/y","n":-1.5e3,"t":true,"z":null,"l":[1]},"a":{"n":2}, "s" : "plain"}"#;
+        // An escaped key matches; a string is unescaped.
+        assert_eq!(value(doc, "a.bc").as_deref(), Some("text x/y"));
+        // The first of duplicate members counts.
+        assert_eq!(value(doc, "a.n").as_deref(), Some("raw -1.5e3"));
+        assert_eq!(value(doc, "a.t").as_deref(), Some("raw true"));
+        assert_eq!(value(doc, "s").as_deref(), Some("text plain"));
+        for missing in ["a.z", "a.l", "a", "a.q", "s.x", "q"] {
+            assert_eq!(value(doc, missing), None, "{missing}");
+        }
+        assert_eq!(value("not json", "a"), None);
+        assert_eq!(value("[1,2]", "a"), None);
     }
 
     #[test]
