@@ -135,10 +135,10 @@ async fn batches_that_exhaust_their_retries_are_described_in_another_accounts_qu
     // The queue's owner has not shared it yet: kcld stops with the
     // statement to add, and checkpoints nothing.
     let kcld = Kcld::spawn(KCLD, &["run"], &vars).unwrap();
-    let stderr = kcld.stderr.clone();
-    let status = kcld.wait(Duration::from_secs(60)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let text = stderr.lock().unwrap().clone();
+    let (status, text) = kcld
+        .wait_with_stderr(Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_ne!(status.code(), Some(0), "{text}");
     let errors: Vec<&str> = text
         .lines()

@@ -319,10 +319,10 @@ async fn a_stream_not_shared_is_one_error_naming_the_action_and_the_statement() 
         &kcld_env(&stack, &arn, &unique_name("denied")),
     )
     .unwrap();
-    let stderr = kcld.stderr.clone();
-    let status = kcld.wait(Duration::from_secs(30)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let text = stderr.lock().unwrap().clone();
+    let (status, text) = kcld
+        .wait_with_stderr(Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_ne!(status.code(), Some(0), "{text}");
     let errors: Vec<&str> = text
         .lines()

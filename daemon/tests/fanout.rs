@@ -126,10 +126,10 @@ async fn reads_every_record_once_in_order_through_a_shared_consumer() {
 /// line, the whole stderr).
 async fn run_to_error(env: &HashMap<String, String>) -> (Option<i32>, Vec<String>, String) {
     let kcld = Kcld::spawn(KCLD, &["run"], env).unwrap();
-    let stderr = kcld.stderr.clone();
-    let status = kcld.wait(Duration::from_secs(60)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let text = stderr.lock().unwrap().clone();
+    let (status, text) = kcld
+        .wait_with_stderr(Duration::from_secs(60))
+        .await
+        .unwrap();
     let errors = text
         .lines()
         .filter(|l| l.starts_with("kcld: error:"))

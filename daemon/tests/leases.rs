@@ -640,10 +640,7 @@ async fn a_table_with_another_key_schema_is_refused() {
     let app = unique_name("wrong-app");
     stack.create_table(&app, "id").await.unwrap();
     let k = Kcld::spawn(KCLD, &["run"], &env(&stack, &arn, &app, "kcld-1", &[])).unwrap();
-    let stderr = k.stderr.clone();
-    let status = k.wait(Duration::from_secs(30)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let text = stderr.lock().unwrap().clone();
+    let (status, text) = k.wait_with_stderr(Duration::from_secs(30)).await.unwrap();
     assert_eq!(status.code(), Some(1), "{text}");
     assert!(
         text.contains("not a lease table") && text.contains("lease_table"),
@@ -934,10 +931,7 @@ async fn a_deleted_lease_table_stops_kcld_with_a_clear_error() {
         .send()
         .await
         .unwrap();
-    let stderr = k.stderr.clone();
-    let status = k.wait(Duration::from_secs(40)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let text = stderr.lock().unwrap().clone();
+    let (status, text) = k.wait_with_stderr(Duration::from_secs(40)).await.unwrap();
     assert_eq!(status.code(), Some(1), "{text}");
     let last = text.lines().last().unwrap_or_default();
     assert!(

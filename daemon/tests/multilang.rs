@@ -368,10 +368,10 @@ async fn a_properties_file_without_stream_arn_is_one_clear_error() {
         &env(&stack, &dir),
     )
     .unwrap();
-    let stderr = kcld.stderr.clone();
-    let status = kcld.wait(Duration::from_secs(30)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let text = stderr.lock().unwrap().clone();
+    let (status, text) = kcld
+        .wait_with_stderr(Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(status.code(), Some(2), "{text}");
     let errors: Vec<&str> = text
         .lines()
@@ -446,10 +446,10 @@ async fn fan_out_by_default_on_another_accounts_stream_says_what_to_set() {
     let mut e = env(&stack, &dir);
     e.insert("AWS_ENDPOINT_URL_STS".into(), sts.url());
     let kcld = Kcld::spawn(KCLD, &["multilang", "-p", path.to_str().unwrap()], &e).unwrap();
-    let stderr = kcld.stderr.clone();
-    let status = kcld.wait(Duration::from_secs(60)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let text = stderr.lock().unwrap().clone();
+    let (status, text) = kcld
+        .wait_with_stderr(Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(status.code(), Some(2), "{text}");
     let errors: Vec<&str> = text
         .lines()

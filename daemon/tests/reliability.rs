@@ -810,10 +810,10 @@ async fn long_partition_keys_arrive_intact_and_a_deleted_stream_is_one_clear_err
         .send()
         .await
         .unwrap();
-    let stderr = kcld.stderr.clone();
-    let status = kcld.wait(Duration::from_secs(60)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let text = stderr.lock().unwrap().clone();
+    let (status, text) = kcld
+        .wait_with_stderr(Duration::from_secs(60))
+        .await
+        .unwrap();
     let errors: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("kcld: error:"))

@@ -62,6 +62,21 @@ fn lines_of(key: &str, body: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Runs kcld as the consumer with the configuration `file` until every
+/// shard's checkpoint is its last record's, then stops it.
+async fn run_until_checkpointed(
+    stack: &Stack,
+    app: &str,
+    file: &tempfile::NamedTempFile,
+    placed: &[(String, String)],
+) {
+    let mut env = stack.consumer_env();
+    env.insert("KCLD_CONFIG".into(), file.path().to_str().unwrap().into());
+    let kcld = Kcld::spawn(KCLD, &["run"], &env).unwrap();
+    wait_checkpointed(stack, app, placed, &kcld).await;
+    kcld.stop_cleanly(Duration::from_secs(25)).await;
+}
+
 /// Every line of every object, gunzipped, with how often it appears.
 async fn landed(stack: &Stack, bucket: &str) -> (HashMap<Vec<u8>, usize>, Vec<String>) {
     let objects = stack.bucket_objects(bucket).await.unwrap();
@@ -109,11 +124,7 @@ async fn ten_thousand_records_land_in_another_accounts_bucket_each_once() {
     let placed = stack.put_records(&arn, &records).await.unwrap();
     let app = unique_name("landing-app");
     let file = config(&app, &arn, &bucket, 2);
-    let mut env = stack.consumer_env();
-    env.insert("KCLD_CONFIG".into(), file.path().to_str().unwrap().into());
-    let kcld = Kcld::spawn(KCLD, &["run"], &env).unwrap();
-    wait_checkpointed(&stack, &app, &placed, &kcld).await;
-    kcld.stop_cleanly(Duration::from_secs(25)).await;
+    run_until_checkpointed(&stack, &app, &file, &placed).await;
 
     // Exactly the records, each once, under Firehose's hour prefixes.
     let (lines, keys) = landed(&stack, &bucket).await;
@@ -248,11 +259,7 @@ async fn records_are_partitioned_by_a_json_field_across_accounts() {
         1,
         "prefix = \"customers/!{data:customer.id}/!{timestamp:yyyy}/\"\ncompression = \"zstd\"\n",
     );
-    let mut env = stack.consumer_env();
-    env.insert("KCLD_CONFIG".into(), file.path().to_str().unwrap().into());
-    let kcld = Kcld::spawn(KCLD, &["run"], &env).unwrap();
-    wait_checkpointed(&stack, &app, &placed, &kcld).await;
-    kcld.stop_cleanly(Duration::from_secs(25)).await;
+    run_until_checkpointed(&stack, &app, &file, &placed).await;
 
     // Each record once, under its customer's prefix (the '/' of the value
     // escaped), the unreadable ones under the error prefix.
@@ -322,11 +329,7 @@ async fn a_large_buffer_is_a_multipart_upload_encrypted_as_asked() {
         20,
         "buffer_size_mib = 8\nmultipart_threshold_mib = 5\ncompression = \"none\"\nencryption = \"sse-s3\"\n",
     );
-    let mut env = stack.consumer_env();
-    env.insert("KCLD_CONFIG".into(), file.path().to_str().unwrap().into());
-    let kcld = Kcld::spawn(KCLD, &["run"], &env).unwrap();
-    wait_checkpointed(&stack, &app, &placed, &kcld).await;
-    kcld.stop_cleanly(Duration::from_secs(25)).await;
+    run_until_checkpointed(&stack, &app, &file, &placed).await;
 
     let objects = stack.bucket_objects(&bucket).await.unwrap();
     let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
@@ -400,10 +403,10 @@ async fn a_bucket_that_refuses_the_consumer_is_one_clear_error_until_its_policy_
 
     // kcld stops with one message naming the action and the statement.
     let kcld = Kcld::spawn(KCLD, &["run"], &env).unwrap();
-    let stderr = kcld.stderr.clone();
-    let status = kcld.wait(Duration::from_secs(60)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let text = stderr.lock().unwrap().clone();
+    let (status, text) = kcld
+        .wait_with_stderr(Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_ne!(status.code(), Some(0), "{text}");
     let error: Vec<&str> = text
         .lines()

@@ -163,6 +163,20 @@ impl Kcld {
         }
     }
 
+    /// Waits for the process to exit by itself; its status and everything
+    /// it wrote to stderr.
+    pub async fn wait_with_stderr(
+        self,
+        within: Duration,
+    ) -> Result<(std::process::ExitStatus, String)> {
+        let stderr = self.stderr.clone();
+        let status = self.wait(within).await?;
+        // Let the stderr reader catch the last line.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let text = stderr.lock().map(|t| t.clone()).unwrap_or_default();
+        Ok((status, text))
+    }
+
     /// Waits for the process to exit by itself.
     pub async fn wait(mut self, within: Duration) -> Result<std::process::ExitStatus> {
         match tokio::time::timeout(within, self.child.wait()).await {
