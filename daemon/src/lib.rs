@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod error;
 pub mod lifecycle;
 pub mod logging;
+pub mod memory;
 pub mod multilang;
 pub mod ops;
 pub mod policy;

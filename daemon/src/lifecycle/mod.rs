@@ -363,10 +363,14 @@ async fn drive(
                 continue;
             }
         };
-        let fetched = match item {
+        // The batch's share of the read-ahead budget is held until it was
+        // processed, so the budget bounds what is delivered too. (Batches a
+        // batching window gathers give theirs back: an S3 buffer may be
+        // larger than a shard's read-ahead.)
+        let (fetched, _held) = match item {
             None => return goodbye(grant, positions, processor).await,
             Some(Err(e)) => return Err(ProcessorError::Fatal(e.into())),
-            Some(Ok(p)) => p.fetched,
+            Some(Ok(p)) => p.into_parts(),
         };
         let (mut batch, mut children) = match fetched {
             Fetched::Records(batch) => (batch, None),
@@ -405,6 +409,9 @@ async fn drive(
             processor.process_records(&batch, &mut cp).await?;
             record_delivery(&grant.labels, &batch);
         }
+        let bytes = batch.data_bytes();
+        drop((batch, _held));
+        crate::memory::batch_dropped(bytes);
         if grant.stop.is_cancelled() {
             // The lease went while the processor had the batch: it may not
             // have taken all of it, so the shard's end (gathered with the

@@ -76,7 +76,16 @@ impl ByteBudget {
 pub struct Prefetched {
     /// What the read produced.
     pub fetched: Fetched,
-    _budget: Option<BudgetHeld>,
+    budget: Option<BudgetHeld>,
+}
+
+impl Prefetched {
+    /// The batch, and its share of the budget: held while the batch is
+    /// processed, the budget bounds every batch in memory (read ahead and
+    /// being delivered), not only those waiting.
+    pub fn into_parts(self) -> (Fetched, Option<BudgetHeld>) {
+        (self.fetched, self.budget)
+    }
 }
 
 /// The consumer's end of a shard's fetch task.
@@ -139,7 +148,7 @@ impl Prefetch {
                 if tx
                     .send(Ok(Prefetched {
                         fetched,
-                        _budget: permit,
+                        budget: permit,
                     }))
                     .await
                     .is_err()

@@ -1,0 +1,56 @@
+//! Giving freed batch memory back to the system.
+//!
+//! A batch of 1,000 records of 1 KiB is a few buffers of about a megabyte
+//! (the response body, the decoded data, the sink's lines). glibc's malloc
+//! serves them from per-thread arenas once its dynamic mmap threshold has
+//! risen past their size, and keeps what they free: an instance reading 8
+//! shards peaked about 12 MiB above what it held live. Forcing such
+//! buffers to mmap gives the memory back at once but costs a page fault per
+//! 4 KiB on every batch (measured: 1.7x the CPU per record). Instead, after
+//! a large batch was dropped, the free pages of every arena are handed back
+//! with `malloc_trim`, at most a few times a second for the whole process,
+//! and never while idle.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Batches smaller than this leave the allocator alone.
+const LARGE_BATCH: usize = 256 * 1024;
+
+/// At most one trim per this many milliseconds, process-wide.
+const EVERY_MS: u64 = 250;
+
+static LAST_TRIM_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Called once a batch of `bytes` of record data was dropped.
+pub fn batch_dropped(bytes: usize) {
+    if bytes < LARGE_BATCH {
+        return;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let last = LAST_TRIM_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < EVERY_MS
+        || LAST_TRIM_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    trim();
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    // SAFETY: malloc_trim takes no pointers and only asks glibc's allocator
+    // to return free pages (it locks each arena itself); it is safe to call
+    // from any thread at any time, and its result (whether memory was
+    // released) needs no handling.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
