@@ -65,6 +65,11 @@ the owner's account only, as on AWS):
   account's call needs the topic's policy to allow `SNS:` + the action
   (PublishBatch is SNS:Publish), else 403 AuthorizationError.
 
+Item writes (PutItem, UpdateItem, DeleteItem, BatchWriteItem,
+TransactWriteItems) to one table are passed on one at a time: moto numbers
+a table's stream records by the length of its list without a lock, so
+concurrent writes got the same sequence number, which AWS never gives.
+
 Anything else (other services, bodies that are not JSON) passes through in
 the caller's account.
 
@@ -147,6 +152,8 @@ class State:
         self.shards = {}
         # moto's iterator -> (virtual shard, the sequence number read up to)
         self.positions = {}
+        # (account, table) -> the lock its item writes take
+        self.table_locks = {}
         # S3: bucket -> owner; (bucket, key) -> (writer, canned ACL, owner);
         # multipart upload id -> (writer, canned ACL, owner).
         self.buckets = {}
@@ -175,6 +182,13 @@ class State:
         with self.lock:
             self.policies.pop(arn, None)
             return self.revisions.pop(arn, None)
+
+    def writes_lock(self, account, table):
+        """The lock serialising item writes to one table (any table when a
+        call names several: BatchWriteItem, TransactWriteItems)."""
+        key = (account, table if isinstance(table, str) else "*")
+        with self.lock:
+            return self.table_locks.setdefault(key, threading.Lock())
 
     def remember(self, iterator, stream_arn):
         if iterator:
@@ -225,6 +239,9 @@ class State:
 
 
 STATE = State()
+
+# Operations that write items, and so stream records.
+WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
 
 
 def seq_key(seq):
@@ -947,6 +964,13 @@ class Relay(http.server.BaseHTTPRequestHandler):
         shards = self.virtual(arn) if arn and "/stream/" in arn else []
         if shards and operation in ("DescribeStream", "GetShardIterator", "GetRecords"):
             return self.rolled(operation, body, owner, arn, shards)
+        if operation in WRITES:
+            # moto numbers a table's stream records by the length of its
+            # list, read and appended without a lock: concurrent writes to
+            # one table get the same sequence number. AWS never does that;
+            # one write at a time per table here.
+            with STATE.writes_lock(owner, body.get("TableName")):
+                return self.forward(raw, owner)
         self.forward(raw, owner, stream_arn=arn if operation in ("GetShardIterator", "GetRecords") else None,
                      request=(operation, body))
 
