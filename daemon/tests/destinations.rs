@@ -135,27 +135,15 @@ async fn batches_that_exhaust_their_retries_are_described_in_another_accounts_qu
     // The queue's owner has not shared it yet: kcld stops with the
     // statement to add, and checkpoints nothing.
     let kcld = Kcld::spawn(KCLD, &["run"], &vars).unwrap();
-    let (status, text) = kcld
-        .wait_with_stderr(Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_ne!(status.code(), Some(0), "{text}");
-    let errors: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("kcld: error"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{text}");
+    let exited = kcld.exited(Duration::from_secs(60)).await.unwrap();
+    let error = exited.one_error();
     for needed in [
         "sqs:SendMessage",
         "queue policy",
         queue_arn.as_str(),
         "kcld-on-failure-destination",
     ] {
-        assert!(
-            errors[0].contains(needed),
-            "{needed} missing: {}",
-            errors[0]
-        );
+        assert!(error.contains(needed), "{needed} missing: {error}");
     }
     let checkpoints = stack.checkpoints(&app).await;
     assert!(

@@ -319,17 +319,8 @@ async fn a_stream_not_shared_is_one_error_naming_the_action_and_the_statement() 
         &kcld_env(&stack, &arn, &unique_name("denied")),
     )
     .unwrap();
-    let (status, text) = kcld
-        .wait_with_stderr(Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert_ne!(status.code(), Some(0), "{text}");
-    let errors: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("kcld: error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{text}");
-    let line = errors[0];
+    let exited = kcld.exited(Duration::from_secs(30)).await.unwrap();
+    let line = exited.one_error();
     for needed in [
         "dynamodb:DescribeStream",
         arn.as_str(),

@@ -126,16 +126,8 @@ async fn reads_every_record_once_in_order_through_a_shared_consumer() {
 /// line, the whole stderr).
 async fn run_to_error(env: &HashMap<String, String>) -> (Option<i32>, Vec<String>, String) {
     let kcld = Kcld::spawn(KCLD, &["run"], env).unwrap();
-    let (status, text) = kcld
-        .wait_with_stderr(Duration::from_secs(60))
-        .await
-        .unwrap();
-    let errors = text
-        .lines()
-        .filter(|l| l.starts_with("kcld: error:"))
-        .map(str::to_owned)
-        .collect();
-    (status.code(), errors, text)
+    let exited = kcld.exited(Duration::from_secs(60)).await.unwrap();
+    (exited.code, exited.errors, exited.stderr)
 }
 
 /// kcld reading through `consumer` with every Kinesis connection through a

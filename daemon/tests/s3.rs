@@ -403,23 +403,15 @@ async fn a_bucket_that_refuses_the_consumer_is_one_clear_error_until_its_policy_
 
     // kcld stops with one message naming the action and the statement.
     let kcld = Kcld::spawn(KCLD, &["run"], &env).unwrap();
-    let (status, text) = kcld
-        .wait_with_stderr(Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_ne!(status.code(), Some(0), "{text}");
-    let error: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("kcld: error"))
-        .collect();
-    assert_eq!(error.len(), 1, "{text}");
+    let exited = kcld.exited(Duration::from_secs(60)).await.unwrap();
+    let error = exited.one_error();
     for needed in [
         "s3:PutObject",
         "bucket policy",
         "kcld-cross-account-delivery",
         &format!("arn:aws:s3:::{bucket}/*"),
     ] {
-        assert!(error[0].contains(needed), "{needed} missing: {}", error[0]);
+        assert!(error.contains(needed), "{needed} missing: {error}");
     }
     // Nothing written, nothing checkpointed.
     assert!(stack.bucket_objects(&bucket).await.unwrap().is_empty());

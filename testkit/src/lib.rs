@@ -23,7 +23,7 @@ mod source_tables;
 pub mod sts;
 
 pub use lease_table::Item;
-pub use process::{doctor_checks, http_get, metric_sum, Delivered, Kcld};
+pub use process::{doctor_checks, http_get, metric_sum, Delivered, Exited, Kcld};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aws_config::{BehaviorVersion, Region};

@@ -163,6 +163,22 @@ impl Kcld {
         }
     }
 
+    /// Waits for the process to exit by itself: its exit code, its
+    /// `kcld: error:` lines and all of stderr.
+    pub async fn exited(self, within: Duration) -> Result<Exited> {
+        let (status, stderr) = self.wait_with_stderr(within).await?;
+        let errors = stderr
+            .lines()
+            .filter(|l| l.starts_with("kcld: error:"))
+            .map(str::to_owned)
+            .collect();
+        Ok(Exited {
+            code: status.code(),
+            errors,
+            stderr,
+        })
+    }
+
     /// Waits for the process to exit by itself; its status and everything
     /// it wrote to stderr.
     pub async fn wait_with_stderr(
@@ -186,6 +202,27 @@ impl Kcld {
                 bail!("kcld did not exit within {within:?}")
             }
         }
+    }
+}
+
+/// A kcld process that exited by itself.
+#[derive(Debug)]
+pub struct Exited {
+    /// Its exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    /// Its `kcld: error:` lines.
+    pub errors: Vec<String>,
+    /// All it wrote to stderr.
+    pub stderr: String,
+}
+
+impl Exited {
+    /// The one error line of a process that failed; panics, showing its
+    /// stderr, when it succeeded or said more or less than one error.
+    pub fn one_error(&self) -> &str {
+        assert_ne!(self.code, Some(0), "kcld succeeded:\n{}", self.stderr);
+        assert_eq!(self.errors.len(), 1, "not one error line:\n{}", self.stderr);
+        &self.errors[0]
     }
 }
 

@@ -69,7 +69,8 @@ pub struct Destination {
 enum Client {
     Sqs(aws_sdk_sqs::Client, String),
     Sns(aws_sdk_sns::Client),
-    S3(aws_sdk_s3::Client),
+    /// The client and the bucket's name.
+    S3(aws_sdk_s3::Client, String),
 }
 
 /// One failed call: its error code and message.
@@ -136,9 +137,10 @@ impl Destination {
                     FailureDestination::Sns { region, .. } => {
                         Client::Sns(crate::aws::sns_client(&self.config, region).await?)
                     }
-                    FailureDestination::S3 { .. } => {
-                        Client::S3(crate::aws::s3_client(&self.config, None).await?)
-                    }
+                    FailureDestination::S3 { bucket, .. } => Client::S3(
+                        crate::aws::s3_client(&self.config, None).await?,
+                        bucket.clone(),
+                    ),
                 })
             })
             .await
@@ -244,10 +246,7 @@ impl Destination {
                 .await
                 .map(drop)
                 .map_err(|e| CallError::from_sdk(&e)),
-            Client::S3(s3) => {
-                let FailureDestination::S3 { bucket, .. } = &self.target else {
-                    unreachable!("an S3 client is made for an S3 destination only")
-                };
+            Client::S3(s3, bucket) => {
                 let first = &batch.records[0];
                 let last = &batch.records[batch.records.len() - 1];
                 let day = super::s3::layout::hour_prefix(now_millis());
