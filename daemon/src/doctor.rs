@@ -102,30 +102,26 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
 /// so the probe may stay: it is one fixed key, overwritten by every run.
 async fn bucket_checks(report: &mut Report, settings: &Settings, s3: &kcld_config::S3SinkSettings) {
     use aws_sdk_s3::error::ProvideErrorMetadata;
-    use aws_sdk_s3::types::ObjectCannedAcl;
     let check = "s3:PutObject (sink bucket)";
     let client = match crate::aws::s3_client(settings, s3.region.as_deref()).await {
         Ok(c) => c,
         Err(e) => return report.fail(check, format!("S3 client: {e}"), None),
     };
     let key = "_kcld/doctor-probe";
-    let put = |acl: bool| {
-        let mut request = client
-            .put_object()
-            .bucket(&s3.bucket)
-            .key(key)
-            .body(aws_sdk_s3::primitives::ByteStream::from_static(b""));
-        if acl {
-            request = request.acl(ObjectCannedAcl::BucketOwnerFullControl);
+    let answer = crate::sink::s3::put_for_bucket_owner(
+        &client,
+        &s3.bucket,
+        key,
+        bytes::Bytes::new(),
+        "application/octet-stream",
+    )
+    .await;
+    let note = match answer {
+        Ok(false) => {
+            "the bucket refuses ACLs (bucket owner enforced): its owner owns what kcld writes"
         }
-        request.send()
+        _ => "written with bucket-owner-full-control",
     };
-    let mut answer = put(true).await;
-    let mut note = "written with bucket-owner-full-control";
-    if matches!(&answer, Err(e) if e.code() == Some("AccessControlListNotSupported")) {
-        answer = put(false).await;
-        note = "the bucket refuses ACLs (bucket owner enforced): its owner owns what kcld writes";
-    }
     match answer {
         Ok(_) => {
             report.pass(check, format!("wrote s3://{}/{key} ({note})", s3.bucket));

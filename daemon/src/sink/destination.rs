@@ -12,7 +12,6 @@
 //! whole event, as `payload`), as Lambda sends it, under a key made of the
 //! shard and the batch's sequence numbers (a retried write replaces it).
 
-use aws_sdk_s3::types::ObjectCannedAcl;
 use kcld_config::{FailureDestination, Settings};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -258,30 +257,16 @@ impl Destination {
                     first.sequence_number.as_str(),
                     last.sequence_number.as_str()
                 );
-                let put = |acl: bool| {
-                    let mut request = s3
-                        .put_object()
-                        .bucket(bucket)
-                        .key(&key)
-                        .content_type("application/json")
-                        .body(aws_sdk_s3::primitives::ByteStream::from(
-                            body.as_bytes().to_vec(),
-                        ));
-                    if acl {
-                        request = request.acl(ObjectCannedAcl::BucketOwnerFullControl);
-                    }
-                    request.send()
-                };
-                match put(true).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if CallError::from_sdk(&e).code == "AccessControlListNotSupported" => {
-                        put(false)
-                            .await
-                            .map(drop)
-                            .map_err(|e| CallError::from_sdk(&e))
-                    }
-                    Err(e) => Err(CallError::from_sdk(&e)),
-                }
+                super::s3::put_for_bucket_owner(
+                    s3,
+                    bucket,
+                    &key,
+                    bytes::Bytes::copy_from_slice(body.as_bytes()),
+                    "application/json",
+                )
+                .await
+                .map(drop)
+                .map_err(|e| CallError::from_sdk(&e))
             }
         }
     }

@@ -98,12 +98,14 @@ impl S3Sink {
     /// Writes one object, whole or in parts, with the bucket owner's ACL
     /// unless the bucket refuses ACLs.
     async fn write(&self, key: &str, body: Bytes) -> Result<(), SinkError> {
+        // A client that cannot be made (a bad CA file) is fatal, not retried.
+        let client = self.client().await?;
         loop {
             let with_acl = self.with_acl.load(Ordering::Acquire);
             let result = if body.len() as u64 > self.settings.multipart_threshold {
-                self.multipart(key, &body, with_acl).await
+                self.multipart(client, key, &body, with_acl).await
             } else {
-                self.put(key, &body, with_acl).await
+                self.put(client, key, &body, with_acl).await
             };
             match result {
                 Ok(()) => {
@@ -125,8 +127,13 @@ impl S3Sink {
         }
     }
 
-    async fn put(&self, key: &str, body: &Bytes, with_acl: bool) -> Result<(), Failure> {
-        let client = self.client().await.map_err(Failure::from_sink)?;
+    async fn put(
+        &self,
+        client: &aws_sdk_s3::Client,
+        key: &str,
+        body: &Bytes,
+        with_acl: bool,
+    ) -> Result<(), Failure> {
         let request = client
             .put_object()
             .bucket(&self.settings.bucket)
@@ -142,8 +149,13 @@ impl S3Sink {
     /// A multipart upload of `body` in parts of at most 8 MiB (at least
     /// 5 MiB but the last, as S3 requires); aborted when a part fails, so
     /// no parts are left behind to be billed.
-    async fn multipart(&self, key: &str, body: &Bytes, with_acl: bool) -> Result<(), Failure> {
-        let client = self.client().await.map_err(Failure::from_sink)?;
+    async fn multipart(
+        &self,
+        client: &aws_sdk_s3::Client,
+        key: &str,
+        body: &Bytes,
+        with_acl: bool,
+    ) -> Result<(), Failure> {
         let bucket = &self.settings.bucket;
         let request = client.create_multipart_upload().bucket(bucket).key(key);
         let upload = object_headers!(self, request, with_acl)
@@ -257,6 +269,46 @@ impl S3Sink {
     }
 }
 
+/// The bucket accepted the object with `bucket-owner-full-control` (true),
+/// or refused ACLs and took it without one (false).
+pub type WithOwnerAcl = bool;
+
+/// One small object written for the bucket's owner: with the
+/// `bucket-owner-full-control` ACL, again without it when the bucket
+/// refuses ACLs (owner enforced, where its owner owns it anyway). The write
+/// `kcld doctor`'s probe and an S3 on-failure destination make; the sink
+/// itself remembers the refusal and adds encryption ([`S3Sink`]).
+pub async fn put_for_bucket_owner(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    body: Bytes,
+    content_type: &str,
+) -> Result<
+    WithOwnerAcl,
+    aws_sdk_s3::error::SdkError<aws_sdk_s3::operation::put_object::PutObjectError>,
+> {
+    let put = |acl: bool| {
+        let mut request = client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body.clone()));
+        if acl {
+            request = request.acl(ObjectCannedAcl::BucketOwnerFullControl);
+        }
+        request.send()
+    };
+    match put(true).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.code() == Some("AccessControlListNotSupported") => {
+            put(false).await.map(|_| false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// A failed S3 call: its error code, the action it needed, the message.
 struct Failure {
     code: String,
@@ -274,14 +326,6 @@ impl Failure {
             code: err.code().unwrap_or_default().to_owned(),
             action,
             detail: kcld_lease::table::plain_error(err),
-        }
-    }
-
-    fn from_sink(err: SinkError) -> Self {
-        Failure {
-            code: "kcld.Client".into(),
-            action: "s3:PutObject",
-            detail: err.to_string(),
         }
     }
 }
