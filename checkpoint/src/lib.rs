@@ -34,6 +34,12 @@ impl ExtendedSequenceNumber {
             sub_sequence,
         }
     }
+
+    /// The same position, its digits in an allocation of their own (see
+    /// [`SequenceNumber::detached`]).
+    pub fn detached(&self) -> Self {
+        Self::new(self.sequence.detached(), self.sub_sequence)
+    }
 }
 
 impl fmt::Display for ExtendedSequenceNumber {
@@ -63,6 +69,15 @@ pub enum Checkpoint {
 }
 
 impl Checkpoint {
+    /// The same checkpoint holding no slice of a batch's buffer (see
+    /// [`SequenceNumber::detached`]).
+    pub fn detached(&self) -> Self {
+        match self {
+            Checkpoint::At(esn) => Checkpoint::At(esn.detached()),
+            other => other.clone(),
+        }
+    }
+
     /// The `checkpoint` string the lease table stores for
     /// [`Checkpoint::TrimHorizon`].
     pub const TRIM_HORIZON: &'static str = "TRIM_HORIZON";

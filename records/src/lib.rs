@@ -125,8 +125,18 @@ pub struct Record {
 }
 
 impl Record {
-    /// The record's position, as a checkpoint stores it.
+    /// The record's position, as a checkpoint stores it: detached from the
+    /// batch's buffer, because positions outlive their batch (the last
+    /// record given, a checkpoint) and a slice would keep the whole batch
+    /// in memory. Comparing records within a batch needs no copy:
+    /// [`Record::position_in_batch`].
     pub fn position(&self) -> ExtendedSequenceNumber {
+        ExtendedSequenceNumber::new(self.sequence_number.detached(), self.sub_sequence_number)
+    }
+
+    /// The record's position as a slice of the batch's buffer: for
+    /// comparisons while the batch is in hand, never to keep.
+    pub fn position_in_batch(&self) -> ExtendedSequenceNumber {
         ExtendedSequenceNumber::new(self.sequence_number.clone(), self.sub_sequence_number)
     }
 }

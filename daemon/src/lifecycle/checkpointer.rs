@@ -119,6 +119,9 @@ impl Checkpointer<'_> {
         if target == p.last && target != Checkpoint::ShardEnd {
             return Ok(());
         }
+        // A processor's position may be a slice of its batch: what is kept
+        // (the last checkpoint, the lease's write) holds only the digits.
+        let target = target.detached();
         let lease = &self.grant.lease;
         let written = match (&target, self.end) {
             (Checkpoint::ShardEnd, Some(children)) => lease.shard_ended(children).await,

@@ -364,8 +364,8 @@ impl Unpacker {
         self.report(&before);
         match &self.skip {
             Skip::Nothing => return out,
-            Skip::Covered(checkpoint) => out.retain(|r| !checkpoint.covers(&r.position())),
-            Skip::Before(first) => out.retain(|r| r.position() >= *first),
+            Skip::Covered(checkpoint) => out.retain(|r| !checkpoint.covers(&r.position_in_batch())),
+            Skip::Before(first) => out.retain(|r| r.position_in_batch() >= *first),
         }
         if !out.is_empty() {
             // Past the start: nothing later is left out.
