@@ -25,8 +25,8 @@ pub struct ByteBudget {
 
 /// Room held in a [`ByteBudget`] until dropped.
 pub struct BudgetHeld {
-    _shard: OwnedSemaphorePermit,
-    _worker: OwnedSemaphorePermit,
+    shard: OwnedSemaphorePermit,
+    worker: OwnedSemaphorePermit,
 }
 
 impl ByteBudget {
@@ -64,9 +64,55 @@ impl ByteBudget {
             .acquire_many_owned(per_worker)
             .await
             .ok()?;
+        Some(BudgetHeld { shard, worker })
+    }
+
+    /// Room for a batch of `size` bytes that was read with `reserved` held
+    /// (room for a batch like the last one). The room is resized in place
+    /// when it can be at once: the excess given back, what is missing taken
+    /// if it is free. Otherwise it is all given back and the whole size
+    /// waited for, as if nothing had been reserved: a shard never waits
+    /// for more while holding some, or two shards could wait on each other.
+    pub async fn settle(&self, reserved: Option<BudgetHeld>, size: usize) -> Option<BudgetHeld> {
+        if let Some(held) = reserved {
+            let shard = size.clamp(1, self.shard_max);
+            let worker = size.clamp(1, self.worker_max);
+            if let Some(held) = held.resized(shard, &self.shard, worker, &self.worker) {
+                return Some(held);
+            }
+        }
+        self.acquire(size).await
+    }
+}
+
+impl BudgetHeld {
+    /// The same room resized to `shard` and `worker` permits without
+    /// waiting; `None` (everything given back) when what is missing is not
+    /// free now.
+    fn resized(
+        self,
+        shard: usize,
+        shard_pool: &Arc<Semaphore>,
+        worker: usize,
+        worker_pool: &Arc<Semaphore>,
+    ) -> Option<Self> {
+        fn resize(
+            mut permit: OwnedSemaphorePermit,
+            want: usize,
+            pool: &Arc<Semaphore>,
+        ) -> Option<OwnedSemaphorePermit> {
+            let held = permit.num_permits();
+            if want < held {
+                drop(permit.split(held - want));
+            } else if want > held {
+                let more = u32::try_from(want - held).ok()?;
+                permit.merge(pool.clone().try_acquire_many_owned(more).ok()?);
+            }
+            Some(permit)
+        }
         Some(BudgetHeld {
-            _shard: shard,
-            _worker: worker,
+            shard: resize(self.shard, shard, shard_pool)?,
+            worker: resize(self.worker, worker, worker_pool)?,
         })
     }
 }
@@ -134,14 +180,15 @@ impl Prefetch {
                         return;
                     }
                 };
-                drop(reserved);
                 let size = match &fetched {
                     Fetched::Records(batch) => batch.data_bytes(),
                     Fetched::ShardEnd { .. } => 0,
                 };
                 expected = size;
+                // The room reserved becomes the batch's, so a batch read is
+                // never outside the budget while it waits for room.
                 let permit = tokio::select! {
-                    p = budget.acquire(size) => p,
+                    p = budget.settle(reserved, size) => p,
                     _ = cancel.cancelled() => return,
                 };
                 let end = matches!(fetched, Fetched::ShardEnd { .. });
@@ -196,6 +243,61 @@ mod tests {
             .await
             .unwrap()
             .is_some());
+    }
+
+    #[tokio::test]
+    async fn room_reserved_before_a_read_becomes_the_batch_room() {
+        let worker = ByteBudget::worker(100);
+        let a = ByteBudget::new(worker.clone(), 100, 100);
+        let b = ByteBudget::new(worker.clone(), 100, 100);
+        let wait = Duration::from_millis(50);
+        // A reserved 60 for its read while B waits for all 100: A's batch
+        // came smaller and keeps 20 of its room without waiting (given
+        // back whole, B would have taken it and A's batch would wait
+        // outside the budget until B's was delivered).
+        let reserved = a.acquire(60).await;
+        let waiting = tokio::spawn({
+            let b = b.clone();
+            async move { b.acquire(100).await }
+        });
+        tokio::time::sleep(wait).await;
+        let batch = tokio::time::timeout(wait, a.settle(reserved, 20))
+            .await
+            .expect("the room reserved became the batch's")
+            .unwrap();
+        assert!(!waiting.is_finished());
+        drop(batch);
+        drop(tokio::time::timeout(wait, waiting).await.unwrap().unwrap());
+        assert_eq!(worker.available_permits(), 100);
+        let batch = a.acquire(20).await.unwrap();
+        // A larger batch takes what is missing if it is free...
+        let batch = tokio::time::timeout(wait, a.settle(Some(batch), 50))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(worker.available_permits(), 50);
+        drop(batch);
+        // Two shards whose batches both came larger than the room left:
+        // each gives its reservation back and waits for the whole size, so
+        // one of them goes on (holding some while waiting for more, they
+        // would wait on each other for ever).
+        let (ra, rb) = (a.acquire(50).await, b.acquire(50).await);
+        assert_eq!(worker.available_permits(), 0);
+        let first = tokio::spawn({
+            let a = a.clone();
+            async move { a.settle(ra, 60).await }
+        });
+        let second = tokio::spawn({
+            let b = b.clone();
+            async move { b.settle(rb, 60).await }
+        });
+        let held = tokio::time::timeout(wait, first).await.unwrap().unwrap();
+        assert!(held.is_some());
+        drop(held);
+        let held = tokio::time::timeout(wait, second).await.unwrap().unwrap();
+        assert!(held.is_some());
+        drop(held);
+        assert_eq!(worker.available_permits(), 100);
     }
 
     /// A source of endless batches of `size` bytes that counts its reads.
