@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before any thread exists: a thread that has an arena keeps it.
+    kcld::memory::configure_allocator();
     let cli = kcld::cli::Cli::parse();
     let json = cli.json_errors();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

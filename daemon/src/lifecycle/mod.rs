@@ -409,9 +409,7 @@ async fn drive(
             processor.process_records(&batch, &mut cp).await?;
             record_delivery(&grant.labels, &batch);
         }
-        let bytes = batch.data_bytes();
         drop((batch, _held));
-        crate::memory::batch_dropped(bytes);
         if grant.stop.is_cancelled() {
             // The lease went while the processor had the batch: it may not
             // have taken all of it, so the shard's end (gathered with the

@@ -122,7 +122,7 @@ pub(crate) async fn run_embedded(
         ops::serve(listen, metrics, health.clone(), ops_stop.clone()).await?;
     }
     ops::systemd::spawn_watchdog(ops_stop.clone());
-    crate::memory::spawn_quiet_trim(ops_stop.clone());
+    crate::memory::spawn_periodic_trim(ops_stop.clone());
 
     let mut settings = settings;
     aws::settle_consumer_region(&mut settings).await;
