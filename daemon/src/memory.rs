@@ -16,10 +16,11 @@
 //! Instead the `kcld` binary sets the allocator up once, before any thread
 //! starts ([`configure_allocator`]):
 //! - one arena, so a buffer freed by any thread is reused by the next batch
-//!   of any shard. Its lock costs an idle instance some CPU (256 idle
-//!   shards: about 165 CPU-s an hour against 124 to 155 with more arenas),
-//!   less than the re-faulting cost under load; `MALLOC_ARENA_MAX=2` is the
-//!   operator's choice for mostly idle instances;
+//!   of any shard. An idle instance spends a little more CPU with it (256
+//!   idle shards: about 165 CPU-s an hour against 124 to 155 with more
+//!   arenas; the profiles show no lock waits), far less than the
+//!   re-faulting cost under load; `MALLOC_ARENA_MAX=2` is the operator's
+//!   choice for mostly idle instances;
 //! - a fixed mmap threshold of 4 MiB, so batch buffers come from the heap
 //!   and are reused, while a rare response of many megabytes is mapped and
 //!   unmapped at once instead of raising the threshold for good;
