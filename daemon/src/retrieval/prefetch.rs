@@ -50,8 +50,7 @@ impl ByteBudget {
     /// Waits for room for `size` bytes. A batch larger than a limit waits
     /// for the whole limit, so it still passes, alone.
     pub async fn acquire(&self, size: usize) -> Option<BudgetHeld> {
-        let per_shard = size.clamp(1, self.shard_max) as u32;
-        let per_worker = size.clamp(1, self.worker_max) as u32;
+        let (per_shard, per_worker) = self.permits(size);
         let shard = self
             .shard
             .clone()
@@ -74,47 +73,44 @@ impl ByteBudget {
     /// waited for, as if nothing had been reserved: a shard never waits
     /// for more while holding some, or two shards could wait on each other.
     pub async fn settle(&self, reserved: Option<BudgetHeld>, size: usize) -> Option<BudgetHeld> {
-        if let Some(held) = reserved {
-            let shard = size.clamp(1, self.shard_max);
-            let worker = size.clamp(1, self.worker_max);
-            if let Some(held) = held.resized(shard, &self.shard, worker, &self.worker) {
-                return Some(held);
-            }
+        let (per_shard, per_worker) = self.permits(size);
+        // A permit not resized is dropped here, given back before the wait.
+        let resized = reserved.and_then(|held| {
+            Some(BudgetHeld {
+                shard: resize_now(held.shard, per_shard, &self.shard)?,
+                worker: resize_now(held.worker, per_worker, &self.worker)?,
+            })
+        });
+        match resized {
+            Some(held) => Some(held),
+            None => self.acquire(size).await,
         }
-        self.acquire(size).await
+    }
+
+    /// The permits `size` bytes take of the shard's and the worker's
+    /// semaphores: a batch larger than a limit takes the whole limit.
+    fn permits(&self, size: usize) -> (u32, u32) {
+        let of = |max: usize| u32::try_from(size.clamp(1, max)).unwrap_or(u32::MAX);
+        (of(self.shard_max), of(self.worker_max))
     }
 }
 
-impl BudgetHeld {
-    /// The same room resized to `shard` and `worker` permits without
-    /// waiting; `None` (everything given back) when what is missing is not
-    /// free now.
-    fn resized(
-        self,
-        shard: usize,
-        shard_pool: &Arc<Semaphore>,
-        worker: usize,
-        worker_pool: &Arc<Semaphore>,
-    ) -> Option<Self> {
-        fn resize(
-            mut permit: OwnedSemaphorePermit,
-            want: usize,
-            pool: &Arc<Semaphore>,
-        ) -> Option<OwnedSemaphorePermit> {
-            let held = permit.num_permits();
-            if want < held {
-                drop(permit.split(held - want));
-            } else if want > held {
-                let more = u32::try_from(want - held).ok()?;
-                permit.merge(pool.clone().try_acquire_many_owned(more).ok()?);
-            }
-            Some(permit)
-        }
-        Some(BudgetHeld {
-            shard: resize(self.shard, shard, shard_pool)?,
-            worker: resize(self.worker, worker, worker_pool)?,
-        })
+/// `permit` resized to `want` without waiting; `None` (the permit given
+/// back) when what is missing is not free now.
+fn resize_now(
+    mut permit: OwnedSemaphorePermit,
+    want: u32,
+    pool: &Arc<Semaphore>,
+) -> Option<OwnedSemaphorePermit> {
+    let held = permit.num_permits();
+    let want = want as usize;
+    if want < held {
+        drop(permit.split(held - want));
+    } else if want > held {
+        let more = u32::try_from(want - held).ok()?;
+        permit.merge(pool.clone().try_acquire_many_owned(more).ok()?);
     }
+    Some(permit)
 }
 
 /// A batch read ahead, holding its share of the prefetch budget until the
