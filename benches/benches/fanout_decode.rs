@@ -106,7 +106,7 @@ async fn kcld_path(stream: &kcld::stream::Stream) -> usize {
         .await
         .unwrap_or_else(|e| panic!("kcld event: {e}"))
     {
-        records += event.records.len();
+        records += event.records().len();
     }
     records
 }

@@ -831,3 +831,132 @@ async fn a_shard_subscribed_elsewhere_is_waited_for() {
     check_once_in_order(&lines, &placed, &records);
     kcld.stop_cleanly(Duration::from_secs(25)).await;
 }
+
+/// A sink that keeps every record's data and, each time the records
+/// delivered reach the next of `holds`, stops taking records until the
+/// test releases it.
+struct HoldingSink {
+    seen: std::sync::Mutex<Vec<Vec<u8>>>,
+    holds: std::sync::Mutex<Vec<usize>>,
+    holding: tokio::sync::watch::Sender<usize>,
+    release: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl kcld::sink::Sink for HoldingSink {
+    async fn deliver(
+        &self,
+        batch: &kcld::record::Batch,
+        _stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), kcld::sink::SinkError> {
+        let total = {
+            let mut seen = self.seen.lock().unwrap();
+            seen.extend(batch.records.iter().map(|r| r.data.to_vec()));
+            seen.len()
+        };
+        let hold = {
+            let mut holds = self.holds.lock().unwrap();
+            let due = holds.first().is_some_and(|h| total >= *h);
+            if due {
+                holds.remove(0);
+            }
+            due
+        };
+        if hold {
+            self.holding.send_modify(|n| *n += 1);
+            self.release.acquire().await.unwrap().forget();
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_cut_inside_a_large_event_resume_after_the_last_record_handed_on() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::from_env().unwrap();
+    let (arn, consumer_arn) = shared_stream_and_consumer(&stack, 1).await;
+    // A backlog the emulator sends as one event of about 4 MB of JSON,
+    // which kcld hands on in runs of about 64 KiB as it arrives.
+    let records: Vec<(String, Vec<u8>)> = (0..3_000)
+        .map(|i| {
+            let mut data = format!("record {i:05} ").into_bytes();
+            data.resize(1024, b'a' + (i % 26) as u8);
+            (format!("key-{}", i % 13), data)
+        })
+        .collect();
+    stack.put_records(&arn, &records).await.unwrap();
+
+    // Responses at 2 MB/s: the event is still arriving when it is cut.
+    let proxy = kcld_testkit::cut::CutProxy::throttled(stack.kinesis_addr(), 2_000_000)
+        .await
+        .unwrap();
+    let (holding, mut held) = tokio::sync::watch::channel(0);
+    let sink = std::sync::Arc::new(HoldingSink {
+        seen: Default::default(),
+        holds: std::sync::Mutex::new(vec![300, 1_500]),
+        holding,
+        release: tokio::sync::Semaphore::new(0),
+    });
+    let env = stack.consumer_env();
+    let credentials = aws_credential_types::Credentials::new(
+        &env["AWS_ACCESS_KEY_ID"],
+        &env["AWS_SECRET_ACCESS_KEY"],
+        None,
+        None,
+        "test",
+    );
+    let consumer = kcld::Consumer::builder(&arn)
+        .application_name(unique_name("app"))
+        .initial_position("TRIM_HORIZON")
+        .option("consumer_arn", &consumer_arn)
+        .option("aws.kinesis_endpoint", proxy.url())
+        .option("aws.dynamodb_endpoint", &env["AWS_ENDPOINT_URL_DYNAMODB"])
+        .credentials(aws_credential_types::provider::SharedCredentialsProvider::new(credentials))
+        .sink(sink.clone())
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(consumer.run(async move {
+        let _ = stopped.await;
+    }));
+
+    // Twice: the sink holds a batch after 300 (then 1,500) records, so kcld
+    // stops reading the event after a run or two of read-ahead; its
+    // connection is cut there, inside the event, and the sink released.
+    for hold in 1..=2 {
+        tokio::time::timeout(Duration::from_secs(60), held.wait_for(|n| *n >= hold))
+            .await
+            .expect("the sink reached its hold")
+            .unwrap();
+        proxy.cut_all();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sink.release.add_permits(1);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sink.seen.lock().unwrap().len() < records.len() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Time for a repeated record to show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("kcld stopped")
+        .unwrap()
+        .unwrap();
+
+    let seen = sink.seen.lock().unwrap().clone();
+    let at = seen
+        .iter()
+        .zip(&records)
+        .position(|(got, (_, want))| got != want);
+    assert!(
+        at.is_none() && seen.len() == records.len(),
+        "every record once, in order: {} delivered, first difference at {at:?}",
+        seen.len()
+    );
+    assert!(
+        proxy.connections() >= 3,
+        "the subscription's connection was cut twice"
+    );
+}

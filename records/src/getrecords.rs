@@ -12,6 +12,9 @@
 //! paths decode the same bodies to the same records.
 
 mod scan;
+mod split;
+
+pub use split::EventSplitter;
 
 use std::borrow::Cow;
 use std::mem::MaybeUninit;

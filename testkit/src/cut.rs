@@ -32,6 +32,17 @@ impl CutProxy {
     /// Listens on a free loopback port and relays to `upstream`
     /// (`host:port`).
     pub async fn start(upstream: SocketAddr) -> Result<Self> {
+        Self::start_with(upstream, None).await
+    }
+
+    /// [`CutProxy::start`], relaying responses at about `bytes_per_second`
+    /// (requests at full speed): a large response is still arriving when a
+    /// test cuts it, instead of already sitting in the client's socket.
+    pub async fn throttled(upstream: SocketAddr, bytes_per_second: u64) -> Result<Self> {
+        Self::start_with(upstream, Some(bytes_per_second.max(1))).await
+    }
+
+    async fn start_with(upstream: SocketAddr, rate: Option<u64>) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (cuts, _) = watch::channel(0u64);
@@ -59,7 +70,7 @@ impl CutProxy {
                         return;
                     };
                     let stalled = tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                        _ = relay(&mut inbound, &mut outbound, rate) => false,
                         _ = cut.changed() => false,
                         _ = stall.changed() => true,
                     };
@@ -112,4 +123,36 @@ impl CutProxy {
     pub fn connections(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
     }
+}
+
+/// Relays both ways until both sides are done; responses at about `rate`
+/// bytes a second when given.
+async fn relay(inbound: &mut TcpStream, outbound: &mut TcpStream, rate: Option<u64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(rate) = rate else {
+        let _ = tokio::io::copy_bidirectional(inbound, outbound).await;
+        return;
+    };
+    let (mut client_read, mut client_write) = inbound.split();
+    let (mut server_read, mut server_write) = outbound.split();
+    let requests = async {
+        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+        let _ = server_write.shutdown().await;
+    };
+    let responses = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match server_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if client_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            let pause = std::time::Duration::from_secs_f64(n as f64 / rate as f64);
+            tokio::time::sleep(pause).await;
+        }
+        let _ = client_write.shutdown().await;
+    };
+    tokio::join!(requests, responses);
 }

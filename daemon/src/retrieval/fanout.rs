@@ -6,7 +6,9 @@
 //! ended one at five minutes, after `subscription_max_age_ms`, after an
 //! error, or after `stall_timeout_ms` without an event) resumes
 //! AFTER_SEQUENCE_NUMBER of the last continuation, so nothing is skipped and
-//! nothing repeated. SubscribeToShard runs at most once a second per shard
+//! nothing repeated. An event of many megabytes is handed on in runs as it
+//! arrives (see [`crate::stream::Subscription`]); a subscription that ends
+//! inside one resumes after the last record handed on. SubscribeToShard runs at most once a second per shard
 //! (the service's limit); ResourceInUse (the previous subscription is still
 //! open) is waited out. Errors that arrive inside the event stream are
 //! handled like errors of the call.
@@ -27,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Backoff, Fetched, Unpacker};
 use crate::record::Batch;
-use crate::stream::{KinesisError, StartAt, Stream, Subscription};
+use crate::record::Record;
+use crate::stream::{EventPiece, KinesisError, StartAt, Stream, Subscription};
 use kcld_records::getrecords::SubscribeEvent;
 
 /// The service allows one SubscribeToShard call per second per shard and
@@ -44,6 +47,11 @@ pub struct FanOutReader {
     /// The continuation sequence number of the last event: where the next
     /// subscription resumes.
     continuation: Option<String>,
+    /// The last record handed on of a large event still arriving (handed
+    /// on in runs): while set, the next subscription resumes after it.
+    partial_after: Option<String>,
+    /// The lag the last event reported, for the runs of the next.
+    last_millis: Option<i64>,
     /// The open subscription and when it was opened.
     subscription: Option<(Subscription, Instant)>,
     subscriptions: u64,
@@ -77,6 +85,8 @@ impl FanOutReader {
             unpacker,
             start: super::start_at(shard_id, start, at_timestamp_millis),
             continuation: None,
+            partial_after: None,
+            last_millis: None,
             subscription: None,
             subscriptions: 0,
             last_subscribe: None,
@@ -145,7 +155,16 @@ impl FanOutReader {
                     }
                     return Err(e);
                 }
-                Ok(Ok(Some(event))) => event,
+                Ok(Ok(Some(EventPiece::Records(run)))) => {
+                    // A run of a large event: handed on as it arrives; the
+                    // renewal and the end check wait for the event's end.
+                    self.backoff.reset();
+                    if let Some(fetched) = self.on_run(run) {
+                        return Ok(Some(fetched));
+                    }
+                    continue;
+                }
+                Ok(Ok(Some(EventPiece::Event(event)))) => event,
             };
             self.backoff.reset();
             let caught_up = event.millis_behind_latest.unwrap_or(0) == 0;
@@ -174,9 +193,29 @@ impl FanOutReader {
         cancel: &CancellationToken,
     ) -> Result<Option<Fetched>, KinesisError> {
         self.subscription = None;
-        let last = (self.continuation.as_deref(), &self.start);
+        let position = self.last_position().map(str::to_owned);
+        let last = (position.as_deref(), &self.start);
         let (stream, unpacker) = (&self.stream, &self.unpacker);
         super::end_if_gone(stream, unpacker, &mut self.backoff, last, err, cancel).await
+    }
+
+    /// Takes a run of a large event's records (deaggregated, filtered);
+    /// the next subscription resumes after its last record until the event
+    /// is complete. No I/O.
+    fn on_run(&mut self, run: Vec<Record>) -> Option<Fetched> {
+        if let Some(last) = run.last() {
+            self.partial_after = Some(last.sequence_number.as_str().to_owned());
+        }
+        let records = self.unpacker.unpack(run.into_iter());
+        if records.is_empty() {
+            return None;
+        }
+        Some(Fetched::Records(Batch {
+            shard_id: self.unpacker.shard_id.clone(),
+            records,
+            millis_behind_latest: self.last_millis,
+            filtered_to: None,
+        }))
     }
 
     /// Takes one event: its records (deaggregated, filtered), its
@@ -187,6 +226,9 @@ impl FanOutReader {
         let shard = self.unpacker.labels.get();
         metrics::counter!("kcld_subscribetoshard_events_total", shard.clone()).increment(1);
         let millis_behind_latest = event.millis_behind_latest.unwrap_or(0);
+        self.last_millis = Some(millis_behind_latest);
+        // The event is complete: its continuation covers its runs.
+        self.partial_after = None;
         metrics::gauge!("kcld_lag_seconds", shard.clone())
             .set(millis_behind_latest as f64 / 1000.0);
         let records = self.unpacker.unpack(event.records.into_iter());
@@ -215,11 +257,19 @@ impl FanOutReader {
         Ok(self.pending_end.hand_on(batch, end))
     }
 
-    /// Where the next subscription starts: after the last continuation,
+    /// The last position read: the last record handed on of an event
+    /// still arriving, else the last event's continuation.
+    fn last_position(&self) -> Option<&str> {
+        self.partial_after
+            .as_deref()
+            .or(self.continuation.as_deref())
+    }
+
+    /// Where the next subscription starts: after the last position read,
     /// else the grant's start.
     fn resume_at(&self) -> StartAt {
-        match &self.continuation {
-            Some(seq) => StartAt::AfterSequence(seq.clone()),
+        match self.last_position() {
+            Some(seq) => StartAt::AfterSequence(seq.to_owned()),
             None => self.start.clone(),
         }
     }
@@ -421,6 +471,29 @@ mod tests {
             }
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn a_subscription_lost_inside_a_large_event_resumes_after_its_last_run() {
+        let mut r = reader();
+        r.on_event(event(vec![record("100", "a")], Some("100"), None))
+            .unwrap();
+        // Two runs of a large event handed on, then the subscription ends
+        // before the event did: resume after the last record handed on,
+        // not after the continuation before it (which would repeat them).
+        let run = r
+            .on_run(vec![record("101", "b"), record("102", "c")])
+            .unwrap();
+        assert_eq!(ids(&run), ["101", "102"]);
+        assert_eq!(r.resume_at(), StartAt::AfterSequence("102".into()));
+        assert_eq!(ids(&r.on_run(vec![record("103", "d")]).unwrap()), ["103"]);
+        assert_eq!(r.resume_at(), StartAt::AfterSequence("103".into()));
+        // The same again on the next subscription; this time the event
+        // completes and its continuation takes over.
+        r.on_run(vec![record("104", "e")]).unwrap();
+        r.on_event(event(vec![record("105", "f")], Some("110"), None))
+            .unwrap();
+        assert_eq!(r.resume_at(), StartAt::AfterSequence("110".into()));
     }
 
     #[tokio::test]

@@ -24,7 +24,7 @@ mod dynamodb;
 mod error;
 
 use capture::CaptureBody;
-pub use consumer::{ConsumerInfo, Subscription};
+pub use consumer::{ConsumerInfo, EventPiece, Subscription};
 use direct::DirectGetRecords;
 pub use error::KinesisError;
 

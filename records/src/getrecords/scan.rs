@@ -66,6 +66,7 @@ pub(super) fn scan(body: &[u8]) -> Option<Scanned<'_>> {
                     out.child_shards = (raw != b"null").then_some(raw);
                 }
                 _ => {
+                    is_text(key)?;
                     c.value()?;
                 }
             }
@@ -80,6 +81,45 @@ pub(super) fn scan(body: &[u8]) -> Option<Scanned<'_>> {
     }
     out.records = records?;
     Some(out)
+}
+
+/// Where the `Records` array of a payload starts (the index of its `[`),
+/// when the members before it are complete and of the common shape;
+/// `None` when more bytes are needed or the shape is another (the caller
+/// then decodes the payload whole).
+pub(super) fn records_start(head: &[u8]) -> Option<usize> {
+    let mut c = Cursor { b: head, i: 0 };
+    c.eat(b'{')?;
+    loop {
+        let key = c.string()?;
+        c.eat(b':')?;
+        if key == b"Records" {
+            c.peek()?;
+            return (head[c.i] == b'[').then_some(c.i);
+        }
+        c.value()?;
+        if !c.next_member(b'}')? {
+            return None;
+        }
+    }
+}
+
+/// The record object starting at `at` (its `{`) and the index after it;
+/// `None` when it is incomplete or outside the common shape.
+pub(super) fn record_at(body: &[u8], at: usize) -> Option<(Fields<'_>, usize)> {
+    let mut c = Cursor { b: body, i: at };
+    let record = c.record()?;
+    Some((record, c.i))
+}
+
+/// A string's bytes that are text: UTF-8 without control characters
+/// (which JSON does not allow raw). Unknown keys and skipped values are
+/// checked too, so that the scanner refuses whatever serde refuses.
+fn is_text(bytes: &[u8]) -> Option<&str> {
+    if bytes.iter().any(|b| *b < 0x20) {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()
 }
 
 struct Cursor<'a> {
@@ -135,11 +175,7 @@ impl<'a> Cursor<'a> {
     /// A string that is text: UTF-8 without control characters (which
     /// JSON does not allow raw).
     fn text(&mut self) -> Option<&'a str> {
-        let bytes = self.string()?;
-        if bytes.iter().any(|b| *b < 0x20) {
-            return None;
-        }
-        std::str::from_utf8(bytes).ok()
+        is_text(self.string()?)
     }
 
     fn null(&mut self) -> Option<bool> {
@@ -227,7 +263,7 @@ impl<'a> Cursor<'a> {
         };
         match self.peek()? {
             b'"' => {
-                self.string()?;
+                self.text()?;
             }
             b'{' | b'[' => {
                 let mut depth = 0usize;
@@ -315,6 +351,7 @@ impl<'a> Cursor<'a> {
                 b"PartitionKey" => partition_key = self.optional_text()?,
                 b"EncryptionType" => encryption_type = self.optional_text()?,
                 _ => {
+                    is_text(key)?;
                     self.value()?;
                 }
             }

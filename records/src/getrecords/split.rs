@@ -1,0 +1,479 @@
+//! A SubscribeToShardEvent payload decoded while it arrives.
+//!
+//! At catch-up the service (and the local emulator) sends events of many
+//! megabytes. Decoded only once whole, an event is held twice over (its
+//! JSON text, then its records) on every catching-up shard at once;
+//! polling's reads never hold more than one response. [`EventSplitter`]
+//! takes the payload as it comes and hands on its records in runs of about
+//! `run_bytes` of JSON, found by the GetRecords scanner (each record is
+//! scanned once, its fields decoded into the run's one buffer); it keeps
+//! only what it has not handed on, and the members around `Records`, which
+//! it decodes at the end for the continuation, the lag and the children.
+//!
+//! A record outside the scanner's shape (an escape in its partition key)
+//! is found whole by tracking strings and nesting, and decoded alone by
+//! serde. A payload whose `Records` array is not found among members of the
+//! common shape, or whose elements are not objects, is kept whole and
+//! decoded at the end, exactly as [`super::decode_subscribe_event`] decodes
+//! it, as long as no run was handed on; after one, it is an error.
+
+use super::{decode_records, decode_subscribe_event, fields, scan, DecodeError, RawRecord};
+use super::{Record, SubscribeEvent};
+
+/// Members before `Records` longer than this are not the common shape (a
+/// few hundred bytes at most: the continuation and the lag): the payload
+/// is kept whole.
+const HEAD_LIMIT: usize = 64 * 1024;
+
+/// See the module documentation. Push the payload's bytes in order; take
+/// runs after each push until there is none; finish once the payload has
+/// been pushed whole.
+pub struct EventSplitter {
+    /// Bytes pushed and not yet handed on (from `pos`), and before the
+    /// first run the whole payload so far.
+    buf: Vec<u8>,
+    state: State,
+    /// The payload with `Records` emptied: `{..."Records":[]...}`.
+    skeleton: Vec<u8>,
+    run_bytes: usize,
+    /// Where the next element (or separator) of `Records` starts in `buf`:
+    /// everything before it was handed on.
+    pos: usize,
+    /// What `Records` allows at `pos`.
+    next: Next,
+    /// Look again once `buf` holds this many bytes: a record larger than a
+    /// run is not scanned again on every push while it arrives.
+    wait_for: usize,
+    handed_on: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum State {
+    /// Before `Records`: the members so far, until its `[`.
+    Head,
+    /// Inside `Records`.
+    Records,
+    /// `Records` closed and every record handed on; later bytes are the
+    /// skeleton's.
+    Closed,
+    /// Not the common shape: every byte kept, decoded at the end.
+    Whole,
+}
+
+/// What may come next inside `Records`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Next {
+    /// After `[`: an element or `]`.
+    First,
+    /// After a comma: an element.
+    Element,
+    /// After an element: a comma or `]`.
+    Separator,
+}
+
+/// How a scan of `Records` stopped.
+enum Stop {
+    /// Out of bytes, or a run's worth found.
+    More,
+    /// At `]`, this index.
+    Closed(usize),
+    /// Not the shape at this index.
+    Bad,
+}
+
+impl EventSplitter {
+    /// A splitter handing on runs of at least `run_bytes` of JSON (the run
+    /// ends at the first record boundary past it), fewer at the end.
+    pub fn new(run_bytes: usize) -> Self {
+        EventSplitter {
+            buf: Vec::new(),
+            state: State::Head,
+            skeleton: Vec::new(),
+            run_bytes: run_bytes.max(1),
+            pos: 0,
+            next: Next::First,
+            wait_for: 0,
+            handed_on: false,
+        }
+    }
+
+    /// The next bytes of the payload.
+    pub fn push(&mut self, bytes: &[u8]) {
+        match self.state {
+            State::Closed => self.skeleton.extend_from_slice(bytes),
+            State::Whole | State::Head => self.buf.extend_from_slice(bytes),
+            State::Records => {
+                // What was handed on goes before the new bytes come: one
+                // move of the unfinished remainder per push. Before the
+                // first run the head stays, in case the payload turns out
+                // not to be of the common shape.
+                if self.handed_on && self.pos > 0 {
+                    self.buf.drain(..self.pos);
+                    self.wait_for = self.wait_for.saturating_sub(self.pos);
+                    self.pos = 0;
+                }
+                self.buf.extend_from_slice(bytes);
+            }
+        }
+    }
+
+    /// Bytes held: what was pushed and not handed on, and the skeleton.
+    pub fn held(&self) -> usize {
+        let handed_on = if self.state == State::Records {
+            self.pos
+        } else {
+            0
+        };
+        self.buf.len() - handed_on + self.skeleton.len()
+    }
+
+    /// The next run of records, once `run_bytes` of them have been pushed;
+    /// `None` until then (push more).
+    pub fn take_run(&mut self) -> Result<Option<Vec<Record>>, DecodeError> {
+        self.find_records();
+        if self.state != State::Records
+            || self.buf.len() - self.pos < self.run_bytes
+            || self.buf.len() < self.wait_for
+        {
+            return Ok(None);
+        }
+        let records = self.run(false)?;
+        if records.is_empty() && self.state == State::Records {
+            // One record larger than a run, still arriving.
+            self.wait_for = self.buf.len() + (self.buf.len() - self.pos);
+            return Ok(None);
+        }
+        Ok(Some(records))
+    }
+
+    /// The event, once its payload was pushed whole: the records not handed
+    /// on in runs, and the members around `Records`.
+    pub fn finish(mut self) -> Result<SubscribeEvent, DecodeError> {
+        self.find_records();
+        let records = match self.state {
+            State::Records => self.run(true)?,
+            _ => Vec::new(),
+        };
+        match self.state {
+            State::Closed => {
+                let mut event = decode_subscribe_event(&self.skeleton)?;
+                event.records = records;
+                Ok(event)
+            }
+            _ if !self.handed_on => decode_subscribe_event(&self.buf),
+            _ => Err(not_the_shape("the payload ended inside Records")),
+        }
+    }
+
+    /// Before `Records`: looks for its `[` in the members so far.
+    fn find_records(&mut self) {
+        if self.state != State::Head {
+            return;
+        }
+        match scan::records_start(&self.buf) {
+            Some(at) => {
+                self.skeleton.extend_from_slice(&self.buf[..=at]);
+                self.pos = at + 1;
+                self.state = State::Records;
+            }
+            None if self.buf.len() > HEAD_LIMIT => self.state = State::Whole,
+            None => {}
+        }
+    }
+
+    /// Scans the records from `pos`, a run's worth (or, at the end, all of
+    /// them), and decodes them; at `]` the rest goes to the skeleton.
+    fn run(&mut self, to_the_end: bool) -> Result<Vec<Record>, DecodeError> {
+        let limit = if to_the_end {
+            usize::MAX
+        } else {
+            self.run_bytes
+        };
+        let buf = &self.buf;
+        let from = self.pos;
+        let mut at = from;
+        let mut next = self.next;
+        // About 1.4 KB of JSON per 1 KiB record: one allocation for most.
+        let mut scanned = Vec::with_capacity(limit.min(buf.len() - from) / 1024 + 1);
+        let mut records = Vec::new();
+        let stop = loop {
+            while buf.get(at).is_some_and(u8::is_ascii_whitespace) {
+                at += 1;
+            }
+            let Some(&byte) = buf.get(at) else {
+                break Stop::More;
+            };
+            match (byte, next) {
+                (b'{', Next::First | Next::Element) => {
+                    if let Some((record, end)) = scan::record_at(buf, at) {
+                        scanned.push(record);
+                        at = end;
+                    } else if let Some(end) = element_end(buf, at) {
+                        // Outside the scanner's shape: decoded alone by
+                        // serde, after those scanned before it.
+                        records.extend(decode_records(&scanned)?);
+                        scanned.clear();
+                        records.extend(decode_alone(&buf[at..end])?);
+                        at = end;
+                    } else {
+                        // Still arriving.
+                        break Stop::More;
+                    }
+                    next = Next::Separator;
+                    if at - from >= limit {
+                        break Stop::More;
+                    }
+                }
+                (b',', Next::Separator) => {
+                    at += 1;
+                    next = Next::Element;
+                }
+                (b']', Next::First | Next::Separator) => break Stop::Closed(at),
+                _ => break Stop::Bad,
+            }
+        };
+        if let Stop::Bad = stop {
+            if self.handed_on {
+                return Err(not_the_shape("an element of Records is not an object"));
+            }
+            self.state = State::Whole;
+            self.skeleton = Vec::new();
+            return Ok(Vec::new());
+        }
+        if records.is_empty() {
+            records = decode_records(&scanned)?;
+        } else {
+            records.extend(decode_records(&scanned)?);
+        }
+        self.pos = at;
+        self.next = next;
+        if let Stop::Closed(close) = stop {
+            self.skeleton.push(b']');
+            self.skeleton.extend_from_slice(&self.buf[close + 1..]);
+            self.buf = Vec::new();
+            self.pos = 0;
+            self.state = State::Closed;
+        }
+        if !records.is_empty() {
+            self.handed_on = true;
+        }
+        Ok(records)
+    }
+}
+
+/// The end (the index after its closing brace) of the element starting at
+/// `at`, strings and nesting tracked; `None` if it has not arrived whole.
+fn element_end(buf: &[u8], at: usize) -> Option<usize> {
+    let mut depth = 0u32;
+    let mut i = at;
+    loop {
+        match *buf.get(i)? {
+            b'"' => {
+                // To the closing quote, over escapes.
+                i += 1;
+                loop {
+                    let k = memchr::memchr2(b'"', b'\\', buf.get(i..)?)?;
+                    if buf[i + k] == b'"' {
+                        i += k + 1;
+                        break;
+                    }
+                    i += k + 2;
+                }
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+}
+
+/// One element of `Records` outside the scanner's shape, through serde.
+fn decode_alone(element: &[u8]) -> Result<Vec<Record>, DecodeError> {
+    let raw: RawRecord<'_> = serde_json::from_slice(element)?;
+    decode_records(&fields(std::slice::from_ref(&raw)))
+}
+
+fn not_the_shape(why: &str) -> DecodeError {
+    DecodeError::Json(serde::de::Error::custom(format!(
+        "SubscribeToShardEvent: {why}"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A payload as the service writes it, `Records` first or last.
+    fn payload(
+        records: &[(usize, u8)],
+        records_last: bool,
+        children: bool,
+        blank: &str,
+    ) -> Vec<u8> {
+        use base64::Engine as _;
+        let items: Vec<String> = records
+            .iter()
+            .enumerate()
+            .map(|(i, (len, byte))| {
+                let data = base64::engine::general_purpose::STANDARD.encode(vec![*byte; *len]);
+                format!(
+                    r#"{{"SequenceNumber":"4959033827149025660855969253836157109592157598913658{:04}","ApproximateArrivalTimestamp":1.709100911667E9,"Data":"{data}","PartitionKey":"k{i}\"q"}}"#,
+                    i
+                )
+            })
+            .collect();
+        let records = format!(
+            r#""Records":[{blank}{}{blank}]"#,
+            items.join(&format!(",{blank}"))
+        );
+        let mut rest = vec![
+            r#""ContinuationSequenceNumber":"49590338271490256608559692538361571095921575989136588999""#.to_owned(),
+            r#""MillisBehindLatest":1500"#.to_owned(),
+        ];
+        if children {
+            rest.push(r#""ChildShards":[{"ShardId":"shardId-000000000002","ParentShards":["shardId-000000000000"],"HashKeyRange":{"StartingHashKey":"0","EndingHashKey":"9"}}]"#.to_owned());
+        }
+        if records_last {
+            rest.push(records);
+        } else {
+            rest.insert(0, records);
+        }
+        format!("{{{blank}{}{blank}}}", rest.join(&format!(",{blank}"))).into_bytes()
+    }
+
+    /// The payload pushed in `chunk`-byte pieces: every run handed on, then
+    /// the event from `finish` with all the records in order.
+    fn split(
+        payload: &[u8],
+        chunk: usize,
+        run_bytes: usize,
+    ) -> Result<(SubscribeEvent, usize), DecodeError> {
+        let mut splitter = EventSplitter::new(run_bytes);
+        let mut records = Vec::new();
+        let mut runs = 0;
+        for piece in payload.chunks(chunk.max(1)) {
+            splitter.push(piece);
+            while let Some(run) = splitter.take_run()? {
+                records.extend(run);
+                runs += 1;
+            }
+        }
+        let mut event = splitter.finish()?;
+        records.append(&mut event.records);
+        event.records = records;
+        Ok((event, runs))
+    }
+
+    #[test]
+    fn a_large_event_is_handed_on_in_runs_holding_little() {
+        let records: Vec<(usize, u8)> = (0..2_000).map(|i| (1024, i as u8)).collect();
+        let payload = payload(&records, true, false, "");
+        let whole = decode_subscribe_event(&payload).unwrap();
+        let run_bytes = 64 * 1024;
+        let mut splitter = EventSplitter::new(run_bytes);
+        let (mut got, mut max_held, mut runs) = (Vec::new(), 0, 0);
+        for piece in payload.chunks(16 * 1024) {
+            splitter.push(piece);
+            max_held = max_held.max(splitter.held());
+            while let Some(run) = splitter.take_run().unwrap() {
+                runs += 1;
+                got.extend(run);
+            }
+        }
+        let mut end = splitter.finish().unwrap();
+        got.append(&mut end.records);
+        assert_eq!(got, whole.records);
+        assert_eq!(
+            end.continuation_sequence_number,
+            whole.continuation_sequence_number
+        );
+        assert_eq!(end.millis_behind_latest, Some(1500));
+        // 2.8 MB of JSON in runs of about 64 KiB, never more held than a
+        // run, a piece and a record.
+        assert!(payload.len() > 2_700_000);
+        assert!(runs >= 40, "{runs} runs");
+        assert!(
+            max_held < run_bytes + 16 * 1024 + 2 * 1400,
+            "held {max_held}"
+        );
+    }
+
+    #[test]
+    fn other_shapes_are_decoded_whole() {
+        for text in [
+            // An escape in a key before Records: serde's path.
+            &br#"{"Continuation\u0053equenceNumber":"5","Records":[{"SequenceNumber":"1","Data":"aGk="}]}"#[..],
+            // Records null, records not objects, no Records.
+            br#"{"Records":null}"#,
+            br#"{"Records":[1]}"#,
+            br#"{"Records":[{"SequenceNumber":"1","Data":""},]}"#,
+            br#"{"Records":[,{"SequenceNumber":"1","Data":""}]}"#,
+            br#"{"MillisBehindLatest":0}"#,
+            br#"{"Records":[{"SequenceNumber":"1","Data":""}]"#,
+            b"",
+        ] {
+            let whole = decode_subscribe_event(text);
+            for chunk in [1, 3, text.len().max(1)] {
+                let split = split(text, chunk, 1);
+                match (&whole, &split) {
+                    (Ok(w), Ok((s, _))) => assert_eq!(w, s),
+                    (Err(_), Err(_)) => {}
+                    _ => panic!("{} in {chunk}: whole {whole:?}, split {split:?}", String::from_utf8_lossy(text)),
+                }
+            }
+        }
+    }
+
+    proptest! {
+        /// Any event, pushed in any pieces, cut into runs of any size:
+        /// the same records and members as decoding it whole.
+        #[test]
+        fn runs_agree_with_the_whole_event(
+            records in proptest::collection::vec((0usize..300, any::<u8>()), 0..12),
+            records_last in any::<bool>(),
+            children in any::<bool>(),
+            blank in prop_oneof![Just(""), Just(" "), Just("\n  ")],
+            chunk in 1usize..400,
+            run_bytes in 1usize..1_000,
+        ) {
+            let payload = payload(&records, records_last, children, blank);
+            let whole = decode_subscribe_event(&payload).unwrap();
+            let (split, _) = split(&payload, chunk, run_bytes).unwrap();
+            prop_assert_eq!(split, whole);
+        }
+
+        /// A corrupted payload: split and whole agree on whether it
+        /// decodes, and on what it decodes to.
+        #[test]
+        fn corrupted_payloads_split_as_they_decode_whole(
+            at in 0usize..2_000,
+            byte in prop_oneof![any::<u8>(), Just(b'"'), Just(b'\\'), Just(b','), Just(b']'), Just(b'}'), Just(b'{')],
+            how in 0u8..3,
+            chunk in 1usize..200,
+            run_bytes in 1usize..400,
+        ) {
+            let mut payload = payload(&[(100, 1), (3, 2), (250, 3), (0, 4)], at % 2 == 0, true, "");
+            let at = at % payload.len();
+            match how {
+                0 => payload[at] = byte,
+                1 => payload.insert(at, byte),
+                _ => { payload.remove(at); }
+            }
+            let whole = decode_subscribe_event(&payload);
+            let split = split(&payload, chunk, run_bytes);
+            match (whole, split) {
+                (Ok(w), Ok((s, _))) => prop_assert_eq!(w, s),
+                (Err(_), Err(_)) => {}
+                (w, s) => prop_assert!(false, "{}: whole {:?}, split {:?}", String::from_utf8_lossy(&payload), w.is_ok(), s.is_ok()),
+            }
+        }
+    }
+}
