@@ -74,7 +74,11 @@ pub struct Subscription {
 pub const RUN_BYTES: usize = 64 * 1024;
 /// The event-stream format's largest message (16 MiB of payload, its
 /// headers and framing).
-const MAX_MESSAGE: usize = 16 * 1024 * 1024 + 128 * 1024 + 16;
+const MAX_MESSAGE: usize = 16 * 1024 * 1024 + MAX_HEADERS + 16;
+/// A message's headers at most (the format allows a few hundred bytes per
+/// header; the service sends three): bounds what is buffered before a
+/// large event's headers say whether it is split.
+const MAX_HEADERS: usize = 128 * 1024;
 /// Total length, headers length, prelude checksum.
 const PRELUDE: usize = 12;
 
@@ -211,7 +215,7 @@ impl Subscription {
             if crc32fast::hash(&self.buf[..8]) as usize != word(8) {
                 return Err("prelude checksum mismatch".into());
             }
-            if total < PRELUDE + 4 || headers > total - PRELUDE - 4 {
+            if total < PRELUDE + 4 || headers > total - PRELUDE - 4 || headers > MAX_HEADERS {
                 return Err(format!(
                     "message of {total} bytes with {headers} bytes of headers"
                 ));
@@ -843,6 +847,49 @@ mod tests {
             matches!(e, KinesisError::Other(ref m) if m.contains("checksum")) && e.is_transient(),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_impossible_frame_is_an_error_at_once_not_a_wait() {
+        use futures::StreamExt as _;
+        let prelude = |total: u32, headers: u32| {
+            let mut p = total.to_be_bytes().to_vec();
+            p.extend(headers.to_be_bytes());
+            p.extend(crc32fast::hash(&p).to_be_bytes());
+            p
+        };
+        let other = message(
+            &[(":message-type", "event"), (":event-type", "Other")],
+            "{}",
+        );
+        let other_headers = u32::from_be_bytes([other[4], other[5], other[6], other[7]]);
+        let mut huge_other = prelude(64 << 20, other_headers);
+        huge_other.extend(&other[12..12 + other_headers as usize]);
+        for (body, why) in [
+            // Headers of half a gigabyte: not buffered while waiting.
+            (prelude(1 << 30, 1 << 29), "headers"),
+            // A message of 64 MiB that would be held whole.
+            (huge_other, "more than"),
+            (prelude(8, 0), "bytes of headers"),
+        ] {
+            // The connection stays open: the error must not wait for bytes.
+            let chunks = futures::stream::iter([Ok::<_, std::io::Error>(
+                hyper::body::Frame::data(bytes::Bytes::from(body)),
+            )])
+            .chain(futures::stream::pending());
+            let chunks = Box::pin(chunks);
+            let mut subscription = Subscription::new(SdkBody::from_body_1_x(
+                http_body_util::StreamBody::new(chunks),
+            ));
+            let e = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                stream().next_event(&mut subscription, CONSUMER),
+            )
+            .await
+            .expect("an error, not a wait")
+            .unwrap_err();
+            assert!(e.to_string().contains(why), "{e}");
+        }
     }
 
     #[tokio::test]
