@@ -48,11 +48,11 @@ impl ConsumerInfo {
 /// megabytes at catch-up) is decoded while it arrives and handed on in runs
 /// of about that much JSON: the body is read only as fast as the runs are
 /// taken, so a catching-up shard holds a run or two, not the whole event
-/// and then its records, on every shard at once. Such an event's message checksum can only be checked once it has
-/// arrived, after its first runs were handed on; a mismatch ends the
-/// subscription with an error (the transport, TLS on the service, already
-/// checks every byte), and the next one resumes after the last record
-/// handed on.
+/// and then its records, on every shard at once. Such an event's message
+/// checksum can only be checked once it has arrived, after its first runs
+/// were handed on; a mismatch ends the subscription with an error (the
+/// transport, TLS on the service, already checks every byte), and the next
+/// one resumes after the last record handed on.
 pub struct Subscription {
     body: SdkBody,
     /// Bytes received and not yet framed.
