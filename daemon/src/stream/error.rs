@@ -2,7 +2,7 @@
 //! access and not-found errors name the action, the resource and who fixes
 //! it.
 
-use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::error::{ErrorMetadata, ProvideErrorMetadata, SdkError};
 use kcld_config::StreamArn;
 
 use crate::policy;
@@ -207,5 +207,40 @@ impl KinesisError {
             )),
             other => other,
         }
+    }
+}
+
+/// An exception inside a subscription's event stream (`ResourceInUse`,
+/// the KMS errors, `InternalFailure`, ...), with the service's code, so it
+/// is classified like the same error of a call.
+#[derive(Debug)]
+pub(crate) struct EventException {
+    meta: ErrorMetadata,
+}
+
+impl EventException {
+    pub(crate) fn new(code: String, message: String) -> Self {
+        EventException {
+            meta: ErrorMetadata::builder().code(code).message(message).build(),
+        }
+    }
+}
+
+impl std::fmt::Display for EventException {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {}",
+            self.meta.code().unwrap_or("unknown exception"),
+            self.meta.message().unwrap_or_default()
+        )
+    }
+}
+
+impl std::error::Error for EventException {}
+
+impl ProvideErrorMetadata for EventException {
+    fn meta(&self) -> &ErrorMetadata {
+        &self.meta
     }
 }

@@ -22,11 +22,13 @@ mod consumer;
 mod direct;
 mod dynamodb;
 mod error;
+mod subscription;
 
 use capture::CaptureBody;
-pub use consumer::{ConsumerInfo, EventPiece, Subscription};
+pub use consumer::ConsumerInfo;
 use direct::DirectGetRecords;
 pub use error::KinesisError;
+pub use subscription::{EventPiece, Subscription};
 
 /// Where to start reading a shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
