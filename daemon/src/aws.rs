@@ -18,6 +18,9 @@ use kcld_config::Settings;
 
 use crate::error::{Error, Result};
 
+mod subscriptions;
+pub use subscriptions::{READ_BUFFER, STREAM_WINDOW};
+
 /// How long a connection to Kinesis may take to open.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one Kinesis call may take: a GetRecords of 10 MiB on a slow
@@ -30,6 +33,9 @@ pub struct Clients {
     /// Kinesis in the stream's region, with the assumed role's credentials when
     /// one is configured.
     pub kinesis: aws_sdk_kinesis::Client,
+    /// The same, for SubscribeToShard: its HTTP client bounds what a
+    /// subscription's connection reads ahead ([`subscriptions`]).
+    pub kinesis_subscriptions: aws_sdk_kinesis::Client,
     /// DynamoDB in the lease table's region, with the default credentials.
     pub dynamodb: aws_sdk_dynamodb::Client,
     /// DynamoDB Streams in the stream's region, with Kinesis' credentials:
@@ -168,8 +174,14 @@ pub async fn connect_with(
     if let Some(url) = &settings.aws.sts_endpoint {
         sts = sts.endpoint_url(url);
     }
+    let kinesis = kinesis.build();
+    let kinesis_subscriptions = kinesis
+        .to_builder()
+        .http_client(subscriptions::client(ca_pem(settings)?.as_deref())?)
+        .build();
     Ok(Clients {
-        kinesis: aws_sdk_kinesis::Client::from_conf(kinesis.build()),
+        kinesis: aws_sdk_kinesis::Client::from_conf(kinesis),
+        kinesis_subscriptions: aws_sdk_kinesis::Client::from_conf(kinesis_subscriptions),
         dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb.build()),
         dynamodb_streams: aws_sdk_dynamodbstreams::Client::from_conf(dynamodb_streams.build()),
         sts: aws_sdk_sts::Client::from_conf(sts.build()),
@@ -253,29 +265,7 @@ fn http_client(
     settings: &Settings,
 ) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient> {
     let mut trust = TrustStore::default();
-    if let Some(path) = &settings.aws.ca_file {
-        let pem = std::fs::read(path).map_err(|e| {
-            Error::setup(format!("aws.ca_file {}: cannot read it", path.display()), e)
-        })?;
-        // The HTTP client panics on a bad certificate later, so check now.
-        use rustls_pki_types::{pem::PemObject, CertificateDer};
-        let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<_, _>>()
-            .map_err(|e| {
-                Error::setup(
-                    format!(
-                        "aws.ca_file {}: not a PEM certificate; point it at the CA's .pem file",
-                        path.display()
-                    ),
-                    e.to_string(),
-                )
-            })?;
-        if certs.is_empty() {
-            return Err(Error::setup(
-                format!("aws.ca_file {}", path.display()),
-                "holds no certificate; point it at the CA's .pem file",
-            ));
-        }
+    if let Some(pem) = ca_pem(settings)? {
         trust = trust.with_pem_certificate(pem);
     }
     let context = TlsContext::builder()
@@ -286,6 +276,35 @@ fn http_client(
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
         .tls_context(context)
         .build_https())
+}
+
+/// The PEM certificates of `aws.ca_file`, when set, checked: the SDK's HTTP
+/// client panics on a bad certificate later, so a bad file is refused now.
+fn ca_pem(settings: &Settings) -> Result<Option<Vec<u8>>> {
+    let Some(path) = &settings.aws.ca_file else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path)
+        .map_err(|e| Error::setup(format!("aws.ca_file {}: cannot read it", path.display()), e))?;
+    use rustls_pki_types::{pem::PemObject, CertificateDer};
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            Error::setup(
+                format!(
+                    "aws.ca_file {}: not a PEM certificate; point it at the CA's .pem file",
+                    path.display()
+                ),
+                e.to_string(),
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(Error::setup(
+            format!("aws.ca_file {}", path.display()),
+            "holds no certificate; point it at the CA's .pem file",
+        ));
+    }
+    Ok(Some(pem))
 }
 
 /// When nothing in the file or the environment named the consumer's

@@ -133,7 +133,7 @@ impl Stream {
         .build()
         .map_err(|e| KinesisError::Other(format!("SubscribeToShard: {e}")))?;
         let capture = CaptureBody::replacing_with(SdkBody::empty);
-        self.client
+        self.subscriber
             .subscribe_to_shard()
             .consumer_arn(consumer_arn)
             .shard_id(shard_id)

@@ -28,7 +28,7 @@ use capture::CaptureBody;
 pub use consumer::ConsumerInfo;
 use direct::DirectGetRecords;
 pub use error::KinesisError;
-pub use subscription::{EventPiece, Subscription};
+pub use subscription::{EventPiece, Subscription, RUN_BYTES};
 
 /// Where to start reading a shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +80,10 @@ pub struct StreamSummary {
 #[derive(Clone, Debug)]
 pub struct Stream {
     client: aws_sdk_kinesis::Client,
+    /// The client SubscribeToShard goes through: `client` with an HTTP
+    /// client that bounds what a subscription reads ahead
+    /// ([`crate::aws::Clients::kinesis_subscriptions`]).
+    subscriber: aws_sdk_kinesis::Client,
     arn: StreamArn,
     arn_text: String,
     /// GetRecords without the SDK's orchestration, set up after the first
@@ -98,6 +102,7 @@ impl Stream {
     pub fn new(client: aws_sdk_kinesis::Client, arn: StreamArn) -> Self {
         let arn_text = arn.to_string();
         Stream {
+            subscriber: client.clone(),
             client,
             arn,
             arn_text,
@@ -115,6 +120,7 @@ impl Stream {
         });
         Stream {
             dynamodb,
+            subscriber: clients.kinesis_subscriptions.clone(),
             ..Stream::new(clients.kinesis.clone(), arn)
         }
     }

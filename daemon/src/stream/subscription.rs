@@ -238,7 +238,14 @@ impl Subscription {
             // The payload ended inside this chunk: what follows (the
             // checksum, the next messages) is framed as usual.
             self.buf.extend_from_slice(&self.pending);
-            self.pending.clear();
+        }
+        if taken < piece || self.pending.is_empty() {
+            // Let go of the chunk's allocation now, not when the next chunk
+            // replaces it: a chunk is a slice of the connection's read
+            // buffer (up to about 400 KiB on a busy HTTP/1.1 connection),
+            // which the HTTP client reuses for its next read only if nothing
+            // else holds it, and allocates again otherwise.
+            self.pending = bytes::Bytes::new();
         }
         taken
     }
@@ -411,6 +418,52 @@ pub(super) mod tests {
             let expected = ["2500", "5000", "5002"].map(|c| Some(c.to_owned()));
             assert_eq!(events, expected);
         }
+    }
+
+    #[tokio::test]
+    async fn a_chunk_fed_to_the_splitter_is_let_go_before_the_next_is_read() {
+        use futures::StreamExt as _;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        /// A chunk that counts the chunks still held anywhere.
+        struct Held(Vec<u8>, Arc<AtomicUsize>);
+        impl AsRef<[u8]> for Held {
+            fn as_ref(&self) -> &[u8] {
+                &self.0
+            }
+        }
+        impl Drop for Held {
+            fn drop(&mut self) {
+                self.1.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let mut body = large_event(1, 2_000, "2000");
+        body.extend(large_event(2_001, 2_000, "4000"));
+        let live = Arc::new(AtomicUsize::new(0));
+        // Held when the next chunk is read, at most.
+        let most = Arc::new(AtomicUsize::new(0));
+        let chunks: Vec<Vec<u8>> = body.chunks(400 * 1024).map(<[u8]>::to_vec).collect();
+        let reads = futures::stream::iter(chunks).map({
+            let (live, most) = (live.clone(), most.clone());
+            move |chunk| {
+                most.fetch_max(live.load(Ordering::SeqCst), Ordering::SeqCst);
+                live.fetch_add(1, Ordering::SeqCst);
+                let chunk = bytes::Bytes::from_owner(Held(chunk, live.clone()));
+                Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk))
+            }
+        });
+        let mut subscription = Subscription::new(SdkBody::from_body_1_x(
+            http_body_util::StreamBody::new(reads),
+        ));
+        let s = stream();
+        let mut records = 0;
+        while let Some(piece) = s.next_event(&mut subscription, CONSUMER).await.unwrap() {
+            records += piece.records().len();
+        }
+        assert_eq!(records, 4_000);
+        // Every chunk was fed whole to a splitter and given back before the
+        // next read, so the client could reuse its buffer.
+        assert_eq!(most.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
