@@ -338,6 +338,15 @@ fn child_shards(children: Vec<RawChildShard>) -> Vec<ChildShard> {
 
 /// The records of a response or event as slices of one buffer.
 fn decode_records(raw: &[Fields<'_>]) -> Result<Vec<Record>, DecodeError> {
+    let mut records = Vec::with_capacity(raw.len());
+    decode_records_into(raw, &mut records)?;
+    Ok(records)
+}
+
+/// [`decode_records`], appended to `records` (a run of a large fan-out
+/// event gathers several pushes' records); after an error `records` may
+/// hold some of them.
+fn decode_records_into(raw: &[Fields<'_>], records: &mut Vec<Record>) -> Result<(), DecodeError> {
     // One buffer for the whole batch: each record's data (SIMD base64),
     // then its sequence number and partition key. Nothing keeps the body
     // alive once decoded, so a batch read ahead holds its data and keys,
@@ -372,7 +381,7 @@ fn decode_records(raw: &[Fields<'_>]) -> Result<Vec<Record>, DecodeError> {
     }
     let data = data.freeze();
 
-    let mut records = Vec::with_capacity(raw.len());
+    records.reserve(raw.len());
     let mut start = 0;
     for (index, (r, (data_end, sequence_end, key_end))) in raw.iter().zip(ends).enumerate() {
         let sequence_number = SequenceNumber::from_bytes(data.slice(data_end..sequence_end))
@@ -408,7 +417,7 @@ fn decode_records(raw: &[Fields<'_>]) -> Result<Vec<Record>, DecodeError> {
         });
         start = key_end;
     }
-    Ok(records)
+    Ok(())
 }
 
 #[cfg(test)]

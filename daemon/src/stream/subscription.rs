@@ -414,7 +414,8 @@ pub(super) mod tests {
                 );
             }
             assert_eq!(sequence, 5_002, "chunks of {chunk}");
-            assert!(runs >= 100, "{runs} runs");
+            // 7 MB of events in runs of one to two RUN_BYTES of JSON.
+            assert!(runs >= 50, "{runs} runs");
             let expected = ["2500", "5000", "5002"].map(|c| Some(c.to_owned()));
             assert_eq!(events, expected);
         }

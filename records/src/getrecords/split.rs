@@ -6,9 +6,17 @@
 //! polling's reads never hold more than one response. [`EventSplitter`]
 //! takes the payload as it comes and hands on its records in runs of about
 //! `run_bytes` of JSON, found by the GetRecords scanner (each record is
-//! scanned once, its fields decoded into the run's one buffer); it keeps
-//! only what it has not handed on, and the members around `Records`, which
-//! it decodes at the end for the continuation, the lag and the children.
+//! scanned once); it keeps only what it has not handed on, and the members
+//! around `Records`, which it decodes at the end for the continuation, the
+//! lag and the children.
+//!
+//! Until the first run is handed on, the payload is copied and kept whole
+//! (it may turn out not to be of the common shape, and then it is decoded
+//! whole). After it, records are scanned and decoded where they lie in the
+//! bytes pushed, with no copy: only a record cut by the end of a push is
+//! copied, and its end found by tracking strings and nesting as its bytes
+//! come. Copying every byte cost as much as scanning them
+//! (BENCHMARKS.md, "Enhanced fan-out events").
 //!
 //! A record outside the scanner's shape (an escape in its partition key)
 //! is found whole by tracking strings and nesting, and decoded alone by
@@ -17,7 +25,8 @@
 //! decoded at the end, exactly as [`super::decode_subscribe_event`] decodes
 //! it, as long as no run was handed on; after one, it is an error.
 
-use super::{decode_records, decode_subscribe_event, fields, scan, DecodeError, RawRecord};
+use super::{decode_records, decode_records_into, decode_subscribe_event, fields, scan};
+use super::{DecodeError, Fields, RawRecord};
 use super::{Record, SubscribeEvent};
 
 /// Members before `Records` longer than this are not the common shape (a
@@ -45,6 +54,68 @@ pub struct EventSplitter {
     /// run is not scanned again on every push while it arrives.
     wait_for: usize,
     handed_on: bool,
+    /// Once a run was handed on: records decoded straight from the bytes
+    /// pushed (no copy), waiting to make a run, and the JSON they came in.
+    ready: Vec<Record>,
+    ready_bytes: usize,
+    /// Once a run was handed on: a record cut by the end of a push, its
+    /// bytes so far in `buf`, and where it stands to find its end.
+    cut: Option<Extent>,
+    /// An error found while pushing, returned by the next `take_run`.
+    failed: Option<DecodeError>,
+}
+
+/// Where an element cut by the end of a push stands, to find its end in
+/// the next pushes exactly as [`element_end`] would in one buffer.
+#[derive(Clone, Copy, Debug, Default)]
+struct Extent {
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Extent {
+    /// Follows `bytes`; the index after the element's closing brace when it
+    /// is in them.
+    fn end_in(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                    i += 1;
+                    continue;
+                }
+                // Most of a record is its Data string: skip to its end.
+                match memchr::memchr2(b'"', b'\\', &bytes[i..]) {
+                    None => return None,
+                    Some(k) => {
+                        i += k;
+                        if bytes[i] == b'"' {
+                            self.in_string = false;
+                        } else {
+                            self.escaped = true;
+                        }
+                    }
+                }
+                i += 1;
+                continue;
+            }
+            match bytes[i] {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.depth == 0 {
+                        return Some(i + 1);
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        None
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -82,11 +153,15 @@ enum Stop {
 }
 
 impl EventSplitter {
-    /// A splitter handing on runs of at least `run_bytes` of JSON (the run
-    /// ends at the first record boundary past it), fewer at the end.
+    /// A splitter handing on runs of at least `run_bytes` of JSON, fewer at
+    /// the end: the first run ends at the first record boundary past
+    /// `run_bytes`, the next ones with the push that reaches it (so a run is
+    /// at most `run_bytes` and a push).
     pub fn new(run_bytes: usize) -> Self {
         EventSplitter {
-            buf: Vec::new(),
+            // The first run is copied (see the module documentation): room
+            // for it and the record that ends it, in one allocation.
+            buf: Vec::with_capacity(run_bytes.min(1 << 20) + run_bytes.min(1 << 20) / 4),
             state: State::Head,
             skeleton: Vec::new(),
             run_bytes: run_bytes.max(1),
@@ -94,6 +169,10 @@ impl EventSplitter {
             next: Next::First,
             wait_for: 0,
             handed_on: false,
+            ready: Vec::new(),
+            ready_bytes: 0,
+            cut: None,
+            failed: None,
         }
     }
 
@@ -102,6 +181,13 @@ impl EventSplitter {
         match self.state {
             State::Closed => self.skeleton.extend_from_slice(bytes),
             State::Whole | State::Head => self.buf.extend_from_slice(bytes),
+            State::Records if self.handed_on => {
+                if self.failed.is_none() {
+                    if let Err(e) = self.push_in_place(bytes) {
+                        self.failed = Some(e);
+                    }
+                }
+            }
             State::Records => {
                 // What was handed on goes before the new bytes come: one
                 // move of the unfinished remainder per push. Before the
@@ -124,12 +210,23 @@ impl EventSplitter {
         } else {
             0
         };
-        self.buf.len() - handed_on + self.skeleton.len()
+        self.buf.len() - handed_on + self.skeleton.len() + self.ready_bytes
     }
 
     /// The next run of records, once `run_bytes` of them have been pushed;
-    /// `None` until then (push more).
+    /// `None` until then (push more). An error found while pushing comes
+    /// here.
     pub fn take_run(&mut self) -> Result<Option<Vec<Record>>, DecodeError> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        if self.handed_on {
+            if self.ready_bytes < self.run_bytes || self.state != State::Records {
+                return Ok(None);
+            }
+            self.ready_bytes = 0;
+            return Ok(Some(std::mem::take(&mut self.ready)));
+        }
         self.find_records();
         if self.state != State::Records
             || self.buf.len() - self.pos < self.run_bytes
@@ -143,12 +240,26 @@ impl EventSplitter {
             self.wait_for = self.buf.len() + (self.buf.len() - self.pos);
             return Ok(None);
         }
+        if self.handed_on && self.state == State::Records {
+            // From now on records are scanned in the bytes pushed; what
+            // was pushed and not scanned yet goes the same way.
+            let rest = self.buf.split_off(self.pos);
+            self.buf.clear();
+            self.pos = 0;
+            self.push_in_place(&rest)?;
+        }
         Ok(Some(records))
     }
 
     /// The event, once its payload was pushed whole: the records not handed
     /// on in runs, and the members around `Records`.
     pub fn finish(mut self) -> Result<SubscribeEvent, DecodeError> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        if self.handed_on && self.state != State::Closed {
+            return Err(not_the_shape("the payload ended inside Records"));
+        }
         self.find_records();
         let records = match self.state {
             State::Records => self.run(true)?,
@@ -157,12 +268,84 @@ impl EventSplitter {
         match self.state {
             State::Closed => {
                 let mut event = decode_subscribe_event(&self.skeleton)?;
-                event.records = records;
+                event.records = if self.ready.is_empty() {
+                    records
+                } else {
+                    self.ready.extend(records);
+                    self.ready
+                };
                 Ok(event)
             }
             _ if !self.handed_on => decode_subscribe_event(&self.buf),
             _ => Err(not_the_shape("the payload ended inside Records")),
         }
+    }
+
+    /// Once a run was handed on (nothing before it is needed any more):
+    /// finishes a record cut by the last push, decodes the records whole in
+    /// `bytes` where they lie, and keeps only a record cut by their end.
+    fn push_in_place(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
+        let mut from = 0;
+        if let Some(mut extent) = self.cut.take() {
+            let Some(end) = extent.end_in(bytes) else {
+                self.buf.extend_from_slice(bytes);
+                self.cut = Some(extent);
+                return Ok(());
+            };
+            self.buf.extend_from_slice(&bytes[..end]);
+            self.ready_bytes += self.buf.len();
+            self.next = Next::Separator;
+            from = end;
+        }
+        if self.ready.is_empty() {
+            // About 1.4 KB of JSON per 1 KiB record: a run's records in
+            // one allocation, most of the time.
+            self.ready.reserve(self.run_bytes / 1024 + 1);
+        }
+        let (stop, at) = {
+            // The completed record is decoded with the records scanned in
+            // `bytes`, into the same buffer.
+            let mut scanned: Vec<Fields<'_>> = Vec::with_capacity((bytes.len() - from) / 1024 + 2);
+            if from > 0 {
+                match scan::record_at(&self.buf, 0) {
+                    Some((record, at)) if at == self.buf.len() => scanned.push(record),
+                    _ => self.ready.extend(decode_alone(&self.buf)?),
+                }
+            }
+            scan_elements(
+                bytes,
+                from,
+                &mut self.next,
+                usize::MAX,
+                &mut scanned,
+                &mut self.ready,
+            )?
+        };
+        self.buf.clear();
+        self.ready_bytes += at - from;
+        match stop {
+            Stop::More if at < bytes.len() => {
+                // A record still arriving, from its `{`.
+                let mut extent = Extent::default();
+                let cut = &bytes[at..];
+                if extent.end_in(cut).is_some() {
+                    // Whole yet refused by both decoders' scans: only an
+                    // unbalanced element gets here, which is not the shape.
+                    return Err(not_the_shape("an element of Records is not an object"));
+                }
+                self.buf.extend_from_slice(cut);
+                self.cut = Some(extent);
+                self.next = Next::Separator;
+            }
+            Stop::More => {}
+            Stop::Closed(close) => {
+                self.skeleton.push(b']');
+                self.skeleton.extend_from_slice(&bytes[close + 1..]);
+                self.state = State::Closed;
+            }
+            Stop::Bad => return Err(not_the_shape("an element of Records is not an object")),
+        }
+        Ok(())
     }
 
     /// Before `Records`: looks for its `[` in the members so far.
@@ -189,49 +372,18 @@ impl EventSplitter {
         } else {
             self.run_bytes
         };
-        let buf = &self.buf;
-        let from = self.pos;
-        let mut at = from;
         let mut next = self.next;
-        // About 1.4 KB of JSON per 1 KiB record: one allocation for most.
-        let mut scanned = Vec::with_capacity(limit.min(buf.len() - from) / 1024 + 1);
         let mut records = Vec::new();
-        let stop = loop {
-            while buf.get(at).is_some_and(u8::is_ascii_whitespace) {
-                at += 1;
-            }
-            let Some(&byte) = buf.get(at) else {
-                break Stop::More;
-            };
-            match (byte, next) {
-                (b'{', Next::First | Next::Element) => {
-                    if let Some((record, end)) = scan::record_at(buf, at) {
-                        scanned.push(record);
-                        at = end;
-                    } else if let Some(end) = element_end(buf, at) {
-                        // Outside the scanner's shape: decoded alone by
-                        // serde, after those scanned before it.
-                        records.extend(decode_records(&scanned)?);
-                        scanned.clear();
-                        records.extend(decode_alone(&buf[at..end])?);
-                        at = end;
-                    } else {
-                        // Still arriving.
-                        break Stop::More;
-                    }
-                    next = Next::Separator;
-                    if at - from >= limit {
-                        break Stop::More;
-                    }
-                }
-                (b',', Next::Separator) => {
-                    at += 1;
-                    next = Next::Element;
-                }
-                (b']', Next::First | Next::Separator) => break Stop::Closed(at),
-                _ => break Stop::Bad,
-            }
-        };
+        // About 1.4 KB of JSON per 1 KiB record: one allocation for most.
+        let mut scanned = Vec::with_capacity(limit.min(self.buf.len() - self.pos) / 1024 + 1);
+        let (stop, at) = scan_elements(
+            &self.buf,
+            self.pos,
+            &mut next,
+            limit,
+            &mut scanned,
+            &mut records,
+        )?;
         if let Stop::Bad = stop {
             if self.handed_on {
                 return Err(not_the_shape("an element of Records is not an object"));
@@ -239,11 +391,6 @@ impl EventSplitter {
             self.state = State::Whole;
             self.skeleton = Vec::new();
             return Ok(Vec::new());
-        }
-        if records.is_empty() {
-            records = decode_records(&scanned)?;
-        } else {
-            records.extend(decode_records(&scanned)?);
         }
         self.pos = at;
         self.next = next;
@@ -259,6 +406,64 @@ impl EventSplitter {
         }
         Ok(records)
     }
+}
+
+/// Scans the elements of `Records` in `buf` from `from`, `next` saying
+/// what may come first, and appends their records to `records` (after
+/// those already in `scanned`, decoded with them into one buffer): up to a
+/// run's worth (`limit` bytes), `]`, an element not arrived whole
+/// (`Stop::More` at its `{`), or anything else (`Stop::Bad`). Returns how
+/// it stopped and where.
+fn scan_elements<'a>(
+    buf: &'a [u8],
+    from: usize,
+    next: &mut Next,
+    limit: usize,
+    scanned: &mut Vec<Fields<'a>>,
+    records: &mut Vec<Record>,
+) -> Result<(Stop, usize), DecodeError> {
+    let mut at = from;
+    let stop = loop {
+        while buf.get(at).is_some_and(u8::is_ascii_whitespace) {
+            at += 1;
+        }
+        let Some(&byte) = buf.get(at) else {
+            break Stop::More;
+        };
+        match (byte, *next) {
+            (b'{', Next::First | Next::Element) => {
+                if let Some((record, end)) = scan::record_at(buf, at) {
+                    scanned.push(record);
+                    at = end;
+                } else if let Some(end) = element_end(buf, at) {
+                    // Outside the scanner's shape: decoded alone by
+                    // serde, after those scanned before it.
+                    decode_records_into(scanned, records)?;
+                    scanned.clear();
+                    records.extend(decode_alone(&buf[at..end])?);
+                    at = end;
+                } else {
+                    // Still arriving.
+                    break Stop::More;
+                }
+                *next = Next::Separator;
+                if at - from >= limit {
+                    break Stop::More;
+                }
+            }
+            (b',', Next::Separator) => {
+                at += 1;
+                *next = Next::Element;
+            }
+            (b']', Next::First | Next::Separator) => break Stop::Closed(at),
+            _ => break Stop::Bad,
+        }
+    };
+    if !scanned.is_empty() {
+        decode_records_into(scanned, records)?;
+        scanned.clear();
+    }
+    Ok((stop, at))
 }
 
 /// The end (the index after its closing brace) of the element starting at
@@ -448,6 +653,32 @@ mod tests {
             let whole = decode_subscribe_event(&payload).unwrap();
             let (split, _) = split(&payload, chunk, run_bytes).unwrap();
             prop_assert_eq!(split, whole);
+        }
+
+        /// An element's end found across pieces is where `element_end`
+        /// finds it in one buffer.
+        #[test]
+        fn an_extent_followed_in_pieces_ends_where_the_element_ends(
+            body in proptest::collection::vec(prop_oneof![
+                Just(b'"'), Just(b'\\'), Just(b'{'), Just(b'}'), Just(b'['), Just(b']'), Just(b'a'), Just(b',')
+            ], 0..60),
+            cuts in proptest::collection::vec(0usize..61, 0..4),
+        ) {
+            let mut element = vec![b'{'];
+            element.extend(body);
+            let whole = element_end(&element, 0);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(element.len())).collect();
+            cuts.push(element.len());
+            cuts.sort_unstable();
+            let (mut extent, mut from, mut found) = (Extent::default(), 0, None);
+            for cut in cuts {
+                if let Some(end) = extent.end_in(&element[from..cut]) {
+                    found = Some(from + end);
+                    break;
+                }
+                from = cut;
+            }
+            prop_assert_eq!(found, whole);
         }
 
         /// A corrupted payload: split and whole agree on whether it
