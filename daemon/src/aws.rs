@@ -177,7 +177,7 @@ pub async fn connect_with(
     let kinesis = kinesis.build();
     let kinesis_subscriptions = kinesis
         .to_builder()
-        .http_client(subscriptions::client(ca_pem(settings)?.as_deref())?)
+        .http_client(subscriptions::client(ca_pem(settings)?.as_deref()))
         .build();
     Ok(Clients {
         kinesis: aws_sdk_kinesis::Client::from_conf(kinesis),

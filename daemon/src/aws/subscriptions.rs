@@ -24,7 +24,7 @@
 //! the connect timeout; SigV4, endpoints, retries and the attempt timeout
 //! stay the SDK's, around this client.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aws_smithy_runtime_api::client::http::{
@@ -40,7 +40,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::CONNECT_TIMEOUT;
-use crate::error::{Error, Result};
 
 /// What an HTTP/1.1 connection reads at once: a run of a large event
 /// ([`crate::stream::RUN_BYTES`]), what a subscription hands on at a time.
@@ -58,53 +57,10 @@ const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
 /// The client, trusting the system's roots and the PEM certificates in
-/// `extra_roots` (`aws.ca_file`, already checked).
-pub fn client(extra_roots: Option<&[u8]>) -> Result<SharedHttpClient> {
-    Ok(SharedHttpClient::new(SubscriptionHttp::new(extra_roots)?))
-}
-
-impl SubscriptionHttp {
-    fn new(extra_roots: Option<&[u8]>) -> Result<Self> {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
-        if let Some(pem) = extra_roots {
-            use rustls_pki_types::{pem::PemObject, CertificateDer};
-            for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| Error::setup("aws.ca_file", e.to_string()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| Error::setup("aws.ca_file", e.to_string()))?;
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::setup("TLS setup", e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let mut tcp = TcpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(tcp);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .http1_max_buf_size(READ_BUFFER)
-            .http2_initial_stream_window_size(STREAM_WINDOW)
-            .http2_initial_connection_window_size(CONNECTION_WINDOW)
-            .http2_adaptive_window(false)
-            .timer(TokioTimer::new())
-            .build(connector);
-        Ok(SubscriptionHttp { client })
-    }
+/// `extra_roots` (`aws.ca_file`, already checked). It is built on the first
+/// subscription: a process that only polls never loads the roots for it.
+pub fn client(extra_roots: Option<&[u8]>) -> SharedHttpClient {
+    SharedHttpClient::new(SubscriptionHttp::new(extra_roots))
 }
 
 type Https = hyper_rustls::HttpsConnector<TcpConnector>;
@@ -112,7 +68,64 @@ type Https = hyper_rustls::HttpsConnector<TcpConnector>;
 /// See the module documentation.
 #[derive(Clone)]
 struct SubscriptionHttp {
-    client: Client<Https, SdkBody>,
+    extra_roots: Option<Arc<[u8]>>,
+    client: Arc<OnceLock<Result<Client<Https, SdkBody>, String>>>,
+}
+
+impl SubscriptionHttp {
+    fn new(extra_roots: Option<&[u8]>) -> Self {
+        SubscriptionHttp {
+            extra_roots: extra_roots.map(Arc::from),
+            client: Arc::default(),
+        }
+    }
+
+    /// The hyper client, built once.
+    fn hyper(&self) -> Result<Client<Https, SdkBody>, ConnectorError> {
+        self.client
+            .get_or_init(|| build(self.extra_roots.as_deref()))
+            .clone()
+            .map_err(|e| ConnectorError::user(e.into()))
+    }
+}
+
+fn build(extra_roots: Option<&[u8]>) -> Result<Client<Https, SdkBody>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(pem) = extra_roots {
+        use rustls_pki_types::{pem::PemObject, CertificateDer};
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| format!("aws.ca_file: {e}"))?;
+            roots.add(cert).map_err(|e| format!("aws.ca_file: {e}"))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS setup: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut tcp = TcpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(tcp);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .http1_max_buf_size(READ_BUFFER)
+        .http2_initial_stream_window_size(STREAM_WINDOW)
+        .http2_initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_adaptive_window(false)
+        .timer(TokioTimer::new())
+        .build(connector))
 }
 
 impl std::fmt::Debug for SubscriptionHttp {
@@ -136,8 +149,9 @@ impl HttpClient for SubscriptionHttp {
 
 impl HttpConnector for SubscriptionHttp {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        let client = self.client.clone();
+        let client = self.hyper();
         HttpConnectorFuture::new(async move {
+            let client = client?;
             let request = request
                 .try_into_http1x()
                 .map_err(|e| ConnectorError::user(e.into()))?;
@@ -174,7 +188,7 @@ mod tests {
             socket.write_all(head.as_bytes()).await.unwrap();
             socket.write_all(&vec![b'x'; BODY]).await.unwrap();
         });
-        let connector = SubscriptionHttp::new(None).unwrap();
+        let connector = SubscriptionHttp::new(None);
         let request = http::Request::builder()
             .uri(format!("http://{addr}/"))
             .body(SdkBody::empty())
