@@ -624,6 +624,17 @@ async fn reads_over_tls_with_http2_trusting_the_generated_ca() {
         0,
         "every connection spoke HTTP/2"
     );
+    // The subscriptions' connection bounds each stream's window (what a
+    // subscription waiting for its sink can hold) and its connection
+    // window never binds (one slow shard stalls no other).
+    let windows = relay.windows();
+    assert!(
+        windows.contains(&kcld_testkit::h2relay::Windows {
+            stream: Some(kcld::aws::STREAM_WINDOW),
+            connection: Some((1 << 31) - 1 - 65_535),
+        }),
+        "{windows:?}"
+    );
     kcld.stop_cleanly(Duration::from_secs(25)).await;
 }
 

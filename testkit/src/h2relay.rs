@@ -27,6 +27,17 @@ pub struct Counts {
     pub http2: AtomicU64,
     /// Connections refused: no `h2` in ALPN, or no preface.
     pub refused: AtomicU64,
+    /// What each HTTP/2 connection's client announced in its first frames.
+    pub windows: std::sync::Mutex<Vec<Windows>>,
+}
+
+/// The receive windows a client announced: `SETTINGS_INITIAL_WINDOW_SIZE`
+/// (each stream's) and its first WINDOW_UPDATE of the connection (the
+/// connection's, above the 65,535 bytes every connection starts with).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Windows {
+    pub stream: Option<u32>,
+    pub connection: Option<u32>,
 }
 
 /// A running relay; stops when dropped.
@@ -87,6 +98,59 @@ impl H2Relay {
     pub fn refused_connections(&self) -> u64 {
         self.counts.refused.load(Ordering::Relaxed)
     }
+
+    /// The windows announced on every HTTP/2 connection so far.
+    pub fn windows(&self) -> Vec<Windows> {
+        self.counts
+            .windows
+            .lock()
+            .map(|w| w.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Relays a client's first two frames, noting the windows they announce:
+/// its SETTINGS, then its connection WINDOW_UPDATE if it has one, else its
+/// first request (a client sends both before it waits for the server's
+/// frames, which are relayed only after these).
+async fn first_frames(
+    tls: &mut (impl AsyncReadExt + Unpin),
+    plain: &mut TcpStream,
+) -> Result<Windows> {
+    const SETTINGS: u8 = 0x4;
+    const WINDOW_UPDATE: u8 = 0x8;
+    const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    let mut windows = Windows::default();
+    for _ in 0..2 {
+        let mut head = [0u8; 9];
+        tls.read_exact(&mut head).await?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        anyhow::ensure!(len <= 16_384, "a first frame of {len} bytes");
+        let mut payload = vec![0u8; len];
+        tls.read_exact(&mut payload).await?;
+        plain.write_all(&head).await?;
+        plain.write_all(&payload).await?;
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        match head[3] {
+            // Not an acknowledgement: the client's own settings.
+            SETTINGS if head[4] & 1 == 0 => {
+                for entry in payload.chunks_exact(6) {
+                    if u16::from_be_bytes([entry[0], entry[1]]) == INITIAL_WINDOW_SIZE {
+                        windows.stream =
+                            Some(u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]));
+                    }
+                }
+            }
+            WINDOW_UPDATE if stream == 0 && len == 4 => {
+                windows.connection = Some(u32::from_be_bytes([
+                    payload[0], payload[1], payload[2], payload[3],
+                ]));
+                break;
+            }
+            _ => {}
+        }
+    }
+    Ok(windows)
 }
 
 async fn relay(
@@ -106,6 +170,10 @@ async fn relay(
     counts.http2.fetch_add(1, Ordering::Relaxed);
     let mut plain = TcpStream::connect(upstream).await?;
     plain.write_all(&preface).await?;
+    let windows = first_frames(&mut tls, &mut plain).await?;
+    if let Ok(mut seen) = counts.windows.lock() {
+        seen.push(windows);
+    }
     let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
     Ok(())
 }
