@@ -65,8 +65,8 @@ pub struct EventSplitter {
     failed: Option<DecodeError>,
 }
 
-/// Where an element cut by the end of a push stands, to find its end in
-/// the next pushes exactly as [`element_end`] would in one buffer.
+/// Where an element of `Records` stands, strings and nesting tracked, to
+/// find its end in one buffer or across pushes.
 #[derive(Clone, Copy, Debug, Default)]
 struct Extent {
     depth: u32,
@@ -146,6 +146,9 @@ enum Next {
 enum Stop {
     /// Out of bytes, or a run's worth found.
     More,
+    /// An element not arrived whole, from its `{` at the index returned,
+    /// and where its bytes so far leave it.
+    Cut(Extent),
     /// At `]`, this index.
     Closed(usize),
     /// Not the shape at this index.
@@ -324,16 +327,9 @@ impl EventSplitter {
         self.buf.clear();
         self.ready_bytes += at - from;
         match stop {
-            Stop::More if at < bytes.len() => {
-                // A record still arriving, from its `{`.
-                let mut extent = Extent::default();
-                let cut = &bytes[at..];
-                if extent.end_in(cut).is_some() {
-                    // Whole yet refused by both decoders' scans: only an
-                    // unbalanced element gets here, which is not the shape.
-                    return Err(not_the_shape("an element of Records is not an object"));
-                }
-                self.buf.extend_from_slice(cut);
+            Stop::Cut(extent) => {
+                // A record still arriving: kept from its `{`.
+                self.buf.extend_from_slice(&bytes[at..]);
                 self.cut = Some(extent);
                 self.next = Next::Separator;
             }
@@ -412,7 +408,7 @@ impl EventSplitter {
 /// what may come first, and appends their records to `records` (after
 /// those already in `scanned`, decoded with them into one buffer): up to a
 /// run's worth (`limit` bytes), `]`, an element not arrived whole
-/// (`Stop::More` at its `{`), or anything else (`Stop::Bad`). Returns how
+/// (`Stop::Cut` at its `{`), or anything else (`Stop::Bad`). Returns how
 /// it stopped and where.
 fn scan_elements<'a>(
     buf: &'a [u8],
@@ -435,16 +431,17 @@ fn scan_elements<'a>(
                 if let Some((record, end)) = scan::record_at(buf, at) {
                     scanned.push(record);
                     at = end;
-                } else if let Some(end) = element_end(buf, at) {
+                } else {
+                    let mut extent = Extent::default();
+                    let Some(end) = extent.end_in(&buf[at..]) else {
+                        break Stop::Cut(extent);
+                    };
                     // Outside the scanner's shape: decoded alone by
                     // serde, after those scanned before it.
                     decode_records_into(scanned, records)?;
                     scanned.clear();
-                    records.extend(decode_alone(&buf[at..end])?);
-                    at = end;
-                } else {
-                    // Still arriving.
-                    break Stop::More;
+                    records.extend(decode_alone(&buf[at..at + end])?);
+                    at += end;
                 }
                 *next = Next::Separator;
                 if at - from >= limit {
@@ -464,39 +461,6 @@ fn scan_elements<'a>(
         scanned.clear();
     }
     Ok((stop, at))
-}
-
-/// The end (the index after its closing brace) of the element starting at
-/// `at`, strings and nesting tracked; `None` if it has not arrived whole.
-fn element_end(buf: &[u8], at: usize) -> Option<usize> {
-    let mut depth = 0u32;
-    let mut i = at;
-    loop {
-        match *buf.get(i)? {
-            b'"' => {
-                // To the closing quote, over escapes.
-                i += 1;
-                loop {
-                    let k = memchr::memchr2(b'"', b'\\', buf.get(i..)?)?;
-                    if buf[i + k] == b'"' {
-                        i += k + 1;
-                        break;
-                    }
-                    i += k + 2;
-                }
-                continue;
-            }
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth = depth.checked_sub(1)?;
-                if depth == 0 {
-                    return Some(i + 1);
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
 }
 
 /// One element of `Records` outside the scanner's shape, through serde.

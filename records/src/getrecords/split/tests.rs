@@ -137,8 +137,8 @@ proptest! {
         prop_assert_eq!(split, whole);
     }
 
-    /// An element's end found across pieces is where `element_end`
-    /// finds it in one buffer.
+    /// An element's end found across pieces is where it is found in one
+    /// buffer.
     #[test]
     fn an_extent_followed_in_pieces_ends_where_the_element_ends(
         body in proptest::collection::vec(prop_oneof![
@@ -148,7 +148,7 @@ proptest! {
     ) {
         let mut element = vec![b'{'];
         element.extend(body);
-        let whole = element_end(&element, 0);
+        let whole = Extent::default().end_in(&element);
         let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(element.len())).collect();
         cuts.push(element.len());
         cuts.sort_unstable();
